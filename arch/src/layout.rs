@@ -1,0 +1,64 @@
+//! The guest physical memory map petrel builds on x86_64: where boot structures, the kernel,
+//! the ACPI tables and the 32-bit MMIO hole live.
+
+/// Boot GDT (four 8-byte entries).
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Boot IDT (empty, one 8-byte entry).
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info`.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (one `hvm_modlist_entry` for the initramfs).
+pub const PVH_MODLIST_START: u64 = 0x6040;
+/// PVH memory map (array of `hvm_memmap_table_entry`).
+pub const PVH_MEMMAP_START: u64 = 0x6100;
+/// Maximum number of PVH memory map entries.
+pub const PVH_MEMMAP_MAX: usize = 64;
+/// Linux zero page (`boot_params`) for the bzImage protocol.
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Boot page tables: PML4, PDPT and four page directories (identity map of the first 4 GiB).
+pub const PML4_START: u64 = 0x9000;
+/// Page-directory-pointer table.
+pub const PDPT_START: u64 = 0xa000;
+/// First of the four page directories.
+pub const PD_START: u64 = 0xb000;
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+/// Largest command line petrel accepts, including the terminating NUL.
+pub const CMDLINE_MAX_SIZE: usize = 0x1000;
+/// Start of the extended BIOS data area: low RAM usable by the guest ends here.
+pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI RSDP; the other ACPI tables follow it up to `ACPI_END`.
+pub const RSDP_START: u64 = 0xe0000;
+/// End (exclusive) of the ACPI table area.
+pub const ACPI_END: u64 = 0x100000;
+/// Where the kernel is loaded (1 MiB).
+pub const HIMEM_START: u64 = 0x100000;
+/// Start of the 32-bit MMIO hole: RAM below 4 GiB ends here.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// End (exclusive) of the 32-bit MMIO hole.
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// IOAPIC registers.
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// Local APIC registers.
+pub const APIC_START: u64 = 0xfee0_0000;
+/// Virtio-mmio device windows start here, 4 KiB each.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// RAM above the hole starts here.
+pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
+
+/// ACPI sleep control register (I/O port, 1 byte): SLP_TYP in bits 2..=4, SLP_EN is bit 5.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;
+/// ACPI sleep status register (I/O port, 1 byte).
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x3c1;
+/// The SLP_TYP value petrel's DSDT gives for S5 (soft off).
+pub const ACPI_S5_SLP_TYP: u8 = 5;
+/// First serial port.
+pub const COM1_PORT: u16 = 0x3f8;
+/// IRQ (GSI) of the first serial port.
+pub const COM1_IRQ: u32 = 4;
+/// i8042 data/command ports.
+pub const I8042_PORT: u16 = 0x60;
+/// CMOS RTC index/data ports.
+pub const RTC_PORT: u16 = 0x70;
+/// POST debug port.
+pub const DEBUG_PORT: u16 = 0x80;
