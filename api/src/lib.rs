@@ -1,1 +1,12 @@
-//! api
+//! Wire and configuration types shared by petrel's command line, its config file and (later)
+//! its HTTP API. The JSON shape follows Cloud Hypervisor's `VmConfig` for the fields petrel
+//! supports; unknown fields are rejected naming the field.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod size;
+
+pub use config::{
+    ConfigError, CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, SerialMode, VmConfig,
+};
+pub use size::parse_size;

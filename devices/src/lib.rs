@@ -3,5 +3,12 @@
 //! signal lifecycle events (poweroff, reset) through eventfds the VMM watches.
 #![deny(missing_docs)]
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod debug_port;
+pub mod i8042;
+pub mod interrupt;
+pub mod rtc;
+pub mod serial;
 pub use bus::{Bus, BusDevice};
+pub use interrupt::{EventFdTrigger, Interrupt};

@@ -1,1 +1,5 @@
-fn main() {}
+//! `petrel`: one process per VM.
+
+fn main() {
+    std::process::exit(vmm::cli::main());
+}

@@ -1,0 +1,222 @@
+//! `VmConfig`: what a VM is made of. One type for the CLI, the config file and the API,
+//! validated in one place.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// The field, e.g. `cpus.boot_vcpus`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A problem with `field`.
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// vCPUs.
+    #[serde(default)]
+    pub cpus: CpusConfig,
+    /// Guest RAM.
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// Kernel, initramfs and command line.
+    pub payload: PayloadConfig,
+    /// The 8250 serial port.
+    #[serde(default)]
+    pub serial: SerialConfig,
+}
+
+/// vCPU configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpusConfig {
+    /// vCPUs started at boot.
+    pub boot_vcpus: u32,
+    /// Maximum vCPUs (petrel has no CPU hotplug yet: must equal `boot_vcpus` if given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vcpus: Option<u32>,
+}
+
+impl Default for CpusConfig {
+    fn default() -> Self {
+        CpusConfig {
+            boot_vcpus: 1,
+            max_vcpus: None,
+        }
+    }
+}
+
+/// Memory configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Guest RAM in bytes.
+    pub size: u64,
+}
+
+/// Default guest memory: 512 MiB, as Cloud Hypervisor.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// Smallest guest memory petrel accepts.
+pub const MIN_MEMORY: u64 = 2 << 20;
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            size: DEFAULT_MEMORY,
+        }
+    }
+}
+
+/// What to boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadConfig {
+    /// ELF vmlinux (PVH) or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// Where the serial port's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SerialMode {
+    /// Discarded.
+    Off,
+    /// petrel's standard output (input from its standard input).
+    #[default]
+    Tty,
+    /// A file (`file`).
+    File,
+}
+
+/// Serial port configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Output mode.
+    pub mode: SerialMode,
+    /// Output file for `File`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// Default command line when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+impl VmConfig {
+    /// A config booting `kernel` with defaults for everything else.
+    pub fn new(kernel: PathBuf) -> Self {
+        VmConfig {
+            cpus: CpusConfig::default(),
+            memory: MemoryConfig::default(),
+            payload: PayloadConfig {
+                kernel,
+                initramfs: None,
+                cmdline: None,
+            },
+            serial: SerialConfig::default(),
+        }
+    }
+
+    /// Parses a JSON config, naming unknown or malformed fields.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(text).map_err(|e| ConfigError::new("config", e.to_string()))
+    }
+
+    /// The command line the guest gets.
+    pub fn cmdline(&self) -> &str {
+        self.payload.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)
+    }
+
+    /// Checks what can be checked without the host: counts, sizes, required fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cpus.boot_vcpus == 0 {
+            return Err(ConfigError::new("cpus.boot_vcpus", "must be at least 1"));
+        }
+        if let Some(max) = self.cpus.max_vcpus {
+            if max != self.cpus.boot_vcpus {
+                return Err(ConfigError::new(
+                    "cpus.max_vcpus",
+                    "must equal boot_vcpus (CPU hotplug is not supported)",
+                ));
+            }
+        }
+        if self.memory.size < MIN_MEMORY {
+            return Err(ConfigError::new(
+                "memory.size",
+                format!("{} bytes is too small (at least 2 MiB)", self.memory.size),
+            ));
+        }
+        if self.memory.size % 4096 != 0 {
+            return Err(ConfigError::new(
+                "memory.size",
+                "must be a multiple of 4 KiB",
+            ));
+        }
+        if self.payload.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::new("payload.kernel", "is empty"));
+        }
+        if self.serial.mode == SerialMode::File && self.serial.file.is_none() {
+            return Err(ConfigError::new("serial.file", "is required with mode File"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_and_unknown_fields() {
+        let cfg = VmConfig::from_json(
+            r#"{"payload":{"kernel":"/k","cmdline":"x"},"cpus":{"boot_vcpus":2},"memory":{"size":134217728}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.cpus.boot_vcpus, 2);
+        assert_eq!(cfg.memory.size, 128 << 20);
+        assert_eq!(cfg.cmdline(), "x");
+        let back = VmConfig::from_json(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        let e = VmConfig::from_json(r#"{"payload":{"kernel":"/k"},"memroy":{}}"#).unwrap_err();
+        assert!(e.to_string().contains("memroy"), "{e}");
+        let e = VmConfig::from_json(r#"{"payload":{"kernel":"/k","initrd":"x"}}"#).unwrap_err();
+        assert!(e.to_string().contains("initrd"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut cfg = VmConfig::new("/k".into());
+        assert!(cfg.validate().is_ok());
+        cfg.cpus.boot_vcpus = 0;
+        assert_eq!(cfg.validate().unwrap_err().field, "cpus.boot_vcpus");
+        cfg.cpus.boot_vcpus = 1;
+        cfg.memory.size = 0;
+        assert_eq!(cfg.validate().unwrap_err().field, "memory.size");
+        cfg.memory.size = 1 << 20;
+        assert_eq!(cfg.validate().unwrap_err().field, "memory.size");
+        cfg.memory.size = DEFAULT_MEMORY;
+        cfg.serial.mode = SerialMode::File;
+        assert_eq!(cfg.validate().unwrap_err().field, "serial.file");
+    }
+}

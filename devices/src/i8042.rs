@@ -1,0 +1,272 @@
+//! A minimal i8042 keyboard controller with nothing plugged in: enough for the guest to reset
+//! the machine (command 0xFE) and for Linux's i8042 driver to probe it without timeouts.
+//!
+//! Inserted at port 0x60 with length 5: offset 0 is the data port, offset 4 the status (read)
+//! and command (write) port. Commands that return a byte queue it in a one-byte output buffer
+//! and set OBF in the status register, so the driver never waits for its 0.5 s timeout.
+//!
+//! What Linux finds: the controller itself (command byte, self test), no AUX port (the AUX
+//! loopback answer does not come back flagged as AUX data and the AUX interface test reports
+//! a stuck clock line), and a keyboard port on which no keyboard ever answers (`atkbd`'s
+//! probe times out in the background and registers nothing). A FADT without the 8042 boot
+//! flag, or `i8042.nokbd`, keeps Linux from probing at all.
+//!
+//! Offsets 1..=3 (ports 0x61..=0x63, including the PC speaker/NMI status port 0x61) are not
+//! emulated: reads return 0xff, writes are dropped. 0xff is the safe answer at 0x61: Linux's PIT
+//! TSC calibration loops wait there for bit 5 (PIT channel 2 output) to set.
+
+use log::{debug, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+
+/// Number of ports the controller spans (0x60..=0x64).
+pub const I8042_PORT_LEN: u64 = 5;
+
+const DATA_OFFSET: u64 = 0;
+const COMMAND_OFFSET: u64 = 4;
+
+/// Status: output buffer full (a byte is waiting at the data port).
+const STATUS_OBF: u8 = 0x01;
+/// Status: the waiting byte came from the AUX (mouse) port.
+const STATUS_AUXDATA: u8 = 0x20;
+
+/// Command byte: keyboard interface disabled.
+const CTR_KBDDIS: u8 = 0x10;
+/// Command byte: AUX interface disabled.
+const CTR_AUXDIS: u8 = 0x20;
+
+const CMD_READ_CTR: u8 = 0x20;
+const CMD_WRITE_CTR: u8 = 0x60;
+const CMD_AUX_DISABLE: u8 = 0xa7;
+const CMD_AUX_ENABLE: u8 = 0xa8;
+const CMD_AUX_TEST: u8 = 0xa9;
+const CMD_SELF_TEST: u8 = 0xaa;
+const CMD_KBD_TEST: u8 = 0xab;
+const CMD_KBD_DISABLE: u8 = 0xad;
+const CMD_KBD_ENABLE: u8 = 0xae;
+const CMD_READ_INPUT_PORT: u8 = 0xc0;
+const CMD_READ_OUTPUT_PORT: u8 = 0xd0;
+const CMD_WRITE_OUTPUT_PORT: u8 = 0xd1;
+const CMD_KBD_LOOP: u8 = 0xd2;
+const CMD_AUX_LOOP: u8 = 0xd3;
+const CMD_AUX_SEND: u8 = 0xd4;
+/// Pulse the output lines whose bit is clear in the low nibble; 0xFE pulses line 0 (reset).
+const CMD_PULSE_FIRST: u8 = 0xf0;
+
+const SELF_TEST_OK: u8 = 0x55;
+const INTERFACE_TEST_OK: u8 = 0x00;
+/// AUX interface test answer: "clock line stuck low", i.e. no AUX port.
+const INTERFACE_TEST_CLOCK_LOW: u8 = 0x01;
+/// Output port: bit 0 is the (active low) CPU reset line, bit 1 the A20 gate.
+const OUTPUT_PORT_DEFAULT: u8 = 0x03;
+
+/// The i8042 controller. Reset requests write 1 to the eventfd given at construction.
+pub struct I8042 {
+    reset_evt: EventFd,
+    /// The controller command byte (CTR).
+    ctr: u8,
+    /// The byte waiting at the data port, and whether it is flagged as AUX data.
+    output: Option<(u8, bool)>,
+    /// A command waiting for its parameter byte on the data port.
+    pending: Option<u8>,
+}
+
+impl I8042 {
+    /// A controller with command byte 0 that signals `reset_evt` when the guest resets the
+    /// machine through it.
+    pub fn new(reset_evt: EventFd) -> Self {
+        Self {
+            reset_evt,
+            ctr: 0,
+            output: None,
+            pending: None,
+        }
+    }
+
+    fn reset(&self) {
+        debug!("i8042: guest requested a reset");
+        if let Err(e) = self.reset_evt.write(1) {
+            warn!("i8042: cannot signal the reset: {e}");
+        }
+    }
+
+    fn reply(&mut self, value: u8) {
+        self.output = Some((value, false));
+    }
+
+    fn status(&self) -> u8 {
+        match self.output {
+            Some((_, true)) => STATUS_OBF | STATUS_AUXDATA,
+            Some((_, false)) => STATUS_OBF,
+            None => 0,
+        }
+    }
+
+    fn command(&mut self, cmd: u8) {
+        // A new command supersedes an unread answer and an unfinished one.
+        self.output = None;
+        self.pending = None;
+        match cmd {
+            CMD_READ_CTR => self.reply(self.ctr),
+            // Other internal RAM bytes read as 0.
+            0x21..=0x3f => self.reply(0),
+            CMD_WRITE_CTR..=0x7f
+            | CMD_WRITE_OUTPUT_PORT
+            | CMD_KBD_LOOP
+            | CMD_AUX_LOOP
+            | CMD_AUX_SEND => self.pending = Some(cmd),
+            CMD_AUX_DISABLE => self.ctr |= CTR_AUXDIS,
+            CMD_AUX_ENABLE => self.ctr &= !CTR_AUXDIS,
+            CMD_AUX_TEST => self.reply(INTERFACE_TEST_CLOCK_LOW),
+            CMD_SELF_TEST => self.reply(SELF_TEST_OK),
+            CMD_KBD_TEST => self.reply(INTERFACE_TEST_OK),
+            CMD_KBD_DISABLE => self.ctr |= CTR_KBDDIS,
+            CMD_KBD_ENABLE => self.ctr &= !CTR_KBDDIS,
+            CMD_READ_INPUT_PORT => self.reply(0),
+            CMD_READ_OUTPUT_PORT => self.reply(OUTPUT_PORT_DEFAULT),
+            CMD_PULSE_FIRST..=0xff => {
+                if cmd & 1 == 0 {
+                    self.reset();
+                }
+            }
+            _ => debug!("i8042: ignoring command {cmd:#04x}"),
+        }
+    }
+
+    fn data(&mut self, value: u8) {
+        match self.pending.take() {
+            Some(CMD_WRITE_CTR) => self.ctr = value,
+            Some(CMD_WRITE_OUTPUT_PORT) => {
+                if value & 1 == 0 {
+                    self.reset();
+                }
+            }
+            Some(CMD_KBD_LOOP) => self.reply(value),
+            // No AUX port: the echo comes back, but not flagged as AUX data, which Linux takes
+            // as "no loopback" and goes on to the AUX interface test.
+            Some(CMD_AUX_LOOP) => self.reply(value),
+            // Internal RAM writes, AUX sends: nothing to keep, nobody to answer.
+            Some(_) => {}
+            // A byte for the keyboard: none is attached.
+            None => debug!("i8042: dropping keyboard byte {value:#04x}"),
+        }
+    }
+}
+
+impl BusDevice for I8042 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let value = match (data.len(), offset) {
+            (1, DATA_OFFSET) => self.output.take().map_or(0, |(v, _)| v),
+            (1, COMMAND_OFFSET) => self.status(),
+            _ => 0xff,
+        };
+        data.fill(value);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match (data, offset) {
+            (&[value], DATA_OFFSET) => self.data(value),
+            (&[value], COMMAND_OFFSET) => self.command(value),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    use super::*;
+    use crate::bus::Bus;
+
+    const DATA: u64 = 0x60;
+    const CMD: u64 = 0x64;
+
+    fn fixture() -> (Bus, EventFd) {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dev = I8042::new(evt.try_clone().unwrap());
+        let mut bus = Bus::new();
+        bus.insert(Arc::new(Mutex::new(dev)), 0x60, I8042_PORT_LEN)
+            .unwrap();
+        (bus, evt)
+    }
+
+    fn inb(bus: &Bus, port: u64) -> u8 {
+        let mut b = [0u8];
+        assert!(bus.read(port, &mut b));
+        b[0]
+    }
+
+    /// What Linux's `i8042_command` does: write the command, the parameters, then wait for
+    /// OBF before each answer byte (returning None where Linux would time out).
+    fn command(bus: &Bus, cmd: u8, params: &[u8], answers: usize) -> Option<Vec<u8>> {
+        assert_eq!(inb(bus, CMD) & 0x02, 0, "input buffer never full");
+        assert!(bus.write(CMD, &[cmd]));
+        for p in params {
+            assert!(bus.write(DATA, &[*p]));
+        }
+        let mut out = Vec::new();
+        for _ in 0..answers {
+            if inb(bus, CMD) & STATUS_OBF == 0 {
+                return None;
+            }
+            out.push(inb(bus, DATA));
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn reset_command_signals_the_eventfd() {
+        let (bus, evt) = fixture();
+        assert_eq!(inb(&bus, CMD), 0, "nothing pending");
+        assert!(evt.read().is_err());
+        assert!(bus.write(CMD, &[0xfe]));
+        assert_eq!(evt.read().unwrap(), 1);
+        // Writing the output port with the reset line low resets too; 0xff pulses nothing.
+        assert!(bus.write(CMD, &[0xff]));
+        assert!(evt.read().is_err());
+        assert!(bus.write(CMD, &[CMD_WRITE_OUTPUT_PORT]));
+        assert!(bus.write(DATA, &[0xfe]));
+        assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn linux_probe_sequence_finds_no_aux_port() {
+        let (bus, evt) = fixture();
+        // i8042_flush: nothing pending.
+        assert_eq!(inb(&bus, CMD), 0);
+        // i8042_controller_init: read the CTR until stable, write it back.
+        assert_eq!(command(&bus, 0x20, &[], 1), Some(vec![0]));
+        assert_eq!(command(&bus, 0x20, &[], 1), Some(vec![0]));
+        assert_eq!(command(&bus, 0x60, &[0x30], 0), Some(vec![]));
+        assert_eq!(command(&bus, 0x20, &[], 1), Some(vec![0x30]));
+        // i8042_check_aux: the loop answer is present but not flagged AUX ...
+        assert!(bus.write(CMD, &[CMD_AUX_LOOP]));
+        assert!(bus.write(DATA, &[0x5a]));
+        assert_eq!(inb(&bus, CMD) & (STATUS_OBF | STATUS_AUXDATA), STATUS_OBF);
+        // ... so the driver runs the AUX test without reading it, and gets "clock low".
+        assert_eq!(command(&bus, CMD_AUX_TEST, &[], 1), Some(vec![0x01]));
+        assert_eq!(command(&bus, CMD_SELF_TEST, &[], 1), Some(vec![0x55]));
+        assert_eq!(command(&bus, CMD_KBD_TEST, &[], 1), Some(vec![0x00]));
+        assert_eq!(command(&bus, CMD_KBD_ENABLE, &[], 0), Some(vec![]));
+        assert_eq!(command(&bus, 0x20, &[], 1), Some(vec![0x20]));
+        // A keyboard command on the data port gets no answer.
+        assert!(bus.write(DATA, &[0xf2]));
+        assert_eq!(inb(&bus, CMD), 0);
+        assert!(evt.read().is_err(), "no reset during the probe");
+    }
+
+    #[test]
+    fn wide_accesses_are_ignored() {
+        let (bus, evt) = fixture();
+        let mut w = [0u8; 2];
+        assert!(bus.read(0x60, &mut w));
+        assert_eq!(w, [0xff, 0xff]);
+        assert!(bus.write(0x63, &[0xfe, 0xfe]));
+        assert!(evt.read().is_err());
+        assert_eq!(inb(&bus, 0x61), 0xff, "offsets 1..=3 are not registers");
+    }
+}

@@ -1,0 +1,117 @@
+//! The KVM backend.
+
+mod convert;
+mod vcpu;
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{CpuidEntry, Error, Hypervisor, IoEventAddress, Kind, Result, Vcpu, Vm};
+
+pub use vcpu::KvmVcpu;
+
+/// Where KVM puts the three-page TSS it needs on Intel hosts (just below the BIOS area at the
+/// top of the 32-bit space, inside petrel's MMIO hole and clear of the APICs).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// KVM through /dev/kvm.
+pub struct KvmHypervisor {
+    kvm: Kvm,
+}
+
+impl KvmHypervisor {
+    /// Opens /dev/kvm.
+    pub fn new() -> Result<Self> {
+        let kvm = Kvm::new().map_err(|e| Error::Open {
+            device: crate::select::KVM_DEVICE,
+            source: e.into(),
+        })?;
+        Ok(KvmHypervisor { kvm })
+    }
+}
+
+impl Hypervisor for KvmHypervisor {
+    fn kind(&self) -> Kind {
+        Kind::Kvm
+    }
+
+    fn create_vm(&self) -> Result<Arc<dyn Vm>> {
+        let fd = self.kvm.create_vm().map_err(|e| Error::call("KVM_CREATE_VM", e))?;
+        fd.set_tss_address(TSS_ADDRESS)
+            .map_err(|e| Error::call("KVM_SET_TSS_ADDR", e))?;
+        Ok(Arc::new(KvmVm { fd }))
+    }
+
+    fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| Error::call("KVM_GET_SUPPORTED_CPUID", e))?;
+        Ok(cpuid.as_slice().iter().map(convert::cpuid_from_kvm).collect())
+    }
+
+    fn max_vcpus(&self) -> u32 {
+        self.kvm.get_max_vcpus() as u32
+    }
+}
+
+/// A KVM VM.
+pub struct KvmVm {
+    fd: VmFd,
+}
+
+impl Vm for KvmVm {
+    unsafe fn map_memory(&self, slot: u32, gpa: u64, host_addr: u64, size: u64) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host_addr,
+        };
+        // SAFETY: the caller guarantees the host range is a valid mapping that outlives the VM.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(|e| Error::call("KVM_SET_USER_MEMORY_REGION", e))
+    }
+
+    fn setup_irqchip(&self) -> Result<()> {
+        self.fd
+            .create_irq_chip()
+            .map_err(|e| Error::call("KVM_CREATE_IRQCHIP", e))
+    }
+
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(|e| Error::call("KVM_CREATE_VCPU", e))?;
+        Ok(Box::new(KvmVcpu::new(fd)))
+    }
+
+    fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|e| Error::call("KVM_IRQFD", e))
+    }
+
+    fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> Result<()> {
+        use kvm_ioctls::{IoEventAddress as K, NoDatamatch};
+        let addr = match addr {
+            IoEventAddress::Pio(p) => K::Pio(p),
+            IoEventAddress::Mmio(a) => K::Mmio(a),
+        };
+        let r = match datamatch {
+            Some(v) => self.fd.register_ioevent(evt, &addr, v),
+            None => self.fd.register_ioevent(evt, &addr, NoDatamatch),
+        };
+        r.map_err(|e| Error::call("KVM_IOEVENTFD", e))
+    }
+}

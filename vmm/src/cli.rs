@@ -1,0 +1,270 @@
+//! The `petrel` command line: flags (or a JSON `--config-file` of the same `VmConfig` the API
+//! uses), `--version` and `--capabilities`.
+
+use std::path::PathBuf;
+
+use api::{parse_size, ConfigError, SerialMode, VmConfig};
+use hypervisor::Request;
+
+use crate::run::{run, Options};
+
+const USAGE: &str = "usage: petrel --kernel PATH [--initramfs PATH] [--cmdline STR] [--cpus N] \
+[--memory SIZE] [--serial stdout|off|file=PATH] [--hypervisor auto|kvm|mshv] \
+[--feature-gates LIST] [--no-reboot] [--config-file FILE]
+       petrel --version | --capabilities | --help";
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// Run a VM.
+    Run(Box<Options>),
+    /// Print the version.
+    Version,
+    /// Print host capabilities.
+    Capabilities {
+        /// Whether the mshv gate is on (it changes what `auto` picks).
+        mshv_gate: bool,
+    },
+    /// Print usage.
+    Help,
+}
+
+fn field_err(field: &str, msg: impl Into<String>) -> String {
+    ConfigError::new(field, msg).to_string()
+}
+
+/// `--cpus 2` or Cloud Hypervisor's `--cpus boot=2`.
+fn parse_cpus(v: &str) -> Result<u32, String> {
+    let n = v.strip_prefix("boot=").unwrap_or(v);
+    n.parse::<u32>()
+        .map_err(|_| field_err("--cpus", format!("'{v}' is not a number of vCPUs")))
+}
+
+/// `--memory 512M` or Cloud Hypervisor's `--memory size=512M`.
+fn parse_memory(v: &str) -> Result<u64, String> {
+    parse_size(v.strip_prefix("size=").unwrap_or(v)).map_err(|e| field_err("--memory", e))
+}
+
+fn parse_serial(v: &str, cfg: &mut VmConfig) -> Result<(), String> {
+    match v {
+        "stdout" | "tty" => cfg.serial.mode = SerialMode::Tty,
+        "off" | "null" => cfg.serial.mode = SerialMode::Off,
+        _ => match v.strip_prefix("file=") {
+            Some(p) if !p.is_empty() => {
+                cfg.serial.mode = SerialMode::File;
+                cfg.serial.file = Some(PathBuf::from(p));
+            }
+            _ => {
+                return Err(field_err(
+                    "--serial",
+                    format!("'{v}' (expected stdout, off or file=PATH)"),
+                ))
+            }
+        },
+    }
+    Ok(())
+}
+
+/// Parses the arguments (without the program name).
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    let mut it = args.iter();
+    const VALUELESS: [&str; 4] = ["--no-reboot", "--version", "--capabilities", "--help"];
+    while let Some(arg) = it.next() {
+        if !arg.starts_with("--") {
+            return Err(format!("unexpected argument '{arg}'"));
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        if VALUELESS.contains(&name.as_str()) {
+            if inline.is_some() {
+                return Err(format!("{name} takes no value"));
+            }
+            flags.push((name, None));
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))?,
+        };
+        flags.push((name, Some(value)));
+    }
+    let has = |n: &str| flags.iter().any(|(f, _)| f == n);
+    let mut mshv_gate = false;
+    for (name, value) in &flags {
+        if name == "--feature-gates" {
+            for gate in value.as_deref().unwrap_or("").split(',').filter(|g| !g.is_empty()) {
+                match gate {
+                    "mshv" => mshv_gate = true,
+                    other => return Err(field_err("--feature-gates", format!("unknown gate '{other}' (known: mshv)"))),
+                }
+            }
+        }
+    }
+    if has("--help") {
+        return Ok(Command::Help);
+    }
+    if has("--version") {
+        return Ok(Command::Version);
+    }
+    if has("--capabilities") {
+        return Ok(Command::Capabilities { mshv_gate });
+    }
+
+    let mut config = match flags.iter().find(|(f, _)| f == "--config-file") {
+        Some((_, Some(path))) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--config-file {path}: {e}"))?;
+            Some(VmConfig::from_json(&text).map_err(|e| format!("--config-file {path}: {e}"))?)
+        }
+        _ => None,
+    };
+    let kernel = flags
+        .iter()
+        .find(|(f, _)| f == "--kernel")
+        .and_then(|(_, v)| v.clone());
+    let mut cfg = match (config.take(), kernel) {
+        (Some(mut c), Some(k)) => {
+            c.payload.kernel = PathBuf::from(k);
+            c
+        }
+        (Some(c), None) => c,
+        (None, Some(k)) => VmConfig::new(PathBuf::from(k)),
+        (None, None) => return Err(format!("missing --kernel (or --config-file)\n{USAGE}")),
+    };
+    let mut opts_hv = Request::Auto;
+    let mut no_reboot = false;
+    for (name, value) in flags {
+        let v = value.unwrap_or_default();
+        match name.as_str() {
+            "--kernel" | "--config-file" | "--feature-gates" => {}
+            "--initramfs" => cfg.payload.initramfs = Some(PathBuf::from(v)),
+            "--cmdline" => cfg.payload.cmdline = Some(v),
+            "--cpus" => cfg.cpus.boot_vcpus = parse_cpus(&v)?,
+            "--memory" => cfg.memory.size = parse_memory(&v)?,
+            "--serial" => parse_serial(&v, &mut cfg)?,
+            "--hypervisor" => opts_hv = v.parse().map_err(|e: String| field_err("--hypervisor", e))?,
+            "--no-reboot" => no_reboot = true,
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    Ok(Command::Run(Box::new(Options {
+        config: cfg,
+        hypervisor: opts_hv,
+        mshv_gate,
+        no_reboot,
+    })))
+}
+
+/// The `--capabilities` report, as JSON.
+pub fn capabilities_json(mshv_gate: bool) -> serde_json::Value {
+    let caps = hypervisor::capabilities();
+    let auto = hypervisor::select::decide(Request::Auto, &caps, mshv_gate);
+    let max_vcpus = match hypervisor::kvm::KvmHypervisor::new() {
+        Ok(kvm) => Some(hypervisor::Hypervisor::max_vcpus(&kvm)),
+        Err(_) => None,
+    };
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "hypervisors": {
+            "kvm": {
+                "device": hypervisor::select::KVM_DEVICE,
+                "status": caps.kvm.to_string(),
+                "built_in": true,
+                "max_vcpus": max_vcpus,
+            },
+            "mshv": {
+                "device": hypervisor::select::MSHV_DEVICE,
+                "status": caps.mshv.to_string(),
+                "built_in": caps.mshv_built_in,
+                "gate": if mshv_gate { "on" } else { "off" },
+            },
+        },
+        "auto": match auto {
+            Ok(s) => serde_json::json!({"hypervisor": s.kind.to_string(), "reason": s.reason}),
+            Err(e) => serde_json::json!({"hypervisor": null, "reason": e.to_string()}),
+        },
+        "boot_protocols": ["pvh", "bzimage"],
+    })
+}
+
+/// Entry point of the `petrel` binary; returns the exit status.
+pub fn main() -> i32 {
+    crate::logger::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("petrel: {e}");
+            return 2;
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{USAGE}");
+            0
+        }
+        Command::Version => {
+            println!("petrel {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Command::Capabilities { mshv_gate } => {
+            let text = serde_json::to_string_pretty(&capabilities_json(mshv_gate))
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+            println!("{text}");
+            0
+        }
+        Command::Run(opts) => match run(&opts) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("petrel: error: {}", crate::error_chain(&e));
+                1
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn flags_build_the_config() {
+        let Ok(Command::Run(o)) = parse(&args(
+            "--kernel /k --cpus boot=2 --memory=256M --serial off --no-reboot --hypervisor kvm",
+        )) else {
+            panic!("expected run");
+        };
+        assert_eq!(o.config.cpus.boot_vcpus, 2);
+        assert_eq!(o.config.memory.size, 256 << 20);
+        assert_eq!(o.config.serial.mode, SerialMode::Off);
+        assert!(o.no_reboot);
+        assert_eq!(o.hypervisor, Request::Kvm);
+    }
+
+    #[test]
+    fn bad_flags_are_one_line_errors_naming_the_flag() {
+        for (a, want) in [
+            ("--kernel /k --memory 12Q", "--memory"),
+            ("--kernel /k --cpus two", "--cpus"),
+            ("--kernel /k --serial pty", "--serial"),
+            ("--kernel /k --hypervisor xen", "--hypervisor"),
+            ("--kernel /k --frobnicate 1", "--frobnicate"),
+            ("--kernel", "needs a value"),
+            ("--kernel /k --feature-gates warp", "warp"),
+        ] {
+            let e = parse(&args(a)).unwrap_err();
+            assert!(e.contains(want), "{a}: {e}");
+        }
+        assert!(parse(&args("")).unwrap_err().contains("missing --kernel"));
+    }
+}

@@ -1,0 +1,240 @@
+//! The event loop of a running VM (the main thread): guest poweroff and reset, vCPU failures,
+//! SIGTERM/SIGINT, and standard input for the serial port, all as events on one
+//! event-manager loop.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use devices::serial::{Error as SerialError, Serial};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::signals::SignalFd;
+use crate::vcpu::{VcpuEvent, VcpuShared};
+use crate::{Error, Result};
+
+/// How a boot of the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered off.
+    PowerOff,
+    /// The guest asked for a reset.
+    Reset,
+    /// petrel got SIGTERM or SIGINT (the signal number).
+    Signal(i32),
+    /// A vCPU failed.
+    Failed(String),
+}
+
+const EXIT: u32 = 1;
+const RESET: u32 = 2;
+const VCPU: u32 = 3;
+const SIGNAL: u32 = 4;
+const STDIN: u32 = 5;
+const DRAINED: u32 = 6;
+
+/// The lifecycle subscriber.
+pub struct Controller<'a> {
+    exit_evt: &'a EventFd,
+    reset_evt: &'a EventFd,
+    signals: &'a SignalFd,
+    shared: Arc<VcpuShared>,
+    stdin: Option<StdinInput<'a>>,
+    outcome: Option<Outcome>,
+}
+
+/// Standard input forwarded to the serial port, with back-pressure: when the receive FIFO is
+/// full, stdin is not read until the guest drains it.
+struct StdinInput<'a> {
+    fd: RawFd,
+    serial: Arc<Mutex<Serial>>,
+    drained: &'a EventFd,
+    pending: Vec<u8>,
+    reading: bool,
+}
+
+impl StdinInput<'_> {
+    /// Offers pending bytes to the UART; returns true when all were taken.
+    fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        match serial.enqueue_input(&self.pending) {
+            Ok(n) => {
+                self.pending.drain(..n.min(self.pending.len()));
+            }
+            Err(SerialError::FifoFull) => {}
+            Err(e) => {
+                log::warn!("serial input: {e}");
+                self.pending.clear();
+            }
+        }
+        self.pending.is_empty()
+    }
+
+    fn read(&mut self) -> std::io::Result<usize> {
+        let mut buf = [0u8; 64];
+        // SAFETY: reads into a local buffer of the given length from a file descriptor we
+        // hold open for the loop's lifetime.
+        let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        self.pending.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Controller<'_> {
+    fn finish(&mut self, outcome: Outcome) {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+        }
+    }
+
+    fn on_stdin(&mut self, ops: &mut EventOps) {
+        let Some(input) = self.stdin.as_mut() else {
+            return;
+        };
+        match input.read() {
+            Ok(0) => {
+                // End of input: stop watching it; the guest keeps running.
+                let _ = ops.remove(Events::empty_raw(input.fd));
+                input.reading = false;
+            }
+            Ok(_) => {
+                if !input.flush() && input.reading {
+                    let _ = ops.remove(Events::empty_raw(input.fd));
+                    input.reading = false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                log::warn!("standard input: {e}; no more serial input");
+                let _ = ops.remove(Events::empty_raw(input.fd));
+                input.reading = false;
+            }
+        }
+    }
+
+    fn on_drained(&mut self, ops: &mut EventOps) {
+        let Some(input) = self.stdin.as_mut() else {
+            return;
+        };
+        let _ = input.drained.read();
+        if input.flush() && !input.reading {
+            input.reading = ops
+                .add(Events::with_data_raw(input.fd, STDIN, EventSet::IN))
+                .is_ok();
+        }
+    }
+}
+
+impl MutEventSubscriber for Controller<'_> {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            EXIT => {
+                let _ = self.exit_evt.read();
+                log::info!("guest powered off (ACPI S5)");
+                self.finish(Outcome::PowerOff);
+            }
+            RESET => {
+                let _ = self.reset_evt.read();
+                log::info!("guest reset (i8042)");
+                self.finish(Outcome::Reset);
+            }
+            VCPU => {
+                let _ = self.shared.event_fd.read();
+                for event in self.shared.take_events() {
+                    match event {
+                        VcpuEvent::PowerOff => self.finish(Outcome::PowerOff),
+                        VcpuEvent::Reset => self.finish(Outcome::Reset),
+                        VcpuEvent::Failed(msg) => self.finish(Outcome::Failed(msg)),
+                    }
+                }
+            }
+            SIGNAL => {
+                if let Some(sig) = self.signals.read() {
+                    self.finish(Outcome::Signal(sig));
+                }
+            }
+            STDIN => self.on_stdin(ops),
+            DRAINED => self.on_drained(ops),
+            _ => {}
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let fds: [(RawFd, u32); 4] = [
+            (self.exit_evt.as_raw_fd(), EXIT),
+            (self.reset_evt.as_raw_fd(), RESET),
+            (self.shared.event_fd.as_raw_fd(), VCPU),
+            (self.signals.as_raw_fd(), SIGNAL),
+        ];
+        for (fd, tag) in fds {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, tag, EventSet::IN)) {
+                log::error!("event loop: cannot watch fd {fd}: {e}");
+            }
+        }
+        if let Some(input) = self.stdin.as_mut() {
+            // epoll refuses regular files and /dev/null: then there is simply no input.
+            input.reading = ops
+                .add(Events::with_data_raw(input.fd, STDIN, EventSet::IN))
+                .is_ok();
+            if let Err(e) = ops.add(Events::with_data_raw(
+                input.drained.as_raw_fd(),
+                DRAINED,
+                EventSet::IN,
+            )) {
+                log::warn!("event loop: serial input back-pressure unavailable: {e}");
+            }
+        }
+    }
+}
+
+/// What the loop watches besides the vCPUs.
+pub struct LoopInputs<'a> {
+    /// Guest poweroff.
+    pub exit_evt: &'a EventFd,
+    /// Guest reset.
+    pub reset_evt: &'a EventFd,
+    /// SIGTERM/SIGINT.
+    pub signals: &'a SignalFd,
+    /// Serial input from standard input: the UART and its drained event.
+    pub stdin: Option<(Arc<Mutex<Serial>>, &'a EventFd)>,
+}
+
+/// Runs the loop until the guest powers off, resets, fails, or petrel is signalled.
+pub fn run(inputs: LoopInputs, shared: Arc<VcpuShared>) -> Result<Outcome> {
+    let controller = Controller {
+        exit_evt: inputs.exit_evt,
+        reset_evt: inputs.reset_evt,
+        signals: inputs.signals,
+        shared,
+        stdin: inputs.stdin.map(|(serial, drained)| StdinInput {
+            fd: libc::STDIN_FILENO,
+            serial,
+            drained,
+            pending: Vec::new(),
+            reading: false,
+        }),
+        outcome: None,
+    };
+    let mut manager: EventManager<Controller> = EventManager::new()
+        .map_err(|e| Error::Guest(format!("cannot create the event loop: {e}")))?;
+    let id = manager.add_subscriber(controller);
+    loop {
+        manager
+            .run()
+            .map_err(|e| Error::Guest(format!("event loop failed: {e}")))?;
+        let c = manager
+            .subscriber_mut(id)
+            .map_err(|e| Error::Guest(format!("event loop lost its controller: {e}")))?;
+        if let Some(outcome) = c.outcome.take() {
+            return Ok(outcome);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Building a running VM from its configuration: guest memory, the kernel and boot structures,
+//! the ACPI tables, interrupt wiring, and the vCPU threads.
+
+use std::sync::Arc;
+
+use api::VmConfig;
+use arch::acpi::{create_acpi_tables, AcpiConfig};
+use arch::loader::{load_initramfs, low_ram_end, BootProtocol};
+use arch::GuestMemoryMmap;
+use hypervisor::{Hypervisor, IoHandler, Vm};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::devices::LegacyDevices;
+use crate::vcpu::{run_vcpu, VcpuShared, VcpuThread};
+use crate::{Error, Result};
+
+/// A VM whose vCPUs are running. Field order is drop order: vCPU threads must be stopped
+/// (`vcpu::stop_all`) before this is dropped; then the hypervisor VM goes before its memory.
+pub struct RunningVm {
+    /// vCPU threads.
+    pub threads: Vec<VcpuThread>,
+    /// State shared with the vCPU threads.
+    pub shared: Arc<VcpuShared>,
+    /// The hypervisor VM.
+    pub vm: Arc<dyn Vm>,
+    /// Guest RAM.
+    pub memory: GuestMemoryMmap,
+}
+
+/// Allocates guest RAM and maps it into `vm`.
+fn create_memory(vm: &dyn Vm, size: u64) -> Result<GuestMemoryMmap> {
+    let ranges: Vec<(GuestAddress, usize)> = arch::ram_ranges(size)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory {
+        size,
+        reason: e.to_string(),
+    })?;
+    for (slot, region) in memory.iter().enumerate() {
+        let host = region.as_ptr() as u64;
+        // SAFETY: the region is a live anonymous mapping owned by `memory`, which `RunningVm`
+        // drops only after the VM.
+        unsafe {
+            vm.map_memory(
+                slot as u32,
+                region.start_addr().raw_value(),
+                host,
+                region.len(),
+            )?
+        };
+    }
+    Ok(memory)
+}
+
+/// Loads the payload and writes every boot structure. Returns the boot vCPU's registers.
+fn load_payload(
+    cfg: &VmConfig,
+    memory: &GuestMemoryMmap,
+) -> Result<(hypervisor::Regs, hypervisor::SpecialRegs)> {
+    let kernel_path = cfg.payload.kernel.to_string_lossy();
+    let kernel = arch::load_kernel(memory, &kernel_path)?;
+    let initramfs = match &cfg.payload.initramfs {
+        Some(path) => {
+            let mut limit = low_ram_end(memory);
+            if let BootProtocol::BzImage { header, .. } = kernel.protocol {
+                if header.initrd_addr_max != 0 {
+                    limit = limit.min(u64::from(header.initrd_addr_max) + 1);
+                }
+            }
+            Some(load_initramfs(
+                memory,
+                &path.to_string_lossy(),
+                kernel.kernel_end,
+                limit,
+            )?)
+        }
+        None => None,
+    };
+    let rsdp = create_acpi_tables(
+        memory,
+        &AcpiConfig {
+            cpus: cfg.cpus.boot_vcpus,
+            virtio_mmio: &[],
+        },
+    )
+    .map_err(arch::Error::Acpi)?;
+    arch::write_boot_info(
+        memory,
+        &arch::bootinfo::BootInfo {
+            kernel: &kernel,
+            cmdline: cfg.cmdline(),
+            initramfs,
+            rsdp: rsdp.raw_value(),
+            mem_size: cfg.memory.size,
+        },
+    )?;
+    log::info!(
+        "kernel {} loaded: {} entry {:#x}",
+        kernel_path,
+        match kernel.protocol {
+            BootProtocol::Pvh { .. } => "PVH",
+            BootProtocol::BzImage { .. } => "bzImage",
+        },
+        kernel.entry()
+    );
+    Ok(arch::regs::boot_state(memory, &kernel)?)
+}
+
+/// Creates the VM, loads the guest and starts its vCPUs.
+pub fn boot(cfg: &VmConfig, hv: &dyn Hypervisor, devices: &LegacyDevices) -> Result<RunningVm> {
+    let vm = hv.create_vm()?;
+    let memory = create_memory(vm.as_ref(), cfg.memory.size)?;
+    vm.setup_irqchip()?;
+    let (regs, sregs) = load_payload(cfg, &memory)?;
+    for irq in &devices.irqs {
+        vm.register_irqfd(&irq.evt, irq.gsi)?;
+    }
+    let io: Arc<dyn IoHandler + Send + Sync> = Arc::new(devices.buses()?);
+    let supported = hv.supported_cpuid()?;
+    let cpus = cfg.cpus.boot_vcpus;
+    let mut vcpus = Vec::with_capacity(cpus as usize);
+    for id in 0..cpus {
+        let vcpu = vm.create_vcpu(id)?;
+        let err = |source| arch::Error::Vcpu { id, source };
+        vcpu.set_cpuid(&arch::cpuid::filter(&supported, id, cpus))
+            .map_err(err)?;
+        arch::regs::setup_common(vcpu.as_ref(), id)?;
+        if id == 0 {
+            arch::regs::setup_boot_vcpu(vcpu.as_ref(), &regs, &sregs)?;
+        }
+        vcpus.push(vcpu);
+    }
+    let shared = Arc::new(VcpuShared::new().map_err(|e| Error::io("creating the vCPU eventfd", e))?);
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for (id, vcpu) in (0u32..).zip(vcpus) {
+        let io = io.clone();
+        let sh = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || run_vcpu(id, vcpu, io, sh))
+            .map_err(|e| Error::io(format!("spawning the vCPU {id} thread"), e))?;
+        threads.push(VcpuThread { id, handle });
+    }
+    Ok(RunningVm {
+        threads,
+        shared,
+        vm,
+        memory,
+    })
+}
