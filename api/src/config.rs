@@ -167,7 +167,7 @@ impl VmConfig {
                 format!("{} bytes is too small (at least 2 MiB)", self.memory.size),
             ));
         }
-        if self.memory.size % 4096 != 0 {
+        if !self.memory.size.is_multiple_of(4096) {
             return Err(ConfigError::new(
                 "memory.size",
                 "must be a multiple of 4 KiB",
@@ -177,7 +177,10 @@ impl VmConfig {
             return Err(ConfigError::new("payload.kernel", "is empty"));
         }
         if self.serial.mode == SerialMode::File && self.serial.file.is_none() {
-            return Err(ConfigError::new("serial.file", "is required with mode File"));
+            return Err(ConfigError::new(
+                "serial.file",
+                "is required with mode File",
+            ));
         }
         Ok(())
     }

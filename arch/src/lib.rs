@@ -6,12 +6,12 @@
 #![deny(missing_docs)]
 
 pub mod acpi;
+pub mod bootinfo;
 pub mod cpuid;
 pub mod layout;
 pub mod loader;
 pub mod memory;
 pub mod regs;
-pub mod bootinfo;
 
 pub use bootinfo::write_boot_info;
 pub use loader::{load_kernel, BootProtocol, LoadedKernel};

@@ -70,7 +70,8 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &str) -> Result<LoadedKernel> {
         reason: e.to_string(),
     };
     if is_elf {
-        let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
+        let r =
+            Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
         let PvhBootCapability::PvhEntryPresent(entry) = r.pvh_boot_cap else {
             return Err(Error::NoPvhEntry(path.to_string()));
         };
@@ -83,7 +84,9 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &str) -> Result<LoadedKernel> {
     }
     match BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))) {
         Ok(r) => {
-            let header = r.setup_header.ok_or_else(|| Error::KernelFormat(path.to_string()))?;
+            let header = r
+                .setup_header
+                .ok_or_else(|| Error::KernelFormat(path.to_string()))?;
             Ok(LoadedKernel {
                 protocol: BootProtocol::BzImage {
                     header,

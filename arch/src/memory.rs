@@ -70,7 +70,11 @@ mod tests {
     fn small_memory_is_one_low_range() {
         assert_eq!(ram_ranges(128 << 20), vec![(0, 128 << 20)]);
         let map = e820_map(128 << 20);
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, (128 << 20) - (HIMEM_START - EBDA_START));
         assert_eq!(map[0].addr, 0);
     }
@@ -80,7 +84,10 @@ mod tests {
         let size = 4u64 << 30;
         assert_eq!(
             ram_ranges(size),
-            vec![(0, MMIO_HOLE_START), (HIGH_RAM_START, size - MMIO_HOLE_START)]
+            vec![
+                (0, MMIO_HOLE_START),
+                (HIGH_RAM_START, size - MMIO_HOLE_START)
+            ]
         );
         let map = e820_map(size);
         let last = map.last().unwrap();

@@ -217,7 +217,10 @@ mod tests {
         let code64 = gdt_entry(0xa09b, 0, 0xfffff);
         assert_eq!(code64, 0x00af_9b00_0000_ffff);
         let s = segment(code64, 1);
-        assert_eq!((s.l, s.db, s.g, s.present, s.type_, s.s), (1, 0, 1, 1, 0xb, 1));
+        assert_eq!(
+            (s.l, s.db, s.g, s.present, s.type_, s.s),
+            (1, 0, 1, 1, 0xb, 1)
+        );
         assert_eq!(s.limit, 0xffff_ffff);
         assert_eq!(s.selector, 8);
         let data = segment(gdt_entry(0xc093, 0, 0xfffff), 2);

@@ -81,7 +81,10 @@ impl Bus {
     }
 
     fn find(&self, addr: u64, size: usize) -> Option<(&Range, u64)> {
-        let idx = self.ranges.partition_point(|r| r.base <= addr).checked_sub(1)?;
+        let idx = self
+            .ranges
+            .partition_point(|r| r.base <= addr)
+            .checked_sub(1)?;
         let range = &self.ranges[idx];
         let offset = addr - range.base;
         (offset + size as u64 <= range.len).then_some((range, offset))
@@ -146,7 +149,10 @@ mod tests {
         assert_eq!(b[0], 8);
         assert!(!bus.read(0x18, &mut b));
         let mut w = [0u8; 4];
-        assert!(!bus.read(0x16, &mut w), "access crossing the end of a range");
+        assert!(
+            !bus.read(0x16, &mut w),
+            "access crossing the end of a range"
+        );
         assert!(!bus.read(0x0, &mut b));
     }
 }

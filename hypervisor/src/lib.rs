@@ -104,8 +104,12 @@ pub trait Vm: Send + Sync {
     fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()>;
     /// Writes `evt` when the guest writes to `addr` (with `datamatch`, only that value) instead
     /// of exiting to the VMM.
-    fn register_ioevent(&self, evt: &EventFd, addr: IoEventAddress, datamatch: Option<u64>)
-        -> Result<()>;
+    fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> Result<()>;
 }
 
 /// Where port I/O and MMIO land: implemented by the VMM over its buses.

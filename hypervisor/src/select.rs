@@ -106,7 +106,11 @@ fn device_status(path: &str) -> DeviceStatus {
     if !Path::new(path).exists() {
         return DeviceStatus::Missing;
     }
-    match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
         Ok(_) => DeviceStatus::Available,
         Err(e) => DeviceStatus::Inaccessible(e.to_string()),
     }
@@ -210,7 +214,11 @@ mod tests {
         assert!(s.reason.contains("built without"), "{}", s.reason);
         let no_mshv = caps(Available, Missing, true);
         let s = decide(Request::Auto, &no_mshv, true).unwrap();
-        assert!(s.reason.contains("/dev/mshv does not exist"), "{}", s.reason);
+        assert!(
+            s.reason.contains("/dev/mshv does not exist"),
+            "{}",
+            s.reason
+        );
     }
 
     #[test]

@@ -98,10 +98,20 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut mshv_gate = false;
     for (name, value) in &flags {
         if name == "--feature-gates" {
-            for gate in value.as_deref().unwrap_or("").split(',').filter(|g| !g.is_empty()) {
+            for gate in value
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .filter(|g| !g.is_empty())
+            {
                 match gate {
                     "mshv" => mshv_gate = true,
-                    other => return Err(field_err("--feature-gates", format!("unknown gate '{other}' (known: mshv)"))),
+                    other => {
+                        return Err(field_err(
+                            "--feature-gates",
+                            format!("unknown gate '{other}' (known: mshv)"),
+                        ))
+                    }
                 }
             }
         }
@@ -118,8 +128,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 
     let mut config = match flags.iter().find(|(f, _)| f == "--config-file") {
         Some((_, Some(path))) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("--config-file {path}: {e}"))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("--config-file {path}: {e}"))?;
             Some(VmConfig::from_json(&text).map_err(|e| format!("--config-file {path}: {e}"))?)
         }
         _ => None,
@@ -148,7 +158,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--cpus" => cfg.cpus.boot_vcpus = parse_cpus(&v)?,
             "--memory" => cfg.memory.size = parse_memory(&v)?,
             "--serial" => parse_serial(&v, &mut cfg)?,
-            "--hypervisor" => opts_hv = v.parse().map_err(|e: String| field_err("--hypervisor", e))?,
+            "--hypervisor" => {
+                opts_hv = v
+                    .parse()
+                    .map_err(|e: String| field_err("--hypervisor", e))?
+            }
             "--no-reboot" => no_reboot = true,
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }

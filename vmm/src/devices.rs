@@ -155,7 +155,11 @@ impl LegacyDevices {
         let mut buses = Buses::default();
         let port = |p: u16| u64::from(p);
         let entries: [(devices::bus::SharedDevice, u64, u64); 5] = [
-            (self.serial.clone(), port(layout::COM1_PORT), SERIAL_PORT_LEN),
+            (
+                self.serial.clone(),
+                port(layout::COM1_PORT),
+                SERIAL_PORT_LEN,
+            ),
             (self.rtc.clone(), port(layout::RTC_PORT), RTC_PORT_LEN),
             (self.i8042.clone(), port(layout::I8042_PORT), I8042_PORT_LEN),
             (
@@ -163,7 +167,11 @@ impl LegacyDevices {
                 port(layout::ACPI_SLEEP_CONTROL_PORT),
                 ACPI_PM_PORT_LEN,
             ),
-            (self.debug_port.clone(), port(layout::DEBUG_PORT), DEBUG_PORT_LEN),
+            (
+                self.debug_port.clone(),
+                port(layout::DEBUG_PORT),
+                DEBUG_PORT_LEN,
+            ),
         ];
         for (dev, base, len) in entries {
             buses

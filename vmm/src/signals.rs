@@ -31,9 +31,8 @@ impl SignalFd {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` is a new descriptor that nothing else owns.
-        Ok(SignalFd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(SignalFd { fd })
     }
 
     /// Reads one pending signal, if any.
@@ -42,7 +41,13 @@ impl SignalFd {
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: reads at most `size` bytes into `info`, which is that large.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
         (n == size as isize).then_some(info.ssi_signo as i32)
     }
 }

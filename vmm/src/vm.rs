@@ -131,7 +131,8 @@ pub fn boot(cfg: &VmConfig, hv: &dyn Hypervisor, devices: &LegacyDevices) -> Res
         }
         vcpus.push(vcpu);
     }
-    let shared = Arc::new(VcpuShared::new().map_err(|e| Error::io("creating the vCPU eventfd", e))?);
+    let shared =
+        Arc::new(VcpuShared::new().map_err(|e| Error::io("creating the vCPU eventfd", e))?);
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in (0u32..).zip(vcpus) {
         let io = io.clone();

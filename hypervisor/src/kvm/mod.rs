@@ -39,7 +39,10 @@ impl Hypervisor for KvmHypervisor {
     }
 
     fn create_vm(&self) -> Result<Arc<dyn Vm>> {
-        let fd = self.kvm.create_vm().map_err(|e| Error::call("KVM_CREATE_VM", e))?;
+        let fd = self
+            .kvm
+            .create_vm()
+            .map_err(|e| Error::call("KVM_CREATE_VM", e))?;
         fd.set_tss_address(TSS_ADDRESS)
             .map_err(|e| Error::call("KVM_SET_TSS_ADDR", e))?;
         Ok(Arc::new(KvmVm { fd }))
@@ -50,7 +53,11 @@ impl Hypervisor for KvmHypervisor {
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| Error::call("KVM_GET_SUPPORTED_CPUID", e))?;
-        Ok(cpuid.as_slice().iter().map(convert::cpuid_from_kvm).collect())
+        Ok(cpuid
+            .as_slice()
+            .iter()
+            .map(convert::cpuid_from_kvm)
+            .collect())
     }
 
     fn max_vcpus(&self) -> u32 {

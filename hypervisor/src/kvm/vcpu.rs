@@ -74,7 +74,8 @@ enum Step {
 impl Vcpu for KvmVcpu {
     fn prepare_thread(&mut self) -> Result<()> {
         HANDLER.call_once(|| {
-            let r = vmm_sys_util::signal::register_signal_handler(crate::kick_signal(), kick_handler);
+            let r =
+                vmm_sys_util::signal::register_signal_handler(crate::kick_signal(), kick_handler);
             // SAFETY: written once, inside `call_once`, before any reader.
             unsafe { HANDLER_RESULT = r.map(|_| 0).unwrap_or_else(|e| e.errno()) };
         });
@@ -89,9 +90,8 @@ impl Vcpu for KvmVcpu {
         let ptr = self.fd.get_kvm_run() as *mut kvm_run;
         KVM_RUN.with(|run| run.set(ptr));
         // The signal must be deliverable on this thread.
-        vmm_sys_util::signal::unblock_signal(crate::kick_signal()).map_err(|e| {
-            Error::Unavailable(format!("cannot unblock the vCPU kick signal: {e}"))
-        })?;
+        vmm_sys_util::signal::unblock_signal(crate::kick_signal())
+            .map_err(|e| Error::Unavailable(format!("cannot unblock the vCPU kick signal: {e}")))?;
         Ok(())
     }
 
@@ -218,7 +218,10 @@ impl CpuState for KvmVcpu {
             })
             .collect();
         let kvm_msrs = Msrs::from_entries(&entries).map_err(|e| {
-            Error::call("building the MSR list", std::io::Error::other(format!("{e:?}")))
+            Error::call(
+                "building the MSR list",
+                std::io::Error::other(format!("{e:?}")),
+            )
         })?;
         let set = self
             .fd
@@ -237,7 +240,10 @@ impl CpuState for KvmVcpu {
     fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()> {
         let kvm: Vec<_> = entries.iter().map(convert::cpuid_to_kvm).collect();
         let cpuid = CpuId::from_entries(&kvm).map_err(|e| {
-            Error::call("building the CPUID list", std::io::Error::other(format!("{e:?}")))
+            Error::call(
+                "building the CPUID list",
+                std::io::Error::other(format!("{e:?}")),
+            )
         })?;
         self.fd
             .set_cpuid2(&cpuid)
