@@ -7,9 +7,13 @@
 
 use std::time::Instant;
 
-use log::info;
+use log::{debug, info};
 
 use crate::bus::BusDevice;
+
+/// Writes logged at info level; later ones go to debug level so that a guest hammering the
+/// port (an I/O-delay loop, an exit benchmark) cannot flood petrel's log.
+pub const INFO_WRITES: u64 = 64;
 
 /// Number of ports the debug port spans.
 pub const DEBUG_PORT_LEN: u64 = 1;
@@ -52,7 +56,14 @@ impl BusDevice for DebugPort {
             return;
         };
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        info!("debug port: {value:#04x} at {ms:.3} ms");
+        if self.count < INFO_WRITES {
+            info!("debug port: {value:#04x} at {ms:.3} ms");
+        } else {
+            if self.count == INFO_WRITES {
+                info!("debug port: more than {INFO_WRITES} writes; further ones are logged at debug level");
+            }
+            debug!("debug port: {value:#04x} at {ms:.3} ms");
+        }
         self.last = Some(value);
         self.count = self.count.saturating_add(1);
     }

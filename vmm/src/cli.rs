@@ -70,6 +70,17 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut flags: Vec<(String, Option<String>)> = Vec::new();
     let mut it = args.iter();
     const VALUELESS: [&str; 4] = ["--no-reboot", "--version", "--capabilities", "--help"];
+    const WITH_VALUE: [&str; 9] = [
+        "--kernel",
+        "--initramfs",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "--serial",
+        "--hypervisor",
+        "--feature-gates",
+        "--config-file",
+    ];
     while let Some(arg) = it.next() {
         if !arg.starts_with("--") {
             return Err(format!("unexpected argument '{arg}'"));
@@ -84,6 +95,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             flags.push((name, None));
             continue;
+        }
+        if !WITH_VALUE.contains(&name.as_str()) {
+            return Err(format!("unknown option {name}\n{USAGE}"));
         }
         let value = match inline {
             Some(v) => v,
@@ -273,6 +287,7 @@ mod tests {
             ("--kernel /k --serial pty", "--serial"),
             ("--kernel /k --hypervisor xen", "--hypervisor"),
             ("--kernel /k --frobnicate 1", "--frobnicate"),
+            ("--kernel /k --bogus", "unknown option --bogus"),
             ("--kernel", "needs a value"),
             ("--kernel /k --feature-gates warp", "warp"),
         ] {

@@ -1,0 +1,74 @@
+/*
+ * petrel test guest: shared declarations of the freestanding C core.
+ *
+ * The guest runs in 64-bit long mode with an identity map of the first 4 GiB
+ * (2 MiB pages) built by the entry stubs (pvh.S, or core.c for bzImage).
+ */
+#ifndef PETREL_GUEST_H
+#define PETREL_GUEST_H
+
+#include <stdarg.h>
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+#define BOOT_PVH 0
+#define BOOT_BZIMAGE 1
+
+/* Must match MAX_APS / AP_STACK_SIZE in the linker scripts. */
+#define MAX_CPUS 256
+
+#define FOUR_GIB 0x100000000ULL
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port)
+{
+	u8 v;
+	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
+static inline void halt_forever(void)
+{
+	for (;;)
+		__asm__ volatile("cli; hlt" ::: "memory");
+}
+
+static inline u8 rd8(u64 a) { return *(volatile u8 *)a; }
+static inline u16 rd16(u64 a) { return *(volatile u16 *)a; }
+static inline u32 rd32(u64 a) { return *(volatile u32 *)a; }
+static inline u64 rd64(u64 a) { return *(volatile u64 *)a; }
+
+/* What the ACPI walk learned; filled by acpi_walk(). */
+struct acpi_info {
+	int have_fadt;
+	u32 hw_reduced;
+	u8 sleep_ctl_space; /* GAS address space: 0 memory, 1 I/O */
+	u64 sleep_ctl;
+	u64 sleep_sts;
+	u32 pm1a_cnt;
+	int s5; /* SLP_TYP of \_S5, or -1 when not found */
+	u64 lapic;
+	u64 ioapic;
+	u32 ncpus;
+	u32 apic_ids[MAX_CPUS];
+};
+
+/* core.c */
+void printk(const char *fmt, ...);
+void *memset(void *d, int c, unsigned long n);
+void *memcpy(void *d, const void *s, unsigned long n);
+int memmap_get(u32 i, u64 *addr, u64 *size, u32 *type);
+
+/* acpi.c */
+void acpi_walk(u64 rsdp, struct acpi_info *info);
+
+/* smp.c */
+void smp_start(const struct acpi_info *info);
+void idt_load(void);
+
+#endif
