@@ -1,0 +1,168 @@
+//! The KVM backend against the real /dev/kvm: a few bytes of real-mode guest code exercise
+//! memory slots, port I/O and MMIO dispatch through `IoHandler`, ioeventfd, HLT, and the kick
+//! that interrupts `run` from another thread. Skips (saying why) where /dev/kvm is missing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hypervisor::{IoEventAddress, IoHandler, Request, Vcpu, VcpuExit};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+const MEM_SIZE: usize = 0x10000;
+const CODE_AT: u64 = 0x1000;
+
+#[derive(Default)]
+struct Recorder {
+    pio_writes: Mutex<Vec<(u16, u8)>>,
+    mmio_writes: Mutex<Vec<(u64, u8)>>,
+    mmio_reads: Mutex<Vec<u64>>,
+    done: AtomicBool,
+}
+
+impl IoHandler for Recorder {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        data.fill(if port == 0x11 { 0x07 } else { 0xff });
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        if port == 0x14 {
+            self.done.store(true, Ordering::SeqCst);
+        }
+        self.pio_writes.lock().unwrap().push((port, data[0]));
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        self.mmio_reads.lock().unwrap().push(addr);
+        data.fill(0x5a);
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        self.mmio_writes.lock().unwrap().push((addr, data[0]));
+    }
+}
+
+struct Guest {
+    _vm: Arc<dyn hypervisor::Vm>,
+    vcpu: Box<dyn Vcpu>,
+    mem: *mut libc::c_void,
+}
+
+// SAFETY: the mapping is only touched by the kernel on the guest's behalf and unmapped in Drop.
+unsafe impl Send for Guest {}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        // SAFETY: `mem` was mapped with MEM_SIZE bytes in `guest()` and is unmapped once.
+        unsafe { libc::munmap(self.mem, MEM_SIZE) };
+    }
+}
+
+/// A 1-vCPU VM with 64 KiB of RAM whose vCPU starts in real mode at CODE_AT running `code`.
+fn guest(code: &[u8], ioevent: Option<&EventFd>) -> Option<Guest> {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("skipped: /dev/kvm does not exist");
+        return None;
+    }
+    let (hv, _) = hypervisor::open(Request::Kvm, false).expect("open kvm");
+    let vm = hv.create_vm().expect("create vm");
+    // SAFETY: a fresh anonymous mapping; checked below.
+    let mem = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            MEM_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(mem, libc::MAP_FAILED);
+    // SAFETY: the code fits in the mapping at CODE_AT.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            code.as_ptr(),
+            (mem as *mut u8).add(CODE_AT as usize),
+            code.len(),
+        )
+    };
+    // SAFETY: the mapping lives as long as `Guest`, which owns the VM.
+    unsafe { vm.map_memory(0, 0, mem as u64, MEM_SIZE as u64) }.expect("map memory");
+    if let Some(evt) = ioevent {
+        vm.register_ioevent(evt, IoEventAddress::Pio(0x20), None)
+            .expect("ioeventfd");
+    }
+    let vcpu = vm.create_vcpu(0).expect("create vcpu");
+    let mut sregs = vcpu.sregs().unwrap();
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).unwrap();
+    let mut regs = vcpu.regs().unwrap();
+    regs.rip = CODE_AT;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs).unwrap();
+    Some(Guest { _vm: vm, vcpu, mem })
+}
+
+#[test]
+fn port_io_mmio_ioeventfd_and_hlt() {
+    let code = [
+        0xb0, 0x42, // mov al, 0x42
+        0xe6, 0x10, // out 0x10, al
+        0xe6, 0x20, // out 0x20, al        (ioeventfd: no exit)
+        0xe4, 0x11, // in al, 0x11         (handler answers 7)
+        0xe6, 0x12, // out 0x12, al
+        0xbb, 0x00, 0x10, // mov bx, 0x1000
+        0x8e, 0xdb, // mov ds, bx
+        0xa2, 0x00, 0x20, // mov [0x2000], al  (MMIO write at 0x12000)
+        0xa0, 0x04, 0x20, // mov al, [0x2004]  (MMIO read at 0x12004)
+        0xe6, 0x13, // out 0x13, al
+        0xf4, // hlt
+    ];
+    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+    let Some(mut g) = guest(&code, Some(&evt)) else {
+        return;
+    };
+    let io = Recorder::default();
+    let exit = g.vcpu.run(&io).expect("run");
+    assert_eq!(exit, VcpuExit::Hlt);
+    assert_eq!(
+        *io.pio_writes.lock().unwrap(),
+        vec![(0x10, 0x42), (0x12, 0x07), (0x13, 0x5a)]
+    );
+    assert_eq!(evt.read().expect("ioeventfd fired"), 1);
+    assert_eq!(*io.mmio_writes.lock().unwrap(), vec![(0x12000, 0x07)]);
+    assert_eq!(*io.mmio_reads.lock().unwrap(), vec![0x12004]);
+}
+
+#[test]
+fn kick_interrupts_a_spinning_vcpu() {
+    let code = [
+        0xe6, 0x14, // out 0x14, al  (tells the test the guest runs)
+        0xeb, 0xfe, // jmp $
+    ];
+    let Some(g) = guest(&code, None) else {
+        return;
+    };
+    let io = Arc::new(Recorder::default());
+    let io2 = io.clone();
+    let handle = std::thread::spawn(move || {
+        let mut g = g;
+        g.vcpu.prepare_thread().expect("prepare thread");
+        let r = g.vcpu.run(io2.as_ref());
+        (r.map_err(|e| e.to_string()), g)
+    });
+    let start = Instant::now();
+    while !io.done.load(Ordering::SeqCst) {
+        assert!(start.elapsed() < Duration::from_secs(30), "guest never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    use vmm_sys_util::signal::Killable;
+    while !handle.is_finished() {
+        handle.kill(hypervisor::kick_signal()).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "kick did not stop run"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (result, _g) = handle.join().unwrap();
+    assert_eq!(result, Ok(VcpuExit::Interrupted));
+}
