@@ -29,85 +29,66 @@ pub fn cpuid_to_kvm(e: &CpuidEntry) -> kvm_cpuid_entry2 {
     }
 }
 
+/// Builds `$ty` from `$src` by copying the listed fields of the same names, plus any
+/// `extra: value` fields after a `;`.
+macro_rules! copy_fields {
+    ($src:expr, $ty:ident { $($f:ident),* $(,)? } $(; $($x:ident: $v:expr),*)?) => {
+        $ty { $($f: $src.$f,)* $($($x: $v),*)? }
+    };
+}
+
+/// Copies the general-purpose register fields (shared by both directions).
+macro_rules! with_gp_fields {
+    ($src:expr, $ty:ident) => {
+        copy_fields!(
+            $src,
+            $ty {
+                rax,
+                rbx,
+                rcx,
+                rdx,
+                rsi,
+                rdi,
+                rsp,
+                rbp,
+                r8,
+                r9,
+                r10,
+                r11,
+                r12,
+                r13,
+                r14,
+                r15,
+                rip,
+                rflags,
+            }
+        )
+    };
+}
+
+/// Copies the segment descriptor-cache fields.
+macro_rules! with_seg_fields {
+    ($src:expr, $ty:ident $(; $($x:ident: $v:expr),*)?) => {
+        copy_fields!($src, $ty {
+            base, limit, selector, type_, present, dpl, db, s, l, g, avl, unusable,
+        } $(; $($x: $v),*)?)
+    };
+}
+
 pub fn regs_to_kvm(r: &Regs) -> kvm_regs {
-    kvm_regs {
-        rax: r.rax,
-        rbx: r.rbx,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        rsp: r.rsp,
-        rbp: r.rbp,
-        r8: r.r8,
-        r9: r.r9,
-        r10: r.r10,
-        r11: r.r11,
-        r12: r.r12,
-        r13: r.r13,
-        r14: r.r14,
-        r15: r.r15,
-        rip: r.rip,
-        rflags: r.rflags,
-    }
+    with_gp_fields!(r, kvm_regs)
 }
 
 pub fn regs_from_kvm(r: &kvm_regs) -> Regs {
-    Regs {
-        rax: r.rax,
-        rbx: r.rbx,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        rsp: r.rsp,
-        rbp: r.rbp,
-        r8: r.r8,
-        r9: r.r9,
-        r10: r.r10,
-        r11: r.r11,
-        r12: r.r12,
-        r13: r.r13,
-        r14: r.r14,
-        r15: r.r15,
-        rip: r.rip,
-        rflags: r.rflags,
-    }
+    with_gp_fields!(r, Regs)
 }
 
 fn seg_to_kvm(s: &Segment) -> kvm_segment {
-    kvm_segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present,
-        dpl: s.dpl,
-        db: s.db,
-        s: s.s,
-        l: s.l,
-        g: s.g,
-        avl: s.avl,
-        unusable: s.unusable,
-        padding: 0,
-    }
+    with_seg_fields!(s, kvm_segment; padding: 0)
 }
 
 fn seg_from_kvm(s: &kvm_segment) -> Segment {
-    Segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present,
-        dpl: s.dpl,
-        db: s.db,
-        s: s.s,
-        l: s.l,
-        g: s.g,
-        avl: s.avl,
-        unusable: s.unusable,
-    }
+    with_seg_fields!(s, Segment)
 }
 
 fn dt_to_kvm(d: &DescriptorTable) -> kvm_dtable {
