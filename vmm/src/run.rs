@@ -108,8 +108,11 @@ pub fn run(opts: &Options) -> Result<()> {
         };
         let outcome = event_loop::run(inputs, running.shared.clone());
         vcpu::stop_all(running.threads, &running.shared);
+        log::debug!("vCPUs stopped");
         drop(running.vm);
+        log::debug!("VM closed");
         drop(running.memory);
+        log::debug!("VM torn down");
         match outcome? {
             Outcome::PowerOff => {
                 log::info!("exiting: guest powered off");

@@ -1,0 +1,166 @@
+//! Command-line options of `petrel-bench`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Usage text.
+pub const USAGE: &str = "\
+usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH] [--qemu PATH]
+                    [--qemu-cpu MODEL] [--firecracker PATH] [--cloud-hypervisor PATH]
+                    [--guest PATH] [--timeout SECS] [--out DIR]
+
+  --runs N                 recorded runs per VMM (default 20), interleaved A B C A B C ...
+  --quick                  3 runs, no warm-up (CI smoke mode)
+  --warmup N               unrecorded warm-up rounds (default 1; 0 with --quick)
+  --petrel PATH            petrel binary (default: <workspace>/target/release/petrel)
+  --qemu PATH              also run QEMU (qemu-system-x86_64, -M microvm)
+  --qemu-cpu MODEL         QEMU -cpu model (default host,-arch-capabilities)
+  --firecracker PATH       also run Firecracker (a release with PVH boot support)
+  --cloud-hypervisor PATH  also run Cloud Hypervisor
+  --guest PATH             PVH test guest (default: built from tests/guests)
+  --timeout SECS           per-run timeout (default 60)
+  --out DIR                results directory (default: <workspace>/results/<UTC timestamp>)
+";
+
+/// Parsed options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Recorded runs per VMM.
+    pub runs: usize,
+    /// Warm-up rounds.
+    pub warmup: usize,
+    /// `--quick` was given.
+    pub quick: bool,
+    /// petrel binary, when given.
+    pub petrel: Option<PathBuf>,
+    /// QEMU binary.
+    pub qemu: Option<PathBuf>,
+    /// QEMU CPU model, when given.
+    pub qemu_cpu: Option<String>,
+    /// Firecracker binary.
+    pub firecracker: Option<PathBuf>,
+    /// Cloud Hypervisor binary.
+    pub cloud_hypervisor: Option<PathBuf>,
+    /// Test guest, when given.
+    pub guest: Option<PathBuf>,
+    /// Per-run timeout.
+    pub timeout: Duration,
+    /// Results directory, when given.
+    pub out: Option<PathBuf>,
+    /// `--help` was given.
+    pub help: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            runs: 20,
+            warmup: 1,
+            quick: false,
+            petrel: None,
+            qemu: None,
+            qemu_cpu: None,
+            firecracker: None,
+            cloud_hypervisor: None,
+            guest: None,
+            timeout: Duration::from_secs(60),
+            out: None,
+            help: false,
+        }
+    }
+}
+
+fn number(flag: &str, v: &str) -> Result<usize, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: expected a whole number, got {v:?}"))
+}
+
+/// Parses the arguments (without the program name).
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String> {
+    let mut o = Options::default();
+    let (mut runs, mut warmup) = (None, None);
+    let mut it = args.into_iter();
+    while let Some(flag) = it.next() {
+        if flag == "--quick" {
+            o.quick = true;
+            continue;
+        }
+        if flag == "--help" || flag == "-h" {
+            o.help = true;
+            continue;
+        }
+        let (flag, inline) = match flag.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (flag, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--runs" => runs = Some(number(&flag, &value()?)?),
+            "--warmup" => warmup = Some(number(&flag, &value()?)?),
+            "--petrel" => o.petrel = Some(value()?.into()),
+            "--qemu" => o.qemu = Some(value()?.into()),
+            "--qemu-cpu" => o.qemu_cpu = Some(value()?),
+            "--firecracker" => o.firecracker = Some(value()?.into()),
+            "--cloud-hypervisor" => o.cloud_hypervisor = Some(value()?.into()),
+            "--guest" => o.guest = Some(value()?.into()),
+            "--out" => o.out = Some(value()?.into()),
+            "--timeout" => {
+                let v = value()?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                    .ok_or_else(|| format!("--timeout: expected seconds, got {v:?}"))?;
+                o.timeout = Duration::from_secs_f64(secs);
+            }
+            _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
+        }
+    }
+    o.runs = runs.unwrap_or(if o.quick { 3 } else { 20 });
+    o.warmup = warmup.unwrap_or(if o.quick { 0 } else { 1 });
+    if o.runs == 0 {
+        return Err("--runs: must be at least 1".into());
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Options, String> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults_and_quick() {
+        let o = p(&[]).unwrap();
+        assert_eq!((o.runs, o.warmup, o.quick), (20, 1, false));
+        let q = p(&["--quick"]).unwrap();
+        assert_eq!((q.runs, q.warmup, q.quick), (3, 0, true));
+        let q = p(&["--quick", "--runs", "5"]).unwrap();
+        assert_eq!(q.runs, 5);
+    }
+
+    #[test]
+    fn paths_and_inline_values() {
+        let o = p(&["--qemu=/usr/bin/qemu", "--petrel", "/p", "--timeout", "2.5"]).unwrap();
+        assert_eq!(o.qemu, Some(PathBuf::from("/usr/bin/qemu")));
+        assert_eq!(o.petrel, Some(PathBuf::from("/p")));
+        assert_eq!(o.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert!(p(&["--runs"]).unwrap_err().contains("--runs needs a value"));
+        assert!(p(&["--runs", "x"]).unwrap_err().contains("--runs"));
+        assert!(p(&["--runs", "0"]).is_err());
+        assert!(p(&["--timeout", "-1"]).unwrap_err().contains("--timeout"));
+        assert!(p(&["--bogus"]).unwrap_err().contains("--bogus"));
+    }
+}

@@ -1,0 +1,133 @@
+//! Facts about the machine a result was measured on (kernel, CPU, /dev/kvm), and UTC
+//! timestamps for result directories.
+
+use std::fs;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// The host, as recorded in every result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostInfo {
+    /// Kernel release (`uname -r`).
+    pub kernel: String,
+    /// CPU model name from /proc/cpuinfo.
+    pub cpu_model: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// /dev/kvm exists.
+    pub kvm_present: bool,
+    /// /dev/kvm opens read-write.
+    pub kvm_accessible: bool,
+    /// Loaded kernel modules whose name starts with `kvm` (e.g. `kvm_intel`, `kvm_pvm`).
+    pub kvm_modules: Vec<String>,
+}
+
+impl HostInfo {
+    /// Reads the host facts; unknown values are empty strings.
+    pub fn collect() -> HostInfo {
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let cpu_model = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let mut kvm_modules: Vec<String> = fs::read_dir("/sys/module")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("kvm"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        kvm_modules.sort();
+        HostInfo {
+            kernel,
+            cpu_model,
+            cpus,
+            kvm_present: fs::metadata("/dev/kvm").is_ok(),
+            kvm_accessible: petrel_tests::kvm_available(),
+            kvm_modules,
+        }
+    }
+
+    /// One line for the Markdown report.
+    pub fn summary(&self) -> String {
+        let kvm = match (self.kvm_present, self.kvm_accessible) {
+            (false, _) => "no /dev/kvm".to_string(),
+            (true, false) => "/dev/kvm not accessible".to_string(),
+            (true, true) => format!("/dev/kvm ({})", self.kvm_modules.join(", ")),
+        };
+        format!(
+            "{}, {} CPUs, Linux {}, {kvm}",
+            self.cpu_model, self.cpus, self.kernel
+        )
+    }
+}
+
+/// Civil date (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn iso_utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (y, mo, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `YYYYMMDDTHHMMSSZ`, for a results directory name.
+pub fn compact_utc(secs: u64) -> String {
+    iso_utc(secs).replace(['-', ':'], "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(iso_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(compact_utc(1_700_000_000), "20231114T221320Z");
+    }
+
+    #[test]
+    fn host_info_reads_something() {
+        let h = HostInfo::collect();
+        assert!(!h.kernel.is_empty());
+        assert!(h.cpus > 0);
+        assert!(h.summary().contains(&h.kernel));
+    }
+}

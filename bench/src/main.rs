@@ -1,0 +1,177 @@
+//! `petrel-bench`: measures petrel side by side with QEMU, Firecracker and Cloud Hypervisor
+//! on the same test guest, interleaving the runs, and writes JSON, Markdown and SVG charts.
+//!
+//! Modules: [`cli`] options, [`peers`] the VMMs and their command lines, [`workload`] what a
+//! run measures, [`runner`] interleaving, [`child`] process measurement, [`interrupt`]
+//! clean-up on signals, [`stats`], [`report`], [`svg`] and [`host`].
+
+mod child;
+mod cli;
+mod host;
+mod interrupt;
+mod peers;
+mod report;
+mod runner;
+mod stats;
+mod svg;
+mod workload;
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use peers::{Vmm, VmmKind};
+use report::{Config, Document, VmmInfo, WorkloadReport, SCHEMA};
+use runner::Plan;
+use workload::{GuestLife, Workload};
+
+/// Exit status after a stop signal (128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// The workspace root (parent of this crate).
+fn workspace_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn vmm(kind: VmmKind, path: &Path) -> Result<Vmm, String> {
+    if !path.is_file() {
+        return Err(format!(
+            "{}: {} does not exist",
+            kind.name(),
+            path.display()
+        ));
+    }
+    Ok(Vmm::new(kind, path.to_path_buf()))
+}
+
+fn vmms(o: &cli::Options) -> Result<Vec<Vmm>, String> {
+    let petrel = o
+        .petrel
+        .clone()
+        .unwrap_or_else(|| workspace_dir().join("target/release/petrel"));
+    if !petrel.is_file() {
+        return Err(format!(
+            "petrel binary {} not found (build it: cargo build --release -p vmm, or pass --petrel)",
+            petrel.display()
+        ));
+    }
+    let mut list = vec![Vmm::new(VmmKind::Petrel, petrel)];
+    let peers = [
+        (VmmKind::Qemu, &o.qemu),
+        (VmmKind::Firecracker, &o.firecracker),
+        (VmmKind::CloudHypervisor, &o.cloud_hypervisor),
+    ];
+    for (kind, path) in peers {
+        if let Some(path) = path {
+            let mut v = vmm(kind, path)?;
+            if let (VmmKind::Qemu, Some(cpu)) = (kind, &o.qemu_cpu) {
+                v.qemu_cpu = cpu.clone();
+            }
+            list.push(v);
+        }
+    }
+    Ok(list)
+}
+
+fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
+    interrupt::install()?;
+    let started = host::now_secs();
+    let vmms = vmms(o)?;
+    let guest = match &o.guest {
+        Some(g) => g.clone(),
+        None => petrel_tests::build_guest(petrel_tests::GuestKind::Pvh)
+            .map_err(|e| format!("cannot build the PVH test guest: {e}"))?,
+    };
+    let out = o.out.clone().unwrap_or_else(|| {
+        workspace_dir()
+            .join("results")
+            .join(host::compact_utc(started))
+    });
+    std::fs::create_dir_all(&out)?;
+    let plan = Plan {
+        runs: o.runs,
+        warmup: o.warmup,
+        timeout: o.timeout,
+        scratch: out.clone(),
+    };
+    let workloads: Vec<Box<dyn Workload>> = vec![Box::new(GuestLife::new(guest))];
+    eprintln!(
+        "petrel-bench: {} run(s) x {} VMM(s) [{}], results in {}",
+        o.runs,
+        vmms.len(),
+        vmms.iter().map(Vmm::name).collect::<Vec<_>>().join(", "),
+        out.display()
+    );
+    let mut reports = Vec::new();
+    let mut interrupted = false;
+    for w in &workloads {
+        let outcome = runner::run_interleaved(w.as_ref(), &vmms, &plan);
+        interrupted |= outcome.interrupted;
+        reports.push(WorkloadReport::build(w.as_ref(), &vmms, &outcome, &out));
+        if interrupted {
+            break;
+        }
+    }
+    let failed: usize = reports
+        .iter()
+        .flat_map(|w| &w.results)
+        .map(|r| r.runs_failed)
+        .sum();
+    let doc = Document {
+        schema: SCHEMA,
+        started_utc: host::iso_utc(started),
+        finished_utc: host::iso_utc(host::now_secs()),
+        command: std::env::args().collect(),
+        config: Config {
+            runs: o.runs,
+            warmup: o.warmup,
+            timeout_s: o.timeout.as_secs_f64(),
+            quick: o.quick,
+        },
+        host: host::HostInfo::collect(),
+        vmms: vmms
+            .iter()
+            .map(|v| VmmInfo {
+                name: v.name().to_string(),
+                path: v.path.clone(),
+                version: v.version(),
+            })
+            .collect(),
+        workloads: reports,
+        interrupted,
+    };
+    let md = report::write_all(&doc, &out)?;
+    println!("{md}");
+    eprintln!("petrel-bench: wrote {}", out.display());
+    if interrupted {
+        eprintln!("petrel-bench: interrupted");
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    if failed > 0 {
+        eprintln!("petrel-bench: {failed} run(s) failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let o = match cli::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("petrel-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if o.help {
+        print!("{}", cli::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    match run(&o) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("petrel-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
