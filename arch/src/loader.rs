@@ -132,6 +132,9 @@ pub fn load_initramfs(
         return Err(file_err(std::io::Error::other("is a directory")));
     }
     let size = meta.len();
+    if size == 0 {
+        return Err(file_err(std::io::Error::other("is empty")));
+    }
     let too_large = || Error::InitramfsTooLarge {
         path: path.to_string(),
         size,
@@ -139,7 +142,7 @@ pub fn load_initramfs(
         kernel_end,
     };
     let addr = limit.checked_sub(size).ok_or_else(too_large)? & !0xfff;
-    if addr < kernel_end || size == 0 && addr == 0 {
+    if addr < kernel_end {
         return Err(too_large());
     }
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)

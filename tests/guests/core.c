@@ -9,6 +9,8 @@
 #define COM1 0x3f8
 #define CMDLINE_MAX 4096
 #define PVH_MAGIC 0x336ec578
+#define ECHO_MAX 200
+#define MODULES_MAX 16
 
 /* Page tables (linker script, .pagetables). */
 extern u64 pml4[512], pdpt[512], pd[2048];
@@ -17,7 +19,18 @@ static int boot_kind;
 static u64 boot_info;
 static volatile u32 print_lock;
 
-enum action { ACT_POWEROFF, ACT_RESET, ACT_RESET_ONCE, ACT_HALT, ACT_CALIBRATE, ACT_QUICK, ACT_UNKNOWN };
+enum action {
+	ACT_POWEROFF,
+	ACT_RESET,
+	ACT_RESET_ONCE,
+	ACT_HALT,
+	ACT_CALIBRATE,
+	ACT_QUICK,
+	ACT_QUICK_RESET,
+	ACT_ECHO,
+	ACT_TRIPLE_FAULT,
+	ACT_UNKNOWN
+};
 
 /* Set by action=quick: only the start line is printed. */
 static int quiet;
@@ -204,6 +217,27 @@ static void print_memmap(void)
 	printk("MEMMAP-RAM: %lu\n", ram);
 }
 
+/* `MODULE: addr= size=` for each PVH module, or the bzImage ramdisk (nothing when none). */
+static void print_modules(void)
+{
+	if (boot_kind == BOOT_PVH) {
+		u32 n = rd32(boot_info + 12);
+		u64 list = rd64(boot_info + 16);
+		if (list == 0 || list >= FOUR_GIB)
+			return;
+		for (u32 i = 0; i < n && i < MODULES_MAX; i++) {
+			u64 e = list + (u64)i * 32; /* hvm_modlist_entry: paddr, size, cmdline, reserved */
+			printk("MODULE: addr=0x%lx size=%lu\n", rd64(e), rd64(e + 8));
+		}
+	} else {
+		/* Setup header ramdisk_image / ramdisk_size, high halves in ext_ramdisk_*. */
+		u64 addr = rd32(boot_info + 0x218) | ((u64)rd32(boot_info + 0xc0) << 32);
+		u64 size = rd32(boot_info + 0x21c) | ((u64)rd32(boot_info + 0xc4) << 32);
+		if (size)
+			printk("MODULE: addr=0x%lx size=%lu\n", addr, size);
+	}
+}
+
 /* ---- command line ---- */
 
 struct options {
@@ -274,6 +308,12 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_CALIBRATE;
 			else if (token_is(v, vl, "quick"))
 				o->action = ACT_QUICK;
+			else if (token_is(v, vl, "quick-reset"))
+				o->action = ACT_QUICK_RESET;
+			else if (token_is(v, vl, "echo"))
+				o->action = ACT_ECHO;
+			else if (token_is(v, vl, "triple-fault"))
+				o->action = ACT_TRIPLE_FAULT;
 			else if (starts_with(v, "exits=")) {
 				o->action = ACT_POWEROFF;
 				o->have_exits = 1;
@@ -321,6 +361,34 @@ static void cmos_write(u8 idx, u8 v)
 	outb(0x71, v);
 }
 
+/* Reads one line from COM1 by polling LSR.DR (no interrupts); drops '\r', stops at '\n'. */
+static u32 serial_read_line(char *buf, u32 max)
+{
+	u32 n = 0;
+	while (n < max) {
+		while (!(inb(COM1 + 5) & 0x01))
+			cpu_relax();
+		char c = (char)inb(COM1);
+		if (c == '\n')
+			break;
+		if (c != '\r')
+			buf[n++] = c;
+	}
+	buf[n] = 0;
+	return n;
+}
+
+/* An IDT with limit 0: ud2's #UD, then #GP and #DF find no gate, so the CPU shuts down. */
+static void triple_fault(void)
+{
+	struct {
+		u16 limit;
+		u64 base;
+	} __attribute__((packed)) desc = {0, 0};
+	__asm__ volatile("lidt %0; ud2" ::"m"(desc) : "memory");
+	halt_forever();
+}
+
 static void do_action(const struct options *o, const struct acpi_info *a)
 {
 	if (o->have_exits) {
@@ -357,6 +425,22 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 		power_off(a);
 		break;
 	}
+	case ACT_ECHO: {
+		char line[ECHO_MAX + 1];
+		printk("ECHO: ready\n");
+		serial_read_line(line, ECHO_MAX);
+		printk("ECHO: %s\n", line);
+		printk("PETREL-GUEST: poweroff\n");
+		power_off(a);
+		break;
+	}
+	case ACT_TRIPLE_FAULT:
+		printk("PETREL-GUEST: triple-fault\n");
+		triple_fault();
+		break;
+	case ACT_QUICK:
+	case ACT_QUICK_RESET:
+		break;
 	case ACT_UNKNOWN:
 		lock();
 		put_str("PETREL-GUEST: unknown action ");
@@ -410,14 +494,22 @@ void guest_main(u32 kind, u64 info)
 
 	const char *cmdline = get_cmdline();
 	parse_cmdline(cmdline, &opts);
+	if (opts.action == ACT_QUICK_RESET) {
+		/* Benchmark guest for VMMs without ACPI poweroff: start line, reset line, reset. */
+		printk("PETREL-GUEST: reset\n");
+		reset();
+	}
 	if (opts.action == ACT_QUICK) {
-		/* Benchmark guest: the start line, then straight to poweroff. */
+		/* Benchmark guest: the start line, a quiet ACPI walk, the poweroff line. */
 		quiet = 1;
 		acpi_walk(get_rsdp(), &acpi);
+		quiet = 0;
+		printk("PETREL-GUEST: poweroff\n");
 		power_off(&acpi);
 	}
 	printk("CMDLINE: %s\n", cmdline);
 	print_memmap();
+	print_modules();
 	acpi_walk(get_rsdp(), &acpi);
 	smp_start(&acpi);
 	do_action(&opts, &acpi);

@@ -103,6 +103,24 @@ pub fn build_guest(kind: GuestKind) -> io::Result<PathBuf> {
     build_guest_into(kind, &out_dir)
 }
 
+/// [`build_guest`] for tests: the image's path as a string; panics when the build fails.
+pub fn guest_image(kind: GuestKind) -> String {
+    build_guest(kind)
+        .unwrap_or_else(|e| panic!("building the {kind:?} test guest: {e}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A per-process scratch file path `<target dir>/test-guests/<name>-<pid>` (the directory is
+/// created; the file is not).
+pub fn scratch_path(name: &str) -> PathBuf {
+    let dir = target_dir().join("test-guests");
+    if let Err(e) = fs::create_dir_all(&dir) {
+        panic!("cannot create {}: {e}", dir.display());
+    }
+    dir.join(format!("{name}-{}", std::process::id()))
+}
+
 /// Like [`build_guest`], into `out_dir`.
 pub fn build_guest_into(kind: GuestKind, out_dir: &Path) -> io::Result<PathBuf> {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());

@@ -19,6 +19,23 @@ impl MemRange {
     }
 }
 
+/// A boot module (`MODULE: addr=0x… size=<decimal>`): a PVH module list entry or the
+/// bzImage ramdisk, i.e. the initramfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Module {
+    /// Guest-physical address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl Module {
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.addr.saturating_add(self.size)
+    }
+}
+
 /// The `FADT:` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fadt {
@@ -41,6 +58,8 @@ pub struct GuestBoot {
     pub memmap: Vec<MemRange>,
     /// `MEMMAP-RAM:` total.
     pub ram_total: Option<u64>,
+    /// `MODULE:` lines (the initramfs), in order.
+    pub modules: Vec<Module>,
     /// RSDP revision when the RSDP was found and valid.
     pub rsdp_rev: Option<u32>,
     /// Signatures of the tables reported `ok` (RSDP, XSDT and each listed table).
@@ -63,6 +82,8 @@ pub struct GuestBoot {
     pub cpus_timeout: bool,
     /// `EXITS: done n=` value.
     pub exits: Option<u64>,
+    /// What followed `ECHO: ` on each echo line (`ready`, then the line read from COM1).
+    pub echo: Vec<String>,
     /// The `PETREL-GUEST: <what>` line naming the final action (poweroff, reset, ...).
     pub action: Option<String>,
     /// A `PETREL-GUEST: exception ...` line.
@@ -104,6 +125,17 @@ impl GuestBoot {
             }
         } else if let Some(n) = line.strip_prefix("MEMMAP-RAM: ") {
             self.ram_total = n.trim().parse().ok();
+        } else if let Some(rest) = line.strip_prefix("MODULE: ") {
+            let module = (|| {
+                Some(Module {
+                    addr: hex(field(rest, "addr=")?)?,
+                    size: field(rest, "size=")?.parse().ok()?,
+                })
+            })();
+            match module {
+                Some(m) => self.modules.push(m),
+                None => return false,
+            }
         } else if let Some(rest) = line.strip_prefix("ACPI: ") {
             let mut w = rest.split_whitespace();
             let sig = w.next().unwrap_or_default().to_string();
@@ -146,6 +178,8 @@ impl GuestBoot {
             self.cpus = up.zip(of);
         } else if let Some(n) = line.strip_prefix("EXITS: done n=") {
             self.exits = n.trim().parse().ok();
+        } else if let Some(e) = line.strip_prefix("ECHO: ") {
+            self.echo.push(e.to_string());
         } else if let Some(e) = line.strip_prefix("PETREL-GUEST: exception") {
             self.exception = Some(e.trim().to_string());
         } else if let Some(a) = line.strip_prefix("PETREL-GUEST: ") {
@@ -193,6 +227,13 @@ impl GuestBoot {
         Ok(())
     }
 
+    /// True when one RAM entry holds all of `[start, end)`.
+    pub fn ram_contains(&self, start: u64, end: u64) -> bool {
+        self.memmap
+            .iter()
+            .any(|r| r.kind == 1 && r.start <= start && end <= r.end())
+    }
+
     /// True when some RAM entry overlaps `[start, end)`.
     pub fn ram_overlaps(&self, start: u64, end: u64) -> bool {
         self.memmap
@@ -238,6 +279,7 @@ MEMMAP: 0x0 0x9fc00 type=1\n\
 MEMMAP: 0x9fc00 0x400 type=2\n\
 MEMMAP: 0x100000 0x7f00000 type=1\n\
 MEMMAP-RAM: 133823488\n\
+MODULE: addr=0x7ffc000 size=12345\n\
 ACPI: RSDP ok rev=2 xsdt=0xe0030\n\
 ACPI: XSDT ok entries=2\n\
 ACPI: FACP ok len=276\n\
@@ -249,6 +291,8 @@ DSDT: s5=5\n\
 CPU 0 up\n\
 CPU 1 up\n\
 CPUS: up=2 of 2\n\
+ECHO: ready\n\
+ECHO: hello  petrel\n\
 PETREL-GUEST: poweroff\n\
 PETREL-GUEST: start boot=bzimage\n\
 CMDLINE:\n\
@@ -263,6 +307,16 @@ DSDT: s5=none\n";
         assert_eq!(b.cmdline.as_deref(), Some("action=poweroff  x=1"));
         assert_eq!(b.memmap.len(), 3);
         assert_eq!(b.ram_total, Some(0x9fc00 + 0x7f00000));
+        assert_eq!(
+            b.modules,
+            [Module {
+                addr: 0x7ffc000,
+                size: 12345
+            }]
+        );
+        assert!(b.ram_contains(0x7ffc000, b.modules[0].end()));
+        assert!(!b.ram_contains(0x9f000, 0xa0000));
+        assert_eq!(b.echo, ["ready", "hello  petrel"]);
         b.check_memmap().unwrap();
         assert_eq!(b.rsdp_rev, Some(2));
         assert_eq!(b.acpi_ok, ["RSDP", "XSDT", "FACP", "DSDT"]);
@@ -283,6 +337,14 @@ DSDT: s5=none\n";
         assert_eq!(boots[1].boot, "bzimage");
         assert_eq!(boots[1].cmdline.as_deref(), Some(""));
         assert_eq!(boots[1].s5, Some(None));
+        assert!(boots[1].modules.is_empty());
+    }
+
+    #[test]
+    fn malformed_module_line_is_not_a_module() {
+        let b = parse_first_boot("PETREL-GUEST: start boot=pvh\nMODULE: addr=12 size=x\n");
+        assert!(b.modules.is_empty());
+        assert_eq!(b.other, ["MODULE: addr=12 size=x"]);
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! Integration-test support for petrel: builds the freestanding test guests
-//! (`tests/guests/`), runs the real `petrel` binary with a timeout, and parses what the guest
-//! prints on its serial console.
+//! (`tests/guests/`) and reads their images, runs the real `petrel` binary with a timeout (or
+//! drives it step by step: stdin, signals), and parses what the guest prints on its serial
+//! console and what petrel logs on stderr.
 
 pub mod guest_build;
 pub mod guest_output;
+pub mod image;
+pub mod petrel_log;
 pub mod process;
 
-pub use guest_build::{build_guest, target_dir, workspace_dir, GuestKind};
-pub use guest_output::{parse_boots, parse_first_boot, Fadt, GuestBoot, MemRange};
-pub use process::{kvm_available, petrel_bin, run_petrel, run_petrel_until, Run};
+pub use guest_build::{
+    build_guest, guest_image, scratch_path, target_dir, workspace_dir, GuestKind,
+};
+pub use guest_output::{parse_boots, parse_first_boot, Fadt, GuestBoot, MemRange, Module};
+pub use image::{loaded_bytes, loaded_extent};
+pub use petrel_log::{debug_port_lines, error_lines, is_log_line, DebugPortWrite};
+pub use process::{kvm_available, petrel_bin, run_petrel, run_petrel_until, Petrel, Run};

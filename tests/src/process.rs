@@ -1,9 +1,10 @@
 //! Runs the real `petrel` binary: finds it, starts it with a timeout, collects its stdout
-//! (the guest serial console by default) and stderr (petrel's log), and stops it.
+//! (the guest serial console by default) and stderr (petrel's log), and stops it; or, with
+//! [`Petrel`], drives it step by step (wait for output, write its stdin, signal it).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -36,6 +37,16 @@ impl Run {
     /// True when the process exited by itself with status 0.
     pub fn success(&self) -> bool {
         self.status.is_some_and(|s| s.success())
+    }
+
+    /// The exit code (`None` when killed by a signal or by the harness).
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
+    /// The stderr lines that are not log lines (errors such as `petrel: error: …`).
+    pub fn error_lines(&self) -> Vec<&str> {
+        crate::petrel_log::error_lines(&self.stderr)
     }
 
     /// stdout and stderr, labelled, for assertion messages.
@@ -129,52 +140,200 @@ fn text(buf: &Mutex<Vec<u8>>) -> String {
     String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
 
-fn sigterm(child: &Child) {
+/// Sends `sig` to `child` unless it has been reaped.
+fn send_signal(child: &mut Child, sig: libc::c_int) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
         return;
     };
-    // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet (we only
-    // reap it through `child`), so the pid cannot name another process.
+    // SAFETY: kill(2) on the pid of our own child, which try_wait just found not yet reaped
+    // (we only reap it through `child`), so the pid cannot name another process.
     unsafe {
-        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, sig);
     }
 }
 
+fn sigterm(child: &mut Child) {
+    send_signal(child, libc::SIGTERM);
+}
+
 fn run(args: &[&str], timeout: Duration, done: Option<&dyn Fn(&str) -> bool>) -> Run {
-    let bin = petrel_bin();
-    let start = Instant::now();
-    let mut child = Command::new(&bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let err = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let readers = [
-        child
-            .stdout
-            .take()
-            .map(|p| spawn_reader(p, out.clone(), tx.clone())),
-        child
-            .stderr
-            .take()
-            .map(|p| spawn_reader(p, err.clone(), tx.clone())),
-    ];
-    drop(tx);
-    let (status, timed_out) = supervise(&mut child, start, timeout, &rx, &out, done);
-    let elapsed = start.elapsed();
-    for r in readers.into_iter().flatten() {
-        let _ = r.join();
+    let mut p = Petrel::start(args, false);
+    let (status, timed_out) = supervise(&mut p.child, p.start, timeout, &p.rx, &p.out, done);
+    p.collect(status, timed_out)
+}
+
+/// A running `petrel` that a test drives step by step: wait for serial output, write to its
+/// standard input (the guest's COM1 input), send it signals, then wait for its exit.
+/// Dropping it kills the process if it is still running.
+pub struct Petrel {
+    child: Child,
+    start: Instant,
+    out: Arc<Mutex<Vec<u8>>>,
+    err: Arc<Mutex<Vec<u8>>>,
+    rx: Receiver<()>,
+    readers: Vec<JoinHandle<()>>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Petrel {
+    /// Starts petrel with `args` and standard input from /dev/null.
+    pub fn spawn(args: &[&str]) -> Petrel {
+        Petrel::start(args, false)
     }
-    Run {
-        status,
-        stdout: text(&out),
-        stderr: text(&err),
-        elapsed,
-        timed_out,
+
+    /// Starts petrel with `args` and standard input a pipe written by [`Petrel::write_stdin`].
+    pub fn spawn_with_stdin(args: &[&str]) -> Petrel {
+        Petrel::start(args, true)
+    }
+
+    fn start(args: &[&str], piped_stdin: bool) -> Petrel {
+        let bin = petrel_bin();
+        let start = Instant::now();
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdin(if piped_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|p| spawn_reader(p, out.clone(), tx.clone())),
+            child
+                .stderr
+                .take()
+                .map(|p| spawn_reader(p, err.clone(), tx.clone())),
+        ];
+        Petrel {
+            stdin: child.stdin.take(),
+            child,
+            start,
+            out,
+            err,
+            rx,
+            readers: readers.into_iter().flatten().collect(),
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// stdout so far.
+    pub fn stdout(&self) -> String {
+        text(&self.out)
+    }
+
+    /// stderr so far.
+    pub fn stderr(&self) -> String {
+        text(&self.err)
+    }
+
+    /// Waits until `pred(stdout so far)` holds (true), or until petrel exits or `timeout`
+    /// passes without it holding (false).
+    pub fn wait_for_stdout(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let start = Instant::now();
+        loop {
+            if pred(&self.stdout()) {
+                return true;
+            }
+            if start.elapsed() >= timeout || !matches!(self.child.try_wait(), Ok(None)) {
+                return pred(&self.stdout());
+            }
+            let _ = self.rx.recv_timeout(POLL);
+        }
+    }
+
+    /// Writes `data` to petrel's standard input (started with [`Petrel::spawn_with_stdin`]).
+    pub fn write_stdin(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("stdin is not a pipe (or was closed)"))?;
+        stdin.write_all(data)?;
+        stdin.flush()
+    }
+
+    /// Closes petrel's standard input (end of file).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Sends signal `sig` (e.g. `libc::SIGTERM`) unless petrel has already exited.
+    pub fn signal(&mut self, sig: libc::c_int) {
+        send_signal(&mut self.child, sig);
+    }
+
+    /// Names of petrel's threads (`/proc/<pid>/task/*/comm`), e.g. `vcpu0`.
+    pub fn thread_names(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/task", self.child.id());
+        let Ok(tasks) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|c| c.trim_end().to_string())
+            .collect()
+    }
+
+    /// Waits up to `timeout` (from now) for petrel to exit, SIGKILLing it then, and returns
+    /// the whole run; `elapsed` counts from the spawn.
+    pub fn wait(mut self, timeout: Duration) -> Run {
+        self.stdin = None;
+        let deadline = Instant::now() + timeout;
+        let (status, timed_out) = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break (Some(status), false);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break (None, true);
+            }
+            match self.rx.recv_timeout(POLL) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => thread::sleep(POLL),
+            }
+        };
+        self.collect(status, timed_out)
+    }
+
+    /// Joins the readers (the process has exited) and builds the [`Run`].
+    fn collect(mut self, status: Option<ExitStatus>, timed_out: bool) -> Run {
+        let elapsed = self.start.elapsed();
+        for r in std::mem::take(&mut self.readers) {
+            let _ = r.join();
+        }
+        Run {
+            status,
+            stdout: text(&self.out),
+            stderr: text(&self.err),
+            elapsed,
+            timed_out,
+        }
+    }
+}
+
+impl Drop for Petrel {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -65,8 +65,37 @@ fn parse_serial(v: &str, cfg: &mut VmConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Why the command line was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CliError {
+    /// A malformed command line (exit status 2).
+    Usage(String),
+    /// Bad input the command line points at, such as the config file (exit status 1).
+    Input(String),
+}
+
+impl From<String> for CliError {
+    fn from(s: String) -> Self {
+        CliError::Usage(s)
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Usage(s) | CliError::Input(s) => f.write_str(s),
+        }
+    }
+}
+
+fn read_config_file(path: &str) -> Result<VmConfig, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Input(format!("config file {path}: {e}")))?;
+    VmConfig::from_json(&text).map_err(|e| CliError::Input(format!("config file {path}: {e}")))
+}
+
 /// Parses the arguments (without the program name).
-pub fn parse(args: &[String]) -> Result<Command, String> {
+pub fn parse(args: &[String]) -> Result<Command, CliError> {
     let mut flags: Vec<(String, Option<String>)> = Vec::new();
     let mut it = args.iter();
     const VALUELESS: [&str; 4] = ["--no-reboot", "--version", "--capabilities", "--help"];
@@ -83,7 +112,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     ];
     while let Some(arg) = it.next() {
         if !arg.starts_with("--") {
-            return Err(format!("unexpected argument '{arg}'"));
+            return Err(CliError::Usage(format!("unexpected argument '{arg}'")));
         }
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
@@ -91,13 +120,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         };
         if VALUELESS.contains(&name.as_str()) {
             if inline.is_some() {
-                return Err(format!("{name} takes no value"));
+                return Err(CliError::Usage(format!("{name} takes no value")));
             }
             flags.push((name, None));
             continue;
         }
         if !WITH_VALUE.contains(&name.as_str()) {
-            return Err(format!("unknown option {name}\n{USAGE}"));
+            return Err(CliError::Usage(format!("unknown option {name}\n{USAGE}")));
         }
         let value = match inline {
             Some(v) => v,
@@ -121,10 +150,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 match gate {
                     "mshv" => mshv_gate = true,
                     other => {
-                        return Err(field_err(
+                        return Err(CliError::Usage(field_err(
                             "--feature-gates",
                             format!("unknown gate '{other}' (known: mshv)"),
-                        ))
+                        )))
                     }
                 }
             }
@@ -140,12 +169,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         return Ok(Command::Capabilities { mshv_gate });
     }
 
-    let mut config = match flags.iter().find(|(f, _)| f == "--config-file") {
-        Some((_, Some(path))) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("--config-file {path}: {e}"))?;
-            Some(VmConfig::from_json(&text).map_err(|e| format!("--config-file {path}: {e}"))?)
+    for once in ["--config-file", "--kernel"] {
+        if flags.iter().filter(|(f, _)| f == once).count() > 1 {
+            return Err(CliError::Usage(format!("{once} given more than once")));
         }
+    }
+    let mut config = match flags.iter().find(|(f, _)| f == "--config-file") {
+        Some((_, Some(path))) => Some(read_config_file(path)?),
         _ => None,
     };
     let kernel = flags
@@ -159,7 +189,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
         (Some(c), None) => c,
         (None, Some(k)) => VmConfig::new(PathBuf::from(k)),
-        (None, None) => return Err(format!("missing --kernel (or --config-file)\n{USAGE}")),
+        (None, None) => {
+            return Err(CliError::Usage(format!(
+                "missing --kernel (or --config-file)\n{USAGE}"
+            )))
+        }
     };
     let mut opts_hv = Request::Auto;
     let mut no_reboot = false;
@@ -178,7 +212,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     .map_err(|e: String| field_err("--hypervisor", e))?
             }
             "--no-reboot" => no_reboot = true,
-            other => return Err(format!("unknown option {other}\n{USAGE}")),
+            other => return Err(CliError::Usage(format!("unknown option {other}\n{USAGE}"))),
         }
     }
     Ok(Command::Run(Box::new(Options {
@@ -228,8 +262,16 @@ pub fn main() -> i32 {
     let command = match parse(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("petrel: {e}");
-            return 2;
+            return match e {
+                CliError::Input(msg) => {
+                    eprintln!("petrel: error: {msg}");
+                    1
+                }
+                CliError::Usage(msg) => {
+                    eprintln!("petrel: {msg}");
+                    2
+                }
+            };
         }
     };
     match command {
@@ -292,8 +334,19 @@ mod tests {
             ("--kernel /k --feature-gates warp", "warp"),
         ] {
             let e = parse(&args(a)).unwrap_err();
-            assert!(e.contains(want), "{a}: {e}");
+            assert!(matches!(e, CliError::Usage(_)), "{a}: {e:?}");
+            assert!(e.to_string().contains(want), "{a}: {e}");
         }
-        assert!(parse(&args("")).unwrap_err().contains("missing --kernel"));
+        let e = parse(&args("")).unwrap_err();
+        assert!(e.to_string().contains("missing --kernel"));
+        let e = parse(&args("--config-file a --config-file b")).unwrap_err();
+        assert!(e.to_string().contains("more than once"), "{e}");
+    }
+
+    #[test]
+    fn config_file_problems_are_input_errors() {
+        let e = parse(&args("--config-file /nonexistent/petrel.json")).unwrap_err();
+        assert!(matches!(e, CliError::Input(_)), "{e:?}");
+        assert!(e.to_string().contains("/nonexistent/petrel.json"), "{e}");
     }
 }

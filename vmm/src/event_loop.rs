@@ -45,13 +45,19 @@ pub struct Controller<'a> {
 }
 
 /// Standard input forwarded to the serial port, with back-pressure: when the receive FIFO is
-/// full, stdin is not read until the guest drains it.
+/// full, stdin is not read until the guest drains it. A terminal or pipe is watched by epoll;
+/// a regular file (which epoll refuses) is read a chunk at a time as the guest drains the FIFO.
 struct StdinInput<'a> {
     fd: RawFd,
     serial: Arc<Mutex<Serial>>,
     drained: &'a EventFd,
     pending: Vec<u8>,
+    /// Registered with epoll right now.
     reading: bool,
+    /// epoll accepts the descriptor.
+    pollable: bool,
+    /// End of input seen.
+    eof: bool,
 }
 
 impl StdinInput<'_> {
@@ -83,8 +89,21 @@ impl StdinInput<'_> {
             return Err(std::io::Error::last_os_error());
         }
         let n = n as usize;
+        self.eof = n == 0;
         self.pending.extend_from_slice(&buf[..n]);
         Ok(n)
+    }
+
+    /// For input epoll cannot watch: reads and offers chunks until the FIFO is full or the
+    /// input ends.
+    fn pump_unpollable(&mut self) {
+        while !self.pollable && !self.eof && self.flush() {
+            if let Err(e) = self.read() {
+                log::warn!("standard input: {e}; no more serial input");
+                self.eof = true;
+            }
+        }
+        self.flush();
     }
 }
 
@@ -125,7 +144,9 @@ impl Controller<'_> {
             return;
         };
         let _ = input.drained.read();
-        if input.flush() && !input.reading {
+        if !input.pollable {
+            input.pump_unpollable();
+        } else if input.flush() && !input.reading && !input.eof {
             input.reading = ops
                 .add(Events::with_data_raw(input.fd, STDIN, EventSet::IN))
                 .is_ok();
@@ -180,10 +201,11 @@ impl MutEventSubscriber for Controller<'_> {
             }
         }
         if let Some(input) = self.stdin.as_mut() {
-            // epoll refuses regular files and /dev/null: then there is simply no input.
+            // epoll refuses regular files and /dev/null: those are read as the guest drains.
             input.reading = ops
                 .add(Events::with_data_raw(input.fd, STDIN, EventSet::IN))
                 .is_ok();
+            input.pollable = input.reading;
             if let Err(e) = ops.add(Events::with_data_raw(
                 input.drained.as_raw_fd(),
                 DRAINED,
@@ -191,6 +213,7 @@ impl MutEventSubscriber for Controller<'_> {
             )) {
                 log::warn!("event loop: serial input back-pressure unavailable: {e}");
             }
+            input.pump_unpollable();
         }
     }
 }
@@ -220,6 +243,8 @@ pub fn run(inputs: LoopInputs, shared: Arc<VcpuShared>) -> Result<Outcome> {
             drained,
             pending: Vec::new(),
             reading: false,
+            pollable: false,
+            eof: false,
         }),
         outcome: None,
     };
