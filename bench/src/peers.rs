@@ -273,7 +273,10 @@ mod tests {
 
     #[test]
     fn shutdown_per_vmm() {
-        assert_eq!(VmmKind::Firecracker.shutdown().guest_action(), "quick-reset");
+        assert_eq!(
+            VmmKind::Firecracker.shutdown().guest_action(),
+            "quick-reset"
+        );
         assert_eq!(VmmKind::Qemu.shutdown().guest_action(), "quick");
         assert_eq!(Shutdown::I8042Reset.guest_marker(), "PETREL-GUEST: reset");
     }
