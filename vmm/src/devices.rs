@@ -89,7 +89,7 @@ fn new_eventfd(what: &str) -> Result<EventFd> {
     EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io(format!("creating the {what} eventfd"), e))
 }
 
-fn clone_eventfd(evt: &EventFd, what: &str) -> Result<EventFd> {
+pub(crate) fn clone_eventfd(evt: &EventFd, what: &str) -> Result<EventFd> {
     evt.try_clone()
         .map_err(|e| Error::io(format!("duplicating the {what} eventfd"), e))
 }

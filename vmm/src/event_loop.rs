@@ -35,22 +35,22 @@ const STDIN: u32 = 5;
 const DRAINED: u32 = 6;
 
 /// The lifecycle subscriber.
-pub struct Controller<'a> {
-    exit_evt: &'a EventFd,
-    reset_evt: &'a EventFd,
-    signals: &'a SignalFd,
+pub struct Controller {
+    exit_evt: EventFd,
+    reset_evt: EventFd,
+    signals: SignalFd,
     shared: Arc<VcpuShared>,
-    stdin: Option<StdinInput<'a>>,
+    stdin: Option<StdinInput>,
     outcome: Option<Outcome>,
 }
 
 /// Standard input forwarded to the serial port, with back-pressure: when the receive FIFO is
 /// full, stdin is not read until the guest drains it. A terminal or pipe is watched by epoll;
 /// a regular file (which epoll refuses) is read a chunk at a time as the guest drains the FIFO.
-struct StdinInput<'a> {
+struct StdinInput {
     fd: RawFd,
     serial: Arc<Mutex<Serial>>,
-    drained: &'a EventFd,
+    drained: EventFd,
     pending: Vec<u8>,
     /// Registered with epoll right now.
     reading: bool,
@@ -60,7 +60,7 @@ struct StdinInput<'a> {
     eof: bool,
 }
 
-impl StdinInput<'_> {
+impl StdinInput {
     /// Offers pending bytes to the UART; returns true when all were taken.
     fn flush(&mut self) -> bool {
         if self.pending.is_empty() {
@@ -107,7 +107,7 @@ impl StdinInput<'_> {
     }
 }
 
-impl Controller<'_> {
+impl Controller {
     fn finish(&mut self, outcome: Outcome) {
         if self.outcome.is_none() {
             self.outcome = Some(outcome);
@@ -154,7 +154,7 @@ impl Controller<'_> {
     }
 }
 
-impl MutEventSubscriber for Controller<'_> {
+impl MutEventSubscriber for Controller {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             EXIT => {
@@ -218,48 +218,85 @@ impl MutEventSubscriber for Controller<'_> {
     }
 }
 
-/// What the loop watches besides the vCPUs.
-pub struct LoopInputs<'a> {
+/// What the controller watches besides the vCPUs.
+pub struct LoopInputs {
     /// Guest poweroff.
-    pub exit_evt: &'a EventFd,
+    pub exit_evt: EventFd,
     /// Guest reset.
-    pub reset_evt: &'a EventFd,
+    pub reset_evt: EventFd,
     /// SIGTERM/SIGINT.
-    pub signals: &'a SignalFd,
+    pub signals: SignalFd,
     /// Serial input from standard input: the UART and its drained event.
-    pub stdin: Option<(Arc<Mutex<Serial>>, &'a EventFd)>,
+    pub stdin: Option<(Arc<Mutex<Serial>>, EventFd)>,
 }
 
-/// Runs the loop until the guest powers off, resets, fails, or petrel is signalled.
-pub fn run(inputs: LoopInputs, shared: Arc<VcpuShared>) -> Result<Outcome> {
-    let controller = Controller {
-        exit_evt: inputs.exit_evt,
-        reset_evt: inputs.reset_evt,
-        signals: inputs.signals,
-        shared,
-        stdin: inputs.stdin.map(|(serial, drained)| StdinInput {
-            fd: libc::STDIN_FILENO,
-            serial,
-            drained,
-            pending: Vec::new(),
-            reading: false,
-            pollable: false,
-            eof: false,
-        }),
-        outcome: None,
-    };
-    let mut manager: EventManager<Controller> = EventManager::new()
-        .map_err(|e| Error::Guest(format!("cannot create the event loop: {e}")))?;
-    let id = manager.add_subscriber(controller);
-    loop {
-        manager
-            .run()
-            .map_err(|e| Error::Guest(format!("event loop failed: {e}")))?;
-        let c = manager
-            .subscriber_mut(id)
-            .map_err(|e| Error::Guest(format!("event loop lost its controller: {e}")))?;
-        if let Some(outcome) = c.outcome.take() {
-            return Ok(outcome);
+impl Controller {
+    /// A controller for the VM's whole life in this process.
+    pub fn new(inputs: LoopInputs, shared: Arc<VcpuShared>) -> Self {
+        Controller {
+            exit_evt: inputs.exit_evt,
+            reset_evt: inputs.reset_evt,
+            signals: inputs.signals,
+            shared,
+            stdin: inputs.stdin.map(|(serial, drained)| StdinInput {
+                fd: libc::STDIN_FILENO,
+                serial,
+                drained,
+                pending: Vec::new(),
+                reading: false,
+                pollable: false,
+                eof: false,
+            }),
+            outcome: None,
+        }
+    }
+
+    /// Takes how the current boot ended, once it has.
+    pub fn take_outcome(&mut self) -> Option<Outcome> {
+        self.outcome.take()
+    }
+}
+
+/// A subscriber of the event loop, shared with whoever else drives it.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The process's event loop: the controller and every device.
+pub struct EventLoop {
+    manager: EventManager<Subscriber>,
+    controller: Arc<Mutex<Controller>>,
+}
+
+impl EventLoop {
+    /// Creates the loop with `controller` and the device `subscribers`.
+    pub fn new(controller: Controller, subscribers: Vec<Subscriber>) -> Result<Self> {
+        let mut manager: EventManager<Subscriber> = EventManager::new()
+            .map_err(|e| Error::Guest(format!("cannot create the event loop: {e}")))?;
+        let controller = Arc::new(Mutex::new(controller));
+        manager.add_subscriber(controller.clone());
+        for s in subscribers {
+            manager.add_subscriber(s);
+        }
+        Ok(EventLoop {
+            manager,
+            controller,
+        })
+    }
+
+    /// Runs until the current boot ends: the guest powers off, resets, fails, or petrel is
+    /// signalled. Devices keep being served all along.
+    pub fn run_boot(&mut self) -> Result<Outcome> {
+        loop {
+            self.manager
+                .run()
+                .map_err(|e| Error::Guest(format!("event loop failed: {e}")))?;
+            let outcome = self
+                .controller
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take_outcome();
+            if let Some(outcome) = outcome {
+                return Ok(outcome);
+            }
         }
     }
 }

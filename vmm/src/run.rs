@@ -6,9 +6,12 @@ use std::fs::File;
 use api::{SerialMode, VmConfig};
 use hypervisor::Request;
 
-use crate::devices::LegacyDevices;
-use crate::event_loop::{self, LoopInputs, Outcome};
+use crate::devices::{clone_eventfd, LegacyDevices};
+use std::sync::Arc;
+
+use crate::event_loop::{Controller, EventLoop, LoopInputs, Outcome};
 use crate::signals::SignalFd;
+use crate::vcpu::VcpuShared;
 use crate::{vcpu, vm, Error, Result};
 
 /// Process-level options besides the VM config.
@@ -88,31 +91,43 @@ pub fn run(opts: &Options) -> Result<()> {
         )
         .into());
     }
+    let memory = vm::create_memory(cfg.memory.size)?;
     let devices = LegacyDevices::new(&cfg.serial, crate::logger::start_time())?;
+    let shared =
+        Arc::new(VcpuShared::new().map_err(|e| Error::io("creating the vCPU event eventfd", e))?);
+    let stdin = match cfg.serial.mode {
+        SerialMode::Tty => Some((
+            devices.serial.clone(),
+            clone_eventfd(&devices.serial_drained, "serial input")?,
+        )),
+        _ => None,
+    };
+    let controller = Controller::new(
+        LoopInputs {
+            exit_evt: clone_eventfd(&devices.exit_evt, "poweroff")?,
+            reset_evt: clone_eventfd(&devices.reset_evt, "reset")?,
+            signals,
+            stdin,
+        },
+        shared.clone(),
+    );
+    let mut event_loop = EventLoop::new(controller, Vec::new())?;
     let mut boots = 0u32;
     loop {
         boots += 1;
         devices.clear_events();
-        let running = vm::boot(cfg, hv.as_ref(), &devices)?;
+        shared.reset_for_boot();
+        let running = vm::boot(cfg, hv.as_ref(), &memory, &devices, shared.clone())?;
         log::info!(
             "guest started (boot {boots}, {} vCPUs, {} MiB)",
             cfg.cpus.boot_vcpus,
             cfg.memory.size >> 20
         );
-        let inputs = LoopInputs {
-            exit_evt: &devices.exit_evt,
-            reset_evt: &devices.reset_evt,
-            signals: &signals,
-            stdin: (cfg.serial.mode == SerialMode::Tty)
-                .then(|| (devices.serial.clone(), &devices.serial_drained)),
-        };
-        let outcome = event_loop::run(inputs, running.shared.clone());
-        vcpu::stop_all(running.threads, &running.shared);
+        let outcome = event_loop.run_boot();
+        vcpu::stop_all(running.threads, &shared);
         log::debug!("vCPUs stopped");
         drop(running.vm);
         log::debug!("VM closed");
-        drop(running.memory);
-        log::debug!("VM torn down");
         match outcome? {
             Outcome::PowerOff => {
                 log::info!("exiting: guest powered off");

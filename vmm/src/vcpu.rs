@@ -52,6 +52,14 @@ impl VcpuShared {
         }
     }
 
+    /// Readies the shared state for a new boot: no stop request, no stale events.
+    pub fn reset_for_boot(&self) {
+        self.stop.store(false, Ordering::Release);
+        self.take_events();
+        // Nothing pending reads as EAGAIN, which is fine.
+        let _ = self.event_fd.read();
+    }
+
     /// Takes the reported events.
     pub fn take_events(&self) -> Vec<VcpuEvent> {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))

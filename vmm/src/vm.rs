@@ -14,33 +14,34 @@ use crate::devices::LegacyDevices;
 use crate::vcpu::{run_vcpu, VcpuShared, VcpuThread};
 use crate::{Error, Result};
 
-/// A VM whose vCPUs are running. Field order is drop order: vCPU threads must be stopped
-/// (`vcpu::stop_all`) before this is dropped; then the hypervisor VM goes before its memory.
+/// A VM whose vCPUs are running. vCPU threads must be stopped (`vcpu::stop_all`) before the
+/// hypervisor VM is dropped; guest memory belongs to the caller and outlives both.
 pub struct RunningVm {
     /// vCPU threads.
     pub threads: Vec<VcpuThread>,
-    /// State shared with the vCPU threads.
-    pub shared: Arc<VcpuShared>,
     /// The hypervisor VM.
     pub vm: Arc<dyn Vm>,
-    /// Guest RAM.
-    pub memory: GuestMemoryMmap,
 }
 
-/// Allocates guest RAM and maps it into `vm`.
-fn create_memory(vm: &dyn Vm, size: u64) -> Result<GuestMemoryMmap> {
+/// Allocates guest RAM. It lives as long as the process: a guest reboot reuses it (the
+/// kernel and boot structures are loaded again; like a real machine, RAM is not cleared).
+pub fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
     let ranges: Vec<(GuestAddress, usize)> = arch::ram_ranges(size)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory {
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory {
         size,
         reason: e.to_string(),
-    })?;
+    })
+}
+
+/// Maps every region of `memory` into `vm`.
+fn map_memory(vm: &dyn Vm, memory: &GuestMemoryMmap) -> Result<()> {
     for (slot, region) in memory.iter().enumerate() {
         let host = region.as_ptr() as u64;
-        // SAFETY: the region is a live anonymous mapping owned by `memory`, which `RunningVm`
-        // drops only after the VM.
+        // SAFETY: the region is a live anonymous mapping owned by `memory`, which the caller
+        // keeps for the whole process, longer than any VM.
         unsafe {
             vm.map_memory(
                 slot as u32,
@@ -50,7 +51,7 @@ fn create_memory(vm: &dyn Vm, size: u64) -> Result<GuestMemoryMmap> {
             )?
         };
     }
-    Ok(memory)
+    Ok(())
 }
 
 /// Loads the payload and writes every boot structure. Returns the boot vCPU's registers.
@@ -108,11 +109,17 @@ fn load_payload(
 }
 
 /// Creates the VM, loads the guest and starts its vCPUs.
-pub fn boot(cfg: &VmConfig, hv: &dyn Hypervisor, devices: &LegacyDevices) -> Result<RunningVm> {
+pub fn boot(
+    cfg: &VmConfig,
+    hv: &dyn Hypervisor,
+    memory: &GuestMemoryMmap,
+    devices: &LegacyDevices,
+    shared: Arc<VcpuShared>,
+) -> Result<RunningVm> {
     let vm = hv.create_vm()?;
-    let memory = create_memory(vm.as_ref(), cfg.memory.size)?;
+    map_memory(vm.as_ref(), memory)?;
     vm.setup_irqchip()?;
-    let (regs, sregs) = load_payload(cfg, &memory)?;
+    let (regs, sregs) = load_payload(cfg, memory)?;
     for irq in &devices.irqs {
         vm.register_irqfd(&irq.evt, irq.gsi)?;
     }
@@ -131,8 +138,6 @@ pub fn boot(cfg: &VmConfig, hv: &dyn Hypervisor, devices: &LegacyDevices) -> Res
         }
         vcpus.push(vcpu);
     }
-    let shared =
-        Arc::new(VcpuShared::new().map_err(|e| Error::io("creating the vCPU eventfd", e))?);
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in (0u32..).zip(vcpus) {
         let io = io.clone();
@@ -143,10 +148,5 @@ pub fn boot(cfg: &VmConfig, hv: &dyn Hypervisor, devices: &LegacyDevices) -> Res
             .map_err(|e| Error::io(format!("spawning the vCPU {id} thread"), e))?;
         threads.push(VcpuThread { id, handle });
     }
-    Ok(RunningVm {
-        threads,
-        shared,
-        vm,
-        memory,
-    })
+    Ok(RunningVm { threads, vm })
 }
