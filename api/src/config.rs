@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::{DiskConfig, RngConfig};
+
 /// A configuration problem, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -40,6 +42,32 @@ pub struct VmConfig {
     /// The 8250 serial port.
     #[serde(default)]
     pub serial: SerialConfig,
+    /// virtio-blk disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<DiskConfig>>,
+    /// The virtio-rng device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<RngConfig>,
+    /// Platform options.
+    #[serde(default, skip_serializing_if = "PlatformConfig::is_default")]
+    pub platform: PlatformConfig,
+}
+
+/// Platform options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Also describe the virtio-mmio devices on the kernel command line
+    /// (`virtio_mmio.device=4K@ADDR:IRQ`), for kernels built with
+    /// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES. They are always in the ACPI DSDT.
+    #[serde(default)]
+    pub virtio_mmio_cmdline: bool,
+}
+
+impl PlatformConfig {
+    fn is_default(&self) -> bool {
+        *self == PlatformConfig::default()
+    }
 }
 
 /// vCPU configuration.
@@ -135,6 +163,9 @@ impl VmConfig {
                 cmdline: None,
             },
             serial: SerialConfig::default(),
+            disks: None,
+            rng: None,
+            platform: PlatformConfig::default(),
         }
     }
 

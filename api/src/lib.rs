@@ -4,9 +4,12 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod devices;
 pub mod size;
 
 pub use config::{
-    ConfigError, CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, SerialMode, VmConfig,
+    ConfigError, CpusConfig, MemoryConfig, PayloadConfig, PlatformConfig, SerialConfig, SerialMode,
+    VmConfig,
 };
+pub use devices::{DiskConfig, RateLimiterConfig, RngConfig, TokenBucketConfig};
 pub use size::parse_size;

@@ -62,3 +62,7 @@ pub const I8042_PORT: u16 = 0x60;
 pub const RTC_PORT: u16 = 0x70;
 /// POST debug port.
 pub const DEBUG_PORT: u16 = 0x80;
+/// GSI of the first virtio-mmio device; each next device takes the next GSI.
+pub const VIRTIO_MMIO_FIRST_GSI: u32 = 5;
+/// Last GSI available to virtio-mmio devices (the IOAPIC has 24 pins).
+pub const VIRTIO_MMIO_LAST_GSI: u32 = 23;

@@ -3,14 +3,16 @@
 
 use std::path::PathBuf;
 
-use api::{parse_size, ConfigError, SerialMode, VmConfig};
+use api::{parse_size, ConfigError, DiskConfig, RngConfig, SerialMode, VmConfig};
 use hypervisor::Request;
 
 use crate::run::{run, Options};
 
 const USAGE: &str = "usage: petrel --kernel PATH [--initramfs PATH] [--cmdline STR] [--cpus N] \
 [--memory SIZE] [--serial stdout|off|file=PATH] [--hypervisor auto|kvm|mshv] \
-[--feature-gates LIST] [--no-reboot] [--config-file FILE]
+[--feature-gates LIST] [--no-reboot] [--config-file FILE] \
+[--disk path=FILE[,readonly=on][,direct=on][,id=ID][,serial=S]]... [--rng[=src=PATH]] \
+[--virtio-mmio-cmdline]
        petrel --version | --capabilities | --help";
 
 /// What the command line asks for.
@@ -98,8 +100,15 @@ fn read_config_file(path: &str) -> Result<VmConfig, CliError> {
 pub fn parse(args: &[String]) -> Result<Command, CliError> {
     let mut flags: Vec<(String, Option<String>)> = Vec::new();
     let mut it = args.iter();
-    const VALUELESS: [&str; 4] = ["--no-reboot", "--version", "--capabilities", "--help"];
-    const WITH_VALUE: [&str; 9] = [
+    const VALUELESS: [&str; 5] = [
+        "--no-reboot",
+        "--version",
+        "--capabilities",
+        "--help",
+        "--virtio-mmio-cmdline",
+    ];
+    const WITH_VALUE: [&str; 10] = [
+        "--disk",
         "--kernel",
         "--initramfs",
         "--cmdline",
@@ -118,6 +127,11 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (arg.clone(), None),
         };
+        // `--rng` alone, or `--rng=src=PATH` (Cloud Hypervisor's form).
+        if name == "--rng" {
+            flags.push((name, Some(inline.unwrap_or_default())));
+            continue;
+        }
         if VALUELESS.contains(&name.as_str()) {
             if inline.is_some() {
                 return Err(CliError::Usage(format!("{name} takes no value")));
@@ -212,6 +226,14 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
                     .map_err(|e: String| field_err("--hypervisor", e))?
             }
             "--no-reboot" => no_reboot = true,
+            "--disk" => cfg
+                .disks
+                .get_or_insert_with(Vec::new)
+                .push(DiskConfig::parse(&v).map_err(|e| CliError::Usage(e.to_string()))?),
+            "--rng" => {
+                cfg.rng = Some(RngConfig::parse(&v).map_err(|e| CliError::Usage(e.to_string()))?)
+            }
+            "--virtio-mmio-cmdline" => cfg.platform.virtio_mmio_cmdline = true,
             other => return Err(CliError::Usage(format!("unknown option {other}\n{USAGE}"))),
         }
     }

@@ -9,6 +9,7 @@ pub mod logger;
 pub mod run;
 pub mod signals;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 /// Errors of the VMM, each naming what failed.

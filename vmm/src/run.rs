@@ -6,7 +6,7 @@ use std::fs::File;
 use api::{SerialMode, VmConfig};
 use hypervisor::Request;
 
-use crate::devices::{clone_eventfd, LegacyDevices};
+use crate::devices::clone_eventfd;
 use std::sync::Arc;
 
 use crate::event_loop::{Controller, EventLoop, LoopInputs, Outcome};
@@ -91,8 +91,8 @@ pub fn run(opts: &Options) -> Result<()> {
         )
         .into());
     }
-    let memory = vm::create_memory(cfg.memory.size)?;
-    let devices = LegacyDevices::new(&cfg.serial, crate::logger::start_time())?;
+    let machine = vm::Machine::new(cfg, crate::logger::start_time())?;
+    let devices = &machine.legacy;
     let shared =
         Arc::new(VcpuShared::new().map_err(|e| Error::io("creating the vCPU event eventfd", e))?);
     let stdin = match cfg.serial.mode {
@@ -111,13 +111,13 @@ pub fn run(opts: &Options) -> Result<()> {
         },
         shared.clone(),
     );
-    let mut event_loop = EventLoop::new(controller, Vec::new())?;
+    let mut event_loop = EventLoop::new(controller, machine.virtio.subscribers())?;
     let mut boots = 0u32;
     loop {
         boots += 1;
         devices.clear_events();
         shared.reset_for_boot();
-        let running = vm::boot(cfg, hv.as_ref(), &memory, &devices, shared.clone())?;
+        let running = vm::boot(cfg, hv.as_ref(), &machine, shared.clone())?;
         log::info!(
             "guest started (boot {boots}, {} vCPUs, {} MiB)",
             cfg.cpus.boot_vcpus,
@@ -137,7 +137,10 @@ pub fn run(opts: &Options) -> Result<()> {
                 log::info!("exiting: guest reset and --no-reboot was given");
                 return Ok(());
             }
-            Outcome::Reset => log::info!("rebooting the guest"),
+            Outcome::Reset => {
+                log::info!("rebooting the guest");
+                machine.virtio.reset_all();
+            }
             Outcome::Signal(sig) => {
                 log::info!("exiting: stopped by signal {sig}");
                 return Ok(());

@@ -12,6 +12,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::devices::LegacyDevices;
 use crate::vcpu::{run_vcpu, VcpuShared, VcpuThread};
+use crate::virtio::VirtioDevices;
 use crate::{Error, Result};
 
 /// A VM whose vCPUs are running. vCPU threads must be stopped (`vcpu::stop_all`) before the
@@ -57,8 +58,9 @@ fn map_memory(vm: &dyn Vm, memory: &GuestMemoryMmap) -> Result<()> {
 /// Loads the payload and writes every boot structure. Returns the boot vCPU's registers.
 fn load_payload(
     cfg: &VmConfig,
-    memory: &GuestMemoryMmap,
+    machine: &Machine,
 ) -> Result<(hypervisor::Regs, hypervisor::SpecialRegs)> {
+    let memory = &machine.memory;
     let kernel_path = cfg.payload.kernel.to_string_lossy();
     let kernel = arch::load_kernel(memory, &kernel_path)?;
     let initramfs = match &cfg.payload.initramfs {
@@ -78,11 +80,15 @@ fn load_payload(
         }
         None => None,
     };
+    let mut cmdline = cfg.cmdline().to_string();
+    if cfg.platform.virtio_mmio_cmdline {
+        cmdline.push_str(&machine.virtio.cmdline_tokens());
+    }
     let rsdp = create_acpi_tables(
         memory,
         &AcpiConfig {
             cpus: cfg.cpus.boot_vcpus,
-            virtio_mmio: &[],
+            virtio_mmio: &machine.virtio.acpi_entries(),
         },
     )
     .map_err(arch::Error::Acpi)?;
@@ -90,7 +96,7 @@ fn load_payload(
         memory,
         &arch::bootinfo::BootInfo {
             kernel: &kernel,
-            cmdline: cfg.cmdline(),
+            cmdline: &cmdline,
             initramfs,
             rsdp: rsdp.raw_value(),
             mem_size: cfg.memory.size,
@@ -108,22 +114,51 @@ fn load_payload(
     Ok(arch::regs::boot_state(memory, &kernel)?)
 }
 
+/// What outlives a guest reboot: RAM, devices, and the buses the vCPUs dispatch to.
+pub struct Machine {
+    /// Guest RAM.
+    pub memory: GuestMemoryMmap,
+    /// Legacy devices.
+    pub legacy: LegacyDevices,
+    /// Virtio devices.
+    pub virtio: VirtioDevices,
+    /// Port I/O and MMIO buses with every device on them.
+    pub io: Arc<dyn IoHandler + Send + Sync>,
+}
+
+impl Machine {
+    /// Allocates RAM and creates every device the config asks for.
+    pub fn new(cfg: &VmConfig, start: std::time::Instant) -> Result<Self> {
+        let memory = create_memory(cfg.memory.size)?;
+        let legacy = LegacyDevices::new(&cfg.serial, start)?;
+        let virtio = VirtioDevices::new(cfg, &memory)?;
+        let mut buses = legacy.buses()?;
+        virtio.add_to_bus(&mut buses.mmio)?;
+        Ok(Machine {
+            memory,
+            legacy,
+            virtio,
+            io: Arc::new(buses),
+        })
+    }
+}
+
 /// Creates the VM, loads the guest and starts its vCPUs.
 pub fn boot(
     cfg: &VmConfig,
     hv: &dyn Hypervisor,
-    memory: &GuestMemoryMmap,
-    devices: &LegacyDevices,
+    machine: &Machine,
     shared: Arc<VcpuShared>,
 ) -> Result<RunningVm> {
     let vm = hv.create_vm()?;
-    map_memory(vm.as_ref(), memory)?;
+    map_memory(vm.as_ref(), &machine.memory)?;
     vm.setup_irqchip()?;
-    let (regs, sregs) = load_payload(cfg, memory)?;
-    for irq in &devices.irqs {
+    let (regs, sregs) = load_payload(cfg, machine)?;
+    for irq in &machine.legacy.irqs {
         vm.register_irqfd(&irq.evt, irq.gsi)?;
     }
-    let io: Arc<dyn IoHandler + Send + Sync> = Arc::new(devices.buses()?);
+    machine.virtio.wire(vm.as_ref())?;
+    let io = machine.io.clone();
     let supported = hv.supported_cpuid()?;
     let cpus = cfg.cpus.boot_vcpus;
     let mut vcpus = Vec::with_capacity(cpus as usize);

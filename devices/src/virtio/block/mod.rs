@@ -1,0 +1,588 @@
+//! virtio-blk (device type 2) over a raw image file or a host block device.
+//!
+//! One request queue. Requests: read, write, flush (`fdatasync`), get-id, and discard and
+//! write-zeroes where the host file system can punch holes or zero ranges (probed once at
+//! open). Each chain is validated by [`request`]; a bad one gets `VIRTIO_BLK_S_IOERR` (or
+//! `VIRTIO_BLK_S_UNSUPP`) and is counted, an I/O error at run time is `VIRTIO_BLK_S_IOERR`,
+//! counted and logged (rate-limited), and the device keeps serving. With a rate limiter the
+//! device stops taking requests while the limiter is blocked and resumes when the limiter's
+//! timerfd, registered on the event loop beside the queue eventfd, fires.
+
+mod disk;
+mod request;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{error, warn};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
+};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::Bytes;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig, TokenKind};
+use crate::virtio::{
+    device_type, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind, VirtioDevice,
+    VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
+use disk::DiskFile;
+pub use disk::{SECTOR_SHIFT, SECTOR_SIZE};
+use request::{DiskLimits, Refusal, Request, RequestKind};
+
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most data segments per request the driver is told to use (`seg_max`).
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Largest discard / write-zeroes segment, in sectors (4 GiB - 512).
+pub const MAX_DISCARD_SECTORS: u32 = u32::MAX >> SECTOR_SHIFT;
+/// Most segments in one discard / write-zeroes request.
+pub const MAX_DISCARD_SEG: u32 = 32;
+/// Bytes in a device id (`VIRTIO_BLK_ID_BYTES`).
+pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
+/// Size of the configuration space exposed (through `write_zeroes_may_unmap` and padding).
+pub const CONFIG_SPACE_SIZE: usize = 60;
+
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+
+/// How to build a [`Block`] device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// Raw image file or host block device.
+    pub path: PathBuf,
+    /// Refuse writes (and offer `VIRTIO_BLK_F_RO`).
+    pub readonly: bool,
+    /// Open with `O_DIRECT` (bypass the host page cache).
+    pub direct: bool,
+    /// Returned by get-id (at most [`ID_BYTES`] bytes).
+    pub id: String,
+    /// Bandwidth and operation limits.
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Why a block device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image could not be opened (missing, unreadable, or not writable for a read-write
+    /// disk).
+    #[error("cannot open disk image {}", path.display())]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The image's type or size could not be read.
+    #[error("cannot inspect disk image {}", path.display())]
+    Metadata {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The path is neither a regular file nor a block device.
+    #[error("disk image {} is not a regular file or a block device", path.display())]
+    NotADisk {
+        /// The image.
+        path: PathBuf,
+    },
+    /// The id is longer than [`ID_BYTES`].
+    #[error("disk id {id:?} is longer than {ID_BYTES} bytes")]
+    IdTooLong {
+        /// The id.
+        id: String,
+    },
+    /// An eventfd or timerfd could not be created.
+    #[error("cannot create the device's event descriptors")]
+    Events(#[source] io::Error),
+}
+
+/// What the device has done, for the API.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCounters {
+    /// Read requests served.
+    pub read_requests: u64,
+    /// Bytes read into the guest.
+    pub read_bytes: u64,
+    /// Write requests served.
+    pub write_requests: u64,
+    /// Bytes written to the disk.
+    pub write_bytes: u64,
+    /// Flush requests served.
+    pub flushes: u64,
+    /// Discard and write-zeroes requests served.
+    pub discards: u64,
+    /// Requests refused as malformed or not allowed (including writes to a read-only disk)
+    /// and unsupported request types.
+    pub invalid_requests: u64,
+    /// Requests that failed on the host (I/O errors), and queue errors.
+    pub io_errors: u64,
+    /// Times the rate limiter made the device wait.
+    pub throttled: u64,
+}
+
+impl BlockCounters {
+    /// Invalid requests plus I/O errors.
+    pub fn errors(&self) -> u64 {
+        self.invalid_requests + self.io_errors
+    }
+}
+
+/// The state of an activated device.
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    disk: DiskFile,
+    readonly: bool,
+    id: [u8; ID_BYTES],
+    config_space: [u8; CONFIG_SPACE_SIZE],
+    features: u64,
+    queue_events: Vec<EventFd>,
+    rate_limiter: Option<RateLimiter>,
+    active: Option<Active>,
+    acked_features: u64,
+    counters: BlockCounters,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("disk", &self.disk)
+            .field("readonly", &self.readonly)
+            .field("features", &self.features)
+            .field("activated", &self.active.is_some())
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+impl Block {
+    /// Opens the image and builds an unactivated device.
+    pub fn new(cfg: BlockConfig) -> Result<Self, BlockError> {
+        if cfg.id.len() > ID_BYTES {
+            return Err(BlockError::IdTooLong { id: cfg.id });
+        }
+        let mut id = [0u8; ID_BYTES];
+        id[..cfg.id.len()].copy_from_slice(cfg.id.as_bytes());
+        let disk = DiskFile::open(&cfg.path, cfg.readonly, cfg.direct)?;
+        let rate_limiter = match &cfg.rate_limiter {
+            Some(rl) => Some(RateLimiter::new(rl).map_err(BlockError::Events)?),
+            None => None,
+        };
+        let discard = disk.can_discard() && !cfg.readonly;
+        let write_zeroes = disk.can_write_zeroes() && !cfg.readonly;
+        let mut features = VIRTIO_F_VERSION_1
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE);
+        if cfg.readonly {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        if discard {
+            features |= 1 << VIRTIO_BLK_F_DISCARD;
+        }
+        if write_zeroes {
+            features |= 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        let config_space = build_config_space(disk.size(), discard, write_zeroes);
+        Ok(Self {
+            disk,
+            readonly: cfg.readonly,
+            id,
+            config_space,
+            features,
+            queue_events: vec![EventFd::new(EFD_NONBLOCK).map_err(BlockError::Events)?],
+            rate_limiter,
+            active: None,
+            acked_features: 0,
+            counters: BlockCounters::default(),
+        })
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> BlockCounters {
+        self.counters
+    }
+
+    /// Disk capacity in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.disk.size() >> SECTOR_SHIFT
+    }
+
+    /// The features the driver accepted at the last activation (0 if not activated).
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Replaces the rate limiter (tests use one on a manual clock). Register the device
+    /// with the event loop after this, so that the limiter's timerfd is watched.
+    pub fn set_rate_limiter(&mut self, limiter: Option<RateLimiter>) {
+        self.rate_limiter = limiter;
+    }
+
+    fn limits(&self) -> DiskLimits {
+        DiskLimits {
+            size: self.disk.size(),
+            readonly: self.readonly,
+            discard: self.features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
+            write_zeroes: self.features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
+            max_range_sectors: MAX_DISCARD_SECTORS,
+            max_ranges: MAX_DISCARD_SEG,
+        }
+    }
+
+    /// Serves available chains until the queue is empty or the rate limiter blocks, then
+    /// interrupts the driver if it wants to know. The queue event does this; it is public for
+    /// fuzzing and benchmarks. Does nothing before activation.
+    pub fn process_queue(&mut self) {
+        let limits = self.limits();
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queue;
+        let counters = &mut self.counters;
+        let mut served_any = false;
+        'rounds: loop {
+            if let Err(e) = queue.disable_notification(mem) {
+                count_io_error(counters, format_args!("queue error: {e}"));
+                break;
+            }
+            let mut served = 0u32;
+            loop {
+                if self.rate_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
+                    break 'rounds;
+                }
+                let chain = match queue.iter(mem) {
+                    Ok(mut iter) => iter.next(),
+                    Err(e) => {
+                        count_io_error(counters, format_args!("queue error: {e}"));
+                        break 'rounds;
+                    }
+                };
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                let len = match request::parse(chain, mem, &limits) {
+                    Ok(req) => {
+                        if !admit(self.rate_limiter.as_mut(), &req.kind) {
+                            counters.throttled += 1;
+                            queue.go_to_previous_position();
+                            break 'rounds;
+                        }
+                        serve(&self.disk, mem, &self.id, &req, counters)
+                    }
+                    Err(refusal) => refuse(mem, head, &refusal, counters),
+                };
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    count_io_error(counters, format_args!("cannot return {head}: {e}"));
+                    break 'rounds;
+                }
+                served += 1;
+                served_any = true;
+            }
+            match queue.enable_notification(mem) {
+                // More chains arrived meanwhile; a round that served nothing means the ring
+                // itself is bad, so stop rather than spin.
+                Ok(true) if served > 0 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    count_io_error(counters, format_args!("queue error: {e}"));
+                    break;
+                }
+            }
+        }
+        if !served_any {
+            return;
+        }
+        match queue.needs_notification(mem) {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = active.interrupt.trigger(InterruptKind::Queue(0)) {
+                    error!("virtio-blk: cannot raise interrupt: {e}");
+                }
+            }
+            Err(e) => count_io_error(counters, format_args!("queue error: {e}")),
+        }
+    }
+}
+
+/// Lays out `struct virtio_blk_config` (little endian).
+fn build_config_space(size: u64, discard: bool, write_zeroes: bool) -> [u8; CONFIG_SPACE_SIZE] {
+    let mut c = [0u8; CONFIG_SPACE_SIZE];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        c[offset..offset + bytes.len()].copy_from_slice(bytes);
+    };
+    put(0, &(size >> SECTOR_SHIFT).to_le_bytes()); // capacity
+    put(12, &SEG_MAX.to_le_bytes()); // seg_max
+    put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+    put(34, &1u16.to_le_bytes()); // num_queues
+    if discard {
+        put(36, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_discard_sectors
+        put(40, &MAX_DISCARD_SEG.to_le_bytes()); // max_discard_seg
+        put(44, &1u32.to_le_bytes()); // discard_sector_alignment
+    }
+    if write_zeroes {
+        put(48, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+        put(52, &MAX_DISCARD_SEG.to_le_bytes()); // max_write_zeroes_seg
+        put(56, &[u8::from(discard)]); // write_zeroes_may_unmap
+    }
+    c
+}
+
+/// Counts an I/O error and logs it, rate-limited (the 1st, 2nd, 4th, 8th, ... one).
+fn count_io_error(counters: &mut BlockCounters, what: std::fmt::Arguments<'_>) {
+    counters.io_errors += 1;
+    if counters.io_errors.is_power_of_two() {
+        warn!(
+            "virtio-blk: {what} ({} I/O errors so far)",
+            counters.io_errors
+        );
+    }
+}
+
+/// Asks the rate limiter for one operation and the request's bytes.
+fn admit(limiter: Option<&mut RateLimiter>, kind: &RequestKind) -> bool {
+    let Some(rl) = limiter else {
+        return true;
+    };
+    if !rl.consume(1, TokenKind::Ops) {
+        return false;
+    }
+    let bytes = kind.data_len();
+    if bytes > 0 && !rl.consume(bytes, TokenKind::Bytes) {
+        rl.manual_replenish(1, TokenKind::Ops);
+        return false;
+    }
+    true
+}
+
+/// Answers a refused chain; returns the used length.
+fn refuse(mem: &GuestMemoryMmap, head: u16, r: &Refusal, counters: &mut BlockCounters) -> u32 {
+    counters.invalid_requests += 1;
+    if counters.invalid_requests.is_power_of_two() {
+        warn!(
+            "virtio-blk: request {head} refused: {} ({} refused so far)",
+            r.reason, counters.invalid_requests
+        );
+    }
+    match r.status {
+        Some(addr) if mem.write_obj(r.code, addr).is_ok() => 1,
+        _ => 0,
+    }
+}
+
+/// Runs a valid request and writes its status; returns the used length.
+fn serve(
+    disk: &DiskFile,
+    mem: &GuestMemoryMmap,
+    id: &[u8; ID_BYTES],
+    req: &Request,
+    counters: &mut BlockCounters,
+) -> u32 {
+    let (status, written) = match execute(disk, mem, id, &req.kind) {
+        Ok(written) => {
+            let len = req.kind.data_len();
+            match &req.kind {
+                RequestKind::In { .. } => {
+                    counters.read_requests += 1;
+                    counters.read_bytes += len;
+                }
+                RequestKind::Out { .. } => {
+                    counters.write_requests += 1;
+                    counters.write_bytes += len;
+                }
+                RequestKind::Flush => counters.flushes += 1,
+                RequestKind::Discard(_) | RequestKind::WriteZeroes(_) => counters.discards += 1,
+                RequestKind::GetId { .. } => {}
+            }
+            (VIRTIO_BLK_S_OK, written)
+        }
+        Err(e) => {
+            count_io_error(
+                counters,
+                format_args!("{} failed: {e}", kind_name(&req.kind)),
+            );
+            (VIRTIO_BLK_S_IOERR, 0)
+        }
+    };
+    if mem.write_obj(status as u8, req.status).is_err() {
+        // The parser checked the address; guest memory does not shrink while we run.
+        count_io_error(counters, format_args!("cannot write the status byte"));
+        return 0;
+    }
+    u32::try_from(written.saturating_add(1)).unwrap_or(u32::MAX)
+}
+
+fn kind_name(kind: &RequestKind) -> &'static str {
+    match kind {
+        RequestKind::In { .. } => "read",
+        RequestKind::Out { .. } => "write",
+        RequestKind::Flush => "flush",
+        RequestKind::GetId { .. } => "get-id",
+        RequestKind::Discard(_) => "discard",
+        RequestKind::WriteZeroes(_) => "write-zeroes",
+    }
+}
+
+/// Does the I/O; returns the bytes written into guest buffers.
+fn execute(
+    disk: &DiskFile,
+    mem: &GuestMemoryMmap,
+    id: &[u8; ID_BYTES],
+    kind: &RequestKind,
+) -> io::Result<u64> {
+    match kind {
+        RequestKind::In { offset, data } => {
+            let mut offset = *offset;
+            for span in data {
+                disk.read_to_guest(mem, span.addr, offset, span.len as usize)?;
+                offset += span.len;
+            }
+            Ok(kind.data_len())
+        }
+        RequestKind::Out { offset, data } => {
+            let mut offset = *offset;
+            for span in data {
+                disk.write_from_guest(mem, span.addr, offset, span.len as usize)?;
+                offset += span.len;
+            }
+            Ok(0)
+        }
+        RequestKind::Flush => disk.flush().map(|()| 0),
+        RequestKind::GetId { data } => {
+            let mut rest: &[u8] = id;
+            for span in data {
+                if rest.is_empty() {
+                    break;
+                }
+                // span.len is below 2^32.
+                let n = (span.len as usize).min(rest.len());
+                mem.write_slice(&rest[..n], span.addr)
+                    .map_err(io::Error::other)?;
+                rest = &rest[n..];
+            }
+            Ok((ID_BYTES - rest.len()) as u64)
+        }
+        RequestKind::Discard(ranges) => {
+            for r in ranges {
+                disk.discard(r.offset, r.len)?;
+            }
+            Ok(0)
+        }
+        RequestKind::WriteZeroes(ranges) => {
+            for r in ranges {
+                disk.write_zeroes(r.offset, r.len, r.unmap)?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = self.config_space.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Nothing in the configuration space is writable (no CONFIG_WCE).
+        warn!(
+            "virtio-blk: {}-byte config write at {offset:#x} ignored",
+            data.len()
+        );
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let Some(queue) = ctx.queues.into_iter().next().filter(|q| q.ready()) else {
+            return Err(ActivateError::BadQueue("request queue not enabled".into()));
+        };
+        self.acked_features = ctx.acked_features;
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queue,
+            interrupt: ctx.interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn init(&mut self, ops: &mut EventOps) {
+        for evt in &self.queue_events {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                error!("virtio-blk: cannot register the queue eventfd: {e}");
+            }
+        }
+        if let Some(rl) = &self.rate_limiter {
+            if let Err(e) = ops.add(Events::new(rl, EventSet::IN)) {
+                error!("virtio-blk: cannot register the rate limiter timer: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if let Some(evt) = self.queue_events.iter().find(|e| e.as_raw_fd() == fd) {
+            // Drain the counter; EAGAIN only means another path already drained it.
+            let _ = evt.read();
+            // While the limiter is blocked the timer, not the guest, restarts the queue.
+            self.process_queue();
+        } else if let Some(rl) = self.rate_limiter.as_mut().filter(|rl| rl.as_raw_fd() == fd) {
+            if let Err(e) = rl.event_handler() {
+                error!("virtio-blk: rate limiter timer: {e}");
+            }
+            self.process_queue();
+        } else {
+            warn!("virtio-blk: event on unknown fd {fd}");
+        }
+    }
+}

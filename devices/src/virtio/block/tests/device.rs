@@ -1,0 +1,208 @@
+//! Device-level behaviour: features, config space, opening, rate limiting, reset.
+
+use super::*;
+
+#[test]
+fn config_space_and_features() {
+    let rig = Rig::new(|_| {});
+    assert_eq!(rig.blk.device_type(), 2);
+    assert_eq!(rig.blk.queue_max_sizes(), &[256]);
+    assert_eq!(rig.blk.capacity_sectors(), DISK_SECTORS);
+    let f = rig.blk.features();
+    assert_ne!(f & VIRTIO_F_VERSION_1, 0);
+    assert_ne!(f & (1 << VIRTIO_BLK_F_FLUSH), 0);
+    assert_eq!(f & (1 << VIRTIO_BLK_F_RO), 0);
+    let mut cap = [0u8; 8];
+    rig.blk.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), DISK_SECTORS);
+    let mut seg = [0u8; 4];
+    rig.blk.read_config(12, &mut seg);
+    assert_eq!(u32::from_le_bytes(seg), SEG_MAX);
+    // Reads past the end are zeroes, never a panic.
+    let mut tail = [0xffu8; 8];
+    rig.blk.read_config(CONFIG_SPACE_SIZE as u64 - 2, &mut tail);
+    assert_eq!(tail, [0; 8]);
+    rig.blk.read_config(u64::MAX, &mut tail);
+    assert_eq!(tail, [0; 8]);
+}
+
+#[test]
+fn open_errors_name_the_path() {
+    let missing = BlockConfig {
+        path: "/nonexistent/petrel.img".into(),
+        ..Default::default()
+    };
+    let e = Block::new(missing).unwrap_err();
+    assert!(matches!(e, BlockError::Open { .. }));
+    assert!(e.to_string().contains("/nonexistent/petrel.img"), "{e}");
+
+    let dir = BlockConfig {
+        path: "/tmp".into(),
+        readonly: true,
+        ..Default::default()
+    };
+    let e = Block::new(dir).unwrap_err();
+    assert!(matches!(e, BlockError::NotADisk { .. }), "{e}");
+    assert!(e.to_string().contains("/tmp"));
+    // A directory cannot be opened for writing at all.
+    let dir_rw = BlockConfig {
+        path: "/tmp".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        Block::new(dir_rw).unwrap_err(),
+        BlockError::Open { .. }
+    ));
+    let chr = BlockConfig {
+        path: "/dev/null".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        Block::new(chr).unwrap_err(),
+        BlockError::NotADisk { .. }
+    ));
+
+    let file = image();
+    let mut long = config(&file);
+    long.id = "x".repeat(21);
+    assert!(matches!(
+        Block::new(long).unwrap_err(),
+        BlockError::IdTooLong { .. }
+    ));
+}
+
+#[test]
+fn rate_limited_device_stops_and_resumes_on_timer() {
+    let clock = ManualClock::default();
+    let mut rig = Rig::new(|_| {});
+    let ops = RateLimiterConfig {
+        bandwidth: None,
+        ops: Some(TokenBucketConfig {
+            size: 1,
+            one_time_burst: 0,
+            refill_time_ms: 1,
+        }),
+    };
+    let limiter = RateLimiter::with_clock(&ops, Box::new(clock.clone())).unwrap();
+    rig.blk.set_rate_limiter(Some(limiter));
+    let int = rig.activate();
+    rig.request(VIRTIO_BLK_T_FLUSH, 0, None);
+    rig.request(VIRTIO_BLK_T_FLUSH, 0, None);
+    let evt = rig.blk.queue_events()[0].try_clone().unwrap();
+    let blk = Arc::new(Mutex::new(std::mem::replace(
+        &mut rig.blk,
+        Block::new(config(&rig.file)).unwrap(),
+    )));
+    let mut manager = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
+    manager.add_subscriber(blk.clone());
+    evt.write(1).unwrap();
+    assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+    assert_eq!(rig.used(0).0, 1, "one request served, one held back");
+    {
+        let b = blk.lock().unwrap();
+        assert_eq!(b.counters().flushes, 1);
+        assert_eq!(b.counters().throttled, 1);
+        assert!(b.rate_limiter.as_ref().unwrap().is_blocked());
+    }
+    // A guest kick, or the timer firing, while the (manual) clock stands still: nothing more.
+    evt.write(1).unwrap();
+    for _ in 0..3 {
+        assert!(manager.run_with_timeout(1000).unwrap() >= 1);
+        assert_eq!(rig.used(0).0, 1);
+    }
+    // The bucket refills; the limiter's timer fires and the device resumes by itself.
+    clock.advance(Duration::from_millis(1));
+    for _ in 0..10 {
+        if rig.used(0).0 == 2 {
+            break;
+        }
+        manager.run_with_timeout(1000).unwrap();
+    }
+    assert_eq!(rig.used(1).0, 2);
+    assert_eq!(blk.lock().unwrap().counters().flushes, 2);
+    assert_eq!(int.0.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn bandwidth_limit_counts_bytes() {
+    let clock = ManualClock::default();
+    let mut rig = Rig::new(|_| {});
+    let bw = RateLimiterConfig {
+        bandwidth: Some(TokenBucketConfig {
+            size: 1024,
+            one_time_burst: 0,
+            refill_time_ms: 1000,
+        }),
+        ops: Some(TokenBucketConfig {
+            size: 100,
+            one_time_burst: 0,
+            refill_time_ms: 1000,
+        }),
+    };
+    let limiter = RateLimiter::with_clock(&bw, Box::new(clock.clone())).unwrap();
+    rig.blk.set_rate_limiter(Some(limiter));
+    rig.activate();
+    rig.request(VIRTIO_BLK_T_IN, 0, Some((1024, W)));
+    rig.request(VIRTIO_BLK_T_IN, 0, Some((512, W)));
+    rig.blk.process_queue();
+    assert_eq!(rig.used(0).0, 1);
+    let rl = rig.blk.rate_limiter.as_ref().unwrap();
+    assert!(rl.is_blocked());
+    // The op of the held-back request was given back.
+    assert_eq!(rl.bucket(TokenKind::Ops).unwrap().budget(), 99);
+}
+
+#[test]
+fn event_idx_serves_everything() {
+    let mut rig = Rig::new(|_| {});
+    let int = rig.activate_with(true);
+    rig.request(VIRTIO_BLK_T_FLUSH, 0, None);
+    rig.request(VIRTIO_BLK_T_GET_ID, 0, Some((20, W)));
+    rig.blk.process_queue();
+    assert_eq!(rig.used(1), (2, 21));
+    assert_eq!(int.0.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn host_io_error_is_ioerr_and_device_keeps_running() {
+    let mut rig = Rig::new(|_| {});
+    rig.activate();
+    // The image shrinks under the device: reads past the new end fail on the host.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(rig.file.as_path())
+        .unwrap()
+        .set_len(512)
+        .unwrap();
+    rig.request(VIRTIO_BLK_T_IN, 8, Some((512, W)));
+    rig.blk.process_queue();
+    assert_eq!(rig.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(rig.used(0), (1, 1));
+    let c = rig.blk.counters();
+    assert_eq!(
+        (c.io_errors, c.read_requests, c.invalid_requests),
+        (1, 0, 0)
+    );
+    rig.request(VIRTIO_BLK_T_IN, 0, Some((512, W)));
+    rig.blk.process_queue();
+    assert_eq!(rig.status(), 0);
+}
+
+#[test]
+fn reset_stops_serving() {
+    let mut rig = Rig::new(|_| {});
+    rig.activate();
+    assert!(rig.blk.is_activated());
+    rig.blk.reset();
+    assert!(!rig.blk.is_activated());
+    assert_eq!(rig.blk.acked_features(), 0);
+    rig.request(VIRTIO_BLK_T_FLUSH, 0, None);
+    rig.blk.process_queue();
+    assert_eq!(rig.status(), UNTOUCHED);
+    // Activated again (the mock starts with fresh rings), it serves again.
+    rig.activate();
+    rig.chains = 0;
+    rig.request(VIRTIO_BLK_T_FLUSH, 0, None);
+    rig.blk.process_queue();
+    assert_eq!(rig.status(), 0);
+}

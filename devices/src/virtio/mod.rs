@@ -1,0 +1,105 @@
+//! Virtio devices, independent of their transport.
+//!
+//! A device offers features, a config space and queues. The transport (`mmio`, later PCI)
+//! owns the driver-facing registers and the queues until the driver sets DRIVER_OK; it then
+//! hands the configured queues to [`VirtioDevice::activate`]. From then on the device serves
+//! its queues on the event loop: each queue has an eventfd (`queue_events`) that the VMM
+//! registers as an ioeventfd on the transport's notify register, and the device's
+//! `MutEventSubscriber` implementation handles those events (and any of its own fds, such as
+//! a tap). Completions are signalled through the [`VirtioInterrupt`] it was activated with.
+//!
+//! Guest input is hostile: a bad descriptor chain gets an error status or marks the device
+//! as needing a reset; it never panics, hangs, or touches memory outside the guest.
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+
+use std::sync::Arc;
+
+use event_manager::MutEventSubscriber;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as devices see it (cheap to clone: the regions are shared).
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// `VIRTIO_F_VERSION_1`: petrel's devices are modern (virtio 1.x) only.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Device type numbers (virtio spec 5).
+pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Entropy source.
+    pub const RNG: u32 = 4;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
+    /// Socket device.
+    pub const VSOCK: u32 = 19;
+}
+
+/// What a device tells the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptKind {
+    /// A queue's used ring has new entries.
+    Queue(u16),
+    /// The configuration space changed.
+    Config,
+}
+
+/// How a device interrupts the driver; implemented by the transport.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Raises the interrupt.
+    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()>;
+}
+
+/// Why a device could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up the queues wrongly.
+    #[error("bad queue configuration: {0}")]
+    BadQueue(String),
+    /// The device's own resources failed.
+    #[error("device activation failed: {0}")]
+    Device(String),
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct ActivateContext {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The queues in index order, one per entry of `queue_max_sizes`. A queue the driver did
+    /// not enable has `ready() == false` (a device must not serve it); every ready queue lies
+    /// within guest memory and has event-idx set as negotiated.
+    pub queues: Vec<Queue>,
+    /// The features the driver accepted.
+    pub acked_features: u64,
+    /// How to interrupt the driver.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// A virtio device. Its `MutEventSubscriber` side runs on the event loop and serves the
+/// queues; the transport calls the other methods from vCPU threads.
+pub trait VirtioDevice: MutEventSubscriber + Send {
+    /// The virtio device type (see [`device_type`]).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the number of entries is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features offered to the driver (including [`VIRTIO_F_VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space at `offset`.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts serving the queues.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// Stops serving (driver reset): drops the queues and returns to the unactivated state.
+    fn reset(&mut self);
+    /// One eventfd per queue, written when the driver notifies that queue.
+    fn queue_events(&self) -> &[EventFd];
+    /// Whether `activate` succeeded and no `reset` followed.
+    fn is_activated(&self) -> bool;
+}

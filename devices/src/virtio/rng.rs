@@ -1,0 +1,517 @@
+//! virtio-rng (device type 4): an entropy source that fills the driver's buffers from
+//! getrandom(2).
+//!
+//! One queue. Every available chain's device-writable buffers are filled (at most
+//! [`MAX_REQUEST_BYTES`] per chain; a partial fill is allowed by the spec) and returned with
+//! the number of bytes written. A chain with no writable buffer, or with a buffer outside guest
+//! memory, is returned with length 0 and counted as an error.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{error, warn};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestMemoryBackend};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::virtio::{
+    device_type, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind, VirtioDevice,
+    VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
+
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most bytes written for one request.
+pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
+
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+/// Bytes fetched from getrandom(2) at a time.
+const CHUNK: usize = 4096;
+
+/// What the device has done, for the API.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RngCounters {
+    /// Requests (descriptor chains) served.
+    pub requests: u64,
+    /// Random bytes written to the guest.
+    pub bytes: u64,
+    /// Requests refused (no writable buffer, buffer outside guest memory, getrandom failure)
+    /// and queue errors.
+    pub errors: u64,
+}
+
+/// Why a request could not be served.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("chain has no device-writable buffer")]
+    NoWritableBuffer,
+    #[error("buffer {addr:#x}+{len:#x} is outside guest memory")]
+    OutsideMemory { addr: u64, len: u32 },
+    #[error("getrandom failed")]
+    GetRandom(#[source] io::Error),
+    #[error("cannot write guest memory")]
+    Memory(#[source] vm_memory::GuestMemoryError),
+}
+
+/// The state of an activated device.
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// A virtio-rng device.
+pub struct Rng {
+    queue_events: Vec<EventFd>,
+    active: Option<Active>,
+    acked_features: u64,
+    counters: RngCounters,
+}
+
+impl Rng {
+    /// A new, unactivated device.
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            queue_events: vec![EventFd::new(EFD_NONBLOCK)?],
+            active: None,
+            acked_features: 0,
+            counters: RngCounters::default(),
+        })
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> RngCounters {
+        self.counters
+    }
+
+    /// The features the driver accepted at the last activation (0 if not activated).
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Counts an error and logs it, rate-limited (the 1st, 2nd, 4th, 8th, ... one).
+    fn count_error(counters: &mut RngCounters, what: std::fmt::Arguments<'_>) {
+        counters.errors += 1;
+        if counters.errors.is_power_of_two() {
+            warn!("virtio-rng: {what} ({} errors so far)", counters.errors);
+        }
+    }
+
+    /// Serves every available chain, then interrupts the driver if it wants to know.
+    fn process_queue(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queue;
+        let counters = &mut self.counters;
+        let mut served = 0u64;
+        'rounds: loop {
+            if let Err(e) = queue.disable_notification(mem) {
+                Self::count_error(counters, format_args!("queue error: {e}"));
+                break;
+            }
+            let served_before = served;
+            loop {
+                let chain = match queue.iter(mem) {
+                    Ok(mut iter) => iter.next(),
+                    Err(e) => {
+                        Self::count_error(counters, format_args!("queue error: {e}"));
+                        break 'rounds;
+                    }
+                };
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                let len = match fill_chain(mem, chain) {
+                    Ok(len) => {
+                        counters.requests += 1;
+                        counters.bytes += u64::from(len);
+                        len
+                    }
+                    Err(e) => {
+                        Self::count_error(counters, format_args!("request {head}: {e}"));
+                        0
+                    }
+                };
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    Self::count_error(counters, format_args!("cannot return {head}: {e}"));
+                    break 'rounds;
+                }
+                served += 1;
+            }
+            match queue.enable_notification(mem) {
+                // More chains arrived meanwhile; a round that served nothing means the ring
+                // itself is bad, so stop rather than spin.
+                Ok(true) if served > served_before => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    Self::count_error(counters, format_args!("queue error: {e}"));
+                    break;
+                }
+            }
+        }
+        if served == 0 {
+            return;
+        }
+        match queue.needs_notification(mem) {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = active.interrupt.trigger(InterruptKind::Queue(0)) {
+                    error!("virtio-rng: cannot raise interrupt: {e}");
+                }
+            }
+            Err(e) => Self::count_error(counters, format_args!("queue error: {e}")),
+        }
+    }
+}
+
+/// Fills the writable buffers of `chain` with random bytes; returns the number written.
+fn fill_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Result<u32, RequestError> {
+    // The chain iterator stops after queue-size descriptors, so a looping chain ends.
+    let buffers: Vec<_> = chain.writable().collect();
+    if buffers.is_empty() {
+        return Err(RequestError::NoWritableBuffer);
+    }
+    if let Some(d) = buffers
+        .iter()
+        .find(|d| !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize))
+    {
+        return Err(RequestError::OutsideMemory {
+            addr: d.addr().0,
+            len: d.len(),
+        });
+    }
+    let mut buf = [0u8; CHUNK];
+    let mut written = 0u32;
+    for d in buffers {
+        let mut offset = 0u32;
+        while offset < d.len() && written < MAX_REQUEST_BYTES {
+            let n = (d.len() - offset).min(MAX_REQUEST_BYTES - written) as usize;
+            let n = n.min(CHUNK);
+            getrandom(&mut buf[..n]).map_err(RequestError::GetRandom)?;
+            // Cannot overflow: the range was checked to be within guest memory.
+            let addr = d.addr().0 + u64::from(offset);
+            mem.write_slice(&buf[..n], vm_memory::GuestAddress(addr))
+                .map_err(RequestError::Memory)?;
+            offset += n as u32;
+            written += n as u32;
+        }
+    }
+    Ok(written)
+}
+
+/// Fills `buf` from getrandom(2), retrying on EINTR and short reads.
+fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is valid for writes of `rest.len()` bytes for the whole call, and
+        // getrandom writes at most that many.
+        let ret = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match ret {
+            n if n > 0 => filled += n as usize,
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        device_type::RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | (1 << VIRTIO_RING_F_EVENT_IDX)
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        // No configuration space.
+        data.fill(0);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        Self::count_error(
+            &mut self.counters,
+            format_args!("{}-byte config write at {offset:#x} ignored", data.len()),
+        );
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let Some(queue) = ctx.queues.into_iter().next().filter(|q| q.ready()) else {
+            return Err(ActivateError::BadQueue("request queue not enabled".into()));
+        };
+        self.acked_features = ctx.acked_features;
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queue,
+            interrupt: ctx.interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+}
+
+impl MutEventSubscriber for Rng {
+    fn init(&mut self, ops: &mut EventOps) {
+        for evt in &self.queue_events {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                error!("virtio-rng: cannot register the queue eventfd: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let Some(evt) = self
+            .queue_events
+            .iter()
+            .find(|e| e.as_raw_fd() == events.fd())
+        else {
+            warn!("virtio-rng: event on unknown fd {}", events.fd());
+            return;
+        };
+        // Drain the counter; EAGAIN only means another path already drained it.
+        let _ = evt.read();
+        self.process_queue();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use event_manager::{EventManager, SubscriberOps};
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, GuestAddress};
+
+    const MEM_SIZE: usize = 0x10_0000;
+    const BUF: u64 = 0x8_0000;
+    const W: u32 = VRING_DESC_F_WRITE;
+    const N: u32 = VRING_DESC_F_NEXT;
+
+    #[derive(Default)]
+    struct RecordingInterrupt(Mutex<Vec<InterruptKind>>);
+
+    impl VirtioInterrupt for RecordingInterrupt {
+        fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
+            self.0.lock().unwrap().push(kind);
+            Ok(())
+        }
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), MEM_SIZE)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+    }
+
+    fn activated(
+        mem: &GuestMemoryMmap,
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        event_idx: bool,
+    ) -> (Rng, Arc<RecordingInterrupt>) {
+        let mut rng = Rng::new().unwrap();
+        let int = Arc::new(RecordingInterrupt::default());
+        let mut queue: Queue = vq.create_queue().unwrap();
+        queue.set_event_idx(event_idx);
+        rng.activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![queue],
+            acked_features: rng.features(),
+            interrupt: int.clone(),
+        })
+        .unwrap();
+        (rng, int)
+    }
+
+    /// (used ring index, (head, len) of used entry `i`).
+    fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u16, (u32, u32)) {
+        let e = vq.used().ring().ref_at(i).unwrap().load();
+        (vq.used().idx().load(), (e.id(), e.len()))
+    }
+
+    fn read_buf(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    #[test]
+    fn fills_a_64_byte_buffer() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        vq.add_desc_chains(&[desc(BUF, 64, W, 0)], 0).unwrap();
+        let (mut rng, int) = activated(&m, &vq, false);
+        rng.process_queue();
+        assert_eq!(used(&vq, 0), (1, (0, 64)));
+        assert!(read_buf(&m, BUF, 64).iter().any(|&b| b != 0));
+        assert!(read_buf(&m, BUF + 64, 64).iter().all(|&b| b == 0));
+        let c = rng.counters();
+        assert_eq!((c.requests, c.bytes, c.errors), (1, 64, 0));
+        assert_eq!(*int.0.lock().unwrap(), vec![InterruptKind::Queue(0)]);
+    }
+
+    #[test]
+    fn skips_readable_buffers_and_fills_several_writable_ones() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        let chain = [
+            desc(BUF, 32, N, 1),
+            desc(BUF + 0x100, 16, W | N, 2),
+            desc(BUF + 0x200, 16, W, 0),
+        ];
+        vq.add_desc_chains(&chain, 0).unwrap();
+        let (mut rng, _) = activated(&m, &vq, true);
+        rng.process_queue();
+        assert_eq!(used(&vq, 0), (1, (0, 32)));
+        assert!(read_buf(&m, BUF, 32).iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn read_only_chain_is_an_error_with_length_0() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        vq.add_desc_chains(&[desc(BUF, 64, 0, 0)], 0).unwrap();
+        let (mut rng, _) = activated(&m, &vq, false);
+        rng.process_queue();
+        assert_eq!(used(&vq, 0), (1, (0, 0)));
+        assert!(read_buf(&m, BUF, 64).iter().all(|&b| b == 0));
+        assert_eq!(rng.counters().errors, 1);
+        assert_eq!(rng.counters().requests, 0);
+    }
+
+    #[test]
+    fn buffer_outside_memory_is_an_error_and_nothing_is_written() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        let end = MEM_SIZE as u64;
+        // The first buffer is fine; the second crosses the end of memory.
+        let chain = [desc(BUF, 16, W | N, 1), desc(end - 16, 64, W, 0)];
+        vq.add_desc_chains(&chain, 0).unwrap();
+        vq.add_desc_chains(&[desc(u64::MAX - 8, 64, W, 0)], 2)
+            .unwrap();
+        let (mut rng, _) = activated(&m, &vq, false);
+        rng.process_queue();
+        assert_eq!(used(&vq, 0), (2, (0, 0)));
+        assert_eq!(used(&vq, 1), (2, (2, 0)));
+        assert!(read_buf(&m, BUF, 16).iter().all(|&b| b == 0));
+        assert!(read_buf(&m, end - 16, 16).iter().all(|&b| b == 0));
+        assert_eq!(rng.counters().errors, 2);
+    }
+
+    #[test]
+    fn looping_chain_ends() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        let chain = [desc(BUF, 16, W | N, 1), desc(BUF + 16, 16, W | N, 0)];
+        vq.add_desc_chains(&chain, 0).unwrap();
+        let (mut rng, _) = activated(&m, &vq, false);
+        rng.process_queue();
+        let (idx, (head, len)) = used(&vq, 0);
+        assert_eq!((idx, head), (1, 0));
+        // At most one queue's worth of descriptors is followed.
+        assert!(len > 0 && len <= u32::from(QUEUE_SIZE) * 16, "len {len}");
+    }
+
+    #[test]
+    fn large_buffer_is_filled_up_to_the_cap() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        vq.add_desc_chains(&[desc(BUF, 2 * MAX_REQUEST_BYTES, W, 0)], 0)
+            .unwrap();
+        let (mut rng, _) = activated(&m, &vq, false);
+        rng.process_queue();
+        assert_eq!(used(&vq, 0), (1, (0, MAX_REQUEST_BYTES)));
+    }
+
+    #[test]
+    fn bogus_avail_index_does_not_hang() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        let (mut rng, int) = activated(&m, &vq, false);
+        m.write_obj(1000u16, vq.avail_addr().unchecked_add(2))
+            .unwrap();
+        rng.process_queue();
+        assert_eq!(vq.used().idx().load(), 0);
+        assert_eq!(rng.counters().errors, 1);
+        assert!(int.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn activation_needs_a_ready_queue_and_reset_deactivates() {
+        let m = mem();
+        let mut rng = Rng::new().unwrap();
+        assert_eq!(rng.device_type(), device_type::RNG);
+        assert_eq!(rng.queue_max_sizes(), &[QUEUE_SIZE]);
+        rng.process_queue(); // Not activated: nothing happens.
+        let queue = Queue::new(QUEUE_SIZE).unwrap();
+        let ctx = ActivateContext {
+            mem: m.clone(),
+            queues: vec![queue],
+            acked_features: VIRTIO_F_VERSION_1,
+            interrupt: Arc::new(RecordingInterrupt::default()),
+        };
+        assert!(rng.activate(ctx).is_err());
+        assert!(!rng.is_activated());
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        let (mut rng, _) = activated(&m, &vq, false);
+        assert!(rng.is_activated());
+        rng.reset();
+        assert!(!rng.is_activated());
+        assert_eq!(rng.acked_features(), 0);
+        let mut cfg = [0xffu8; 4];
+        rng.read_config(0, &mut cfg);
+        assert_eq!(cfg, [0; 4]);
+    }
+
+    #[test]
+    fn queue_event_on_the_event_loop_serves_the_queue() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        let (rng, int) = activated(&m, &vq, false);
+        let evt = rng.queue_events()[0].try_clone().unwrap();
+        let rng = Arc::new(Mutex::new(rng));
+        let mut manager = EventManager::<Arc<Mutex<Rng>>>::new().unwrap();
+        manager.add_subscriber(rng.clone());
+        vq.add_desc_chains(&[desc(BUF, 64, W, 0)], 0).unwrap();
+        evt.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+        assert_eq!(used(&vq, 0), (1, (0, 64)));
+        assert!(evt.read().is_err(), "eventfd drained");
+        assert_eq!(int.0.lock().unwrap().len(), 1);
+        assert_eq!(rng.lock().unwrap().counters().bytes, 64);
+    }
+}

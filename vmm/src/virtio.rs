@@ -1,0 +1,197 @@
+//! The VM's virtio devices on the virtio-mmio transport: which device sits in which 4 KiB
+//! window with which GSI, how each is wired to the hypervisor (irqfd, one ioeventfd per
+//! queue), and how each is served on the event loop.
+
+use std::sync::{Arc, Mutex};
+
+use api::VmConfig;
+use arch::acpi::VirtioMmioAcpi;
+use arch::layout::{VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_LAST_GSI, VIRTIO_MMIO_START};
+use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, NOTIFY_REG_OFFSET};
+use devices::virtio::rng::Rng;
+use devices::virtio::{GuestMemoryMmap, VirtioDevice};
+use devices::{Bus, BusDevice};
+
+/// The virtio-mmio Status register.
+const STATUS_REG_OFFSET: u64 = 0x70;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use hypervisor::{IoEventAddress, Vm};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::event_loop::Subscriber;
+use crate::{Error, Result};
+
+/// One virtio-mmio device.
+pub struct VirtioSlot {
+    /// What it is, for logs (`disk0`, `rng`).
+    pub name: String,
+    /// Start of its MMIO window.
+    pub base: u64,
+    /// Its interrupt.
+    pub gsi: u32,
+    /// The device.
+    pub device: Arc<Mutex<dyn VirtioDevice>>,
+    transport: Arc<Mutex<MmioTransport>>,
+    irq: EventFd,
+}
+
+/// Serves a shared device on the event loop.
+struct DeviceSubscriber(Arc<Mutex<dyn VirtioDevice>>);
+
+impl MutEventSubscriber for DeviceSubscriber {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .process(events, ops)
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).init(ops)
+    }
+}
+
+/// The VM's virtio devices.
+#[derive(Default)]
+pub struct VirtioDevices {
+    slots: Vec<VirtioSlot>,
+}
+
+impl VirtioDevices {
+    /// Creates the devices the config asks for: disks in order, then the rng.
+    pub fn new(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<Self> {
+        let mut list = VirtioDevices::default();
+        for (i, disk) in cfg.disks.iter().flatten().enumerate() {
+            let block = Block::new(BlockConfig {
+                path: disk.path.clone(),
+                readonly: disk.readonly,
+                direct: disk.direct,
+                id: disk.guest_id().to_string(),
+                rate_limiter: disk.rate_limiter_config.map(crate::virtio::rate_limiter),
+            })
+            .map_err(|e| Error::Device(format!("disks[{i}] ({}): {e}", disk.path.display())))?;
+            let name = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
+            list.add(name, Arc::new(Mutex::new(block)), mem)?;
+        }
+        if cfg.rng.is_some() {
+            let rng = Rng::new().map_err(|e| Error::Device(format!("rng: {e}")))?;
+            list.add("rng".into(), Arc::new(Mutex::new(rng)), mem)?;
+        }
+        Ok(list)
+    }
+
+    fn add(
+        &mut self,
+        name: String,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: &GuestMemoryMmap,
+    ) -> Result<()> {
+        let index = self.slots.len() as u32;
+        let gsi = VIRTIO_MMIO_FIRST_GSI + index;
+        if gsi > VIRTIO_MMIO_LAST_GSI {
+            return Err(Error::Device(format!(
+                "{name}: too many virtio devices (at most {})",
+                VIRTIO_MMIO_LAST_GSI - VIRTIO_MMIO_FIRST_GSI + 1
+            )));
+        }
+        let irq = EventFd::new(EFD_NONBLOCK)
+            .map_err(|e| Error::io(format!("{name}: creating its interrupt eventfd"), e))?;
+        let transport_irq = crate::devices::clone_eventfd(&irq, "virtio interrupt")?;
+        let transport = MmioTransport::new(mem.clone(), device.clone(), transport_irq)
+            .map_err(|e| Error::Device(format!("{name}: {e}")))?;
+        self.slots.push(VirtioSlot {
+            name,
+            base: VIRTIO_MMIO_START + u64::from(index) * MMIO_WINDOW,
+            gsi,
+            device,
+            transport: Arc::new(Mutex::new(transport)),
+            irq,
+        });
+        Ok(())
+    }
+
+    /// The devices.
+    pub fn slots(&self) -> &[VirtioSlot] {
+        &self.slots
+    }
+
+    /// Puts every transport on the MMIO bus.
+    pub fn add_to_bus(&self, mmio: &mut Bus) -> Result<()> {
+        for s in &self.slots {
+            mmio.insert(s.transport.clone(), s.base, MMIO_WINDOW)
+                .map_err(|e| Error::Device(format!("{}: {e}", s.name)))?;
+        }
+        Ok(())
+    }
+
+    /// Wires every device to a new hypervisor VM: its interrupt as an irqfd, and each
+    /// queue's eventfd as an ioeventfd on the notify register (datamatch = queue index), so
+    /// neither a kick nor an interrupt costs a vCPU exit.
+    pub fn wire(&self, vm: &dyn Vm) -> Result<()> {
+        for s in &self.slots {
+            vm.register_irqfd(&s.irq, s.gsi)?;
+            let device = s.device.lock().unwrap_or_else(|e| e.into_inner());
+            for (queue, evt) in device.queue_events().iter().enumerate() {
+                vm.register_ioevent(
+                    evt,
+                    IoEventAddress::Mmio(s.base + NOTIFY_REG_OFFSET),
+                    Some(queue as u64),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resets every device (before a guest reboot: the new kernel starts from scratch).
+    pub fn reset_all(&self) {
+        for s in &self.slots {
+            // What a driver does to reset it: write 0 to the Status register.
+            s.transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(STATUS_REG_OFFSET, &0u32.to_le_bytes());
+        }
+    }
+
+    /// The event-loop subscribers serving the devices.
+    pub fn subscribers(&self) -> Vec<Subscriber> {
+        self.slots
+            .iter()
+            .map(|s| Arc::new(Mutex::new(DeviceSubscriber(s.device.clone()))) as Subscriber)
+            .collect()
+    }
+
+    /// The devices as the ACPI DSDT describes them.
+    pub fn acpi_entries(&self) -> Vec<VirtioMmioAcpi> {
+        self.slots
+            .iter()
+            .map(|s| VirtioMmioAcpi {
+                base: s.base,
+                size: MMIO_WINDOW,
+                gsi: s.gsi,
+            })
+            .collect()
+    }
+
+    /// `virtio_mmio.device=4K@ADDR:GSI` tokens for the kernel command line.
+    pub fn cmdline_tokens(&self) -> String {
+        self.slots
+            .iter()
+            .map(|s| format!(" virtio_mmio.device=4K@{:#x}:{}", s.base, s.gsi))
+            .collect()
+    }
+}
+
+/// Maps the API's rate-limiter config to the device's.
+fn rate_limiter(cfg: api::RateLimiterConfig) -> devices::rate_limiter::RateLimiterConfig {
+    let bucket = |b: api::TokenBucketConfig| devices::rate_limiter::TokenBucketConfig {
+        size: b.size,
+        one_time_burst: b.one_time_burst,
+        refill_time_ms: b.refill_time,
+    };
+    devices::rate_limiter::RateLimiterConfig {
+        bandwidth: cfg.bandwidth.map(bucket),
+        ops: cfg.ops.map(bucket),
+    }
+}
