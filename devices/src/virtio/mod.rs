@@ -102,4 +102,8 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn queue_events(&self) -> &[EventFd];
     /// Whether `activate` succeeded and no `reset` followed.
     fn is_activated(&self) -> bool;
+    /// The device's counters (requests, bytes, errors, throttling …) by name, for the API.
+    fn counter_values(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

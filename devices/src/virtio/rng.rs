@@ -278,6 +278,15 @@ impl VirtioDevice for Rng {
     fn is_activated(&self) -> bool {
         self.active.is_some()
     }
+
+    fn counter_values(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        vec![
+            ("requests", c.requests),
+            ("bytes", c.bytes),
+            ("errors", c.errors),
+        ]
+    }
 }
 
 impl MutEventSubscriber for Rng {

@@ -553,6 +553,21 @@ impl VirtioDevice for Block {
     fn is_activated(&self) -> bool {
         self.active.is_some()
     }
+
+    fn counter_values(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        vec![
+            ("read_requests", c.read_requests),
+            ("read_bytes", c.read_bytes),
+            ("write_requests", c.write_requests),
+            ("write_bytes", c.write_bytes),
+            ("flushes", c.flushes),
+            ("discards", c.discards),
+            ("invalid_requests", c.invalid_requests),
+            ("io_errors", c.io_errors),
+            ("throttled", c.throttled),
+        ]
+    }
 }
 
 impl MutEventSubscriber for Block {
