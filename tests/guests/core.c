@@ -29,6 +29,8 @@ enum action {
 	ACT_QUICK_RESET,
 	ACT_ECHO,
 	ACT_TRIPLE_FAULT,
+	ACT_VIRTIO_BLK,
+	ACT_VIRTIO_RNG,
 	ACT_UNKNOWN
 };
 
@@ -314,6 +316,10 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_ECHO;
 			else if (token_is(v, vl, "triple-fault"))
 				o->action = ACT_TRIPLE_FAULT;
+			else if (token_is(v, vl, "virtio-blk"))
+				o->action = ACT_VIRTIO_BLK;
+			else if (token_is(v, vl, "virtio-rng"))
+				o->action = ACT_VIRTIO_RNG;
 			else if (starts_with(v, "exits=")) {
 				o->action = ACT_POWEROFF;
 				o->have_exits = 1;
@@ -437,6 +443,13 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 	case ACT_TRIPLE_FAULT:
 		printk("PETREL-GUEST: triple-fault\n");
 		triple_fault();
+		break;
+	case ACT_VIRTIO_BLK:
+	case ACT_VIRTIO_RNG:
+		virtio_action(o->action == ACT_VIRTIO_BLK ? VIRTIO_DEV_BLK : VIRTIO_DEV_RNG,
+			      get_cmdline());
+		printk("PETREL-GUEST: poweroff\n");
+		power_off(a);
 		break;
 	case ACT_QUICK:
 	case ACT_QUICK_RESET:

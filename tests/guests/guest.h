@@ -64,6 +64,13 @@ void *memset(void *d, int c, unsigned long n);
 void *memcpy(void *d, const void *s, unsigned long n);
 int memmap_get(u32 i, u64 *addr, u64 *size, u32 *type);
 
+/* virtio.c: device ids of the virtio actions. */
+#define VIRTIO_DEV_BLK 2
+#define VIRTIO_DEV_RNG 4
+/* Runs `action=virtio-blk` (which = VIRTIO_DEV_BLK) or `action=virtio-rng` (VIRTIO_DEV_RNG)
+ * on the devices named by `virtio_mmio.device=` tokens of `cmdline`; always returns. */
+void virtio_action(int which, const char *cmdline);
+
 /* acpi.c */
 void acpi_walk(u64 rsdp, struct acpi_info *info);
 
