@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::{DiskConfig, RngConfig};
+use crate::devices::{BalloonConfig, DiskConfig, NetConfig, RngConfig, VsockConfig};
 
 /// A configuration problem, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +48,15 @@ pub struct VmConfig {
     /// The virtio-rng device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<RngConfig>,
+    /// virtio-net interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Vec<NetConfig>>,
+    /// The virtio-vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
+    /// The virtio-balloon device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
     /// Platform options.
     #[serde(default, skip_serializing_if = "PlatformConfig::is_default")]
     pub platform: PlatformConfig,
@@ -165,6 +174,9 @@ impl VmConfig {
             serial: SerialConfig::default(),
             disks: None,
             rng: None,
+            net: None,
+            vsock: None,
+            balloon: None,
             platform: PlatformConfig::default(),
         }
     }

@@ -78,6 +78,198 @@ impl Default for RngConfig {
     }
 }
 
+/// A virtio-net interface on a host tap device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Tap interface name (created if missing, which needs CAP_NET_ADMIN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// Already-open tap file descriptors (inherited, or passed with SCM_RIGHTS); one queue
+    /// pair uses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fds: Option<Vec<i32>>,
+    /// Guest MAC (`52:54:00:12:34:56`); a stable one derived from the id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Device id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Rate limits, applied to each direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter_config: Option<RateLimiterConfig>,
+}
+
+/// A virtio-vsock device bridged to host Unix sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub cid: u64,
+    /// Host Unix socket path petrel listens on.
+    pub socket: PathBuf,
+    /// Device id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// The virtio-balloon device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// Initial balloon size (memory taken from the guest), in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// Let the guest deflate the balloon when it runs out of memory.
+    #[serde(default)]
+    pub deflate_on_oom: bool,
+    /// Seconds between guest statistics updates (0: no statistics).
+    #[serde(default)]
+    pub statistics_polling_interval_s: u16,
+}
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16)
+            .ok()
+            .filter(|_| p.len() == 2)
+            .ok_or_else(|| format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("'{s}' is a multicast address"));
+    }
+    Ok(mac)
+}
+
+impl NetConfig {
+    /// Parses `--net tap=NAME[,mac=MAC][,id=ID]` or `--net fd=N[,mac=…]`.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let mut net = NetConfig {
+            tap: None,
+            fds: None,
+            mac: None,
+            id: None,
+            rate_limiter_config: None,
+        };
+        for (k, v) in pairs("--net", s)? {
+            let field = format!("--net {k}");
+            match k {
+                "tap" => net.tap = Some(v.to_string()),
+                "fd" => {
+                    let fd = v.parse::<i32>().ok().filter(|fd| *fd >= 0).ok_or_else(|| {
+                        ConfigError::new(&field, format!("'{v}' is not a file descriptor"))
+                    })?;
+                    net.fds.get_or_insert_with(Vec::new).push(fd);
+                }
+                "mac" => net.mac = Some(v.to_string()),
+                "id" => net.id = Some(v.to_string()),
+                _ => return Err(ConfigError::new("--net", format!("unknown key '{k}'"))),
+            }
+        }
+        Ok(net)
+    }
+
+    /// Checks one interface; `field` names it (e.g. `net[0]`).
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        match (&self.tap, &self.fds) {
+            (None, None) => {
+                return Err(ConfigError::new(
+                    &format!("{field}.tap"),
+                    "a tap name or fds is required",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    &format!("{field}.fds"),
+                    "give a tap name or fds, not both",
+                ))
+            }
+            (Some(name), None) if name.is_empty() || name.len() >= 16 => {
+                return Err(ConfigError::new(
+                    &format!("{field}.tap"),
+                    format!("'{name}' is not a valid interface name (1 to 15 bytes)"),
+                ))
+            }
+            (None, Some(fds)) if fds.len() != 1 => {
+                return Err(ConfigError::new(
+                    &format!("{field}.fds"),
+                    "exactly one fd (petrel has one queue pair per interface)",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(mac) = &self.mac {
+            parse_mac(mac).map_err(|e| ConfigError::new(&format!("{field}.mac"), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl VsockConfig {
+    /// Parses `--vsock cid=C,socket=PATH[,id=ID]`.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let (mut cid, mut socket, mut id) = (None, None, None);
+        for (k, v) in pairs("--vsock", s)? {
+            match k {
+                "cid" => cid = Some(parse_u64("--vsock cid", v)?),
+                "socket" => socket = Some(PathBuf::from(v)),
+                "id" => id = Some(v.to_string()),
+                _ => return Err(ConfigError::new("--vsock", format!("unknown key '{k}'"))),
+            }
+        }
+        Ok(VsockConfig {
+            cid: cid.ok_or_else(|| ConfigError::new("--vsock", "cid= is required"))?,
+            socket: socket.ok_or_else(|| ConfigError::new("--vsock", "socket= is required"))?,
+            id,
+        })
+    }
+
+    /// Checks the CID and socket path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cid < 3 || self.cid >= u64::from(u32::MAX) {
+            return Err(ConfigError::new(
+                "vsock.cid",
+                format!("{} is reserved or out of range (3 to 4294967294)", self.cid),
+            ));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(ConfigError::new("vsock.socket", "is required"));
+        }
+        Ok(())
+    }
+}
+
+impl BalloonConfig {
+    /// Parses `--balloon size=SIZE[,deflate_on_oom=on][,statistics_polling_interval_s=N]`.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let mut b = BalloonConfig {
+            size: 0,
+            deflate_on_oom: false,
+            statistics_polling_interval_s: 0,
+        };
+        for (k, v) in pairs("--balloon", s)? {
+            let field = format!("--balloon {k}");
+            match k {
+                "size" => b.size = crate::parse_size(v).map_err(|e| ConfigError::new(&field, e))?,
+                "deflate_on_oom" => b.deflate_on_oom = parse_bool(&field, v)?,
+                "statistics_polling_interval_s" => {
+                    b.statistics_polling_interval_s = v.parse().map_err(|_| {
+                        ConfigError::new(&field, format!("'{v}' is not a number of seconds"))
+                    })?
+                }
+                _ => return Err(ConfigError::new("--balloon", format!("unknown key '{k}'"))),
+            }
+        }
+        Ok(b)
+    }
+}
+
 /// Largest GET_ID string (virtio spec: 20 bytes).
 pub const DISK_ID_MAX: usize = 20;
 
@@ -240,6 +432,35 @@ mod tests {
         assert_eq!(d.validate("disks[0]").unwrap_err().field, "disks[0].path");
         let d = DiskConfig::parse("path=/a,serial=012345678901234567890").unwrap();
         assert!(d.validate("disks[0]").is_err());
+    }
+
+    #[test]
+    fn net_vsock_balloon_strings() {
+        let n = NetConfig::parse("tap=ptap0,mac=52:54:00:12:34:56,id=eth0").unwrap();
+        assert_eq!(n.tap.as_deref(), Some("ptap0"));
+        assert!(n.validate("net[0]").is_ok());
+        assert!(NetConfig::parse("fd=-1").is_err());
+        let n = NetConfig::parse("fd=5").unwrap();
+        assert_eq!(n.fds, Some(vec![5]));
+        assert!(NetConfig::parse("mac=52:54:00:12:34:56")
+            .unwrap()
+            .validate("net[0]")
+            .is_err());
+        let bad_mac = NetConfig::parse("tap=t,mac=01:00:00:00:00:00").unwrap();
+        assert_eq!(bad_mac.validate("net[0]").unwrap_err().field, "net[0].mac");
+        assert!(parse_mac("52:54:00:12:34").is_err());
+        assert!(parse_mac("52:54:00:12:34:zz").is_err());
+        let v = VsockConfig::parse("cid=3,socket=/tmp/v.sock").unwrap();
+        assert!(v.validate().is_ok());
+        assert!(VsockConfig::parse("cid=2,socket=/x")
+            .unwrap()
+            .validate()
+            .is_err());
+        assert!(VsockConfig::parse("socket=/x").is_err());
+        let b = BalloonConfig::parse("size=64M,deflate_on_oom=on").unwrap();
+        assert_eq!(b.size, 64 << 20);
+        assert!(b.deflate_on_oom);
+        assert!(BalloonConfig::parse("size=lots").is_err());
     }
 
     #[test]

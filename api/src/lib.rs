@@ -11,5 +11,8 @@ pub use config::{
     ConfigError, CpusConfig, MemoryConfig, PayloadConfig, PlatformConfig, SerialConfig, SerialMode,
     VmConfig,
 };
-pub use devices::{DiskConfig, RateLimiterConfig, RngConfig, TokenBucketConfig};
+pub use devices::{
+    parse_mac, BalloonConfig, DiskConfig, NetConfig, RateLimiterConfig, RngConfig,
+    TokenBucketConfig, VsockConfig,
+};
 pub use size::parse_size;

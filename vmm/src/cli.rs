@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use api::{parse_size, ConfigError, DiskConfig, RngConfig, SerialMode, VmConfig};
+use api::{parse_size, BalloonConfig, ConfigError, DiskConfig, RngConfig, SerialMode, VmConfig};
 use hypervisor::Request;
 
 use crate::run::{run, Options};
@@ -12,6 +12,7 @@ const USAGE: &str = "usage: petrel --kernel PATH [--initramfs PATH] [--cmdline S
 [--memory SIZE] [--serial stdout|off|file=PATH] [--hypervisor auto|kvm|mshv] \
 [--feature-gates LIST] [--no-reboot] [--config-file FILE] \
 [--disk path=FILE[,readonly=on][,direct=on][,id=ID][,serial=S]]... [--rng[=src=PATH]] \
+[--balloon size=SIZE[,deflate_on_oom=on][,statistics_polling_interval_s=N]] \
 [--virtio-mmio-cmdline]
        petrel --version | --capabilities | --help";
 
@@ -107,8 +108,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         "--help",
         "--virtio-mmio-cmdline",
     ];
-    const WITH_VALUE: [&str; 10] = [
+    const WITH_VALUE: [&str; 11] = [
         "--disk",
+        "--balloon",
         "--kernel",
         "--initramfs",
         "--cmdline",
@@ -234,6 +236,10 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
                 cfg.rng = Some(RngConfig::parse(&v).map_err(|e| CliError::Usage(e.to_string()))?)
             }
             "--virtio-mmio-cmdline" => cfg.platform.virtio_mmio_cmdline = true,
+            "--balloon" => {
+                cfg.balloon =
+                    Some(BalloonConfig::parse(&v).map_err(|e| CliError::Usage(e.to_string()))?)
+            }
             other => return Err(CliError::Usage(format!("unknown option {other}\n{USAGE}"))),
         }
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use api::VmConfig;
 use arch::acpi::VirtioMmioAcpi;
 use arch::layout::{VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_LAST_GSI, VIRTIO_MMIO_START};
+use devices::virtio::balloon::{Balloon, BalloonConfig};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, NOTIFY_REG_OFFSET};
 use devices::virtio::rng::Rng;
@@ -56,12 +57,19 @@ impl MutEventSubscriber for DeviceSubscriber {
 #[derive(Default)]
 pub struct VirtioDevices {
     slots: Vec<VirtioSlot>,
+    /// The balloon, for runtime target changes.
+    pub balloon: Option<Arc<Mutex<Balloon>>>,
 }
 
 impl VirtioDevices {
     /// Creates the devices the config asks for: disks in order, then the rng.
     pub fn new(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<Self> {
         let mut list = VirtioDevices::default();
+        if cfg.net.is_some() || cfg.vsock.is_some() {
+            return Err(Error::Device(
+                "net and vsock devices are not wired into petrel yet".into(),
+            ));
+        }
         for (i, disk) in cfg.disks.iter().flatten().enumerate() {
             let block = Block::new(BlockConfig {
                 path: disk.path.clone(),
@@ -73,6 +81,21 @@ impl VirtioDevices {
             .map_err(|e| Error::Device(format!("disks[{i}] ({}): {e}", disk.path.display())))?;
             let name = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
             list.add(name, Arc::new(Mutex::new(block)), mem)?;
+        }
+        if let Some(b) = &cfg.balloon {
+            let balloon = Balloon::new(
+                BalloonConfig {
+                    amount_mib: b.size >> 20,
+                    deflate_on_oom: b.deflate_on_oom,
+                    stats_polling_interval_s: b.statistics_polling_interval_s,
+                    id: "balloon".into(),
+                },
+                cfg.memory.size,
+            )
+            .map_err(|e| Error::Device(format!("balloon: {e}")))?;
+            let balloon = Arc::new(Mutex::new(balloon));
+            list.balloon = Some(balloon.clone());
+            list.add("balloon".into(), balloon, mem)?;
         }
         if cfg.rng.is_some() {
             let rng = Rng::new().map_err(|e| Error::Device(format!("rng: {e}")))?;

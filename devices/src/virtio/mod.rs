@@ -11,8 +11,10 @@
 //! Guest input is hostile: a bad descriptor chain gets an error status or marks the device
 //! as needing a reset; it never panics, hangs, or touches memory outside the guest.
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
 use std::sync::Arc;

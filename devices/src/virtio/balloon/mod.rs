@@ -1,0 +1,572 @@
+//! virtio-balloon (device type 5): lets the host take memory back from the guest.
+//!
+//! The host sets a target balloon size (`num_pages` in the config space, in 4 KiB pages);
+//! the guest inflates the balloon towards it by giving pages up on the inflate queue, and
+//! deflates it by taking pages back on the deflate queue, then reports its balloon size in
+//! `actual`. Inflated pages are released on the host ([`pages`]). With a polling interval the
+//! device offers `VIRTIO_BALLOON_F_STATS_VQ`: the guest keeps one stats buffer queued, the
+//! device reads it, holds it, and returns it when the stats timer fires, which asks the guest
+//! for fresh values ([`stats`]). Bad PFNs and malformed buffers are counted and skipped.
+
+mod pages;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{error, warn};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::virtio::{
+    device_type, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind, VirtioDevice,
+    VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
+pub use pages::PAGE_SIZE;
+pub use stats::BalloonStats;
+
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// `VIRTIO_BALLOON_F_STATS_VQ`: the stats queue exists.
+pub const VIRTIO_BALLOON_F_STATS_VQ: u64 = 1 << 1;
+/// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`: the guest may deflate when it runs out of memory.
+pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u64 = 1 << 2;
+/// Size of the configuration space (`num_pages`, `actual`).
+pub const CONFIG_SPACE_SIZE: u64 = 8;
+
+/// Queue indices.
+const INFLATE: usize = 0;
+const DEFLATE: usize = 1;
+const STATS: usize = 2;
+const QUEUE_SIZES_NO_STATS: &[u16] = &[QUEUE_SIZE; 2];
+const QUEUE_SIZES_STATS: &[u16] = &[QUEUE_SIZE; 3];
+/// Offset of `actual` in the configuration space.
+const ACTUAL_OFFSET: u64 = 4;
+/// 4 KiB pages per MiB.
+const PAGES_PER_MIB: u64 = (1 << 20) / PAGE_SIZE;
+
+/// How to build a [`Balloon`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BalloonConfig {
+    /// Initial target balloon size (memory to take from the guest), in MiB.
+    pub amount_mib: u64,
+    /// Offer `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`.
+    pub deflate_on_oom: bool,
+    /// Seconds between statistics requests; 0 disables statistics (no stats queue).
+    pub stats_polling_interval_s: u16,
+    /// Device id, for the API.
+    pub id: String,
+}
+
+/// Why a balloon could not be built or resized.
+#[derive(Debug, thiserror::Error)]
+pub enum BalloonError {
+    /// The target is larger than guest memory.
+    #[error("balloon target of {target_mib} MiB is larger than guest memory ({guest_mib} MiB)")]
+    TargetTooLarge {
+        /// The requested target.
+        target_mib: u64,
+        /// Guest memory size.
+        guest_mib: u64,
+    },
+    /// The target does not fit the 32-bit page count of the config space.
+    #[error("balloon target of {target_mib} MiB exceeds the device's limit of {max_mib} MiB")]
+    TargetBeyondDevice {
+        /// The requested target.
+        target_mib: u64,
+        /// The largest target the device can express.
+        max_mib: u64,
+    },
+    /// An eventfd or the stats timerfd could not be created.
+    #[error("cannot create the device's event descriptors")]
+    Events(#[source] io::Error),
+    /// The configuration-change interrupt failed (the target was changed anyway).
+    #[error("cannot raise the configuration interrupt")]
+    Interrupt(#[source] io::Error),
+}
+
+/// Result of balloon operations.
+pub type Result<T> = std::result::Result<T, BalloonError>;
+
+/// What the device has done, for the API.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BalloonCounters {
+    /// Pages the guest gave up (and the host released).
+    pub inflated_pages: u64,
+    /// Pages the guest took back.
+    pub deflated_pages: u64,
+    /// PFNs outside guest memory, skipped.
+    pub bad_pfns: u64,
+    /// Stats buffers read.
+    pub stats_updates: u64,
+    /// Malformed buffers, failed releases, bad config writes and queue errors.
+    pub errors: u64,
+}
+
+impl BalloonCounters {
+    /// Counts a malformed buffer or a queue error and logs it, rate-limited (the 1st, 2nd,
+    /// 4th, 8th, ... one).
+    fn malformed(&mut self, what: std::fmt::Arguments<'_>) {
+        self.errors += 1;
+        if self.errors.is_power_of_two() {
+            warn!("virtio-balloon: {what} ({} errors so far)", self.errors);
+        }
+    }
+
+    /// Counts a host-side failure to release pages.
+    fn release_failed(&mut self, what: std::fmt::Arguments<'_>) {
+        self.malformed(what);
+    }
+}
+
+/// The state of an activated device.
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    /// The stats queue is served (negotiated and enabled).
+    stats_enabled: bool,
+    /// The stats buffer held until the next poll.
+    stats_head: Option<u16>,
+}
+
+/// A virtio-balloon device.
+pub struct Balloon {
+    id: String,
+    features: u64,
+    guest_mib: u64,
+    num_pages: u32,
+    actual: u32,
+    stats_interval: Duration,
+    queue_events: Vec<EventFd>,
+    stats_timer: Option<TimerFd>,
+    active: Option<Active>,
+    acked_features: u64,
+    stats: BalloonStats,
+    counters: BalloonCounters,
+}
+
+impl std::fmt::Debug for Balloon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balloon")
+            .field("id", &self.id)
+            .field("features", &self.features)
+            .field("num_pages", &self.num_pages)
+            .field("actual", &self.actual)
+            .field("activated", &self.active.is_some())
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+impl Balloon {
+    /// An unactivated balloon for a guest with `guest_memory_bytes` of memory.
+    pub fn new(cfg: BalloonConfig, guest_memory_bytes: u64) -> Result<Self> {
+        let guest_mib = guest_memory_bytes >> 20;
+        let num_pages = target_pages(cfg.amount_mib, guest_mib)?;
+        let mut features = VIRTIO_F_VERSION_1 | (1 << VIRTIO_RING_F_EVENT_IDX);
+        if cfg.deflate_on_oom {
+            features |= VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
+        }
+        let stats_timer = if cfg.stats_polling_interval_s > 0 {
+            features |= VIRTIO_BALLOON_F_STATS_VQ;
+            Some(nonblocking_timer().map_err(BalloonError::Events)?)
+        } else {
+            None
+        };
+        let queues = if stats_timer.is_some() { 3 } else { 2 };
+        let queue_events = (0..queues)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(BalloonError::Events)?;
+        Ok(Self {
+            id: cfg.id,
+            features,
+            guest_mib,
+            num_pages,
+            actual: 0,
+            stats_interval: Duration::from_secs(u64::from(cfg.stats_polling_interval_s)),
+            queue_events,
+            stats_timer,
+            active: None,
+            acked_features: 0,
+            stats: BalloonStats::default(),
+            counters: BalloonCounters::default(),
+        })
+    }
+
+    /// The device id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sets the target balloon size and tells the driver (a configuration interrupt) if it is
+    /// running. A target larger than guest memory is refused and changes nothing.
+    pub fn set_target_mib(&mut self, mib: u64) -> Result<()> {
+        self.num_pages = target_pages(mib, self.guest_mib)?;
+        if let Some(active) = &self.active {
+            active
+                .interrupt
+                .trigger(InterruptKind::Config)
+                .map_err(BalloonError::Interrupt)?;
+        }
+        Ok(())
+    }
+
+    /// The target balloon size, in MiB.
+    pub fn target_mib(&self) -> u64 {
+        u64::from(self.num_pages) / PAGES_PER_MIB
+    }
+
+    /// The balloon size the guest reports (`actual`), in MiB (rounded down).
+    pub fn actual_mib(&self) -> u64 {
+        u64::from(self.actual) / PAGES_PER_MIB
+    }
+
+    /// The latest statistics the guest sent.
+    pub fn stats(&self) -> BalloonStats {
+        self.stats
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> BalloonCounters {
+        self.counters
+    }
+
+    /// The features the driver accepted at the last activation (0 if not activated).
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Serves queue `index`; the queue event does this. Does nothing before activation or for
+    /// a queue that is not served.
+    fn process_queue(&mut self, index: usize) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let counters = &mut self.counters;
+        let mem = &active.mem;
+        let returned = match index {
+            INFLATE | DEFLATE => {
+                let op = if index == INFLATE {
+                    pages::PageOp::Inflate
+                } else {
+                    pages::PageOp::Deflate
+                };
+                let queue = &mut active.queues[index];
+                drain(queue, mem, counters, |chain, counters| {
+                    pages::handle_chain(mem, chain, op, counters);
+                    true
+                })
+            }
+            STATS if active.stats_enabled => {
+                let stats = &mut self.stats;
+                let mut heads = Vec::new();
+                let queue = &mut active.queues[STATS];
+                drain(queue, mem, counters, |chain, counters| {
+                    heads.push(chain.head_index());
+                    stats::read_chain(mem, chain, stats, counters);
+                    false
+                });
+                // Keep the newest buffer for the next poll; return any older one (a driver
+                // should have only one queued).
+                let mut returned = false;
+                if let Some(newest) = heads.pop() {
+                    let older = active.stats_head.replace(newest).into_iter().chain(heads);
+                    for head in older {
+                        returned |= add_used(queue, mem, head, counters);
+                    }
+                }
+                returned
+            }
+            _ => false,
+        };
+        if returned {
+            notify(active, index, counters);
+        }
+    }
+
+    /// The stats timer fired: returns the held stats buffer, asking the guest for new values.
+    fn poll_stats(&mut self) {
+        if let Some(timer) = self.stats_timer.as_mut() {
+            // Drain the expiry count; EAGAIN only means nothing expired yet.
+            let _ = timer.wait();
+        }
+        let Some(active) = self.active.as_mut().filter(|a| a.stats_enabled) else {
+            return;
+        };
+        let Some(head) = active.stats_head.take() else {
+            // The guest has not sent its buffer back yet.
+            return;
+        };
+        if add_used(
+            &mut active.queues[STATS],
+            &active.mem,
+            head,
+            &mut self.counters,
+        ) {
+            notify(active, STATS, &mut self.counters);
+        }
+    }
+}
+
+/// A target in MiB as a page count, checked against guest memory.
+fn target_pages(mib: u64, guest_mib: u64) -> Result<u32> {
+    if mib > guest_mib {
+        return Err(BalloonError::TargetTooLarge {
+            target_mib: mib,
+            guest_mib,
+        });
+    }
+    u32::try_from(mib * PAGES_PER_MIB).map_err(|_| BalloonError::TargetBeyondDevice {
+        target_mib: mib,
+        max_mib: u64::from(u32::MAX) / PAGES_PER_MIB,
+    })
+}
+
+/// A timerfd whose reads never block (the timer may be disarmed between the epoll wake-up and
+/// the read).
+fn nonblocking_timer() -> io::Result<TimerFd> {
+    let timer = TimerFd::new()?;
+    let fd = timer.as_raw_fd();
+    // SAFETY: `fd` is the timerfd just created and owned by `timer`; F_GETFL reads its flags
+    // and touches no memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; F_SETFL only changes the file status flags of our own descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(timer)
+}
+
+/// Pops every available chain and hands it to `serve`; a chain `serve` answers `true` for is
+/// returned to the driver at once (used length 0), one it answers `false` for is kept by the
+/// caller. Returns whether any chain was returned.
+fn drain(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    counters: &mut BalloonCounters,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>, &mut BalloonCounters) -> bool,
+) -> bool {
+    let mut popped = 0u64;
+    let mut returned = false;
+    'rounds: loop {
+        if let Err(e) = queue.disable_notification(mem) {
+            counters.malformed(format_args!("queue error: {e}"));
+            break;
+        }
+        let popped_before = popped;
+        loop {
+            let chain = match queue.iter(mem) {
+                Ok(mut iter) => iter.next(),
+                Err(e) => {
+                    counters.malformed(format_args!("queue error: {e}"));
+                    break 'rounds;
+                }
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            popped += 1;
+            if serve(chain, counters) {
+                if !add_used(queue, mem, head, counters) {
+                    break 'rounds;
+                }
+                returned = true;
+            }
+        }
+        match queue.enable_notification(mem) {
+            // More chains arrived meanwhile; a round that popped nothing means the ring itself
+            // is bad, so stop rather than spin.
+            Ok(true) if popped > popped_before => continue,
+            Ok(_) => break,
+            Err(e) => {
+                counters.malformed(format_args!("queue error: {e}"));
+                break;
+            }
+        }
+    }
+    returned
+}
+
+/// Returns chain `head` with used length 0 (the device writes nothing); false on failure.
+fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    counters: &mut BalloonCounters,
+) -> bool {
+    match queue.add_used(mem, head, 0) {
+        Ok(()) => true,
+        Err(e) => {
+            counters.malformed(format_args!("cannot return {head}: {e}"));
+            false
+        }
+    }
+}
+
+/// Interrupts the driver for queue `index` if it wants to know.
+fn notify(active: &mut Active, index: usize, counters: &mut BalloonCounters) {
+    match active.queues[index].needs_notification(&active.mem) {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Err(e) = active.interrupt.trigger(InterruptKind::Queue(index as u16)) {
+                error!("virtio-balloon: cannot raise interrupt: {e}");
+            }
+        }
+        Err(e) => counters.malformed(format_args!("queue error: {e}")),
+    }
+}
+
+impl VirtioDevice for Balloon {
+    fn device_type(&self) -> u32 {
+        device_type::BALLOON
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        if self.stats_timer.is_some() {
+            QUEUE_SIZES_STATS
+        } else {
+            QUEUE_SIZES_NO_STATS
+        }
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut space = [0u8; CONFIG_SPACE_SIZE as usize];
+        space[..4].copy_from_slice(&self.num_pages.to_le_bytes());
+        space[4..].copy_from_slice(&self.actual.to_le_bytes());
+        data.fill(0);
+        let Some(src) = usize::try_from(offset).ok().and_then(|o| space.get(o..)) else {
+            return;
+        };
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `actual` is writable; any byte outside it makes the whole write invalid.
+        let end = offset.checked_add(data.len() as u64);
+        match end {
+            Some(end) if offset >= ACTUAL_OFFSET && end <= CONFIG_SPACE_SIZE => {
+                let mut actual = self.actual.to_le_bytes();
+                let start = (offset - ACTUAL_OFFSET) as usize;
+                actual[start..start + data.len()].copy_from_slice(data);
+                self.actual = u32::from_le_bytes(actual);
+            }
+            _ => self.counters.malformed(format_args!(
+                "{}-byte config write at {offset:#x} ignored",
+                data.len()
+            )),
+        }
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> std::result::Result<(), ActivateError> {
+        let ready = |i: usize| ctx.queues.get(i).is_some_and(|q| q.ready());
+        if !ready(INFLATE) || !ready(DEFLATE) {
+            return Err(ActivateError::BadQueue(
+                "inflate and deflate queues must be enabled".into(),
+            ));
+        }
+        let stats_acked = ctx.acked_features & VIRTIO_BALLOON_F_STATS_VQ != 0;
+        let stats_enabled = stats_acked && self.stats_timer.is_some() && ready(STATS);
+        if stats_acked && !stats_enabled {
+            warn!("virtio-balloon: stats negotiated but the stats queue is not enabled");
+        }
+        if let (true, Some(timer)) = (stats_enabled, self.stats_timer.as_mut()) {
+            timer
+                .reset(self.stats_interval, Some(self.stats_interval))
+                .map_err(|e| ActivateError::Device(format!("cannot arm the stats timer: {e}")))?;
+        }
+        self.acked_features = ctx.acked_features;
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queues: ctx.queues,
+            interrupt: ctx.interrupt,
+            stats_enabled,
+            stats_head: None,
+        });
+        // The driver may have queued buffers (its first stats buffer) and notified before
+        // DRIVER_OK, when those notifications were drained unserved: look at every queue.
+        for evt in &self.queue_events {
+            if let Err(e) = evt.write(1) {
+                error!("virtio-balloon: cannot kick own queue event: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+        self.actual = 0;
+        if let Some(timer) = self.stats_timer.as_mut() {
+            if let Err(e) = timer.clear() {
+                error!("virtio-balloon: cannot disarm the stats timer: {e}");
+            }
+        }
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn counter_values(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        vec![
+            ("inflated_pages", c.inflated_pages),
+            ("deflated_pages", c.deflated_pages),
+            ("bad_pfns", c.bad_pfns),
+            ("stats_updates", c.stats_updates),
+            ("errors", c.errors),
+        ]
+    }
+}
+
+impl MutEventSubscriber for Balloon {
+    fn init(&mut self, ops: &mut EventOps) {
+        for evt in &self.queue_events {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                error!("virtio-balloon: cannot register a queue eventfd: {e}");
+            }
+        }
+        if let Some(timer) = &self.stats_timer {
+            if let Err(e) = ops.add(Events::new(timer, EventSet::IN)) {
+                error!("virtio-balloon: cannot register the stats timer: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if let Some(index) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
+            // Drain the counter; EAGAIN only means another path already drained it.
+            let _ = self.queue_events[index].read();
+            self.process_queue(index);
+        } else if self
+            .stats_timer
+            .as_ref()
+            .is_some_and(|t| t.as_raw_fd() == fd)
+        {
+            self.poll_stats();
+        } else {
+            warn!("virtio-balloon: event on unknown fd {fd}");
+        }
+    }
+}
