@@ -14,7 +14,6 @@
 pub mod balloon;
 pub mod block;
 pub mod mmio;
-pub mod net;
 pub mod rng;
 
 use std::sync::Arc;
