@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod devices;
+pub mod http;
 pub mod size;
 
 pub use config::{

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use api::{parse_size, BalloonConfig, ConfigError, DiskConfig, RngConfig, SerialMode, VmConfig};
+use api::{
+    parse_size, BalloonConfig, ConfigError, DiskConfig, RngConfig, SerialMode, VmConfig,
+    VsockConfig,
+};
 use hypervisor::Request;
 
 use crate::run::{run, Options};
@@ -13,6 +16,7 @@ const USAGE: &str = "usage: petrel --kernel PATH [--initramfs PATH] [--cmdline S
 [--feature-gates LIST] [--no-reboot] [--config-file FILE] \
 [--disk path=FILE[,readonly=on][,direct=on][,id=ID][,serial=S]]... [--rng[=src=PATH]] \
 [--balloon size=SIZE[,deflate_on_oom=on][,statistics_polling_interval_s=N]] \
+[--vsock cid=N,socket=PATH] \
 [--virtio-mmio-cmdline]
        petrel --version | --capabilities | --help";
 
@@ -108,8 +112,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         "--help",
         "--virtio-mmio-cmdline",
     ];
-    const WITH_VALUE: [&str; 11] = [
+    const WITH_VALUE: [&str; 12] = [
         "--disk",
+        "--vsock",
         "--balloon",
         "--kernel",
         "--initramfs",
@@ -236,6 +241,10 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
                 cfg.rng = Some(RngConfig::parse(&v).map_err(|e| CliError::Usage(e.to_string()))?)
             }
             "--virtio-mmio-cmdline" => cfg.platform.virtio_mmio_cmdline = true,
+            "--vsock" => {
+                cfg.vsock =
+                    Some(VsockConfig::parse(&v).map_err(|e| CliError::Usage(e.to_string()))?)
+            }
             "--balloon" => {
                 cfg.balloon =
                     Some(BalloonConfig::parse(&v).map_err(|e| CliError::Usage(e.to_string()))?)

@@ -11,6 +11,7 @@ use devices::virtio::balloon::{Balloon, BalloonConfig};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, NOTIFY_REG_OFFSET};
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig};
 use devices::virtio::{GuestMemoryMmap, VirtioDevice};
 use devices::{Bus, BusDevice};
 
@@ -65,9 +66,9 @@ impl VirtioDevices {
     /// Creates the devices the config asks for: disks in order, then the rng.
     pub fn new(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<Self> {
         let mut list = VirtioDevices::default();
-        if cfg.net.is_some() || cfg.vsock.is_some() {
+        if cfg.net.is_some() {
             return Err(Error::Device(
-                "net and vsock devices are not wired into petrel yet".into(),
+                "net devices are not wired into petrel yet".into(),
             ));
         }
         for (i, disk) in cfg.disks.iter().flatten().enumerate() {
@@ -96,6 +97,15 @@ impl VirtioDevices {
             let balloon = Arc::new(Mutex::new(balloon));
             list.balloon = Some(balloon.clone());
             list.add("balloon".into(), balloon, mem)?;
+        }
+        if let Some(v) = &cfg.vsock {
+            let vsock = Vsock::new(VsockDeviceConfig {
+                guest_cid: v.cid,
+                uds_path: v.socket.clone(),
+                id: v.id.clone().unwrap_or_else(|| "vsock".into()),
+            })
+            .map_err(|e| Error::Device(format!("vsock: {e}")))?;
+            list.add("vsock".into(), Arc::new(Mutex::new(vsock)), mem)?;
         }
         if cfg.rng.is_some() {
             let rng = Rng::new().map_err(|e| Error::Device(format!("rng: {e}")))?;

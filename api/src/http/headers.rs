@@ -15,7 +15,10 @@ impl Headers {
 
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.get_all(name).next()
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every value of `name`, in order.
@@ -86,13 +89,21 @@ pub(crate) struct RawHead<'a> {
     pub len: usize,
 }
 
-/// Splits the head off `buf`. `Ok(None)` means more bytes are needed; errors are final.
-/// Leading blank lines (CRLF) are skipped, as RFC 9112 allows.
+/// What [`scan_head`] found.
+pub(crate) enum Scan<'a> {
+    /// More bytes are needed; the start line, if it is complete already (to check it early).
+    Incomplete(Option<&'a [u8]>),
+    /// The whole head.
+    Complete(RawHead<'a>),
+}
+
+/// Splits the head off `buf`; errors are final. Leading blank lines (CRLF) are skipped, as
+/// RFC 9112 allows.
 pub(crate) fn scan_head(
     buf: &[u8],
     max_bytes: usize,
     max_headers: usize,
-) -> Result<Option<RawHead<'_>>, ParseError> {
+) -> Result<Scan<'_>, ParseError> {
     let mut pos = 0;
     let mut start_line: Option<&[u8]> = None;
     let mut headers = Headers::new();
@@ -103,7 +114,7 @@ pub(crate) fn scan_head(
             return if buf.len() >= max_bytes {
                 Err(ParseError::HeadTooLarge(max_bytes))
             } else {
-                Ok(None)
+                Ok(Scan::Incomplete(start_line))
             };
         };
         let lf = pos + rel;
@@ -116,7 +127,7 @@ pub(crate) fn scan_head(
             None if line.is_empty() => continue,
             None => start_line = Some(line),
             Some(start_line) if line.is_empty() => {
-                return Ok(Some(RawHead {
+                return Ok(Scan::Complete(RawHead {
                     start_line,
                     headers,
                     len: pos,

@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 
 use serde::de::DeserializeOwned;
 
-use super::headers::{content_length, is_token, scan_head};
+use super::headers::{content_length, is_token, scan_head, Scan};
 use super::{Headers, Limits, ParseError};
 
 /// Request methods petrel serves; other valid tokens get 501.
@@ -181,8 +181,14 @@ impl Head {
 /// Parses the request line and headers at the start of `buf`. `Ok(None)`: incomplete so far.
 /// Errors are final: answer with [`ParseError::status`] and close the connection.
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, ParseError> {
-    let Some(raw) = scan_head(buf, limits.max_head_bytes, limits.max_headers)? else {
-        return Ok(None);
+    let raw = match scan_head(buf, limits.max_head_bytes, limits.max_headers)? {
+        Scan::Complete(raw) => raw,
+        Scan::Incomplete(start_line) => {
+            if let Some(line) = start_line {
+                parse_request_line(line)?;
+            }
+            return Ok(None);
+        }
     };
     let (method, target, version) = parse_request_line(raw.start_line)?;
     let headers = raw.headers;
@@ -250,7 +256,8 @@ fn parse_request_line(line: &[u8]) -> Result<(Method, String, Version), ParseErr
     }
     let version = parse_version(version)?;
     let method = Method::from_bytes(method).ok_or(ParseError::Method)?;
-    let origin_form = target.first() == Some(&b'/') || (target == b"*" && method == Method::Options);
+    let origin_form =
+        target.first() == Some(&b'/') || (target == b"*" && method == Method::Options);
     if !origin_form || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
         return Err(ParseError::Target);
     }

@@ -15,6 +15,7 @@ pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::Arc;
 

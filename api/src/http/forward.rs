@@ -1,0 +1,74 @@
+//! Handing requests to another thread: the server thread sends each request with a reply
+//! channel and waits for the answer, so the owner of the state (e.g. the VMM event loop)
+//! handles API requests among its other events.
+
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::time::Duration;
+
+use super::server::Handler;
+use super::{Request, Response};
+
+/// A request waiting for its response on another thread.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The request.
+    pub request: Request,
+    reply: SyncSender<Response>,
+}
+
+impl Exchange {
+    /// Sends the response back to the server thread. Dropping an `Exchange` unanswered
+    /// answers 503.
+    pub fn reply(self, response: Response) {
+        // The server thread may have given up waiting (timeout): nothing to do then.
+        let _ = self.reply.send(response);
+    }
+}
+
+/// A [`Handler`] that forwards each request over a channel, calls `notify` (e.g. to write
+/// an eventfd the receiving loop polls), and waits for the reply.
+pub struct Forwarder {
+    tx: Sender<Exchange>,
+    notify: Box<dyn Fn() + Send>,
+    timeout: Option<Duration>,
+}
+
+impl Forwarder {
+    /// A forwarder and the receiving end of its channel.
+    pub fn new(notify: impl Fn() + Send + 'static) -> (Forwarder, Receiver<Exchange>) {
+        let (tx, rx) = mpsc::channel();
+        let forwarder = Forwarder {
+            tx,
+            notify: Box::new(notify),
+            timeout: None,
+        };
+        (forwarder, rx)
+    }
+
+    /// Answer 504 when no reply comes within `timeout` (default: wait as long as it takes).
+    pub fn with_timeout(mut self, timeout: Duration) -> Forwarder {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+impl Handler for Forwarder {
+    fn handle(&mut self, request: Request) -> Response {
+        let (reply, reply_rx) = mpsc::sync_channel(1);
+        if self.tx.send(Exchange { request, reply }).is_err() {
+            return Response::error(503, "shutting down");
+        }
+        (self.notify)();
+        let response = match self.timeout {
+            Some(t) => reply_rx.recv_timeout(t).map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => 504,
+                mpsc::RecvTimeoutError::Disconnected => 503,
+            }),
+            None => reply_rx.recv().map_err(|_| 503),
+        };
+        response.unwrap_or_else(|status| match status {
+            504 => Response::error(504, "no reply in time"),
+            _ => Response::error(503, "request dropped unanswered"),
+        })
+    }
+}

@@ -1,0 +1,348 @@
+//! The server: binding or adopting the listening socket and the one thread that serves it.
+//!
+//! One thread runs a `poll(2)` loop over the listener, a wake-up socket and every open
+//! connection. Requests are handled one at a time on that thread (the API is serialized by
+//! construction); a connection waiting for a request or for its peer to read a response has a
+//! deadline, so slow or half-open clients are closed instead of blocking anyone. Beyond
+//! `max_connections` a new connection gets a 503 and is closed at once.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::connection::Connection;
+use super::{fds, Error, Limits, Request, Response, Result, Version};
+
+/// Answers requests, one at a time, on the server thread. Implemented for every
+/// `FnMut(Request) -> Response + Send`; to answer on another thread, see
+/// [`Forwarder`](super::Forwarder).
+pub trait Handler: Send + 'static {
+    /// The response to `request`.
+    fn handle(&mut self, request: Request) -> Response;
+}
+
+impl<F: FnMut(Request) -> Response + Send + 'static> Handler for F {
+    fn handle(&mut self, request: Request) -> Response {
+        self(request)
+    }
+}
+
+/// How the server treats connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Request size limits.
+    pub limits: Limits,
+    /// Time a connection has to deliver a whole request, counted from its accept or from the
+    /// previous response (idle keep-alive connections close after it too).
+    pub read_timeout: Duration,
+    /// Time a peer has to take a whole response.
+    pub write_timeout: Duration,
+    /// Open connections at once; more get a 503.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            limits: Limits::default(),
+            read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+            max_connections: 16,
+        }
+    }
+}
+
+/// Where to listen: a socket path, or `fd=N` for a listening socket inherited from the parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketSpec {
+    /// Bind this path.
+    Path(PathBuf),
+    /// Adopt this inherited descriptor.
+    Fd(RawFd),
+}
+
+impl FromStr for SocketSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.strip_prefix("fd=") {
+            Some(n) => n
+                .parse::<RawFd>()
+                .ok()
+                .filter(|&n| n >= 0)
+                .map(SocketSpec::Fd)
+                .ok_or_else(|| Error::SocketSpec(s.to_string())),
+            None if s.is_empty() => Err(Error::SocketSpec(s.to_string())),
+            None => Ok(SocketSpec::Path(PathBuf::from(s))),
+        }
+    }
+}
+
+impl SocketSpec {
+    /// Binds the path ([`listen`]) or adopts the fd ([`adopt_listener`]). For `Fd(n)` this
+    /// takes ownership of descriptor `n`: call it once, for a descriptor the process inherited
+    /// and nothing else in it uses.
+    pub fn listen(&self) -> Result<UnixListener> {
+        match self {
+            SocketSpec::Path(path) => listen(path),
+            SocketSpec::Fd(n) => {
+                // SAFETY: F_GETFD only reads the descriptor flags of `n`.
+                if unsafe { libc::fcntl(*n, libc::F_GETFD) } < 0 {
+                    return Err(Error::NotAListener(*n));
+                }
+                // SAFETY: `n` is open (checked above) and, per this method's contract, an
+                // inherited descriptor that no other part of the process owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(*n) };
+                adopt_listener(fd)
+            }
+        }
+    }
+}
+
+/// Binds `path` and listens. A stale socket file (nobody accepting) is replaced; a live one
+/// is [`Error::InUse`]; a file that is not a socket is never removed. Restrict access with
+/// `std::fs::set_permissions` or a private parent directory.
+pub fn listen(path: &Path) -> Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => return Err(Error::InUse(path.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(|source| Error::Bind {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            }
+            Err(source) => {
+                return Err(Error::Bind {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        },
+        Ok(_) => return Err(Error::NotASocket(path.to_path_buf())),
+        Err(_) => {}
+    }
+    UnixListener::bind(path).map_err(|source| Error::Bind {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Checks that `fd` is a listening Unix stream socket, marks it close-on-exec and adopts it.
+pub fn adopt_listener(fd: OwnedFd) -> Result<UnixListener> {
+    let raw = fd.as_raw_fd();
+    let ok = sockopt(raw, libc::SO_DOMAIN) == Some(libc::AF_UNIX)
+        && sockopt(raw, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        && sockopt(raw, libc::SO_ACCEPTCONN) == Some(1);
+    if !ok {
+        return Err(Error::NotAListener(raw));
+    }
+    // SAFETY: `raw` is an open descriptor we own; F_SETFD only changes its flags.
+    if unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(Error::Setup(io::Error::last_os_error()));
+    }
+    Ok(UnixListener::from(fd))
+}
+
+/// An integer socket option of `fd`, if it can be read.
+fn sockopt(fd: RawFd, name: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
+/// A running server. Dropping it stops it, like [`Server::shutdown`].
+pub struct Server {
+    wake: UnixStream,
+    thread: Option<JoinHandle<()>>,
+    /// The socket file this server created: path, device and inode (removed on shutdown if
+    /// still the same file).
+    bound: Option<(PathBuf, u64, u64)>,
+}
+
+impl Server {
+    /// Binds `path` ([`listen`]) and starts serving; the socket file is removed on shutdown.
+    pub fn bind(
+        path: impl AsRef<Path>,
+        config: ServerConfig,
+        handler: impl Handler,
+    ) -> Result<Server> {
+        let path = path.as_ref();
+        let listener = listen(path)?;
+        let meta = std::fs::symlink_metadata(path).map_err(Error::Setup)?;
+        let mut server = Server::start(listener, config, handler)?;
+        server.bound = Some((path.to_path_buf(), meta.dev(), meta.ino()));
+        Ok(server)
+    }
+
+    /// Starts serving `listener` on a new thread named `http-server`.
+    pub fn start(
+        listener: UnixListener,
+        config: ServerConfig,
+        handler: impl Handler,
+    ) -> Result<Server> {
+        listener.set_nonblocking(true).map_err(Error::Setup)?;
+        let (wake, wake_rx) = UnixStream::pair().map_err(Error::Setup)?;
+        let thread = std::thread::Builder::new()
+            .name("http-server".into())
+            .spawn(move || serve(listener, wake_rx, config, handler))
+            .map_err(Error::Setup)?;
+        Ok(Server {
+            wake,
+            thread: Some(thread),
+            bound: None,
+        })
+    }
+
+    /// The socket path, when this server bound it.
+    pub fn path(&self) -> Option<&Path> {
+        self.bound.as_ref().map(|(p, _, _)| p.as_path())
+    }
+
+    /// Stops accepting, closes every connection (after the request being handled, if any)
+    /// and waits for the server thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = fds::send(self.wake.as_fd(), b"x", &[]);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if let Some((path, dev, ino)) = self.bound.take() {
+            let same =
+                std::fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
+            if same {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// The server thread.
+fn serve(
+    listener: UnixListener,
+    wake: UnixStream,
+    config: ServerConfig,
+    mut handler: impl Handler,
+) {
+    let mut conns: Vec<Connection> = Vec::new();
+    let mut accept_paused_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        for conn in conns.iter_mut().filter(|c| c.deadline <= now) {
+            conn.time_out();
+        }
+        conns.retain(|c| !c.closed);
+        if accept_paused_until.is_some_and(|t| t <= now) {
+            accept_paused_until = None;
+        }
+        let listen_events = if accept_paused_until.is_some() {
+            0
+        } else {
+            libc::POLLIN
+        };
+        let mut pfds = vec![
+            pollfd(wake.as_raw_fd(), libc::POLLIN),
+            pollfd(listener.as_raw_fd(), listen_events),
+        ];
+        pfds.extend(
+            conns
+                .iter()
+                .map(|c| pollfd(c.fd().as_raw_fd(), c.interest())),
+        );
+        let next = conns
+            .iter()
+            .map(|c| c.deadline)
+            .chain(accept_paused_until)
+            .min();
+        let timeout = next.map_or(-1, |t| {
+            let ms = t.saturating_duration_since(now).as_micros().div_ceil(1000);
+            ms.min(i32::MAX as u128) as libc::c_int
+        });
+        // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structures.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("api server: poll: {err}");
+            return;
+        }
+        if pfds[0].revents != 0 {
+            return;
+        }
+        for (conn, pfd) in conns.iter_mut().zip(&pfds[2..]) {
+            if pfd.revents != 0 {
+                conn.ready(pfd.revents, &mut handler, &config);
+            }
+        }
+        conns.retain(|c| !c.closed);
+        if pfds[1].revents != 0 {
+            accept_paused_until = accept_all(&listener, &mut conns, &config);
+        }
+    }
+}
+
+/// Accepts every pending connection. Returns when to retry if the process ran out of fds.
+fn accept_all(
+    listener: &UnixListener,
+    conns: &mut Vec<Connection>,
+    config: &ServerConfig,
+) -> Option<Instant> {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) if conns.len() >= config.max_connections => reject(stream),
+            Ok((stream, _)) => match Connection::new(stream, config) {
+                Ok(conn) => conns.push(conn),
+                Err(e) => log::warn!("api server: set up connection: {e}"),
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::warn!("api server: accept: {e}");
+                return Some(Instant::now() + Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Best-effort 503 to a connection over the limit.
+fn reject(stream: UnixStream) {
+    let mut out = Vec::new();
+    Response::error(503, "too many connections").write_to(&mut out, Version::Http11, false, false);
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = fds::send(stream.as_fd(), &out, &[]);
+    }
+}

@@ -1,0 +1,481 @@
+//! virtio-vsock (device type 19), hybrid like Firecracker's: guest `AF_VSOCK` stream
+//! connections are bridged to host Unix sockets, with no vhost module on the host.
+//!
+//! - Host-initiated: a host program connects to `uds_path` and sends `CONNECT <port>\n`;
+//!   petrel sends the guest a REQUEST from CID 2 and a fresh host port (≥ 1024), and once the
+//!   guest answers RESPONSE it writes `OK <host port>\n` to the host program and bridges bytes
+//!   both ways. An RST (or any failure) closes the host connection.
+//! - Guest-initiated: a connection to CID 2 port P is bridged to a Unix connection to
+//!   `<uds_path>_P`; if nothing listens there, the guest gets an RST.
+//!
+//! Queues: RX (device → guest), TX (guest → device), EVENT (unused: no transport resets are
+//! sent). [`packet`] parses and writes packets, `connection` holds one connection's state and
+//! credit, `muxer` owns the sockets and decides what the guest gets next, `host` the Unix
+//! socket helpers. The event loop watches the queue eventfds, the listening socket, every
+//! host socket (added and removed as connections come and go) and a kick eventfd; a guest
+//! that posts RX buffers (an RX queue notification) restarts reading the host sockets.
+
+mod connection;
+mod host;
+mod muxer;
+pub mod packet;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{error, warn};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::virtio::{
+    device_type, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind, VirtioDevice,
+    VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
+pub use connection::BUF_ALLOC;
+use muxer::Muxer;
+pub use muxer::{FIRST_LOCAL_PORT, MAX_CONNECTIONS};
+use packet::RxBuffer;
+
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Index of the RX (device → guest) queue.
+pub const RX_QUEUE: usize = 0;
+/// Index of the TX (guest → device) queue.
+pub const TX_QUEUE: usize = 1;
+/// Index of the event queue.
+pub const EVENT_QUEUE: usize = 2;
+/// `VIRTIO_VSOCK_F_STREAM`: stream sockets (the only kind supported).
+pub const VIRTIO_VSOCK_F_STREAM: u64 = 1 << 0;
+/// Smallest guest CID (0–2 are reserved).
+pub const MIN_GUEST_CID: u64 = 3;
+/// Largest guest CID (`u32::MAX` is `VMADDR_CID_ANY`).
+pub const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
+/// Size of the configuration space (`le64 guest_cid`).
+pub const CONFIG_SPACE_SIZE: usize = 8;
+
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE; 3];
+
+/// How to build a [`Vsock`] device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id ([`MIN_GUEST_CID`]..=[`MAX_GUEST_CID`]).
+    pub guest_cid: u64,
+    /// The Unix socket petrel listens on; guest connections to host port P go to
+    /// `<uds_path>_P`.
+    pub uds_path: PathBuf,
+    /// Device id for the API.
+    pub id: String,
+}
+
+/// Why a vsock device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// The CID is reserved or too large.
+    #[error("vsock guest cid {0} is invalid: use {MIN_GUEST_CID} to {MAX_GUEST_CID}")]
+    InvalidCid(u64),
+    /// The socket path is empty or its directory does not exist.
+    #[error("vsock socket {}: directory does not exist", path.display())]
+    NoDirectory {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The socket could not be created.
+    #[error("cannot listen on vsock socket {}", path.display())]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("cannot create the device's event descriptors")]
+    Events(#[source] io::Error),
+}
+
+/// What the device has done, for the API.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VsockCounters {
+    /// Connections opened (both directions).
+    pub connections: u64,
+    /// Connections refused: guest connects with no host listener, failed host handshakes.
+    pub refused: u64,
+    /// Packets given to the guest.
+    pub rx_packets: u64,
+    /// Payload bytes given to the guest.
+    pub rx_bytes: u64,
+    /// Packets taken from the guest.
+    pub tx_packets: u64,
+    /// Payload bytes taken from the guest.
+    pub tx_bytes: u64,
+    /// RSTs sent to the guest.
+    pub resets: u64,
+    /// Malformed packets and chains, protocol violations, limits hit, queue errors.
+    pub errors: u64,
+}
+
+/// The state of an activated device.
+struct Active {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// A virtio-vsock device.
+pub struct Vsock {
+    cfg: VsockConfig,
+    muxer: Muxer,
+    queue_events: Vec<EventFd>,
+    kick: EventFd,
+    active: Option<Active>,
+    acked_features: u64,
+    payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for Vsock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vsock")
+            .field("cfg", &self.cfg)
+            .field("activated", &self.active.is_some())
+            .field("connections", &self.muxer.connection_count())
+            .field("counters", &self.muxer.counters)
+            .finish()
+    }
+}
+
+impl Vsock {
+    /// Checks the configuration and listens on `uds_path` (replacing a stale socket file).
+    pub fn new(cfg: VsockConfig) -> Result<Self, VsockError> {
+        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&cfg.guest_cid) {
+            return Err(VsockError::InvalidCid(cfg.guest_cid));
+        }
+        let dir_ok = match cfg.uds_path.parent() {
+            _ if cfg.uds_path.file_name().is_none() => false,
+            Some(d) if d.as_os_str().is_empty() => true,
+            Some(d) => d.is_dir(),
+            None => false,
+        };
+        if !dir_ok {
+            return Err(VsockError::NoDirectory {
+                path: cfg.uds_path.clone(),
+            });
+        }
+        let muxer =
+            Muxer::new(cfg.guest_cid, &cfg.uds_path).map_err(|source| VsockError::Listen {
+                path: cfg.uds_path.clone(),
+                source,
+            })?;
+        let evt = || EventFd::new(EFD_NONBLOCK).map_err(VsockError::Events);
+        Ok(Self {
+            queue_events: vec![evt()?, evt()?, evt()?],
+            kick: evt()?,
+            muxer,
+            cfg,
+            active: None,
+            acked_features: 0,
+            payload: Vec::new(),
+        })
+    }
+
+    /// The guest's context id.
+    pub fn guest_cid(&self) -> u64 {
+        self.cfg.guest_cid
+    }
+
+    /// The listening socket's path.
+    pub fn uds_path(&self) -> &Path {
+        &self.cfg.uds_path
+    }
+
+    /// The device id.
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> VsockCounters {
+        self.muxer.counters
+    }
+
+    /// Open connections, including host connections that have not sent `CONNECT` yet.
+    pub fn active_connections(&self) -> usize {
+        self.muxer.connection_count()
+    }
+
+    /// The features the driver accepted at the last activation (0 if not activated).
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Fills the guest's RX buffers with pending packets, then interrupts the driver if it
+    /// wants to know. Stops when there is nothing to send or no buffer (the guest's RX
+    /// notification resumes it). Public for fuzzing and benchmarks; nothing before activation.
+    pub fn process_rx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let (mem, queue, muxer) = (&active.mem, &mut active.rx, &mut self.muxer);
+        let mut used_any = false;
+        while muxer.has_rx() {
+            let chain = match queue.iter(mem) {
+                Ok(mut iter) => iter.next(),
+                Err(e) => {
+                    muxer.error(format_args!("RX queue error: {e}"));
+                    break;
+                }
+            };
+            let Some(chain) = chain else {
+                // No buffer: ask for a notification, and look again in case one just came.
+                match queue.enable_notification(mem) {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        muxer.error(format_args!("RX queue error: {e}"));
+                        break;
+                    }
+                }
+            };
+            let head = chain.head_index();
+            let len = match RxBuffer::new(mem, chain) {
+                Err(e) => {
+                    muxer.error(format_args!("RX buffer {head}: {e}"));
+                    0
+                }
+                Ok(buf) => {
+                    let Some(hdr) = muxer.next_rx(buf.payload_capacity(), &mut self.payload) else {
+                        queue.go_to_previous_position();
+                        break;
+                    };
+                    match buf.write(mem, &hdr, &self.payload) {
+                        Ok(n) => {
+                            muxer.counters.rx_packets += 1;
+                            n
+                        }
+                        Err(e) => {
+                            muxer.error(format_args!("RX buffer {head}: packet lost: {e}"));
+                            0
+                        }
+                    }
+                }
+            };
+            if let Err(e) = queue.add_used(mem, head, len) {
+                muxer.error(format_args!("cannot return RX buffer {head}: {e}"));
+                break;
+            }
+            used_any = true;
+        }
+        if used_any {
+            notify(queue, mem, &*active.interrupt, RX_QUEUE as u16, muxer);
+        }
+    }
+
+    /// Takes every packet the guest sent, then interrupts the driver if it wants to know and
+    /// sends the guest what the packets called for. Public for fuzzing and benchmarks.
+    pub fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let (mem, queue, muxer) = (&active.mem, &mut active.tx, &mut self.muxer);
+        let mut used_any = false;
+        'rounds: loop {
+            if let Err(e) = queue.disable_notification(mem) {
+                muxer.error(format_args!("TX queue error: {e}"));
+                break;
+            }
+            let mut served = 0u32;
+            loop {
+                let chain = match queue.iter(mem) {
+                    Ok(mut iter) => iter.next(),
+                    Err(e) => {
+                        muxer.error(format_args!("TX queue error: {e}"));
+                        break 'rounds;
+                    }
+                };
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                match packet::read_tx(mem, chain, &mut self.payload) {
+                    Ok(hdr) => muxer.handle_tx(&hdr, &self.payload),
+                    Err((hdr, e)) => muxer.reject(hdr.as_ref(), format_args!("{head}: {e}")),
+                }
+                if let Err(e) = queue.add_used(mem, head, 0) {
+                    muxer.error(format_args!("cannot return TX buffer {head}: {e}"));
+                    break 'rounds;
+                }
+                served += 1;
+                used_any = true;
+            }
+            match queue.enable_notification(mem) {
+                // A round that served nothing means the ring itself is bad: stop, not spin.
+                Ok(true) if served > 0 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    muxer.error(format_args!("TX queue error: {e}"));
+                    break;
+                }
+            }
+        }
+        if used_any {
+            notify(queue, mem, &*active.interrupt, TX_QUEUE as u16, muxer);
+        }
+        self.process_rx();
+    }
+}
+
+/// Interrupts the driver for `queue` if it asked to be.
+fn notify(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &dyn VirtioInterrupt,
+    index: u16,
+    muxer: &mut Muxer,
+) {
+    match queue.needs_notification(mem) {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Err(e) = interrupt.trigger(InterruptKind::Queue(index)) {
+                error!("virtio-vsock: cannot raise interrupt: {e}");
+            }
+        }
+        Err(e) => muxer.error(format_args!("queue {index} error: {e}")),
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        device_type::VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_VSOCK_F_STREAM
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let config = self.cfg.guest_cid.to_le_bytes();
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = config.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.muxer.error(format_args!(
+            "{}-byte config write at {offset:#x} ignored",
+            data.len()
+        ));
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let mut queues = ctx.queues.into_iter();
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
+            return Err(ActivateError::BadQueue("RX and TX queues missing".into()));
+        };
+        if !rx.ready() || !tx.ready() {
+            return Err(ActivateError::BadQueue("RX or TX queue not enabled".into()));
+        }
+        self.acked_features = ctx.acked_features;
+        self.active = Some(Active {
+            mem: ctx.mem,
+            rx,
+            tx,
+            interrupt: ctx.interrupt,
+        });
+        // Host connections may have queued REQUESTs before the driver was ready.
+        if let Err(e) = self.kick.write(1) {
+            warn!("virtio-vsock: cannot kick the event loop: {e}");
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+        self.muxer.reset();
+        // The event loop closes the host sockets.
+        if let Err(e) = self.kick.write(1) {
+            warn!("virtio-vsock: cannot kick the event loop: {e}");
+        }
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn counter_values(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.muxer.counters;
+        vec![
+            ("connections", c.connections),
+            ("active_connections", self.muxer.connection_count() as u64),
+            ("refused", c.refused),
+            ("rx_packets", c.rx_packets),
+            ("rx_bytes", c.rx_bytes),
+            ("tx_packets", c.tx_packets),
+            ("tx_bytes", c.tx_bytes),
+            ("resets", c.resets),
+            ("errors", c.errors),
+        ]
+    }
+}
+
+impl MutEventSubscriber for Vsock {
+    fn init(&mut self, ops: &mut EventOps) {
+        let fds = self
+            .queue_events
+            .iter()
+            .map(|e| e.as_raw_fd())
+            .chain([self.kick.as_raw_fd(), self.muxer.listener().as_raw_fd()]);
+        for fd in fds {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                error!("virtio-vsock: cannot register fd {fd}: {e:?}");
+            }
+        }
+        self.muxer.apply_fd_ops(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if let Some(i) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
+            // Drain the counter; EAGAIN only means another path already drained it.
+            let _ = self.queue_events[i].read();
+            match i {
+                RX_QUEUE => self.process_rx(),
+                TX_QUEUE => self.process_tx(),
+                _ => {}
+            }
+        } else if fd == self.kick.as_raw_fd() {
+            let _ = self.kick.read();
+            self.process_rx();
+        } else if fd == self.muxer.listener().as_raw_fd() {
+            self.muxer.accept();
+        } else {
+            self.muxer.fd_event(fd, events.event_set());
+            self.process_rx();
+        }
+        self.muxer.apply_fd_ops(ops);
+    }
+}
+
+impl Drop for Vsock {
+    /// Removes the listening socket's file, so a stopped VM leaves no stale socket behind.
+    fn drop(&mut self) {
+        // Already gone (or replaced by hand) is fine.
+        let _ = std::fs::remove_file(&self.cfg.uds_path);
+    }
+}
