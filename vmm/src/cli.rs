@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use api::{
-    parse_size, BalloonConfig, ConfigError, DiskConfig, RngConfig, SerialMode, VmConfig,
+    parse_size, BalloonConfig, ConfigError, DiskConfig, NetConfig, RngConfig, SerialMode, VmConfig,
     VsockConfig,
 };
 use hypervisor::Request;
@@ -16,7 +16,7 @@ const USAGE: &str = "usage: petrel --kernel PATH [--initramfs PATH] [--cmdline S
 [--feature-gates LIST] [--no-reboot] [--config-file FILE] \
 [--disk path=FILE[,readonly=on][,direct=on][,id=ID][,serial=S]]... [--rng[=src=PATH]] \
 [--balloon size=SIZE[,deflate_on_oom=on][,statistics_polling_interval_s=N]] \
-[--vsock cid=N,socket=PATH] \
+[--net tap=NAME|fd=N[,mac=MAC][,id=ID]]... [--vsock cid=N,socket=PATH] \
 [--virtio-mmio-cmdline]
        petrel --version | --capabilities | --help";
 
@@ -112,8 +112,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         "--help",
         "--virtio-mmio-cmdline",
     ];
-    const WITH_VALUE: [&str; 12] = [
+    const WITH_VALUE: [&str; 13] = [
         "--disk",
+        "--net",
         "--vsock",
         "--balloon",
         "--kernel",
@@ -241,6 +242,10 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
                 cfg.rng = Some(RngConfig::parse(&v).map_err(|e| CliError::Usage(e.to_string()))?)
             }
             "--virtio-mmio-cmdline" => cfg.platform.virtio_mmio_cmdline = true,
+            "--net" => cfg
+                .net
+                .get_or_insert_with(Vec::new)
+                .push(NetConfig::parse(&v).map_err(|e| CliError::Usage(e.to_string()))?),
             "--vsock" => {
                 cfg.vsock =
                     Some(VsockConfig::parse(&v).map_err(|e| CliError::Usage(e.to_string()))?)

@@ -10,6 +10,7 @@ use arch::layout::{VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_LAST_GSI, VIRTIO_MMIO_STAR
 use devices::virtio::balloon::{Balloon, BalloonConfig};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, NOTIFY_REG_OFFSET};
+use devices::virtio::net::{format_mac, Net, NetConfig as NetDeviceConfig, TapSource};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig};
 use devices::virtio::{GuestMemoryMmap, VirtioDevice};
@@ -66,11 +67,6 @@ impl VirtioDevices {
     /// Creates the devices the config asks for: disks in order, then the rng.
     pub fn new(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<Self> {
         let mut list = VirtioDevices::default();
-        if cfg.net.is_some() {
-            return Err(Error::Device(
-                "net devices are not wired into petrel yet".into(),
-            ));
-        }
         for (i, disk) in cfg.disks.iter().flatten().enumerate() {
             let block = Block::new(BlockConfig {
                 path: disk.path.clone(),
@@ -82,6 +78,39 @@ impl VirtioDevices {
             .map_err(|e| Error::Device(format!("disks[{i}] ({}): {e}", disk.path.display())))?;
             let name = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
             list.add(name, Arc::new(Mutex::new(block)), mem)?;
+        }
+        for (i, n) in cfg.net.iter().flatten().enumerate() {
+            let id = n.id.clone().unwrap_or_else(|| format!("net{i}"));
+            let tap = match (&n.tap, n.fds.as_deref()) {
+                (Some(name), _) => TapSource::Name(name.clone()),
+                (None, Some([fd])) => TapSource::Fd(*fd),
+                _ => {
+                    return Err(Error::Device(format!(
+                        "net[{i}]: a tap name or exactly one fd is required"
+                    )))
+                }
+            };
+            let mac = n
+                .mac
+                .as_deref()
+                .map(api::parse_mac)
+                .transpose()
+                .map_err(|e| Error::Device(format!("net[{i}].mac: {e}")))?;
+            let limiter = n.rate_limiter_config.map(rate_limiter);
+            let net = Net::new(NetDeviceConfig {
+                tap,
+                mac,
+                id: id.clone(),
+                rate_limiter_rx: limiter,
+                rate_limiter_tx: limiter,
+            })
+            .map_err(|e| Error::Device(format!("net[{i}]: {e}")))?;
+            log::info!(
+                "{id}: tap {} mac {}",
+                net.tap().name(),
+                format_mac(&net.mac())
+            );
+            list.add(id, Arc::new(Mutex::new(net)), mem)?;
         }
         if let Some(b) = &cfg.balloon {
             let balloon = Balloon::new(
