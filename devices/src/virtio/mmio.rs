@@ -15,6 +15,7 @@
 //! cannot work makes DRIVER_OK fail with DEVICE_NEEDS_RESET. Nothing here panics.
 
 mod interrupt;
+mod persist;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +35,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use interrupt::{MmioInterrupt, INT_CONFIG, INT_USED_RING};
+pub use persist::RestoreError;
 
 use crate::bus::BusDevice;
 use crate::virtio::{

@@ -16,6 +16,7 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod state;
 pub mod vsock;
 
 use std::sync::Arc;
@@ -105,6 +106,9 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn queue_events(&self) -> &[EventFd];
     /// Whether `activate` succeeded and no `reset` followed.
     fn is_activated(&self) -> bool;
+    /// The queues the device is serving, as (queue index, state): their ring positions move
+    /// on as it works, so a snapshot takes them from here. Empty when not activated.
+    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)>;
     /// The device's counters (requests, bytes, errors, throttling …) by name, for the API.
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
         Vec::new()

@@ -279,6 +279,10 @@ impl VirtioDevice for Rng {
         self.active.is_some()
     }
 
+    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
+        self.active.iter().map(|a| (0, a.queue.state())).collect()
+    }
+
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counters;
         vec![

@@ -527,6 +527,13 @@ impl VirtioDevice for Balloon {
         self.active.is_some()
     }
 
+    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
+        self.active
+            .iter()
+            .flat_map(|a| a.queues.iter().map(|q| q.state()).enumerate())
+            .collect()
+    }
+
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counters;
         vec![

@@ -50,6 +50,11 @@ impl MmioInterrupt {
         self.status.store(0, Ordering::Release);
     }
 
+    /// Sets the pending bits to `bits` (restoring a snapshot).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::Release);
+    }
+
     /// The ConfigGeneration register: changes on every configuration-change interrupt.
     pub fn config_generation(&self) -> u32 {
         self.config_generation.load(Ordering::Acquire)

@@ -100,6 +100,9 @@ impl VirtioDevice for Dummy {
     fn is_activated(&self) -> bool {
         self.interrupt.is_some()
     }
+    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
+        Vec::new()
+    }
 }
 
 struct Fixture {
@@ -536,6 +539,9 @@ fn new_rejects_inconsistent_devices() {
         }
         fn is_activated(&self) -> bool {
             false
+        }
+        fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
+            Vec::new()
         }
     }
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();

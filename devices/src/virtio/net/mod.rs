@@ -497,6 +497,13 @@ impl VirtioDevice for Net {
         self.active.is_some()
     }
 
+    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
+        self.active
+            .iter()
+            .flat_map(|a| [(0, a.rx.state()), (1, a.tx.state())])
+            .collect()
+    }
+
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counters;
         vec![
