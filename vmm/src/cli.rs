@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use api::http::SocketSpec;
 use api::{
     parse_size, BalloonConfig, ConfigError, DiskConfig, NetConfig, RngConfig, SerialMode, VmConfig,
     VsockConfig,
@@ -112,7 +113,8 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         "--help",
         "--virtio-mmio-cmdline",
     ];
-    const WITH_VALUE: [&str; 13] = [
+    const WITH_VALUE: [&str; 14] = [
+        "--api-socket",
         "--disk",
         "--net",
         "--vsock",
@@ -196,6 +198,16 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             return Err(CliError::Usage(format!("{once} given more than once")));
         }
     }
+    let api_socket = match flags.iter().find(|(f, _)| f == "--api-socket") {
+        Some((_, Some(v))) => Some(
+            v.parse::<SocketSpec>()
+                .map_err(|e| field_err("--api-socket", e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let has_vm = flags
+        .iter()
+        .any(|(f, _)| f == "--kernel" || f == "--config-file");
     let mut config = match flags.iter().find(|(f, _)| f == "--config-file") {
         Some((_, Some(path))) => Some(read_config_file(path)?),
         _ => None,
@@ -211,18 +223,33 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         }
         (Some(c), None) => c,
         (None, Some(k)) => VmConfig::new(PathBuf::from(k)),
+        (None, None) if api_socket.is_some() => VmConfig::new(PathBuf::new()),
         (None, None) => {
             return Err(CliError::Usage(format!(
-                "missing --kernel (or --config-file)\n{USAGE}"
+                "missing --kernel (or --config-file, or --api-socket)\n{USAGE}"
             )))
         }
     };
     let mut opts_hv = Request::Auto;
     let mut no_reboot = false;
+    const PROCESS_OPTIONS: [&str; 6] = [
+        "--kernel",
+        "--config-file",
+        "--feature-gates",
+        "--api-socket",
+        "--hypervisor",
+        "--no-reboot",
+    ];
     for (name, value) in flags {
         let v = value.unwrap_or_default();
+        if !has_vm && !PROCESS_OPTIONS.contains(&name.as_str()) {
+            return Err(CliError::Usage(format!(
+                "{name} describes a VM: give --kernel or --config-file too (or create the VM \
+                 through the API)"
+            )));
+        }
         match name.as_str() {
-            "--kernel" | "--config-file" | "--feature-gates" => {}
+            "--kernel" | "--config-file" | "--feature-gates" | "--api-socket" => {}
             "--initramfs" => cfg.payload.initramfs = Some(PathBuf::from(v)),
             "--cmdline" => cfg.payload.cmdline = Some(v),
             "--cpus" => cfg.cpus.boot_vcpus = parse_cpus(&v)?,
@@ -258,10 +285,12 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         }
     }
     Ok(Command::Run(Box::new(Options {
-        config: cfg,
+        serial_mode: cfg.serial.mode,
+        config: has_vm.then_some(cfg),
         hypervisor: opts_hv,
         mshv_gate,
         no_reboot,
+        api_socket,
     })))
 }
 
@@ -332,7 +361,7 @@ pub fn main() -> i32 {
             0
         }
         Command::Run(opts) => match run(&opts) {
-            Ok(()) => 0,
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("petrel: error: {}", crate::error_chain(&e));
                 1
@@ -356,9 +385,10 @@ mod tests {
         )) else {
             panic!("expected run");
         };
-        assert_eq!(o.config.cpus.boot_vcpus, 2);
-        assert_eq!(o.config.memory.size, 256 << 20);
-        assert_eq!(o.config.serial.mode, SerialMode::Off);
+        let cfg = o.config.as_ref().unwrap();
+        assert_eq!(cfg.cpus.boot_vcpus, 2);
+        assert_eq!(cfg.memory.size, 256 << 20);
+        assert_eq!(cfg.serial.mode, SerialMode::Off);
         assert!(o.no_reboot);
         assert_eq!(o.hypervisor, Request::Kvm);
     }

@@ -75,12 +75,6 @@ pub struct LegacyDevices {
     i8042: Arc<Mutex<I8042>>,
     acpi_pm: Arc<Mutex<AcpiPm>>,
     debug_port: Arc<Mutex<DebugPort>>,
-    /// Written by the guest's ACPI poweroff.
-    pub exit_evt: EventFd,
-    /// Written by the guest's i8042 reset.
-    pub reset_evt: EventFd,
-    /// Written when the guest has drained the serial receive FIFO.
-    pub serial_drained: EventFd,
     /// Interrupt lines to wire with irqfds.
     pub irqs: Vec<IrqLine>,
 }
@@ -119,30 +113,60 @@ fn serial_output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>> {
     })
 }
 
+/// The eventfds through which devices tell the VMM about lifecycle events. They live for the
+/// process, so the event loop watches the same descriptors whatever VM is built.
+pub struct LifecycleEvents {
+    /// Written by the guest's ACPI poweroff.
+    pub exit_evt: EventFd,
+    /// Written by the guest's i8042 reset.
+    pub reset_evt: EventFd,
+    /// Written when the guest has drained the serial receive FIFO.
+    pub serial_drained: EventFd,
+}
+
+impl LifecycleEvents {
+    /// Creates the eventfds.
+    pub fn new() -> Result<Self> {
+        Ok(LifecycleEvents {
+            exit_evt: new_eventfd("poweroff")?,
+            reset_evt: new_eventfd("reset")?,
+            serial_drained: new_eventfd("serial input")?,
+        })
+    }
+
+    /// Clears lifecycle events left from a previous boot.
+    pub fn clear(&self) {
+        // A read of an eventfd with nothing pending fails with EAGAIN, which is what we want.
+        let _ = self.exit_evt.read();
+        let _ = self.reset_evt.read();
+    }
+}
+
 impl LegacyDevices {
     /// Creates the devices. `start` is the process start, for the debug port's timestamps.
-    pub fn new(serial_cfg: &SerialConfig, start: std::time::Instant) -> Result<Self> {
-        let exit_evt = new_eventfd("poweroff")?;
-        let reset_evt = new_eventfd("reset")?;
+    pub fn new(
+        serial_cfg: &SerialConfig,
+        start: std::time::Instant,
+        events: &LifecycleEvents,
+    ) -> Result<Self> {
         let com1 = new_eventfd("COM1 interrupt")?;
-        let serial_drained = new_eventfd("serial input")?;
         let serial = Serial::with_drained_event(
             EventFdTrigger::new(clone_eventfd(&com1, "COM1 interrupt")?),
             serial_output(serial_cfg)?,
-            clone_eventfd(&serial_drained, "serial input")?,
+            clone_eventfd(&events.serial_drained, "serial input")?,
         );
         Ok(LegacyDevices {
             serial: Arc::new(Mutex::new(serial)),
             rtc: Arc::new(Mutex::new(Rtc::new())),
-            i8042: Arc::new(Mutex::new(I8042::new(clone_eventfd(&reset_evt, "reset")?))),
+            i8042: Arc::new(Mutex::new(I8042::new(clone_eventfd(
+                &events.reset_evt,
+                "reset",
+            )?))),
             acpi_pm: Arc::new(Mutex::new(AcpiPm::new(
                 layout::ACPI_S5_SLP_TYP,
-                clone_eventfd(&exit_evt, "poweroff")?,
+                clone_eventfd(&events.exit_evt, "poweroff")?,
             ))),
             debug_port: Arc::new(Mutex::new(DebugPort::new(start))),
-            exit_evt,
-            reset_evt,
-            serial_drained,
             irqs: vec![IrqLine {
                 evt: com1,
                 gsi: layout::COM1_IRQ,
@@ -180,12 +204,5 @@ impl LegacyDevices {
                 .map_err(|e| Error::Device(e.to_string()))?;
         }
         Ok(buses)
-    }
-
-    /// Clears lifecycle events left from a previous boot.
-    pub fn clear_events(&self) {
-        // A read of an eventfd with nothing pending fails with EAGAIN, which is what we want.
-        let _ = self.exit_evt.read();
-        let _ = self.reset_evt.read();
     }
 }

@@ -6,7 +6,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use devices::serial::{Error as SerialError, Serial};
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{
+    EventManager, EventOps, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -33,6 +35,7 @@ const VCPU: u32 = 3;
 const SIGNAL: u32 = 4;
 const STDIN: u32 = 5;
 const DRAINED: u32 = 6;
+const API: u32 = 7;
 
 /// The lifecycle subscriber.
 pub struct Controller {
@@ -41,7 +44,9 @@ pub struct Controller {
     signals: SignalFd,
     shared: Arc<VcpuShared>,
     stdin: Option<StdinInput>,
+    api_evt: Option<EventFd>,
     outcome: Option<Outcome>,
+    api_pending: bool,
 }
 
 /// Standard input forwarded to the serial port, with back-pressure: when the receive FIFO is
@@ -49,7 +54,8 @@ pub struct Controller {
 /// a regular file (which epoll refuses) is read a chunk at a time as the guest drains the FIFO.
 struct StdinInput {
     fd: RawFd,
-    serial: Arc<Mutex<Serial>>,
+    /// The UART of the current VM, if one is built.
+    serial: Option<Arc<Mutex<Serial>>>,
     drained: EventFd,
     pending: Vec<u8>,
     /// Registered with epoll right now.
@@ -66,7 +72,11 @@ impl StdinInput {
         if self.pending.is_empty() {
             return true;
         }
-        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(serial) = &self.serial else {
+            // No VM yet: hold the input (and stop reading) until there is one.
+            return false;
+        };
+        let mut serial = serial.lock().unwrap_or_else(|e| e.into_inner());
         match serial.enqueue_input(&self.pending) {
             Ok(n) => {
                 self.pending.drain(..n.min(self.pending.len()));
@@ -182,6 +192,12 @@ impl MutEventSubscriber for Controller {
                     self.finish(Outcome::Signal(sig));
                 }
             }
+            API => {
+                if let Some(evt) = &self.api_evt {
+                    let _ = evt.read();
+                }
+                self.api_pending = true;
+            }
             STDIN => self.on_stdin(ops),
             DRAINED => self.on_drained(ops),
             _ => {}
@@ -189,12 +205,15 @@ impl MutEventSubscriber for Controller {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        let fds: [(RawFd, u32); 4] = [
+        let mut fds: Vec<(RawFd, u32)> = vec![
             (self.exit_evt.as_raw_fd(), EXIT),
             (self.reset_evt.as_raw_fd(), RESET),
             (self.shared.event_fd.as_raw_fd(), VCPU),
             (self.signals.as_raw_fd(), SIGNAL),
         ];
+        if let Some(evt) = &self.api_evt {
+            fds.push((evt.as_raw_fd(), API));
+        }
         for (fd, tag) in fds {
             if let Err(e) = ops.add(Events::with_data_raw(fd, tag, EventSet::IN)) {
                 log::error!("event loop: cannot watch fd {fd}: {e}");
@@ -226,39 +245,48 @@ pub struct LoopInputs {
     pub reset_evt: EventFd,
     /// SIGTERM/SIGINT.
     pub signals: SignalFd,
-    /// Serial input from standard input: the UART and its drained event.
-    pub stdin: Option<(Arc<Mutex<Serial>>, EventFd)>,
+    /// Serial input from standard input: the UART's drained event (the UART itself is set
+    /// with [`EventLoop::set_serial`] once a VM exists).
+    pub stdin: Option<EventFd>,
+    /// Written by the API thread when a request is waiting.
+    pub api_evt: Option<EventFd>,
 }
 
 impl Controller {
-    /// A controller for the VM's whole life in this process.
+    /// A controller for the process's whole life.
     pub fn new(inputs: LoopInputs, shared: Arc<VcpuShared>) -> Self {
         Controller {
             exit_evt: inputs.exit_evt,
             reset_evt: inputs.reset_evt,
             signals: inputs.signals,
             shared,
-            stdin: inputs.stdin.map(|(serial, drained)| StdinInput {
+            stdin: inputs.stdin.map(|drained| StdinInput {
                 fd: libc::STDIN_FILENO,
-                serial,
+                serial: None,
                 drained,
                 pending: Vec::new(),
                 reading: false,
                 pollable: false,
                 eof: false,
             }),
+            api_evt: inputs.api_evt,
             outcome: None,
+            api_pending: false,
         }
-    }
-
-    /// Takes how the current boot ended, once it has.
-    pub fn take_outcome(&mut self) -> Option<Outcome> {
-        self.outcome.take()
     }
 }
 
 /// A subscriber of the event loop, shared with whoever else drives it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// What one turn of the loop produced for the VMM to act on.
+#[derive(Debug, Default)]
+pub struct Turn {
+    /// How the current boot ended, if it did.
+    pub outcome: Option<Outcome>,
+    /// API requests are waiting.
+    pub api: bool,
+}
 
 /// The process's event loop: the controller and every device.
 pub struct EventLoop {
@@ -267,35 +295,63 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Creates the loop with `controller` and the device `subscribers`.
-    pub fn new(controller: Controller, subscribers: Vec<Subscriber>) -> Result<Self> {
+    /// Creates the loop with its controller.
+    pub fn new(controller: Controller) -> Result<Self> {
         let mut manager: EventManager<Subscriber> = EventManager::new()
             .map_err(|e| Error::Guest(format!("cannot create the event loop: {e}")))?;
         let controller = Arc::new(Mutex::new(controller));
         manager.add_subscriber(controller.clone());
-        for s in subscribers {
-            manager.add_subscriber(s);
-        }
         Ok(EventLoop {
             manager,
             controller,
         })
     }
 
-    /// Runs until the current boot ends: the guest powers off, resets, fails, or petrel is
-    /// signalled. Devices keep being served all along.
-    pub fn run_boot(&mut self) -> Result<Outcome> {
+    fn controller(&self) -> std::sync::MutexGuard<'_, Controller> {
+        self.controller.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds device subscribers; returns their ids, for removal.
+    pub fn add_subscribers(&mut self, subscribers: Vec<Subscriber>) -> Vec<SubscriberId> {
+        subscribers
+            .into_iter()
+            .map(|s| self.manager.add_subscriber(s))
+            .collect()
+    }
+
+    /// Removes subscribers added with [`EventLoop::add_subscribers`].
+    pub fn remove_subscribers(&mut self, ids: &[SubscriberId]) {
+        for id in ids {
+            if let Err(e) = self.manager.remove_subscriber(*id) {
+                log::warn!("event loop: cannot remove a subscriber: {e}");
+            }
+        }
+    }
+
+    /// Points serial input at the current VM's UART (or none).
+    pub fn set_serial(&mut self, serial: Option<Arc<Mutex<Serial>>>) {
+        let mut c = self.controller();
+        if let Some(input) = c.stdin.as_mut() {
+            input.serial = serial;
+            // Let the loop offer held input to the new UART.
+            let _ = input.drained.write(1);
+        }
+    }
+
+    /// Runs until something needs the VMM: the guest stopped, a signal, or an API request.
+    /// Devices are served all along.
+    pub fn run_turn(&mut self) -> Result<Turn> {
         loop {
             self.manager
                 .run()
                 .map_err(|e| Error::Guest(format!("event loop failed: {e}")))?;
-            let outcome = self
-                .controller
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take_outcome();
-            if let Some(outcome) = outcome {
-                return Ok(outcome);
+            let mut c = self.controller();
+            let turn = Turn {
+                outcome: c.outcome.take(),
+                api: std::mem::take(&mut c.api_pending),
+            };
+            if turn.outcome.is_some() || turn.api {
+                return Ok(turn);
             }
         }
     }

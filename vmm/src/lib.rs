@@ -2,6 +2,7 @@
 //! command line.
 #![deny(missing_docs)]
 
+pub mod api_server;
 pub mod cli;
 pub mod devices;
 pub mod event_loop;
@@ -11,6 +12,7 @@ pub mod signals;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;
+pub mod vmm;
 
 /// Errors of the VMM, each naming what failed.
 #[derive(Debug, thiserror::Error)]

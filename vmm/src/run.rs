@@ -6,25 +6,35 @@ use std::fs::File;
 use api::{SerialMode, VmConfig};
 use hypervisor::Request;
 
-use crate::devices::clone_eventfd;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
-use crate::event_loop::{Controller, EventLoop, LoopInputs, Outcome};
+use api::http::{Exchange, Forwarder, Server, ServerConfig, SocketSpec};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::api_server;
+use crate::devices::{clone_eventfd, LifecycleEvents};
+use crate::event_loop::{Controller, EventLoop, LoopInputs};
 use crate::signals::SignalFd;
 use crate::vcpu::VcpuShared;
-use crate::{vcpu, vm, Error, Result};
+use crate::vmm::{Next, Vmm};
+use crate::{Error, Result};
 
 /// Process-level options besides the VM config.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The VM.
-    pub config: VmConfig,
+    /// The VM to create and boot at start, if any.
+    pub config: Option<VmConfig>,
     /// `--hypervisor`.
     pub hypervisor: Request,
     /// Whether the `mshv` feature gate is on.
     pub mshv_gate: bool,
     /// Exit instead of rebooting when the guest resets.
     pub no_reboot: bool,
+    /// `--api-socket`: serve the per-VM API there.
+    pub api_socket: Option<SocketSpec>,
+    /// Serial mode for stdin forwarding when there is no config yet.
+    pub serial_mode: SerialMode,
 }
 
 /// Total host RAM in bytes, from /proc/meminfo.
@@ -50,7 +60,7 @@ fn check_readable(path: &std::path::Path, what: &str) -> Result<()> {
 }
 
 /// Checks the config against this host before anything is created.
-fn preflight(cfg: &VmConfig) -> Result<()> {
+pub fn preflight(cfg: &VmConfig) -> Result<()> {
     cfg.validate()?;
     check_readable(&cfg.payload.kernel, "kernel")?;
     if let Some(initramfs) = &cfg.payload.initramfs {
@@ -72,80 +82,93 @@ fn preflight(cfg: &VmConfig) -> Result<()> {
     Ok(())
 }
 
-/// Runs the VM until it powers off (Ok), or fails.
-pub fn run(opts: &Options) -> Result<()> {
-    let cfg = &opts.config;
-    preflight(cfg)?;
+/// Runs the VMM: boots the VM given on the command line, serves the API if asked, and
+/// returns the process exit status when it is time to end.
+pub fn run(opts: &Options) -> Result<i32> {
+    if let Some(cfg) = &opts.config {
+        preflight(cfg)?;
+    }
     let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT])
         .map_err(|e| Error::io("setting up signal handling", e))?;
     let (hv, selection) = hypervisor::open(opts.hypervisor, opts.mshv_gate)?;
     log::info!("hypervisor: {} ({})", selection.kind, selection.reason);
-    let max = hv.max_vcpus();
-    if cfg.cpus.boot_vcpus > max {
-        return Err(api::ConfigError::new(
-            "cpus.boot_vcpus",
-            format!(
-                "{} is more than {} allows ({max})",
-                cfg.cpus.boot_vcpus, selection.kind
-            ),
-        )
-        .into());
-    }
-    let machine = vm::Machine::new(cfg, crate::logger::start_time())?;
-    let devices = &machine.legacy;
+    let events = LifecycleEvents::new()?;
     let shared =
         Arc::new(VcpuShared::new().map_err(|e| Error::io("creating the vCPU event eventfd", e))?);
-    let stdin = match cfg.serial.mode {
-        SerialMode::Tty => Some((
-            devices.serial.clone(),
-            clone_eventfd(&devices.serial_drained, "serial input")?,
-        )),
-        _ => None,
+    let serial_mode = opts
+        .config
+        .as_ref()
+        .map_or(opts.serial_mode, |c| c.serial.mode);
+    let (api_evt, api_rx, _server) = match &opts.api_socket {
+        Some(spec) => {
+            let (evt, rx, server) = start_api(spec)?;
+            (Some(evt), Some(rx), Some(server))
+        }
+        None => (None, None, None),
     };
     let controller = Controller::new(
         LoopInputs {
-            exit_evt: clone_eventfd(&devices.exit_evt, "poweroff")?,
-            reset_evt: clone_eventfd(&devices.reset_evt, "reset")?,
+            exit_evt: clone_eventfd(&events.exit_evt, "poweroff")?,
+            reset_evt: clone_eventfd(&events.reset_evt, "reset")?,
             signals,
-            stdin,
+            stdin: match serial_mode {
+                SerialMode::Tty => Some(clone_eventfd(&events.serial_drained, "serial input")?),
+                _ => None,
+            },
+            api_evt,
         },
         shared.clone(),
     );
-    let mut event_loop = EventLoop::new(controller, machine.virtio.subscribers())?;
-    let mut boots = 0u32;
+    let mut event_loop = EventLoop::new(controller)?;
+    let mut vmm = Vmm::new(
+        hv,
+        selection,
+        shared,
+        events,
+        opts.no_reboot,
+        opts.api_socket.is_none(),
+    );
+    if let Some(cfg) = &opts.config {
+        vmm.create(cfg.clone())
+            .map_err(|e| Error::Guest(e.message))?;
+        vmm.boot(&mut event_loop)
+            .map_err(|e| Error::Guest(e.message))?;
+    }
     loop {
-        boots += 1;
-        devices.clear_events();
-        shared.reset_for_boot();
-        let running = vm::boot(cfg, hv.as_ref(), &machine, shared.clone())?;
-        log::info!(
-            "guest started (boot {boots}, {} vCPUs, {} MiB)",
-            cfg.cpus.boot_vcpus,
-            cfg.memory.size >> 20
-        );
-        let outcome = event_loop.run_boot();
-        vcpu::stop_all(running.threads, &shared);
-        log::debug!("vCPUs stopped");
-        drop(running.vm);
-        log::debug!("VM closed");
-        match outcome? {
-            Outcome::PowerOff => {
-                log::info!("exiting: guest powered off");
-                return Ok(());
+        let turn = event_loop.run_turn()?;
+        if let Some(outcome) = turn.outcome {
+            if let Next::Exit(code) = vmm.on_outcome(outcome, &mut event_loop)? {
+                return Ok(code);
             }
-            Outcome::Reset if opts.no_reboot => {
-                log::info!("exiting: guest reset and --no-reboot was given");
-                return Ok(());
+        }
+        if turn.api {
+            while let Some(exchange) = api_rx.as_ref().and_then(|rx| rx.try_recv().ok()) {
+                let (request, responder) = exchange.into_parts();
+                let (response, next) = api_server::handle(&mut vmm, &mut event_loop, request);
+                responder.reply(response);
+                if let Next::Exit(code) = next {
+                    return Ok(code);
+                }
             }
-            Outcome::Reset => {
-                log::info!("rebooting the guest");
-                machine.virtio.reset_all();
-            }
-            Outcome::Signal(sig) => {
-                log::info!("exiting: stopped by signal {sig}");
-                return Ok(());
-            }
-            Outcome::Failed(msg) => return Err(Error::Guest(msg)),
         }
     }
+}
+
+/// Starts the API server thread; requests come back over the returned channel, announced
+/// by writes to the returned eventfd.
+fn start_api(spec: &SocketSpec) -> Result<(EventFd, Receiver<Exchange>, Server)> {
+    let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating the API eventfd", e))?;
+    let notify = clone_eventfd(&evt, "API")?;
+    let (forwarder, rx) = Forwarder::new(move || {
+        if let Err(e) = notify.write(1) {
+            log::error!("api: cannot wake the event loop: {e}");
+        }
+    });
+    let listener = spec
+        .listen()
+        .map_err(|e| Error::Guest(format!("api socket: {e}")))?;
+    let server = Server::start(listener, ServerConfig::default(), forwarder)
+        .map_err(|e| Error::Guest(format!("api server: {e}")))?;
+    log::info!("api: listening on {spec:?}");
+    Ok((evt, rx, server))
 }

@@ -1,15 +1,19 @@
-//! vCPU threads: each runs its vCPU until a lifecycle event, a failure, or a stop request.
+//! vCPU threads: each runs its vCPU until a lifecycle event, a failure, or a stop request,
+//! and parks while the VM is paused.
 //!
-//! Stopping: the controller sets `stop` and sends the kick signal until the thread has left
-//! `run` (the backend makes a signal that lands just before guest entry still end the run).
+//! Stopping and pausing: the controller sets `stop` (or `paused`) and sends the kick signal
+//! until the thread has left `run` (the backend makes a signal that lands just before guest
+//! entry still end the run). A paused thread waits on a condition variable; the event loop
+//! keeps serving devices meanwhile.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hypervisor::{IoHandler, Vcpu, VcpuExit};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
 
 /// What a vCPU thread reports to the event loop when it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +34,9 @@ pub struct VcpuShared {
     pub events: Mutex<Vec<VcpuEvent>>,
     /// Written after pushing to `events`.
     pub event_fd: EventFd,
+    paused: Mutex<bool>,
+    resume: Condvar,
+    parked: AtomicUsize,
 }
 
 impl VcpuShared {
@@ -39,6 +46,9 @@ impl VcpuShared {
             stop: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
             event_fd: EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?,
+            paused: Mutex::new(false),
+            resume: Condvar::new(),
+            parked: AtomicUsize::new(0),
         })
     }
 
@@ -52,9 +62,10 @@ impl VcpuShared {
         }
     }
 
-    /// Readies the shared state for a new boot: no stop request, no stale events.
+    /// Readies the shared state for a new boot: no stop or pause request, no stale events.
     pub fn reset_for_boot(&self) {
         self.stop.store(false, Ordering::Release);
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
         self.take_events();
         // Nothing pending reads as EAGAIN, which is fine.
         let _ = self.event_fd.read();
@@ -63,6 +74,25 @@ impl VcpuShared {
     /// Takes the reported events.
     pub fn take_events(&self) -> Vec<VcpuEvent> {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Parks the calling vCPU thread while the VM is paused (and not stopping).
+    fn park_while_paused(&self) {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        self.parked.fetch_add(1, Ordering::AcqRel);
+        while *paused && !self.stop.load(Ordering::Acquire) {
+            paused = self.resume.wait(paused).unwrap_or_else(|e| e.into_inner());
+        }
+        self.parked.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn set_paused(&self, on: bool) {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = on;
+        self.resume.notify_all();
     }
 }
 
@@ -81,6 +111,10 @@ pub fn run_vcpu(
         return;
     }
     while !shared.stop.load(Ordering::Acquire) {
+        if shared.is_paused() {
+            shared.park_while_paused();
+            continue;
+        }
         let event = match vcpu.run(io.as_ref()) {
             Ok(VcpuExit::Interrupted) => continue,
             Ok(VcpuExit::Hlt) => {
@@ -111,16 +145,45 @@ pub struct VcpuThread {
     pub handle: JoinHandle<()>,
 }
 
+impl VcpuThread {
+    /// Interrupts the vCPU's `run` (a failed kill means the thread is already gone).
+    fn kick(&self) {
+        let _ = self.handle.kill(hypervisor::kick_signal());
+    }
+}
+
+/// How long pausing waits for every vCPU to park.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pauses: every vCPU leaves the guest and parks. Returns false if some vCPU did not park
+/// within the timeout (it will when it next leaves the guest).
+pub fn pause_all(threads: &[VcpuThread], shared: &VcpuShared) -> bool {
+    shared.set_paused(true);
+    let live = threads.iter().filter(|t| !t.handle.is_finished()).count();
+    let start = Instant::now();
+    while shared.parked.load(Ordering::Acquire) < live {
+        if start.elapsed() > PAUSE_TIMEOUT {
+            return false;
+        }
+        threads.iter().for_each(VcpuThread::kick);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// Resumes parked vCPUs.
+pub fn resume_all(shared: &VcpuShared) {
+    shared.set_paused(false);
+}
+
 /// Stops and joins every vCPU thread.
 pub fn stop_all(threads: Vec<VcpuThread>, shared: &VcpuShared) {
-    use vmm_sys_util::signal::Killable;
     shared.stop.store(true, Ordering::Release);
+    // Wake parked threads so they see `stop`.
+    shared.set_paused(false);
     for t in threads {
         while !t.handle.is_finished() {
-            // A failed kill means the thread is already gone.
-            if t.handle.kill(hypervisor::kick_signal()).is_err() {
-                break;
-            }
+            t.kick();
             std::thread::sleep(Duration::from_millis(1));
         }
         if t.handle.join().is_err() {

@@ -10,7 +10,7 @@ use arch::GuestMemoryMmap;
 use hypervisor::{Hypervisor, IoHandler, Vm};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::devices::LegacyDevices;
+use crate::devices::{LegacyDevices, LifecycleEvents};
 use crate::vcpu::{run_vcpu, VcpuShared, VcpuThread};
 use crate::virtio::VirtioDevices;
 use crate::{Error, Result};
@@ -128,9 +128,13 @@ pub struct Machine {
 
 impl Machine {
     /// Allocates RAM and creates every device the config asks for.
-    pub fn new(cfg: &VmConfig, start: std::time::Instant) -> Result<Self> {
+    pub fn new(
+        cfg: &VmConfig,
+        start: std::time::Instant,
+        events: &LifecycleEvents,
+    ) -> Result<Self> {
         let memory = create_memory(cfg.memory.size)?;
-        let legacy = LegacyDevices::new(&cfg.serial, start)?;
+        let legacy = LegacyDevices::new(&cfg.serial, start, events)?;
         let virtio = VirtioDevices::new(cfg, &memory)?;
         let mut buses = legacy.buses()?;
         virtio.add_to_bus(&mut buses.mmio)?;

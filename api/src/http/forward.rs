@@ -16,7 +16,26 @@ pub struct Exchange {
     reply: SyncSender<Response>,
 }
 
+/// The reply half of an [`Exchange`], once its request has been taken.
+#[derive(Debug)]
+pub struct Responder {
+    reply: SyncSender<Response>,
+}
+
+impl Responder {
+    /// Sends the response back to the waiting connection.
+    pub fn reply(self, response: Response) {
+        // The connection may have gone; nothing to do then.
+        let _ = self.reply.send(response);
+    }
+}
+
 impl Exchange {
+    /// Splits into the request and the means to answer it.
+    pub fn into_parts(self) -> (Request, Responder) {
+        (self.request, Responder { reply: self.reply })
+    }
+
     /// Sends the response back to the server thread. Dropping an `Exchange` unanswered
     /// answers 503.
     pub fn reply(self, response: Response) {

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 pub use client::Client;
 pub use fds::MAX_FDS;
-pub use forward::{Exchange, Forwarder};
+pub use forward::{Exchange, Forwarder, Responder};
 pub use headers::Headers;
 pub use request::{parse_head, parse_request, Head, Method, Request, Version};
 pub use response::{parse_response, reason_phrase, ParsedResponse, Response};
