@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod ctl;
 pub mod devices;
 pub mod http;
 pub mod size;

@@ -113,7 +113,8 @@ fn ping(vmm: &Vmm) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "features": ["kvm", "virtio-mmio"],
-        "hypervisor": {"kind": sel.kind.to_string(), "reason": sel.reason},
+        "hypervisor": sel.kind.to_string(),
+        "hypervisor_reason": sel.reason,
     })
 }
 
