@@ -64,5 +64,8 @@ pub const RTC_PORT: u16 = 0x70;
 pub const DEBUG_PORT: u16 = 0x80;
 /// GSI of the first virtio-mmio device; each next device takes the next GSI.
 pub const VIRTIO_MMIO_FIRST_GSI: u32 = 5;
-/// Last GSI available to virtio-mmio devices (the IOAPIC has 24 pins).
-pub const VIRTIO_MMIO_LAST_GSI: u32 = 23;
+/// Last GSI available to virtio-mmio devices (the IOAPIC has 24 pins; the last is `GED_GSI`).
+pub const VIRTIO_MMIO_LAST_GSI: u32 = 22;
+/// GSI of the ACPI Generic Event Device (`\_SB_.GED0`): an edge on it makes the guest run
+/// `_EVT`, which notifies the power button (`\_SB_.PWRB`).
+pub const GED_GSI: u32 = 23;

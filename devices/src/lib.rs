@@ -6,6 +6,7 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod debug_port;
+pub mod ged;
 pub mod i8042;
 pub mod interrupt;
 pub mod rate_limiter;

@@ -3,7 +3,8 @@
  *
  * Finds the RSDP (from the boot protocol, else by scanning 0xE0000..0xFFFFF),
  * verifies every checksum, and extracts what the guest needs: the FADT sleep
- * registers, the MADT CPUs and IOAPIC, and the _S5 sleep type from the DSDT.
+ * registers, the MADT CPUs and IOAPIC, and the _S5 sleep type and the Generic
+ * Event Device (power button) from the DSDT.
  */
 #include "guest.h"
 
@@ -139,6 +140,27 @@ static int find_s5(u64 a, u32 len)
 	return -1;
 }
 
+/* Looks for a Generic Event Device (_HID "ACPI0013") in the AML of the DSDT and the GSI of
+ * the first Extended Interrupt descriptor (0x89, length 6, count >= 1) after it: its _CRS. */
+static void find_ged(u64 a, u32 len, struct acpi_info *info)
+{
+	static const char hid[] = "ACPI0013";
+	for (u32 i = 36; i + 8 <= len; i++) {
+		u32 k = 0;
+		while (k < 8 && rd8(a + i + k) == (u8)hid[k])
+			k++;
+		if (k < 8)
+			continue;
+		info->have_ged = 1;
+		for (u32 j = i + 8; j + 9 <= len && j < i + 8 + 64; j++)
+			if (rd8(a + j) == 0x89 && rd16(a + j + 1) == 6 && rd8(a + j + 4) >= 1) {
+				info->ged_gsi = rd32(a + j + 5);
+				return;
+			}
+		return;
+	}
+}
+
 void acpi_walk(u64 hint, struct acpi_info *info)
 {
 	u64 fadt = 0, madt = 0, dsdt = 0, sdt, rsdp = find_rsdp(hint);
@@ -201,8 +223,10 @@ void acpi_walk(u64 hint, struct acpi_info *info)
 		parse_madt(madt, madt_len, info);
 	if (dsdt) {
 		u32 len = check_table(dsdt);
-		if (len)
+		if (len) {
 			info->s5 = find_s5(dsdt, len);
+			find_ged(dsdt, len, info);
+		}
 	}
 
 summary:
@@ -218,4 +242,8 @@ summary:
 		printk("DSDT: s5=%d\n", info->s5);
 	else
 		printk("DSDT: s5=none\n");
+	if (info->have_ged)
+		printk("DSDT: ged=1 gsi=%u\n", info->ged_gsi);
+	else
+		printk("DSDT: ged=0\n");
 }

@@ -5,6 +5,7 @@
  * and then performs the action named by `action=` on the command line.
  */
 #include "guest.h"
+#include "power.c" /* action=power-button, action=count (static functions) */
 
 #define COM1 0x3f8
 #define CMDLINE_MAX 4096
@@ -31,6 +32,13 @@ enum action {
 	ACT_TRIPLE_FAULT,
 	ACT_VIRTIO_BLK,
 	ACT_VIRTIO_RNG,
+	ACT_VIRTIO_NET,
+	ACT_VIRTIO_VSOCK,
+	ACT_BENCH_BLK,
+	ACT_BENCH_RNG,
+	ACT_BENCH_NET,
+	ACT_POWER_BUTTON,
+	ACT_COUNT,
 	ACT_UNKNOWN
 };
 
@@ -320,6 +328,20 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_VIRTIO_BLK;
 			else if (token_is(v, vl, "virtio-rng"))
 				o->action = ACT_VIRTIO_RNG;
+			else if (token_is(v, vl, "virtio-net"))
+				o->action = ACT_VIRTIO_NET;
+			else if (token_is(v, vl, "virtio-vsock"))
+				o->action = ACT_VIRTIO_VSOCK;
+			else if (token_is(v, vl, "bench-blk"))
+				o->action = ACT_BENCH_BLK;
+			else if (token_is(v, vl, "bench-rng"))
+				o->action = ACT_BENCH_RNG;
+			else if (token_is(v, vl, "bench-net"))
+				o->action = ACT_BENCH_NET;
+			else if (token_is(v, vl, "power-button"))
+				o->action = ACT_POWER_BUTTON;
+			else if (token_is(v, vl, "count"))
+				o->action = ACT_COUNT;
 			else if (starts_with(v, "exits=")) {
 				o->action = ACT_POWEROFF;
 				o->have_exits = 1;
@@ -446,10 +468,33 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 		break;
 	case ACT_VIRTIO_BLK:
 	case ACT_VIRTIO_RNG:
-		virtio_action(o->action == ACT_VIRTIO_BLK ? VIRTIO_DEV_BLK : VIRTIO_DEV_RNG,
+	case ACT_VIRTIO_NET:
+	case ACT_VIRTIO_VSOCK:
+		virtio_action(o->action == ACT_VIRTIO_BLK     ? VIRTIO_DEV_BLK
+			      : o->action == ACT_VIRTIO_NET   ? VIRTIO_DEV_NET
+			      : o->action == ACT_VIRTIO_VSOCK ? VIRTIO_DEV_VSOCK
+							      : VIRTIO_DEV_RNG,
 			      get_cmdline());
 		printk("PETREL-GUEST: poweroff\n");
 		power_off(a);
+		break;
+	case ACT_BENCH_BLK:
+	case ACT_BENCH_RNG:
+	case ACT_BENCH_NET:
+		bench_action(o->action == ACT_BENCH_BLK   ? BENCH_BLK
+			     : o->action == ACT_BENCH_RNG ? BENCH_RNG
+							  : BENCH_NET,
+			     get_cmdline());
+		printk("PETREL-GUEST: poweroff\n");
+		power_off(a);
+		break;
+	case ACT_POWER_BUTTON:
+		power_button_wait(a);
+		printk("PETREL-GUEST: poweroff\n");
+		power_off(a);
+		break;
+	case ACT_COUNT:
+		count_forever();
 		break;
 	case ACT_QUICK:
 	case ACT_QUICK_RESET:

@@ -52,6 +52,8 @@ struct acpi_info {
 	u64 sleep_sts;
 	u32 pm1a_cnt;
 	int s5; /* SLP_TYP of \_S5, or -1 when not found */
+	int have_ged; /* the DSDT has an ACPI0013 Generic Event Device */
+	u32 ged_gsi;  /* its interrupt (first Extended Interrupt of its _CRS) */
 	u64 lapic;
 	u64 ioapic;
 	u32 ncpus;
@@ -65,11 +67,29 @@ void *memcpy(void *d, const void *s, unsigned long n);
 int memmap_get(u32 i, u64 *addr, u64 *size, u32 *type);
 
 /* virtio.c: device ids of the virtio actions. */
+#define VIRTIO_DEV_NET 1
 #define VIRTIO_DEV_BLK 2
 #define VIRTIO_DEV_RNG 4
-/* Runs `action=virtio-blk` (which = VIRTIO_DEV_BLK) or `action=virtio-rng` (VIRTIO_DEV_RNG)
- * on the devices named by `virtio_mmio.device=` tokens of `cmdline`; always returns. */
+#define VIRTIO_DEV_VSOCK 19
+/* Runs `action=virtio-blk|virtio-rng|virtio-net|virtio-vsock` (which = VIRTIO_DEV_*) on the
+ * devices named by `virtio_mmio.device=` tokens of `cmdline`; always returns. */
 void virtio_action(int which, const char *cmdline);
+/* Parses the `virtio_mmio.device=` tokens of `cmdline` and probes the windows (prints the
+ * `VIRTIO: windows=` / `window=` lines); afterwards virtio_find() (virtio.h) finds devices. */
+void virtio_probe(const char *cmdline);
+
+/* ring3.c, ring3.S: 64-bit ring 3 (user segments 0x23/0x2b, exit through `int $0x80`). */
+void ring3_init(u64 kstack_top);
+int ring3_map_user(u64 start, u64 len);
+/* Runs fn(arg) in ring 3 on the stack ending at `ustack_top` (16-byte aligned) and returns
+ * its result; everything fn touches must be ring3_map_user()'d. */
+u64 ring3_call(u64 (*fn)(void *), void *arg, u64 ustack_top);
+
+/* bench.c: `action=bench-blk|bench-rng|bench-net` (which = BENCH_*); always returns. */
+#define BENCH_BLK 1
+#define BENCH_RNG 2
+#define BENCH_NET 3
+void bench_action(int which, const char *cmdline);
 
 /* acpi.c */
 void acpi_walk(u64 rsdp, struct acpi_info *info);

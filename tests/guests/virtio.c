@@ -2,56 +2,34 @@
  * petrel test guest: a small polling virtio-mmio (version 2) driver.
  *
  * Finds devices from `virtio_mmio.device=<size>@<addr>:<irq>[:<id>]` command-line
- * tokens, negotiates VIRTIO_F_VERSION_1, sets up queue 0 as an 8-entry split
- * virtqueue in .bss (physical = virtual in the identity map), submits one chain
- * at a time and polls the used index with a bounded spin. No interrupts: the
- * InterruptStatus bits are acknowledged after each completion.
+ * tokens and implements the transport declared in virtio.h: negotiation of
+ * VIRTIO_F_VERSION_1, split virtqueues of up to 8 entries in .bss (physical =
+ * virtual in the identity map), posting chains and polling the used index with a
+ * bounded spin. No interrupts: the InterruptStatus bits are acknowledged after each
+ * completion.
  *
- * Actions: virtio-blk (capacity/ro of every disk; write, read-back, flush and
- * get-id on the first writable disk; a rejected write on the first read-only
- * disk) and virtio-rng (a 32-byte read). Every failure prints
- * `VIRTIO: error <what>` and returns, so the guest still powers off.
+ * Actions here: virtio-blk (capacity/ro of every disk; write, read-back, flush and
+ * get-id on the first writable disk; a rejected write on the first read-only disk)
+ * and virtio-rng (a 32-byte read), both on queue 0 with one chain at a time;
+ * virtio-net and virtio-vsock live in virtio_net.c and virtio_vsock.c. Every failure
+ * prints `VIRTIO: error <what>` and returns, so the guest still powers off.
  */
-#include "guest.h"
+#include "virtio.h"
 
 /* Page tables (linker script, .pagetables). */
 extern u64 pml4[512], pdpt[512], pd[2048];
 
 #define VIRTIO_MAX_DEVS 16
-#define VQ_SIZE 8
-/* Polls of the used index before giving up (~0.5-1M/s where ring 0 is emulated). */
-#define VIRTIO_SPIN_LIMIT 5000000u
 #define SECTOR 512
 #define BLK_ID_LEN 20
 #define RNG_LEN 32
-
-/* virtio-mmio registers (version 2). */
-#define VM_MAGIC 0x000
-#define VM_VERSION 0x004
-#define VM_DEVICE_ID 0x008
-#define VM_DEV_FEATURES 0x010
-#define VM_DEV_FEATURES_SEL 0x014
-#define VM_DRV_FEATURES 0x020
-#define VM_DRV_FEATURES_SEL 0x024
-#define VM_QUEUE_SEL 0x030
-#define VM_QUEUE_NUM_MAX 0x034
-#define VM_QUEUE_NUM 0x038
-#define VM_QUEUE_READY 0x044
-#define VM_QUEUE_NOTIFY 0x050
-#define VM_INT_STATUS 0x060
-#define VM_INT_ACK 0x064
-#define VM_STATUS 0x070
-#define VM_QUEUE_DESC 0x080
-#define VM_QUEUE_DRIVER 0x090
-#define VM_QUEUE_DEVICE 0x0a0
-#define VM_CONFIG_GEN 0x0fc
-#define VM_CONFIG 0x100
 
 #define VIRTIO_MAGIC 0x74726976 /* "virt" */
 #define ST_ACKNOWLEDGE 1
 #define ST_DRIVER 2
 #define ST_DRIVER_OK 4
 #define ST_FEATURES_OK 8
+#define ST_NEEDS_RESET 64
 #define ST_FAILED 128
 
 #define DEV_BLK VIRTIO_DEV_BLK
@@ -66,27 +44,9 @@ extern u64 pml4[512], pdpt[512], pd[2048];
 #define BLK_T_FLUSH 4
 #define BLK_T_GET_ID 8
 
-#define VQ_F_NEXT 1
-#define VQ_F_WRITE 2
-
-struct vq_desc {
-	u64 addr;
-	u32 len;
-	u16 flags;
-	u16 next;
-};
-
-/* Queue 0 and the request buffers of the one device in use (1.5 KiB of .bss). */
+/* Queue 0 and the request buffers of the blk/rng device in use (1.5 KiB of .bss). */
 struct vq_page {
-	struct vq_desc desc[VQ_SIZE]; /* 16-byte aligned */
-	u16 avail_flags, avail_idx, avail_ring[VQ_SIZE], used_event;
-	u8 pad0[256 - 16 * VQ_SIZE - 6 - 2 * VQ_SIZE];
-	u16 used_flags, used_idx; /* 4-byte aligned (offset 256) */
-	struct {
-		u32 id, len;
-	} used_ring[VQ_SIZE];
-	u16 avail_event;
-	u8 pad1[512 - 256 - 4 - 8 * VQ_SIZE - 2];
+	struct vring r;
 	struct {
 		u32 type, reserved;
 		u64 sector;
@@ -97,24 +57,21 @@ struct vq_page {
 } __attribute__((aligned(16)));
 
 static struct vq_page vq;
-
-/* One `virtio_mmio.device=` token. */
-struct vdev {
-	u64 base;
-	u32 irq;
-	u32 id;
-	u16 last_used;
-	u32 features_lo;
-};
+/* Queue 0 of the blk/rng device in use. */
+static struct vqueue blkq;
 
 static struct vdev vdevs[VIRTIO_MAX_DEVS];
 static u32 nvdevs;
 
-static const char blk_prefix[] = "PETREL-BLK-";
+struct vdev *virtio_find(u32 id)
+{
+	for (u32 i = 0; i < nvdevs; i++)
+		if (vdevs[i].id == id)
+			return &vdevs[i];
+	return 0;
+}
 
-static inline void barrier(void) { __asm__ volatile("mfence" ::: "memory"); }
-static u32 vr(const struct vdev *d, u32 reg) { return rd32(d->base + reg); }
-static void vw(const struct vdev *d, u32 reg, u32 v) { *(volatile u32 *)(d->base + reg) = v; }
+static const char blk_prefix[] = "PETREL-BLK-";
 
 /* ---- command line ---- */
 
@@ -211,16 +168,14 @@ static void map_mmio(u64 a)
 
 /* ---- transport ---- */
 
-static void dev_reset(struct vdev *d)
+void dev_reset(struct vdev *d)
 {
 	vw(d, VM_STATUS, 0);
 	for (u32 i = 0; i < 1000 && vr(d, VM_STATUS) != 0; i++)
 		cpu_relax();
 }
 
-/* Reset, ACKNOWLEDGE, DRIVER, features (VERSION_1 + `want` of the low word), FEATURES_OK.
- * Returns 0 on success; prints the error otherwise. */
-static int dev_negotiate(struct vdev *d, u32 want, const char *what)
+int dev_negotiate(struct vdev *d, u32 want, const char *what)
 {
 	dev_reset(d);
 	vw(d, VM_STATUS, ST_ACKNOWLEDGE);
@@ -249,81 +204,151 @@ static int dev_negotiate(struct vdev *d, u32 want, const char *what)
 	return 0;
 }
 
-/* Negotiates, sets up queue 0 on `vq` and sets DRIVER_OK. */
-static int dev_start(struct vdev *d, u32 want, const char *what)
+/* Writes a 64-bit guest-physical address to a low/high register pair. */
+static void vw_addr(struct vdev *d, u32 reg, const void *p)
 {
-	if (dev_negotiate(d, want, what))
-		return -1;
-	vw(d, VM_QUEUE_SEL, 0);
+	vw(d, reg, (u32)(u64)p);
+	vw(d, reg + 4, (u32)((u64)p >> 32));
+}
+
+int vq_setup(struct vdev *d, struct vqueue *q, u32 index, struct vring *r, const char *what)
+{
+	vw(d, VM_QUEUE_SEL, index);
 	u32 max = vr(d, VM_QUEUE_NUM_MAX);
 	if (max == 0 || vr(d, VM_QUEUE_READY) != 0) {
-		printk("VIRTIO: error %s at 0x%lx queue 0 unavailable (max=%u)\n", what, d->base, max);
+		printk("VIRTIO: error %s at 0x%lx queue %u unavailable (max=%u)\n", what, d->base,
+		       index, max);
 		vw(d, VM_STATUS, ST_FAILED);
 		return -1;
 	}
-	memset(&vq, 0, sizeof(vq));
-	u32 n = max < VQ_SIZE ? max : VQ_SIZE;
+	u32 n = VQ_SIZE;
+	while (n > max)
+		n >>= 1; /* a power of two no larger than the device's maximum */
+	memset(r, 0, sizeof(*r));
+	q->d = d;
+	q->r = r;
+	q->index = (u16)index;
+	q->num = (u16)n;
+	q->last_used = 0;
 	vw(d, VM_QUEUE_NUM, n);
-	vw(d, VM_QUEUE_DESC, (u32)(u64)vq.desc);
-	vw(d, VM_QUEUE_DESC + 4, (u32)((u64)vq.desc >> 32));
-	vw(d, VM_QUEUE_DRIVER, (u32)(u64)&vq.avail_flags);
-	vw(d, VM_QUEUE_DRIVER + 4, (u32)((u64)&vq.avail_flags >> 32));
-	vw(d, VM_QUEUE_DEVICE, (u32)(u64)&vq.used_flags);
-	vw(d, VM_QUEUE_DEVICE + 4, (u32)((u64)&vq.used_flags >> 32));
+	vw_addr(d, VM_QUEUE_DESC, r->desc);
+	vw_addr(d, VM_QUEUE_DRIVER, &r->avail_flags);
+	vw_addr(d, VM_QUEUE_DEVICE, &r->used_flags);
 	vw(d, VM_QUEUE_READY, 1);
-	d->last_used = 0;
-	vw(d, VM_STATUS, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
-	if (vr(d, VM_STATUS) & ST_FAILED) {
-		printk("VIRTIO: error %s at 0x%lx failed DRIVER_OK\n", what, d->base);
+	if (vr(d, VM_QUEUE_READY) != 1) {
+		printk("VIRTIO: error %s at 0x%lx queue %u not ready\n", what, d->base, index);
+		vw(d, VM_STATUS, ST_FAILED);
 		return -1;
 	}
 	return 0;
 }
 
-/* Fills descriptor i (chained to i+1 unless last). */
-static void desc_set(u32 i, const void *addr, u32 len, int device_writes, int last)
+int dev_driver_ok(struct vdev *d, const char *what)
 {
-	vq.desc[i].addr = (u64)addr;
-	vq.desc[i].len = len;
-	vq.desc[i].flags = (u16)((device_writes ? VQ_F_WRITE : 0) | (last ? 0 : VQ_F_NEXT));
-	vq.desc[i].next = (u16)(last ? 0 : i + 1);
+	vw(d, VM_STATUS, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+	u32 st = vr(d, VM_STATUS);
+	if (!(st & ST_DRIVER_OK) || (st & (ST_FAILED | ST_NEEDS_RESET))) {
+		printk("VIRTIO: error %s at 0x%lx failed DRIVER_OK (status 0x%x)\n", what, d->base, st);
+		return -1;
+	}
+	return 0;
 }
 
-/* Publishes the chain starting at descriptor 0, notifies queue 0 and polls for its
- * completion. Returns the used length, or -1 (error printed) on a timeout. */
-static i64 submit(struct vdev *d, const char *what)
+void vq_desc(struct vqueue *q, u16 i, const void *addr, u32 len, int device_writes, int next)
 {
-	u16 idx = vq.avail_idx;
-	vq.avail_ring[idx % VQ_SIZE] = 0;
+	struct vq_desc *e = &q->r->desc[i % q->num];
+	e->addr = (u64)addr;
+	e->len = len;
+	e->flags = (u16)((device_writes ? VQ_F_WRITE : 0) | (next >= 0 ? VQ_F_NEXT : 0));
+	e->next = (u16)(next >= 0 ? next : 0);
+}
+
+void vq_post(struct vqueue *q, u16 head)
+{
+	struct vring *r = q->r;
+	u16 idx = *(volatile u16 *)&r->avail_idx;
+	r->avail_ring[idx % q->num] = head;
 	barrier();
-	*(volatile u16 *)&vq.avail_idx = (u16)(idx + 1);
+	*(volatile u16 *)&r->avail_idx = (u16)(idx + 1);
 	barrier();
-	vw(d, VM_QUEUE_NOTIFY, 0);
-	u16 want = (u16)(d->last_used + 1);
-	for (u32 i = 0; i < VIRTIO_SPIN_LIMIT; i++) {
-		if (*(volatile u16 *)&vq.used_idx == want) {
-			barrier();
-			u32 slot = d->last_used % VQ_SIZE;
-			d->last_used = want;
-			vw(d, VM_INT_ACK, vr(d, VM_INT_STATUS));
-			if (vq.used_ring[slot].id != 0) {
-				printk("VIRTIO: error %s used id %u\n", what, vq.used_ring[slot].id);
-				return -1;
-			}
-			return vq.used_ring[slot].len;
-		}
+	vw(q->d, VM_QUEUE_NOTIFY, q->index);
+}
+
+int vq_used(struct vqueue *q, u32 *id, u32 *len)
+{
+	struct vring *r = q->r;
+	if (*(volatile u16 *)&r->used_idx == q->last_used)
+		return 0;
+	barrier();
+	u32 slot = q->last_used % q->num;
+	*id = r->used_ring[slot].id;
+	*len = r->used_ring[slot].len;
+	q->last_used++;
+	vw(q->d, VM_INT_ACK, vr(q->d, VM_INT_STATUS));
+	return 1;
+}
+
+int vq_wait(struct vqueue *q, u32 *id, u32 *len, u32 spins, const char *what)
+{
+	for (u32 i = 0; i < spins; i++) {
+		if (vq_used(q, id, len))
+			return 0;
 		cpu_relax();
 	}
-	printk("VIRTIO: error %s timeout (used idx %u, status 0x%x)\n", what,
-	       (u32)*(volatile u16 *)&vq.used_idx, vr(d, VM_STATUS));
+	printk("VIRTIO: error %s timeout (queue %u used idx %u, status 0x%x)\n", what,
+	       (u32)q->index, (u32)*(volatile u16 *)&q->r->used_idx, vr(q->d, VM_STATUS));
 	return -1;
+}
+
+int vq_wait_host(struct vqueue *q, u32 *id, u32 *len, const char *what)
+{
+	u64 start = tsc_read();
+	for (u32 i = 1;; i++) {
+		if (vq_used(q, id, len))
+			return 0;
+		if (i % 256 == 0 && tsc_read() - start > VIRTIO_HOST_WAIT_TICKS)
+			break;
+		cpu_relax();
+	}
+	printk("VIRTIO: error %s timeout (queue %u used idx %u, status 0x%x)\n", what,
+	       (u32)q->index, (u32)*(volatile u16 *)&q->r->used_idx, vr(q->d, VM_STATUS));
+	return -1;
+}
+
+/* Negotiates, sets up queue 0 on `vq` and sets DRIVER_OK. */
+static int dev_start(struct vdev *d, u32 want, const char *what)
+{
+	if (dev_negotiate(d, want, what) || vq_setup(d, &blkq, 0, &vq.r, what))
+		return -1;
+	return dev_driver_ok(d, what);
+}
+
+/* Fills descriptor i of queue 0 (chained to i+1 unless last). */
+static void desc_set(u32 i, const void *addr, u32 len, int device_writes, int last)
+{
+	vq_desc(&blkq, (u16)i, addr, len, device_writes, last ? -1 : (int)i + 1);
+}
+
+/* Publishes the chain starting at descriptor 0 of queue 0 and polls for its completion.
+ * Returns the used length, or -1 (error printed) on a timeout. */
+static i64 submit(const char *what)
+{
+	u32 id, len;
+	vq_post(&blkq, 0);
+	if (vq_wait(&blkq, &id, &len, VIRTIO_SPIN_LIMIT, what))
+		return -1;
+	if (id != 0) {
+		printk("VIRTIO: error %s used id %u\n", what, id);
+		return -1;
+	}
+	return len;
 }
 
 /* ---- virtio-blk ---- */
 
 /* One request: header, optional data (device-written for IN/GET_ID), status.
  * Returns the status byte, or -1 on a transport error. */
-static int blk_request(struct vdev *d, u32 type, u64 sector, u32 len, const char *what)
+static int blk_request(u32 type, u64 sector, u32 len, const char *what)
 {
 	vq.hdr.type = type;
 	vq.hdr.reserved = 0;
@@ -334,25 +359,25 @@ static int blk_request(struct vdev *d, u32 type, u64 sector, u32 len, const char
 	if (len)
 		desc_set(n++, vq.data, len, type != BLK_T_OUT, 0);
 	desc_set(n, &vq.status, 1, 1, 1);
-	if (submit(d, what) < 0)
+	if (submit(what) < 0)
 		return -1;
 	return *(volatile u8 *)&vq.status;
 }
 
 static u8 pattern_byte(u32 i) { return i < sizeof(blk_prefix) - 1 ? (u8)blk_prefix[i] : (u8)(0x5a ^ i); }
 
-static void blk_write_read(struct vdev *d)
+static void blk_write_read(void)
 {
 	for (u32 i = 0; i < SECTOR; i++)
 		vq.data[i] = pattern_byte(i);
-	int st = blk_request(d, BLK_T_OUT, 1, SECTOR, "blk write");
+	int st = blk_request(BLK_T_OUT, 1, SECTOR, "blk write");
 	if (st != 0) {
 		if (st > 0)
 			printk("VIRTIO: error blk write status=%d\n", st);
 		return;
 	}
 	memset(vq.data, 0xee, SECTOR);
-	st = blk_request(d, BLK_T_IN, 1, SECTOR, "blk read");
+	st = blk_request(BLK_T_IN, 1, SECTOR, "blk read");
 	if (st != 0) {
 		if (st > 0)
 			printk("VIRTIO: error blk read status=%d\n", st);
@@ -366,11 +391,11 @@ static void blk_write_read(struct vdev *d)
 	printk("VIRTIO: blk write-read ok\n");
 }
 
-static void blk_id(struct vdev *d)
+static void blk_id(void)
 {
 	char id[BLK_ID_LEN + 1];
 	memset(vq.data, 0, BLK_ID_LEN);
-	int st = blk_request(d, BLK_T_GET_ID, 0, BLK_ID_LEN, "blk get-id");
+	int st = blk_request(BLK_T_GET_ID, 0, BLK_ID_LEN, "blk get-id");
 	if (st < 0)
 		return;
 	if (st != 0) {
@@ -425,11 +450,11 @@ static void virtio_blk(void)
 	if (writable >= 0) {
 		struct vdev *d = &vdevs[writable];
 		if (dev_start(d, BLK_F_FLUSH, "blk") == 0) {
-			blk_write_read(d);
-			int st = blk_request(d, BLK_T_FLUSH, 0, 0, "blk flush");
+			blk_write_read();
+			int st = blk_request(BLK_T_FLUSH, 0, 0, "blk flush");
 			if (st >= 0)
 				printk("VIRTIO: blk flush status=%d\n", st);
-			blk_id(d);
+			blk_id();
 		}
 		dev_reset(d);
 	}
@@ -438,7 +463,7 @@ static void virtio_blk(void)
 		if (dev_start(d, BLK_F_RO, "blk") == 0) {
 			for (u32 i = 0; i < SECTOR; i++)
 				vq.data[i] = pattern_byte(i);
-			int st = blk_request(d, BLK_T_OUT, 1, SECTOR, "blk ro-write");
+			int st = blk_request(BLK_T_OUT, 1, SECTOR, "blk ro-write");
 			if (st >= 0)
 				printk("VIRTIO: blk ro-write status=%d\n", st);
 		}
@@ -464,7 +489,7 @@ static void virtio_rng(void)
 	u32 got = 0;
 	for (u32 tries = 0; got < RNG_LEN && tries < 8; tries++) {
 		desc_set(0, vq.data + got, RNG_LEN - got, 1, 1);
-		i64 n = submit(d, "rng read");
+		i64 n = submit("rng read");
 		if (n < 0)
 			break;
 		if ((u64)n > RNG_LEN - got) {
@@ -482,7 +507,7 @@ static void virtio_rng(void)
 
 /* ---- entry ---- */
 
-void virtio_action(int which, const char *cmdline)
+void virtio_probe(const char *cmdline)
 {
 	nvdevs = 0;
 	find_tokens(cmdline);
@@ -504,8 +529,17 @@ void virtio_action(int which, const char *cmdline)
 		}
 		printk("VIRTIO: window=%u addr=0x%lx irq=%u device=%u\n", i, d->base, d->irq, d->id);
 	}
+}
+
+void virtio_action(int which, const char *cmdline)
+{
+	virtio_probe(cmdline);
 	if (which == DEV_BLK)
 		virtio_blk();
+	else if (which == VIRTIO_DEV_NET)
+		virtio_net();
+	else if (which == VIRTIO_DEV_VSOCK)
+		virtio_vsock();
 	else
 		virtio_rng();
 	printk("VIRTIO: done\n");

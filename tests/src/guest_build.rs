@@ -46,7 +46,18 @@ impl GuestKind {
 }
 
 /// C and assembly sources linked into both images (plus the kind's entry stub).
-const COMMON_SOURCES: &[&str] = &["core.c", "acpi.c", "smp.c", "virtio.c", "common.S"];
+const COMMON_SOURCES: &[&str] = &[
+    "core.c",
+    "acpi.c",
+    "smp.c",
+    "virtio.c",
+    "virtio_net.c",
+    "virtio_vsock.c",
+    "bench.c",
+    "ring3.c",
+    "ring3.S",
+    "common.S",
+];
 
 /// Flags for the freestanding x86_64 core.
 const CFLAGS: &[&str] = &[

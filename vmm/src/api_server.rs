@@ -305,14 +305,17 @@ impl Vmm {
             .map_err(|e| OpError::bad(format!("desired_balloon: {e}")))
     }
 
-    /// `vm.power-button`: the ACPI power button (not wired yet).
+    /// `vm.power-button`: presses the ACPI power button; the guest shuts itself down.
     pub fn power_button(&mut self) -> std::result::Result<(), OpError> {
         if !matches!(self.state(), VmState::Running) {
             return Err(OpError::state("vm.power-button", self.state()));
         }
-        Err(OpError {
-            status: 501,
-            message: "vm.power-button: the ACPI power button is not wired yet".into(),
+        let Some(machine) = self.machine() else {
+            return Err(OpError::state("vm.power-button", self.state()));
+        };
+        machine.legacy.power_button.press().map_err(|e| OpError {
+            status: 500,
+            message: format!("vm.power-button: {e}"),
         })
     }
 }

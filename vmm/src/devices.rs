@@ -13,6 +13,7 @@ use api::{SerialConfig, SerialMode};
 use arch::layout;
 use devices::acpi_pm::{AcpiPm, ACPI_PM_PORT_LEN};
 use devices::debug_port::{DebugPort, DEBUG_PORT_LEN};
+use devices::ged::PowerButton;
 use devices::i8042::{I8042, I8042_PORT_LEN};
 use devices::rtc::{Rtc, RTC_PORT_LEN};
 use devices::serial::{Serial, SERIAL_PORT_LEN};
@@ -75,6 +76,8 @@ pub struct LegacyDevices {
     i8042: Arc<Mutex<I8042>>,
     acpi_pm: Arc<Mutex<AcpiPm>>,
     debug_port: Arc<Mutex<DebugPort>>,
+    /// The ACPI power button (a Generic Event Device interrupt).
+    pub power_button: PowerButton,
     /// Interrupt lines to wire with irqfds.
     pub irqs: Vec<IrqLine>,
 }
@@ -150,6 +153,7 @@ impl LegacyDevices {
         events: &LifecycleEvents,
     ) -> Result<Self> {
         let com1 = new_eventfd("COM1 interrupt")?;
+        let power_button = PowerButton::with_eventfd(new_eventfd("power button")?);
         let serial = Serial::with_drained_event(
             EventFdTrigger::new(clone_eventfd(&com1, "COM1 interrupt")?),
             serial_output(serial_cfg)?,
@@ -167,10 +171,17 @@ impl LegacyDevices {
                 clone_eventfd(&events.exit_evt, "poweroff")?,
             ))),
             debug_port: Arc::new(Mutex::new(DebugPort::new(start))),
-            irqs: vec![IrqLine {
-                evt: com1,
-                gsi: layout::COM1_IRQ,
-            }],
+            irqs: vec![
+                IrqLine {
+                    evt: com1,
+                    gsi: layout::COM1_IRQ,
+                },
+                IrqLine {
+                    evt: clone_eventfd(power_button.irq_evt(), "power button")?,
+                    gsi: layout::GED_GSI,
+                },
+            ],
+            power_button,
         })
     }
 

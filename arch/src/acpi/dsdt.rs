@@ -1,5 +1,13 @@
-//! The DSDT: the `\_S5_` sleep package (soft-off) and, under `\_SB_`, COM1 and one
-//! `LNRO0005` device per virtio-mmio window.
+//! The DSDT: the `\_S5_` sleep package (soft-off) and, under `\_SB_`, COM1, the power
+//! button with the Generic Event Device that signals it, and one `LNRO0005` device per
+//! virtio-mmio window.
+//!
+//! The power button: the platform is hardware-reduced (no fixed-feature button, no SCI), so
+//! the button is a control-method device `PWRB` (`PNP0C0C`), and its events come through a
+//! Generic Event Device `GED0` (`ACPI0013`) that owns `layout::GED_GSI`. When the VMM pulses
+//! that GSI, the guest's GED driver runs `GED0._EVT(GSI)`, which does
+//! `Notify(\_SB_.PWRB, 0x80)` ("button pressed"), and the guest shuts down as if its power
+//! button had been pressed.
 //!
 //! Interrupts are Extended Interrupt descriptors, edge-triggered, active-high, exclusive:
 //! - COM1 is an ISA device, and ISA interrupts are edge/active-high.
@@ -11,8 +19,8 @@
 //!   has a GSI of its own, hence exclusive.
 
 use acpi_tables::aml::{
-    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope, IO,
-    ONE, ZERO,
+    Arg, Device, EISAName, Equal, If, Interrupt, Memory32Fixed, Method, Name, Notify, Package,
+    Path, ResourceTemplate, Scope, IO, ONE, ZERO,
 };
 use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
@@ -32,6 +40,18 @@ const SDT_HEADER_LEN: u32 = 36;
 const COM1_PORT_COUNT: u8 = 8;
 /// ACPI hardware id of the virtio-mmio transport (Linux `virtio_mmio_acpi_match`).
 const VIRTIO_MMIO_HID: &str = "LNRO0005";
+/// ACPI hardware id of the Generic Event Device (ACPI 6.1+, Linux `acpi_ged`).
+const GED_HID: &str = "ACPI0013";
+// The GED's GSI is an IOAPIC input that neither COM1 nor any virtio-mmio device uses.
+const _: () = assert!(
+    layout::GED_GSI < IOAPIC_PINS
+        && layout::GED_GSI > layout::VIRTIO_MMIO_LAST_GSI
+        && layout::GED_GSI != layout::COM1_IRQ
+);
+/// PNP id of a control-method power button (Linux `acpi_button`).
+const POWER_BUTTON_HID: &str = "PNP0C0C";
+/// Notify value of a control-method power button: "button pressed".
+const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
 
 /// Builds the DSDT bytes, validating `virtio`.
 pub(super) fn build(virtio: &[VirtioMmioAcpi]) -> Result<Vec<u8>> {
@@ -41,6 +61,8 @@ pub(super) fn build(virtio: &[VirtioMmioAcpi]) -> Result<Vec<u8>> {
 
     let mut sb = Vec::new();
     com1(&mut sb);
+    power_button(&mut sb);
+    ged(&mut sb);
     for (index, dev) in virtio.iter().enumerate() {
         virtio_mmio(index, dev, &mut sb)?;
     }
@@ -81,6 +103,30 @@ fn com1(sink: &mut Vec<u8>) {
     Device::new(Path::new("COM1"), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
 }
 
+/// `Device(PWRB)`: the control-method power button the GED notifies.
+fn power_button(sink: &mut Vec<u8>) {
+    let hid = Name::new(Path::new("_HID"), &EISAName::new(POWER_BUTTON_HID));
+    let uid = Name::new(Path::new("_UID"), &ZERO);
+    Device::new(Path::new("PWRB"), vec![&hid, &uid]).to_aml_bytes(sink);
+}
+
+/// `Device(GED0)`: owns `layout::GED_GSI` (edge, active-high, exclusive); its `_EVT(GSI)`
+/// notifies `\_SB_.PWRB` when the GSI is the power button's.
+fn ged(sink: &mut Vec<u8>) {
+    let gsi = layout::GED_GSI;
+    let hid = Name::new(Path::new("_HID"), &GED_HID);
+    let uid = Name::new(Path::new("_UID"), &ZERO);
+    let irq = Interrupt::new(true, true, false, false, gsi);
+    let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&irq]));
+    // A single NameSeg: ACPI name resolution searches up from `GED0` and finds `\_SB_.PWRB`.
+    let button = Path::new("PWRB");
+    let notify = Notify::new(&button, &NOTIFY_BUTTON_PRESSED);
+    let is_button = Equal::new(&Arg(0), &gsi);
+    let on_button = If::new(&is_button, vec![&notify]);
+    let evt = Method::new(Path::new("_EVT"), 1, true, vec![&on_button]);
+    Device::new(Path::new("GED0"), vec![&hid, &uid, &crs, &evt]).to_aml_bytes(sink);
+}
+
 /// `Device(VRxx)` for virtio-mmio device number `index`.
 fn virtio_mmio(index: usize, dev: &VirtioMmioAcpi, sink: &mut Vec<u8>) -> Result<()> {
     let bad_window = || Error::InvalidVirtioWindow {
@@ -111,4 +157,146 @@ fn virtio_mmio(index: usize, dev: &VirtioMmioAcpi, sink: &mut Vec<u8>) -> Result
     let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&mem, &irq]));
     Device::new(Path::new(&name), vec![&hid, &uid, &cca, &crs]).to_aml_bytes(sink);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use super::*;
+
+    fn count(haystack: &[u8], needle: &[u8]) -> usize {
+        haystack
+            .windows(needle.len())
+            .filter(|w| *w == needle)
+            .count()
+    }
+
+    fn virtio(n: u32) -> Vec<VirtioMmioAcpi> {
+        (0..n)
+            .map(|i| VirtioMmioAcpi {
+                base: layout::VIRTIO_MMIO_START + 0x1000 * u64::from(i),
+                size: 0x1000,
+                gsi: layout::VIRTIO_MMIO_FIRST_GSI + i,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ged_and_power_button() {
+        let dsdt = build(&virtio(2)).unwrap();
+        // Name(_HID, "ACPI0013") and Name(_HID, EisaId("PNP0C0C")).
+        assert_eq!(count(&dsdt, b"_HID\x0dACPI0013\x00"), 1);
+        assert_eq!(
+            count(
+                &dsdt,
+                &[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0c, 0x0c]
+            ),
+            1
+        );
+        assert_eq!(count(&dsdt, b"GED0"), 1);
+        assert_eq!(count(&dsdt, b"_EVT"), 1);
+        // Method(_EVT, 1, Serialized): MethodOp, PkgLength (1 byte), name, flags.
+        let at = dsdt.windows(4).position(|w| w == b"_EVT").unwrap();
+        assert_eq!(dsdt[at - 2], 0x14, "MethodOp");
+        assert_eq!(dsdt[at + 4], 0x09, "one argument, serialized");
+        // If (LEqual(Arg0, GED_GSI)) { Notify(\_SB_.PWRB, 0x80) }
+        let gsi = u8::try_from(layout::GED_GSI).unwrap();
+        let mut body = vec![0x93, 0x68, 0x0a, gsi, 0x86];
+        body.extend_from_slice(b"PWRB");
+        body.extend_from_slice(&[0x0a, 0x80]);
+        assert_eq!(count(&dsdt, &body), 1);
+        // _CRS: Extended Interrupt, consumer, edge, active-high, exclusive, GSI 23.
+        let mut irq = vec![0x89, 6, 0, 0b0011, 1];
+        irq.extend_from_slice(&layout::GED_GSI.to_le_bytes());
+        assert_eq!(count(&dsdt, &irq), 1);
+        // The virtio devices keep their own GSIs.
+        assert_eq!(count(&dsdt, b"LNRO0005"), 2);
+    }
+
+    /// A scratch directory of this test process.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("petrel-dsdt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Disassembles the DSDT with ACPICA's `iasl -d` when it is installed (package
+    /// acpica-tools) and checks the devices read back as written.
+    #[test]
+    fn iasl_disassembles_the_dsdt() {
+        if Command::new("iasl").arg("-v").output().is_err() {
+            eprintln!("skipped: iasl not installed");
+            return;
+        }
+        let dir = scratch("iasl");
+        let dat = dir.join("dsdt.dat");
+        std::fs::write(&dat, build(&virtio(3)).unwrap()).unwrap();
+        let out = Command::new("iasl").arg("-d").arg(&dat).output().unwrap();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "iasl -d failed:\n{log}");
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        for want in [
+            "Device (GED0)",
+            "Name (_HID, \"ACPI0013\"",
+            "Device (PWRB)",
+            "Name (_HID, EisaId (\"PNP0C0C\")",
+            "Method (_EVT, 1, Serialized)",
+            "If ((Arg0 == 0x17))",
+            "Notify (PWRB, 0x80)",
+            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+            "0x00000017,",
+            "Name (_HID, EisaId (\"PNP0501\")",
+            "Device (VR02)",
+            "Name (_S5, Package (0x04)",
+        ] {
+            assert!(dsl.contains(want), "missing {want:?} in\n{dsl}");
+        }
+    }
+
+    /// Runs `_EVT` in ACPICA's AML interpreter (`acpiexec`, package acpica-tools, when
+    /// installed): the power button's GSI must notify `\_SB.PWRB` with 0x80, another must not.
+    #[test]
+    fn acpiexec_evt_notifies_the_power_button() {
+        if Command::new("acpiexec").arg("-v").output().is_err() {
+            eprintln!("skipped: acpiexec not installed");
+            return;
+        }
+        let dir = scratch("acpiexec");
+        let dat = dir.join("dsdt.dat");
+        std::fs::write(&dat, build(&virtio(1)).unwrap()).unwrap();
+        let run = |gsi: u32| {
+            let out = Command::new("acpiexec")
+                .arg("-b")
+                .arg(format!("evaluate \\_SB.GED0._EVT {gsi:#x}"))
+                .arg(&dat)
+                .output()
+                .unwrap();
+            let log = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "acpiexec failed:\n{log}");
+            log
+        };
+        let pressed = run(layout::GED_GSI);
+        let other = run(layout::VIRTIO_MMIO_FIRST_GSI);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            pressed.contains("Notify on [PWRB]") && pressed.contains("Value 0x80"),
+            "_EVT(GED_GSI) did not notify PWRB:\n{pressed}"
+        );
+        assert!(
+            !other.contains("Notify"),
+            "_EVT(other GSI) notified:\n{other}"
+        );
+    }
 }

@@ -9,7 +9,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::VNET_HDR_LEN;
@@ -69,6 +69,15 @@ pub enum TapError {
     /// `TUNSETVNETHDRSZ` failed.
     #[error("cannot set the vnet header size of tap {name:?}")]
     VnetHdrSize {
+        /// The interface name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The interface could not be brought up.
+    #[error("cannot bring tap {name:?} up")]
+    Up {
         /// The interface name.
         name: String,
         /// The cause.
@@ -148,7 +157,43 @@ impl Tap {
             is_tun: true,
         };
         tap.set_vnet_hdr_size()?;
+        // A tap opened by name (often created just now) must be up to carry frames, as Cloud
+        // Hypervisor users expect; one that is already up is left as it is.
+        tap.set_up().map_err(|source| TapError::Up {
+            name: tap.name.clone(),
+            source,
+        })?;
         Ok(tap)
+    }
+
+    /// Sets IFF_UP on the interface.
+    fn set_up(&self) -> io::Result<()> {
+        // SAFETY: socket takes no pointers.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `sock` was just returned by socket(2) and nothing else owns it.
+        let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+        let mut ifr = empty_ifreq();
+        for (dst, &src) in ifr.ifr_name.iter_mut().zip(self.name.as_bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS fills the ifreq, which is valid for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+        if flags & libc::IFF_UP as libc::c_short != 0 {
+            return Ok(());
+        }
+        ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+        // SAFETY: SIOCSIFFLAGS reads the ifreq, which is valid for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Adopts a tap descriptor inherited from the parent (or passed over a socket). The
