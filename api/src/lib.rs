@@ -3,6 +3,7 @@
 //! supports; unknown fields are rejected naming the field.
 #![deny(missing_docs)]
 
+pub mod compat;
 pub mod config;
 pub mod ctl;
 pub mod devices;

@@ -3,8 +3,9 @@
 //! over a channel; this module answers it on the event-loop thread, so requests are
 //! serialized and the API thread never touches the VM.
 
+use api::compat::{self, VmRemoveDevice};
 use api::http::{Request, Response};
-use api::{DiskConfig, NetConfig, VsockConfig};
+use api::{ConfigError, RngConfig, SerialConfig, SerialMode, VmConfig};
 use serde_json::json;
 
 use crate::event_loop::EventLoop;
@@ -42,11 +43,36 @@ fn done(r: std::result::Result<(), OpError>) -> Response {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(req: &Request, what: &str) -> Result<T, OpError> {
+/// Parses a body with one of the Cloud Hypervisor schema readers of `api::compat` (which
+/// accept CH's unsupported fields only at their defaults and name any other).
+fn parse<T>(
+    req: &Request,
+    what: &str,
+    from_ch: fn(&[u8]) -> Result<T, ConfigError>,
+) -> Result<T, OpError> {
     if req.body.is_empty() {
         return Err(OpError::bad(format!("{what}: a JSON body is required")));
     }
-    serde_json::from_slice(&req.body).map_err(|e| OpError::bad(format!("{what}: {e}")))
+    from_ch(&req.body).map_err(|e| OpError::bad(format!("{what}: {e}")))
+}
+
+/// `vm.create`'s body: Cloud Hypervisor's defaults for the sections it leaves out (no serial
+/// output; an entropy device), then petrel's validation.
+fn vm_config(req: &Request) -> Result<VmConfig, OpError> {
+    let mut cfg = parse(req, "vm.create", compat::vm_config_from_ch)?;
+    let raw: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+    if raw.get("serial").is_none() {
+        cfg.serial = SerialConfig {
+            mode: SerialMode::Off,
+            file: None,
+        };
+    }
+    if raw.get("rng").is_none() {
+        cfg.rng = Some(RngConfig::default());
+    }
+    cfg.validate()
+        .map_err(|e| OpError::bad(format!("vm.create: {e}")))?;
+    Ok(cfg)
 }
 
 /// Answers one API request. Returns the response and whether the process should end.
@@ -76,14 +102,7 @@ pub fn handle(vmm: &mut Vmm, event_loop: &mut EventLoop, req: Request) -> (Respo
             log::info!("exiting: vmm.shutdown");
             return (Response::no_content(), Next::Exit(0));
         }
-        "vm.create" => match parse::<api::VmConfig>(&req, "vm.create") {
-            Ok(cfg) => done(
-                cfg.validate()
-                    .map_err(|e| OpError::bad(e.to_string()))
-                    .and_then(|()| vmm.create(cfg)),
-            ),
-            Err(e) => error(e),
-        },
+        "vm.create" => done(vm_config(&req).and_then(|cfg| vmm.create(cfg))),
         "vm.boot" => done(vmm.boot(event_loop)),
         "vm.info" => info(vmm),
         "vm.pause" => done(vmm.pause()),
@@ -157,40 +176,23 @@ fn counters(vmm: &Vmm) -> Response {
     Response::json(200, &serde_json::Value::Object(out))
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Resize {
-    desired_vcpus: Option<u32>,
-    desired_ram: Option<u64>,
-    desired_balloon: Option<u64>,
-}
-
 fn resize(vmm: &mut Vmm, req: &Request) -> Response {
-    let r: Resize = match parse(req, "vm.resize") {
+    let r = match parse(req, "vm.resize", compat::resize_from_ch) {
         Ok(r) => r,
         Err(e) => return error(e),
     };
     let Some(cfg) = vmm.config() else {
         return error(OpError::state("vm.resize", VmState::NotCreated));
     };
-    if r.desired_vcpus.is_some_and(|v| v != cfg.cpus.boot_vcpus) {
-        return error(OpError::bad(
-            "desired_vcpus: not supported (no CPU hotplug)",
-        ));
+    match r.balloon_target(cfg) {
+        Ok(Some(target)) => done(vmm.set_balloon(target)),
+        Ok(None) => Response::no_content(),
+        Err(e) => error(OpError::bad(format!("vm.resize: {e}"))),
     }
-    if r.desired_ram.is_some_and(|v| v != cfg.memory.size) {
-        return error(OpError::bad(
-            "desired_ram: not supported (no memory hotplug)",
-        ));
-    }
-    let Some(target) = r.desired_balloon else {
-        return Response::no_content();
-    };
-    done(vmm.set_balloon(target))
 }
 
 fn add_disk(vmm: &mut Vmm, req: &Request) -> Response {
-    let disk: DiskConfig = match parse(req, "vm.add-disk") {
+    let disk = match parse(req, "vm.add-disk", compat::disk_config_from_ch) {
         Ok(d) => d,
         Err(e) => return error(e),
     };
@@ -203,7 +205,7 @@ fn add_disk(vmm: &mut Vmm, req: &Request) -> Response {
 }
 
 fn add_net(vmm: &mut Vmm, mut req: Request) -> Response {
-    let mut net: NetConfig = match parse(&req, "vm.add-net") {
+    let mut net = match parse(&req, "vm.add-net", compat::net_config_from_ch) {
         Ok(n) => n,
         Err(e) => return error(e),
     };
@@ -222,7 +224,7 @@ fn add_net(vmm: &mut Vmm, mut req: Request) -> Response {
 }
 
 fn add_vsock(vmm: &mut Vmm, req: &Request) -> Response {
-    let vsock: VsockConfig = match parse(req, "vm.add-vsock") {
+    let vsock = match parse(req, "vm.add-vsock", compat::vsock_config_from_ch) {
         Ok(v) => v,
         Err(e) => return error(e),
     };
@@ -246,14 +248,9 @@ fn added(r: std::result::Result<(), OpError>, id: Option<String>) -> Response {
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RemoveDevice {
-    id: String,
-}
-
 fn remove_device(vmm: &mut Vmm, req: &Request) -> Response {
-    let RemoveDevice { id } = match parse(req, "vm.remove-device") {
+    let VmRemoveDevice { id } = match parse(req, "vm.remove-device", compat::remove_device_from_ch)
+    {
         Ok(r) => r,
         Err(e) => return error(e),
     };

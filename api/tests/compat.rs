@@ -1,0 +1,668 @@
+//! Cloud Hypervisor compatibility of the per-VM API: CH-shaped bodies map to petrel's types,
+//! unsupported values and unknown fields are refused naming the field, and the OpenAPI
+//! document (docs/api/petrel-vmm.yaml) agrees with the compatibility table and the server's
+//! routes.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use api::compat::{
+    disk_config_from_ch, net_config_from_ch, remove_device_from_ch, resize_from_ch,
+    vm_config_from_ch, vsock_config_from_ch, Dv, Rule, Schema, SCHEMAS, VM_CONFIG,
+};
+use api::{
+    BalloonConfig, ConfigError, CpusConfig, DiskConfig, MemoryConfig, NetConfig, PayloadConfig,
+    PlatformConfig, RateLimiterConfig, RngConfig, SerialConfig, SerialMode, TokenBucketConfig,
+    VmConfig, VsockConfig,
+};
+use serde_json::{json, Value};
+
+/// A VmConfig as Kata's generated client or `ch-remote create` sends it: every optional
+/// field present with Cloud Hypervisor's default.
+fn ch_full() -> Value {
+    json!({
+        "cpus": {"boot_vcpus": 2, "max_vcpus": 2, "topology": null, "kvm_hyperv": false,
+                 "max_phys_bits": 46, "nested": true, "affinity": null,
+                 "features": {"amx": false}, "core_scheduling": "Vm"},
+        "memory": {"size": 268435456u64, "mergeable": false, "hotplug_method": "Acpi",
+                   "hotplug_size": null, "hotplugged_size": null, "shared": false,
+                   "hugepages": false, "hugepage_size": null, "prefault": false,
+                   "reserve": false, "zones": null, "thp": true},
+        "payload": {"firmware": null, "kernel": "/boot/vmlinux", "cmdline": "console=ttyS0",
+                    "initramfs": "/boot/initrd", "igvm": null, "host_data": null},
+        "rate_limit_groups": null,
+        "disks": [{"path": "/img/root.raw", "readonly": true, "direct": false, "iommu": false,
+                   "num_queues": 1, "queue_size": 128, "vhost_user": false,
+                   "vhost_socket": null, "rate_limit_group": null,
+                   "rate_limiter_config": {"bandwidth": {"size": 1000, "one_time_burst": null,
+                                                         "refill_time": 10}, "ops": null},
+                   "id": "root", "disable_io_uring": false, "disable_aio": false,
+                   "pci_segment": 0, "serial": null, "queue_affinity": null,
+                   "backing_files": false, "sparse": true, "image_type": "Raw",
+                   "lock_granularity": "ByteRange"}],
+        "net": [{"tap": null, "ip": "192.168.249.1", "mask": "255.255.255.0",
+                 "mac": "52:54:00:12:34:56", "host_mac": null, "mtu": null, "iommu": false,
+                 "num_queues": 2, "queue_size": 256, "vhost_user": false, "vhost_socket": null,
+                 "vhost_mode": "Client", "id": "eth0", "fds": [-1], "rate_limiter_config": null,
+                 "pci_segment": 0, "offload_tso": true, "offload_ufo": true,
+                 "offload_csum": true}],
+        "rng": {"src": "/dev/urandom", "iommu": false},
+        "balloon": {"size": 0, "deflate_on_oom": true, "free_page_reporting": false},
+        "fs": null, "pmem": null,
+        "serial": {"file": null, "mode": "Tty", "iommu": false, "socket": null},
+        "console": {"file": null, "mode": "Off", "iommu": false, "socket": null},
+        "debug_console": {"file": null, "mode": "Off", "iobase": 233},
+        "devices": null, "user_devices": null, "vdpa": null,
+        "vsock": {"cid": 3, "socket": "/run/v.sock", "iommu": false, "id": "vsock0",
+                  "pci_segment": 0},
+        "pvpanic": false, "iommu": false, "numa": null, "watchdog": false,
+        "pci_segments": null,
+        "platform": {"num_pci_segments": 1, "iommu_segments": null,
+                     "iommu_address_width_bits": 64, "serial_number": null, "uuid": null,
+                     "oem_strings": null, "tdx": false, "sev_snp": false},
+        "tpm": null, "landlock_enable": false, "landlock_rules": null
+    })
+}
+
+fn parse(v: &Value) -> Result<VmConfig, ConfigError> {
+    vm_config_from_ch(v.to_string().as_bytes())
+}
+
+/// The value at `path` (`a.b[0].c`), created as objects when missing.
+fn at<'a>(mut v: &'a mut Value, path: &str) -> &'a mut Value {
+    for seg in path.split('.') {
+        let (name, index) = match seg.split_once('[') {
+            Some((n, i)) => (n, Some(i.trim_end_matches(']').parse::<usize>().unwrap())),
+            None => (seg, None),
+        };
+        if !v.is_object() {
+            *v = json!({});
+        }
+        v = v
+            .as_object_mut()
+            .unwrap()
+            .entry(name)
+            .or_insert(Value::Null);
+        if let Some(i) = index {
+            v = &mut v.as_array_mut().unwrap()[i];
+        }
+    }
+    v
+}
+
+fn with(path: &str, value: Value) -> Value {
+    let mut v = ch_full();
+    *at(&mut v, path) = value;
+    v
+}
+
+#[test]
+fn full_ch_config_maps_to_petrel() {
+    let cfg = parse(&ch_full()).unwrap();
+    let want = VmConfig {
+        cpus: CpusConfig {
+            boot_vcpus: 2,
+            max_vcpus: Some(2),
+        },
+        memory: MemoryConfig { size: 256 << 20 },
+        payload: PayloadConfig {
+            kernel: "/boot/vmlinux".into(),
+            initramfs: Some("/boot/initrd".into()),
+            cmdline: Some("console=ttyS0".into()),
+        },
+        serial: SerialConfig {
+            mode: SerialMode::Tty,
+            file: None,
+        },
+        disks: Some(vec![DiskConfig {
+            path: "/img/root.raw".into(),
+            readonly: true,
+            direct: false,
+            id: Some("root".into()),
+            serial: None,
+            rate_limiter_config: Some(RateLimiterConfig {
+                bandwidth: Some(TokenBucketConfig {
+                    size: 1000,
+                    one_time_burst: 0,
+                    refill_time: 10,
+                }),
+                ops: None,
+            }),
+        }]),
+        rng: Some(RngConfig::default()),
+        net: Some(vec![NetConfig {
+            tap: None,
+            fds: Some(vec![-1]),
+            mac: Some("52:54:00:12:34:56".into()),
+            id: Some("eth0".into()),
+            rate_limiter_config: None,
+        }]),
+        vsock: Some(VsockConfig {
+            cid: 3,
+            socket: "/run/v.sock".into(),
+            id: Some("vsock0".into()),
+        }),
+        balloon: Some(BalloonConfig {
+            size: 0,
+            deflate_on_oom: true,
+            statistics_polling_interval_s: 0,
+        }),
+        platform: PlatformConfig::default(),
+    };
+    assert_eq!(cfg, want);
+    cfg.validate().unwrap();
+}
+
+#[test]
+fn minimal_and_petrel_native_bodies() {
+    let cfg = parse(&json!({"payload": {"kernel": "/k"}})).unwrap();
+    assert_eq!(cfg, VmConfig::new("/k".into()));
+    // petrel's own JSON (what vm.info returns) goes back in unchanged.
+    let mut native = parse(&ch_full()).unwrap();
+    native.platform.virtio_mmio_cmdline = true;
+    native
+        .balloon
+        .as_mut()
+        .unwrap()
+        .statistics_polling_interval_s = 5;
+    native.serial = SerialConfig {
+        mode: SerialMode::File,
+        file: Some("/tmp/serial.log".into()),
+    };
+    let text = serde_json::to_string(&native).unwrap();
+    assert_eq!(vm_config_from_ch(text.as_bytes()).unwrap(), native);
+    assert_eq!(VmConfig::from_json(&text).unwrap(), native);
+}
+
+#[test]
+fn unsupported_values_name_the_field() {
+    let cases = [
+        ("memory.hugepages", json!(true)),
+        ("memory.shared", json!(true)),
+        ("memory.mergeable", json!(true)),
+        ("memory.prefault", json!(true)),
+        ("memory.thp", json!(false)),
+        ("memory.hotplug_size", json!(1u64 << 30)),
+        ("memory.hotplug_method", json!("VirtioMem")),
+        ("memory.zones", json!([{"id": "z0", "size": 1048576}])),
+        (
+            "cpus.topology",
+            json!({"threads_per_core": 1, "cores_per_die": 2,
+                                  "dies_per_package": 1, "packages": 1}),
+        ),
+        ("cpus.kvm_hyperv", json!(true)),
+        ("cpus.max_phys_bits", json!(40)),
+        ("cpus.affinity", json!([{"vcpu": 0, "host_cpus": [1]}])),
+        ("cpus.features.amx", json!(true)),
+        ("payload.firmware", json!("/fw.bin")),
+        ("disks[0].num_queues", json!(4)),
+        ("disks[0].vhost_user", json!(true)),
+        ("disks[0].pci_segment", json!(1)),
+        ("net[0].mtu", json!(9000)),
+        ("net[0].ip", json!("10.0.0.1")),
+        ("net[0].num_queues", json!(4)),
+        ("net[0].offload_tso", json!(false)),
+        ("rng.iommu", json!(true)),
+        ("vsock.iommu", json!(true)),
+        ("balloon.free_page_reporting", json!(true)),
+        ("serial.socket", json!("/run/serial.sock")),
+        ("console.mode", json!("Pty")),
+        ("console.file", json!("/tmp/console")),
+        ("fs", json!([{"tag": "t", "socket": "/s"}])),
+        ("iommu", json!(true)),
+        ("watchdog", json!(true)),
+        ("platform.uuid", json!("1234")),
+        ("tpm", json!({"socket": "/tpm"})),
+        ("landlock_enable", json!(true)),
+    ];
+    for (path, value) in cases {
+        let e = parse(&with(path, value.clone())).unwrap_err();
+        assert_eq!(e.field, path, "{path} = {value}: {e}");
+        assert!(e.message.starts_with("not supported"), "{e}");
+    }
+    let e = parse(&with("memory.hugepages", json!(true))).unwrap_err();
+    assert!(
+        e.to_string().starts_with("memory.hugepages: not supported"),
+        "{e}"
+    );
+}
+
+/// A value different from every accepted default.
+fn non_default(accepted: &[Dv]) -> Value {
+    match accepted.first() {
+        Some(Dv::Bool(b)) => json!(!b),
+        Some(Dv::U64(n)) => json!(n + 1),
+        Some(Dv::Str(_)) => json!("not-a-default"),
+        Some(Dv::EmptyList) => json!([1]),
+        Some(Dv::Object(_)) => json!("not-an-object"),
+        None => json!(1),
+    }
+}
+
+/// Every `Rule::Default` field reachable from `schema`, with a non-default value.
+fn unsupported_paths(schema: &Schema, path: &str, out: &mut Vec<(String, Value)>) {
+    for (name, rule) in schema.fields {
+        let p = if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        };
+        match rule {
+            Rule::Object(s) => unsupported_paths(s, &p, out),
+            Rule::List(s) => unsupported_paths(s, &format!("{p}[0]"), out),
+            Rule::Default(accepted) => {
+                out.push((p.clone(), non_default(accepted)));
+                for dv in *accepted {
+                    if let Dv::Object(s) = dv {
+                        unsupported_paths(s, &p, out);
+                    }
+                }
+            }
+            Rule::Petrel | Rule::Renamed(_) => {}
+        }
+    }
+}
+
+#[test]
+fn every_unsupported_field_of_the_table_is_refused_unless_default() {
+    let mut cases = Vec::new();
+    unsupported_paths(&VM_CONFIG, "", &mut cases);
+    assert!(cases.len() > 100, "{}", cases.len());
+    let mut base = ch_full();
+    *at(&mut base, "disks[0].rate_limiter_config.ops") = json!({"size": 1, "refill_time": 1});
+    for (path, value) in cases {
+        let mut v = base.clone();
+        *at(&mut v, &path) = value.clone();
+        let e = parse(&v).unwrap_err();
+        assert_eq!(e.field, path, "{path} = {value}: {e}");
+        assert!(e.message.starts_with("not supported"), "{e}");
+        // null is always the default.
+        *at(&mut v, &path) = Value::Null;
+        parse(&v).unwrap_or_else(|e| panic!("{path} = null: {e}"));
+    }
+}
+
+#[test]
+fn unknown_fields_name_the_field() {
+    for (path, parent) in [
+        ("colour", ""),
+        ("memory.colour", "memory"),
+        ("cpus.features.colour", "cpus.features"),
+        ("payload.initrd", "payload"),
+        ("disks[0].colour", "disks[0]"),
+        (
+            "disks[0].rate_limiter_config.bandwidth.colour",
+            "disks[0].rate_limiter_config.bandwidth",
+        ),
+        ("net[0].colour", "net[0]"),
+        ("serial.colour", "serial"),
+        ("console.colour", "console"),
+        ("platform.colour", "platform"),
+    ] {
+        let e = parse(&with(path, json!(1))).unwrap_err();
+        assert_eq!(e.field, path, "{e}");
+        let name = path.rsplit('.').next().unwrap().rsplit(']').next().unwrap();
+        let want = if parent.is_empty() {
+            format!("unknown field '{name}'")
+        } else {
+            format!("unknown field '{name}' in {parent}")
+        };
+        assert_eq!(e.message, want);
+    }
+}
+
+#[test]
+fn serial_and_console_modes() {
+    for (ch, petrel) in [
+        ("Tty", SerialMode::Tty),
+        ("Off", SerialMode::Off),
+        ("Null", SerialMode::Off),
+    ] {
+        let cfg = parse(&with("serial", json!({"mode": ch}))).unwrap();
+        assert_eq!(cfg.serial.mode, petrel, "{ch}");
+    }
+    let cfg = parse(&with("serial", json!({"mode": "File", "file": "/tmp/s"}))).unwrap();
+    assert_eq!(cfg.serial.mode, SerialMode::File);
+    assert_eq!(cfg.serial.file, Some(PathBuf::from("/tmp/s")));
+    for mode in ["Pty", "Socket"] {
+        let e = parse(&with("serial.mode", json!(mode))).unwrap_err();
+        assert_eq!(e.field, "serial.mode");
+        assert_eq!(e.message, format!("{mode} is not supported"));
+    }
+    let e = parse(&with("serial.mode", json!("Loud"))).unwrap_err();
+    assert_eq!(e.field, "serial.mode");
+    assert!(e.message.contains("not one of"), "{e}");
+    assert!(parse(&with("serial.mode", json!(3))).is_err());
+    for mode in ["Tty", "Off", "Null"] {
+        parse(&with("console", json!({"mode": mode}))).unwrap();
+    }
+    parse(&with("console", Value::Null)).unwrap();
+    for mode in ["Pty", "File", "Socket"] {
+        let e = parse(&with("console.mode", json!(mode))).unwrap_err();
+        assert_eq!(e.field, "console.mode", "{mode}");
+    }
+}
+
+#[test]
+fn malformed_bodies_and_types() {
+    let e = vm_config_from_ch(b"").unwrap_err();
+    assert!(e.message.contains("body is required"), "{e}");
+    assert!(vm_config_from_ch(b"{\"payload\":").is_err());
+    assert!(vm_config_from_ch(b"[1,2]").is_err());
+    assert_eq!(vm_config_from_ch(b"{}").unwrap_err().field, "payload");
+    let e = parse(&with("memory", json!(5))).unwrap_err();
+    assert_eq!(e.field, "memory");
+    let e = parse(&with("disks", json!({"path": "/x"}))).unwrap_err();
+    assert_eq!(e.field, "disks");
+    let e = parse(&with("cpus.boot_vcpus", json!("two"))).unwrap_err();
+    assert_eq!(e.field, "cpus");
+    assert!(e.message.contains("invalid type"), "{e}");
+    let e = parse(&with("disks[0].readonly", json!("yes"))).unwrap_err();
+    assert_eq!(e.field, "disks[0]");
+    let e = parse(&with("payload.kernel", Value::Null)).unwrap_err();
+    assert_eq!(e.field, "payload");
+    assert!(e.message.contains("kernel"), "{e}");
+}
+
+#[test]
+fn hotplug_bodies() {
+    let d = disk_config_from_ch(
+        br#"{"path":"/d.img","readonly":false,"direct":true,"iommu":false,"num_queues":1,
+             "queue_size":128,"vhost_user":false,"id":"data","pci_segment":0}"#,
+    )
+    .unwrap();
+    assert_eq!(d.path, PathBuf::from("/d.img"));
+    assert!(d.direct);
+    assert_eq!(d.id.as_deref(), Some("data"));
+    let e = disk_config_from_ch(br#"{"path":"/d","num_queues":2}"#).unwrap_err();
+    assert_eq!(e.field, "num_queues");
+    assert!(e.message.starts_with("not supported"));
+    let e = disk_config_from_ch(br#"{"path":"/d","colour":1}"#).unwrap_err();
+    assert_eq!(
+        (e.field.as_str(), e.message.as_str()),
+        ("colour", "unknown field 'colour'")
+    );
+
+    let n = net_config_from_ch(
+        br#"{"mac":"52:54:00:aa:bb:cc","num_queues":2,"queue_size":256,"id":"eth1",
+             "ip":null,"mask":null,"vhost_mode":"Client","offload_csum":true}"#,
+    )
+    .unwrap();
+    assert_eq!(n.mac.as_deref(), Some("52:54:00:aa:bb:cc"));
+    assert_eq!((n.tap.as_ref(), n.fds.as_ref()), (None, None));
+    assert_eq!(
+        net_config_from_ch(br#"{"fds":[7]}"#).unwrap().fds,
+        Some(vec![7])
+    );
+    let e = net_config_from_ch(br#"{"tap":"t0","vhost_user":true}"#).unwrap_err();
+    assert_eq!(e.field, "vhost_user");
+
+    let v =
+        vsock_config_from_ch(br#"{"cid":5,"socket":"/v","iommu":false,"pci_segment":0}"#).unwrap();
+    assert_eq!((v.cid, v.socket), (5, PathBuf::from("/v")));
+    assert!(vsock_config_from_ch(br#"{"cid":5}"#).is_err());
+    assert_eq!(
+        vsock_config_from_ch(br#"{"cid":5,"socket":"/v","pci_segment":2}"#)
+            .unwrap_err()
+            .field,
+        "pci_segment"
+    );
+
+    let cfg = parse(&ch_full()).unwrap();
+    let r = resize_from_ch(br#"{"desired_balloon":67108864}"#).unwrap();
+    assert_eq!(r.balloon_target(&cfg).unwrap(), Some(64 << 20));
+    let r = resize_from_ch(br#"{"desired_vcpus":2,"desired_ram":268435456}"#).unwrap();
+    assert_eq!(r.balloon_target(&cfg).unwrap(), None);
+    let r = resize_from_ch(br#"{"desired_vcpus":4}"#).unwrap();
+    assert_eq!(r.balloon_target(&cfg).unwrap_err().field, "desired_vcpus");
+    let r = resize_from_ch(br#"{"desired_ram":1073741824}"#).unwrap();
+    assert_eq!(r.balloon_target(&cfg).unwrap_err().field, "desired_ram");
+    assert_eq!(
+        resize_from_ch(br#"{"desired_disk":1}"#).unwrap_err().field,
+        "desired_disk"
+    );
+
+    assert_eq!(
+        remove_device_from_ch(br#"{"id":"root"}"#).unwrap().id,
+        "root"
+    );
+    assert!(remove_device_from_ch(br#"{}"#).is_err());
+    assert_eq!(
+        remove_device_from_ch(br#"{"id":"a","b":1}"#)
+            .unwrap_err()
+            .field,
+        "b"
+    );
+}
+
+#[test]
+fn table_is_well_formed() {
+    for schema in SCHEMAS {
+        let names: BTreeSet<&str> = schema.fields.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names.len(),
+            schema.fields.len(),
+            "duplicate field in {}",
+            schema.name
+        );
+        for (_, rule) in schema.fields {
+            if let Rule::Default(accepted) = rule {
+                for dv in *accepted {
+                    if let Dv::Object(s) = dv {
+                        // A default-only object may hold only default-only fields.
+                        assert!(s.fields.iter().all(|(_, r)| matches!(r, Rule::Default(_))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- The OpenAPI document ----
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Parses the subset of YAML the document is written in: block mappings, `[a, b]` lists,
+/// `{}`, one-line scalars (plain, "double" or 'single' quoted), full-line comments.
+fn yaml(text: &str) -> Value {
+    let mut lines: Vec<(usize, &str)> = Vec::new();
+    for l in text.lines() {
+        let (indent, l) = (l.len() - l.trim_start().len(), l.trim());
+        match l.strip_prefix("- ") {
+            // `- key: value` starts a mapping inside a list: split it in two lines.
+            Some(rest) if rest.contains(": ") || rest.ends_with(':') => {
+                lines.extend([(indent, "-"), (indent + 2, rest)]);
+            }
+            _ if !l.is_empty() && !l.starts_with('#') => lines.push((indent, l)),
+            _ => {}
+        }
+    }
+    let mut i = 0;
+    let v = block(&lines, &mut i, 0);
+    assert_eq!(i, lines.len(), "unparsed YAML from line {:?}", lines.get(i));
+    v
+}
+
+fn block(lines: &[(usize, &str)], i: &mut usize, indent: usize) -> Value {
+    let is_item = |l: &str| l == "-" || l.starts_with("- ");
+    if is_item(lines[*i].1) {
+        let mut items = Vec::new();
+        while *i < lines.len() && lines[*i].0 == indent && is_item(lines[*i].1) {
+            let item = lines[*i].1;
+            *i += 1;
+            items.push(match item.strip_prefix("- ") {
+                Some(scalar_item) => scalar(scalar_item),
+                None => block(lines, i, indent + 2),
+            });
+        }
+        return Value::Array(items);
+    }
+    let mut map = serde_json::Map::new();
+    while *i < lines.len() && lines[*i].0 == indent {
+        let line = lines[*i].1;
+        let (key, rest) = match line.split_once(": ") {
+            Some((k, r)) => (k, r.trim()),
+            None => (
+                line.strip_suffix(':')
+                    .unwrap_or_else(|| panic!("bad line {line}")),
+                "",
+            ),
+        };
+        let key = unquote(key);
+        *i += 1;
+        let value = if !rest.is_empty() {
+            scalar(rest)
+        } else if *i < lines.len() && lines[*i].0 > indent {
+            block(lines, i, lines[*i].0)
+        } else if *i < lines.len() && lines[*i].0 == indent && is_item(lines[*i].1) {
+            block(lines, i, indent)
+        } else {
+            Value::Null
+        };
+        assert!(
+            map.insert(key.clone(), value).is_none(),
+            "duplicate key {key}"
+        );
+    }
+    assert!(
+        *i == lines.len() || lines[*i].0 < indent,
+        "bad indent at {:?}",
+        lines[*i]
+    );
+    Value::Object(map)
+}
+
+fn unquote(s: &str) -> String {
+    for q in ['"', '\''] {
+        if s.len() >= 2 && s.starts_with(q) && s.ends_with(q) {
+            return s[1..s.len() - 1].to_string();
+        }
+    }
+    s.to_string()
+}
+
+fn scalar(s: &str) -> Value {
+    if s == "{}" {
+        return json!({});
+    }
+    if let Some(inner) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        return inner
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(scalar)
+            .collect();
+    }
+    if s.starts_with('"') || s.starts_with('\'') {
+        return Value::String(unquote(s));
+    }
+    match s {
+        "true" => json!(true),
+        "false" => json!(false),
+        "null" | "~" => Value::Null,
+        _ => s
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::String(s.to_string())),
+    }
+}
+
+fn document() -> Value {
+    let text = std::fs::read_to_string(workspace().join("docs/api/petrel-vmm.yaml")).unwrap();
+    yaml(&text)
+}
+
+/// `pub const ROUTES` of vmm/src/api_server.rs, read as text (api cannot depend on vmm).
+fn server_routes() -> Option<BTreeSet<(String, String)>> {
+    let text = std::fs::read_to_string(workspace().join("vmm/src/api_server.rs")).ok()?;
+    let start = text.find("pub const ROUTES")?;
+    let body = &text[start..start + text[start..].find("];")?];
+    Some(
+        body.lines()
+            .filter_map(|l| {
+                let parts: Vec<&str> = l.split('"').collect();
+                (parts.len() >= 5).then(|| (parts[1].to_lowercase(), parts[3].to_string()))
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn openapi_document_routes_match_the_server() {
+    let doc = document();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
+    let mut documented = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    assert_eq!(documented.len(), 17, "{documented:?}");
+    match server_routes() {
+        Some(routes) => assert_eq!(documented, routes),
+        None => eprintln!("vmm/src/api_server.rs has no ROUTES yet: only the document checked"),
+    }
+}
+
+fn resolve<'a>(doc: &'a Value, r: &str) -> &'a Value {
+    let pointer = r
+        .strip_prefix('#')
+        .unwrap_or_else(|| panic!("external $ref {r}"));
+    doc.pointer(pointer)
+        .unwrap_or_else(|| panic!("dangling $ref {r}"))
+}
+
+fn check_refs(doc: &Value, v: &Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(r) = m.get("$ref") {
+                resolve(doc, r.as_str().unwrap());
+            }
+            m.values().for_each(|x| check_refs(doc, x));
+        }
+        Value::Array(a) => a.iter().for_each(|x| check_refs(doc, x)),
+        _ => {}
+    }
+}
+
+#[test]
+fn openapi_schemas_match_the_compat_table() {
+    let doc = document();
+    check_refs(&doc, &doc);
+    let schemas = &doc["components"]["schemas"];
+    for schema in SCHEMAS {
+        let s = &schemas[schema.name];
+        assert!(s.is_object(), "{} missing from the document", schema.name);
+        assert_eq!(s["additionalProperties"], json!(false), "{}", schema.name);
+        let documented: BTreeSet<&str> = s["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let table: BTreeSet<&str> = schema.fields.iter().map(|(n, _)| *n).collect();
+        assert_eq!(documented, table, "fields of {}", schema.name);
+        // Fields petrel keeps reference the schema the table walks them with.
+        for (name, rule) in schema.fields {
+            let want = match rule {
+                Rule::Object(t) => Some(format!("#/components/schemas/{}", t.name)),
+                Rule::List(t) => {
+                    let r = &s["properties"][name]["items"]["$ref"];
+                    assert_eq!(r, &json!(format!("#/components/schemas/{}", t.name)));
+                    None
+                }
+                _ => None,
+            };
+            if let Some(want) = want {
+                assert_eq!(
+                    s["properties"][name]["$ref"],
+                    json!(want),
+                    "{}.{name}",
+                    schema.name
+                );
+            }
+        }
+    }
+}
