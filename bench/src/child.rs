@@ -61,6 +61,9 @@ pub struct Measured {
     pub max_rss_kib: u64,
     /// Everything it wrote on stdout (up to 1 MiB).
     pub stdout: Vec<u8>,
+    /// When each read of stdout returned (from just before spawn) and how long `stdout`
+    /// was after it: byte `i` arrived with the first chunk whose length exceeds `i`.
+    pub chunks: Vec<(Duration, usize)>,
     /// Killed because it outlived the timeout.
     pub timed_out: bool,
     /// Killed because the harness got a stop signal.
@@ -140,6 +143,16 @@ fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
+impl Measured {
+    /// When byte `index` of `stdout` was read (from just before spawn).
+    pub fn arrival(&self, index: usize) -> Option<Duration> {
+        self.chunks
+            .iter()
+            .find(|&&(_, len)| len > index)
+            .map(|&(t, _)| t)
+    }
+}
+
 /// Spawns `cmd` with stdout piped (stdin and stderr as the caller set them), measures it,
 /// and kills it at `timeout` or when the harness is interrupted.
 pub fn run_measured(mut cmd: Command, timeout: Duration) -> io::Result<Measured> {
@@ -160,6 +173,7 @@ pub fn run_measured(mut cmd: Command, timeout: Duration) -> io::Result<Measured>
 
     let deadline = start + timeout;
     let mut out = Vec::new();
+    let mut chunks = Vec::new();
     let mut first_byte = None;
     let mut exited: Option<Instant> = None;
     let mut stdout_open = true;
@@ -205,6 +219,7 @@ pub fn run_measured(mut cmd: Command, timeout: Duration) -> io::Result<Measured>
                     first_byte.get_or_insert(seen - start);
                     let room = MAX_OUTPUT.saturating_sub(out.len());
                     out.extend_from_slice(&chunk[..n.min(room)]);
+                    chunks.push((seen - start, out.len()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => stdout_open = false,
@@ -226,6 +241,7 @@ pub fn run_measured(mut cmd: Command, timeout: Duration) -> io::Result<Measured>
         status: Exit::from_wait_status(status),
         max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
         stdout: out,
+        chunks,
         timed_out,
         interrupted: interrupt::interrupted(),
     })
@@ -246,6 +262,8 @@ mod tests {
         let m = sh("sleep 0.2; echo hi; sleep 0.2; exit 3", 10);
         assert_eq!(m.status, Exit::Code(3));
         assert_eq!(m.stdout, b"hi\n");
+        assert_eq!(m.arrival(0), m.first_byte);
+        assert!(m.arrival(3).is_none());
         let first = m.first_byte.unwrap();
         assert!(first >= Duration::from_millis(150), "{first:?}");
         assert!(m.exit >= first + Duration::from_millis(150), "{m:?}");

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use peers::{Vmm, VmmKind};
 use report::{Config, Document, VmmInfo, WorkloadReport, SCHEMA};
 use runner::Plan;
-use workload::{GuestLife, Workload};
+use workload::{Device, DeviceBench, GuestLife, Workload};
 
 /// Exit status after a stop signal (128 + SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -95,7 +95,16 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
         timeout: o.timeout,
         scratch: out.clone(),
     };
-    let workloads: Vec<Box<dyn Workload>> = vec![Box::new(GuestLife::new(guest))];
+    let mut workloads: Vec<Box<dyn Workload>> = vec![
+        Box::new(GuestLife::new(guest.clone())),
+        Box::new(DeviceBench::new(guest.clone(), Device::Blk, o.quick)),
+        Box::new(DeviceBench::new(guest.clone(), Device::Rng, o.quick)),
+    ];
+    // The net workload needs a tap, hence CAP_NET_ADMIN: left out (and said so) without.
+    match workload::tap::tap_available() {
+        Ok(()) => workloads.push(Box::new(DeviceBench::new(guest, Device::Net, o.quick))),
+        Err(e) => eprintln!("petrel-bench: net workload skipped: cannot create a tap ({e})"),
+    }
     eprintln!(
         "petrel-bench: {} run(s) x {} VMM(s) [{}], results in {}",
         o.runs,
@@ -106,6 +115,11 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
     let mut reports = Vec::new();
     let mut interrupted = false;
     for w in &workloads {
+        let vmms: Vec<Vmm> = vmms
+            .iter()
+            .filter(|v| w.supports(v.kind))
+            .cloned()
+            .collect();
         let outcome = runner::run_interleaved(w.as_ref(), &vmms, &plan);
         interrupted |= outcome.interrupted;
         reports.push(WorkloadReport::build(w.as_ref(), &vmms, &outcome, &out));

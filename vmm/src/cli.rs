@@ -113,8 +113,11 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         "--help",
         "--virtio-mmio-cmdline",
     ];
-    const WITH_VALUE: [&str; 14] = [
+    const WITH_VALUE: [&str; 17] = [
         "--api-socket",
+        "--id",
+        "--log-file",
+        "--log-level",
         "--disk",
         "--net",
         "--vsock",
@@ -231,8 +234,12 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         }
     };
     let mut opts_hv = Request::Auto;
+    let (mut log_level, mut log_file, mut id) = (None, None, None);
     let mut no_reboot = false;
-    const PROCESS_OPTIONS: [&str; 6] = [
+    const PROCESS_OPTIONS: [&str; 9] = [
+        "--id",
+        "--log-file",
+        "--log-level",
         "--kernel",
         "--config-file",
         "--feature-gates",
@@ -250,6 +257,16 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         }
         match name.as_str() {
             "--kernel" | "--config-file" | "--feature-gates" | "--api-socket" => {}
+            "--log-level" => {
+                log_level = Some(crate::logger::parse_level(&v).ok_or_else(|| {
+                    field_err(
+                        "--log-level",
+                        format!("'{v}' (expected error, warn, info, debug, trace or off)"),
+                    )
+                })?)
+            }
+            "--log-file" => log_file = Some(PathBuf::from(v)),
+            "--id" => id = Some(v),
             "--initramfs" => cfg.payload.initramfs = Some(PathBuf::from(v)),
             "--cmdline" => cfg.payload.cmdline = Some(v),
             "--cpus" => cfg.cpus.boot_vcpus = parse_cpus(&v)?,
@@ -291,6 +308,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         mshv_gate,
         no_reboot,
         api_socket,
+        log_level,
+        log_file,
+        id,
     })))
 }
 

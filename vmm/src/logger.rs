@@ -1,8 +1,14 @@
-//! A small logger to standard error: time since process start, level, message.
-//! The level comes from `PETREL_LOG` (error, warn, info, debug, trace); info by default.
+//! petrel's logger: one line per record — time since process start, the VM id when one was
+//! given (`--id`), level, message — to standard error or to `--log-file`.
+//!
+//! The level comes from `--log-level` or `PETREL_LOG` (error, warn, info, debug, trace, off);
+//! info by default. The logger is installed first thing with the environment's level, and
+//! reconfigured once the command line is parsed.
 
+use std::fs::File;
 use std::io::Write;
-use std::sync::OnceLock;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -14,9 +20,20 @@ pub fn start_time() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
-struct StderrLogger;
+/// Where records go and how they are tagged.
+#[derive(Default)]
+struct Sink {
+    /// `--log-file`, else standard error.
+    file: Option<File>,
+    /// `--id`: the VM's name, in every line.
+    id: Option<String>,
+}
 
-impl Log for StderrLogger {
+struct Logger {
+    sink: Mutex<Sink>,
+}
+
+impl Log for Logger {
     fn enabled(&self, _: &Metadata) -> bool {
         true
     }
@@ -30,33 +47,82 @@ impl Log for StderrLogger {
             Level::Debug => "DEBUG",
             Level::Trace => "TRACE",
         };
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let id = sink
+            .id
+            .as_deref()
+            .map(|id| format!(" [{id}]"))
+            .unwrap_or_default();
         let line = format!(
-            "petrel {:>4}.{:06} {level} {}\n",
+            "petrel {:>4}.{:06}{id} {level} {}\n",
             t.as_secs(),
             t.subsec_micros(),
             record.args()
         );
-        // Logging must never take the VMM down: a closed stderr is ignored.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        // Logging must never take the VMM down: write errors are ignored.
+        match sink.file.as_mut() {
+            Some(f) => {
+                let _ = f.write_all(line.as_bytes());
+            }
+            None => {
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+        }
     }
 
     fn flush(&self) {}
 }
 
-static LOGGER: StderrLogger = StderrLogger;
+static LOGGER: OnceLock<Logger> = OnceLock::new();
 
-/// Installs the logger with the level from `PETREL_LOG`.
+/// Parses a level name.
+pub fn parse_level(s: &str) -> Option<LevelFilter> {
+    Some(match s {
+        "error" => LevelFilter::Error,
+        "warn" => LevelFilter::Warn,
+        "info" => LevelFilter::Info,
+        "debug" => LevelFilter::Debug,
+        "trace" => LevelFilter::Trace,
+        "off" => LevelFilter::Off,
+        _ => return None,
+    })
+}
+
+/// Installs the logger with the level from `PETREL_LOG` (info when unset or unknown).
 pub fn init() {
     start_time();
-    let level = match std::env::var("PETREL_LOG").as_deref() {
-        Ok("error") => LevelFilter::Error,
-        Ok("warn") => LevelFilter::Warn,
-        Ok("debug") => LevelFilter::Debug,
-        Ok("trace") => LevelFilter::Trace,
-        Ok("off") => LevelFilter::Off,
-        _ => LevelFilter::Info,
-    };
-    if log::set_logger(&LOGGER).is_ok() {
+    let level = std::env::var("PETREL_LOG")
+        .ok()
+        .and_then(|l| parse_level(&l))
+        .unwrap_or(LevelFilter::Info);
+    let logger = LOGGER.get_or_init(|| Logger {
+        sink: Mutex::new(Sink::default()),
+    });
+    if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }
+}
+
+/// Applies the command line's logging options.
+pub fn configure(
+    level: Option<LevelFilter>,
+    file: Option<&Path>,
+    id: Option<&str>,
+) -> std::io::Result<()> {
+    if let Some(level) = level {
+        log::set_max_level(level);
+    }
+    let Some(logger) = LOGGER.get() else {
+        return Ok(());
+    };
+    let file = match file {
+        Some(path) => Some(File::options().create(true).append(true).open(path)?),
+        None => None,
+    };
+    let mut sink = logger.sink.lock().unwrap_or_else(|e| e.into_inner());
+    if file.is_some() {
+        sink.file = file;
+    }
+    sink.id = id.map(str::to_owned);
+    Ok(())
 }

@@ -35,6 +35,12 @@ pub struct Options {
     pub api_socket: Option<SocketSpec>,
     /// Serial mode for stdin forwarding when there is no config yet.
     pub serial_mode: SerialMode,
+    /// `--log-level`.
+    pub log_level: Option<log::LevelFilter>,
+    /// `--log-file`.
+    pub log_file: Option<std::path::PathBuf>,
+    /// `--id`: the VM's name in every log line.
+    pub id: Option<String>,
 }
 
 /// Total host RAM in bytes, from /proc/meminfo.
@@ -85,6 +91,8 @@ pub fn preflight(cfg: &VmConfig) -> Result<()> {
 /// Runs the VMM: boots the VM given on the command line, serves the API if asked, and
 /// returns the process exit status when it is time to end.
 pub fn run(opts: &Options) -> Result<i32> {
+    crate::logger::configure(opts.log_level, opts.log_file.as_deref(), opts.id.as_deref())
+        .map_err(|e| Error::io("opening the log file", e))?;
     if let Some(cfg) = &opts.config {
         preflight(cfg)?;
     }

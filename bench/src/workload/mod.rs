@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::peers::Vmm;
+use crate::peers::{Vmm, VmmKind};
 
+pub mod device;
 pub mod guest_life;
+pub mod tap;
 
+pub use device::{Device, DeviceBench};
 pub use guest_life::GuestLife;
 
 /// One quantity a workload measures.
@@ -82,6 +85,11 @@ pub trait Workload {
     fn metrics(&self) -> &'static [Metric];
     /// Workload parameters for the report (guest, vCPUs, memory, …).
     fn parameters(&self) -> serde_json::Value;
+    /// Whether VMMs of `kind` can run it (the others are left out of its runs and report).
+    fn supports(&self, kind: VmmKind) -> bool {
+        let _ = kind;
+        true
+    }
     /// The command line used for `vmm`, for the report.
     fn command_line(&self, vmm: &Vmm, scratch: &Path) -> Option<Vec<String>>;
     /// Runs once against `vmm`. Never leaves a process behind.

@@ -260,6 +260,9 @@ impl Block {
         let mem = &active.mem;
         let queue = &mut active.queue;
         let counters = &mut self.counters;
+        // Without FLUSH the driver cannot ask for durability, so every write is made durable
+        // before it completes (write-through), as the virtio spec asks.
+        let write_through = self.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
         let mut served_any = false;
         'rounds: loop {
             if let Err(e) = queue.disable_notification(mem) {
@@ -287,7 +290,7 @@ impl Block {
                             queue.go_to_previous_position();
                             break 'rounds;
                         }
-                        serve(&self.disk, mem, &self.id, &req, counters)
+                        serve(&self.disk, mem, &self.id, &req, write_through, counters)
                     }
                     Err(refusal) => refuse(mem, head, &refusal, counters),
                 };
@@ -395,9 +398,16 @@ fn serve(
     mem: &GuestMemoryMmap,
     id: &[u8; ID_BYTES],
     req: &Request,
+    write_through: bool,
     counters: &mut BlockCounters,
 ) -> u32 {
-    let (status, written) = match execute(disk, mem, id, &req.kind) {
+    let result = execute(disk, mem, id, &req.kind).and_then(|written| {
+        if write_through && matches!(req.kind, RequestKind::Out { .. }) {
+            disk.flush()?;
+        }
+        Ok(written)
+    });
+    let (status, written) = match result {
         Ok(written) => {
             let len = req.kind.data_len();
             match &req.kind {
