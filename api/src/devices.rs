@@ -148,7 +148,8 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 impl NetConfig {
-    /// Parses `--net tap=NAME[,mac=MAC][,id=ID]` or `--net fd=N[,mac=…]`.
+    /// Parses `--net tap=NAME[,mac=MAC][,id=ID]` or `--net fd=N[,mac=…]`, with the
+    /// rate-limiter keys of `--disk` (applied to each direction).
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         let mut net = NetConfig {
             tap: None,
@@ -157,6 +158,7 @@ impl NetConfig {
             id: None,
             rate_limiter_config: None,
         };
+        let mut limits = RateLimiterKeys::default();
         for (k, v) in pairs("--net", s)? {
             let field = format!("--net {k}");
             match k {
@@ -169,9 +171,11 @@ impl NetConfig {
                 }
                 "mac" => net.mac = Some(v.to_string()),
                 "id" => net.id = Some(v.to_string()),
+                _ if limits.take(k, v, &field)? => {}
                 _ => return Err(ConfigError::new("--net", format!("unknown key '{k}'"))),
             }
         }
+        net.rate_limiter_config = limits.finish("--net")?;
         Ok(net)
     }
 
@@ -297,6 +301,50 @@ fn pairs<'a>(option: &str, s: &'a str) -> Result<Vec<(&'a str, &'a str)>, Config
         .collect()
 }
 
+/// The rate-limiter keys of a device option string (Cloud Hypervisor's names):
+/// `bw_size`, `bw_one_time_burst`, `bw_refill_time`, `ops_size`, `ops_one_time_burst`,
+/// `ops_refill_time`.
+#[derive(Default)]
+struct RateLimiterKeys {
+    bw: (Option<u64>, u64, Option<u64>),
+    ops: (Option<u64>, u64, Option<u64>),
+}
+
+impl RateLimiterKeys {
+    /// Takes `k=v` if it is a rate-limiter key; false if it is not one.
+    fn take(&mut self, k: &str, v: &str, field: &str) -> Result<bool, ConfigError> {
+        match k {
+            "bw_size" => self.bw.0 = Some(parse_u64(field, v)?),
+            "bw_one_time_burst" => self.bw.1 = parse_u64(field, v)?,
+            "bw_refill_time" => self.bw.2 = Some(parse_u64(field, v)?),
+            "ops_size" => self.ops.0 = Some(parse_u64(field, v)?),
+            "ops_one_time_burst" => self.ops.1 = parse_u64(field, v)?,
+            "ops_refill_time" => self.ops.2 = Some(parse_u64(field, v)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The limits given, if any.
+    fn finish(self, option: &str) -> Result<Option<RateLimiterConfig>, ConfigError> {
+        let bucket = |name: &str, b: (Option<u64>, u64, Option<u64>)| match b {
+            (None, 0, None) => Ok(None),
+            (Some(size), one_time_burst, Some(refill_time)) => Ok(Some(TokenBucketConfig {
+                size,
+                one_time_burst,
+                refill_time,
+            })),
+            _ => Err(ConfigError::new(
+                option,
+                format!("{name}_size and {name}_refill_time go together"),
+            )),
+        };
+        let bandwidth = bucket("bw", self.bw)?;
+        let ops = bucket("ops", self.ops)?;
+        Ok((bandwidth.is_some() || ops.is_some()).then_some(RateLimiterConfig { bandwidth, ops }))
+    }
+}
+
 impl DiskConfig {
     /// Parses `--disk path=P[,readonly=on][,direct=on][,id=ID][,serial=S]`
     /// `[,bw_size=N,bw_refill_time=MS[,bw_one_time_burst=N]][,ops_size=…,ops_refill_time=…]`.
@@ -309,8 +357,7 @@ impl DiskConfig {
             serial: None,
             rate_limiter_config: None,
         };
-        let mut bw = (None, 0, None);
-        let mut ops = (None, 0, None);
+        let mut limits = RateLimiterKeys::default();
         for (k, v) in pairs("--disk", s)? {
             let field = format!("--disk {k}");
             match k {
@@ -319,32 +366,11 @@ impl DiskConfig {
                 "direct" => disk.direct = parse_bool(&field, v)?,
                 "id" => disk.id = Some(v.to_string()),
                 "serial" => disk.serial = Some(v.to_string()),
-                "bw_size" => bw.0 = Some(parse_u64(&field, v)?),
-                "bw_one_time_burst" => bw.1 = parse_u64(&field, v)?,
-                "bw_refill_time" => bw.2 = Some(parse_u64(&field, v)?),
-                "ops_size" => ops.0 = Some(parse_u64(&field, v)?),
-                "ops_one_time_burst" => ops.1 = parse_u64(&field, v)?,
-                "ops_refill_time" => ops.2 = Some(parse_u64(&field, v)?),
+                _ if limits.take(k, v, &field)? => {}
                 _ => return Err(ConfigError::new("--disk", format!("unknown key '{k}'"))),
             }
         }
-        let bucket = |name: &str, b: (Option<u64>, u64, Option<u64>)| match b {
-            (None, 0, None) => Ok(None),
-            (Some(size), one_time_burst, Some(refill_time)) => Ok(Some(TokenBucketConfig {
-                size,
-                one_time_burst,
-                refill_time,
-            })),
-            _ => Err(ConfigError::new(
-                "--disk",
-                format!("{name}_size and {name}_refill_time go together"),
-            )),
-        };
-        let bandwidth = bucket("bw", bw)?;
-        let ops = bucket("ops", ops)?;
-        if bandwidth.is_some() || ops.is_some() {
-            disk.rate_limiter_config = Some(RateLimiterConfig { bandwidth, ops });
-        }
+        disk.rate_limiter_config = limits.finish("--disk")?;
         Ok(disk)
     }
 
@@ -442,6 +468,9 @@ mod tests {
         assert!(NetConfig::parse("fd=-1").is_err());
         let n = NetConfig::parse("fd=5").unwrap();
         assert_eq!(n.fds, Some(vec![5]));
+        let n = NetConfig::parse("tap=t0,ops_size=100,ops_refill_time=1000").unwrap();
+        assert_eq!(n.rate_limiter_config.unwrap().ops.unwrap().size, 100);
+        assert!(NetConfig::parse("tap=t0,bw_refill_time=10").is_err());
         assert!(NetConfig::parse("mac=52:54:00:12:34:56")
             .unwrap()
             .validate("net[0]")
