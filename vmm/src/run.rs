@@ -162,6 +162,9 @@ pub fn run(opts: &Options) -> Result<i32> {
     }
 }
 
+/// How long the API thread waits for the event loop to answer a request.
+const API_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Starts the API server thread; requests come back over the returned channel, announced
 /// by writes to the returned eventfd.
 fn start_api(spec: &SocketSpec) -> Result<(EventFd, Receiver<Exchange>, Server)> {
@@ -172,6 +175,8 @@ fn start_api(spec: &SocketSpec) -> Result<(EventFd, Receiver<Exchange>, Server)>
             log::error!("api: cannot wake the event loop: {e}");
         }
     });
+    // A stuck VMM answers 504 rather than leaving the API thread waiting forever.
+    let forwarder = forwarder.with_timeout(API_REPLY_TIMEOUT);
     let listener = spec
         .listen()
         .map_err(|e| Error::Guest(format!("api socket: {e}")))?;
