@@ -3,7 +3,10 @@
 #
 #   bzImage            the Debian cloud kernel's vmlinuz, as shipped
 #   vmlinux            the ELF kernel extracted from it (must carry the PVH note)
-#   initramfs.cpio.gz  busybox + virtio modules + resources/init
+#   initramfs.cpio.gz  busybox + virtio modules + petrel-vsock + resources/init
+#   rootfs.ext4        a small ext4 image (busybox, init, petrel-vsock and the
+#                      marker file etc/petrel-rootfs) for the virtio-blk root of
+#                      the full-boot virtio test (`petrel.test=virtio`, see init)
 #   kernel-version     e.g. 6.1.0-48-cloud-amd64
 #   manifest           package versions and sha256 of every output
 #
@@ -13,8 +16,9 @@
 # stderr; the kit directory is the last line on stdout. Errors are one line on
 # stderr starting with "build-guest-kit: error:" and exit status 1.
 #
-# Needs: apt-get, dpkg-deb, readelf (binutils), gzip, cpio and the kernel's
-# decompressor; missing tools are installed with apt-get when run as root.
+# Needs: apt-get, dpkg-deb, readelf (binutils), gzip, cpio, the kernel's
+# decompressor, gcc with static glibc (libc6-dev) for petrel-vsock and
+# mkfs.ext4 (e2fsprogs); missing tools are installed with apt-get when run as root.
 
 set -euo pipefail
 
@@ -26,7 +30,12 @@ BUSYBOX_PKG="busybox-static"
 # Modules wanted in the initramfs (whatever of them the kernel ships as modules;
 # built-in or absent ones are skipped). Dependencies are added automatically.
 WANTED_MODULES="virtio virtio_ring virtio_mmio virtio_pci virtio_blk virtio_net
-virtio_console vmw_vsock_virtio_transport"
+virtio_console virtio_rng virtio_balloon vsock vmw_vsock_virtio_transport
+crc16 mbcache jbd2 ext4"
+# Size of rootfs.ext4 in MiB (the guest writes about 1 MiB to it).
+ROOTFS_MIB=32
+# Content of etc/petrel-rootfs in rootfs.ext4 (the guest checks it after mounting).
+ROOTFS_MARKER="petrel guest-kit rootfs"
 
 log() { echo "build-guest-kit: $*" >&2; }
 die() {
@@ -44,7 +53,7 @@ command -v flock >/dev/null || die "flock not found (install util-linux)"
 exec 9>"$KIT/.lock"
 flock 9 || die "cannot lock $KIT/.lock"
 
-OUTPUTS="bzImage vmlinux initramfs.cpio.gz kernel-version manifest"
+OUTPUTS="bzImage vmlinux initramfs.cpio.gz rootfs.ext4 kernel-version manifest"
 STAMP_WANT="$(cat "$0" "$INIT_SRC" | sha256sum | cut -d' ' -f1)"
 
 kit_complete() {
@@ -85,6 +94,8 @@ command -v dpkg-deb >/dev/null || die "dpkg-deb not found (a Debian system is re
 need_tool readelf binutils
 need_tool gzip gzip
 need_tool od coreutils
+need_tool gcc gcc
+need_tool mkfs.ext4 e2fsprogs
 
 # known_pkg PKG: true when apt knows a candidate version of PKG.
 known_pkg() {
@@ -214,6 +225,211 @@ NOTES="$(readelf -W -n "$WORK/vmlinux" 2>/dev/null)" || die "readelf -n failed o
 grep -Eq '^ *Xen .*\(0x0*12\)|XEN_ELFNOTE_PHYS32_ENTRY' <<<"$NOTES" ||
     die "vmlinux has no PVH entry note (Xen note 0x12): this kernel cannot boot as PVH"
 
+# ---- petrel-vsock: a tiny static AF_VSOCK client/server for the guest --------
+# (busybox has no vsock support). Built from the source below with gcc -static.
+
+cat >"$WORK/petrel-vsock.c" <<'EOF'
+/* petrel-vsock: AF_VSOCK line exchange for petrel's guest kit.
+ *
+ *   petrel-vsock connect CID PORT MESSAGE [SECONDS]
+ *       connects to CID:PORT, sends MESSAGE and a newline, prints the reply line
+ *   petrel-vsock listen PORT PREFIX [SECONDS]
+ *       listens on PORT (any CID), prints "listening", accepts one connection,
+ *       reads a line, sends PREFIX, the line and a newline back, prints the line
+ *
+ * Gives up after SECONDS (default 20), printing what it was doing. Exit status:
+ * 0 done, 1 error, 2 usage, 3 timeout. Errors go to stderr as one line.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <linux/vm_sockets.h>
+
+static const char *step = "starting";
+
+static void on_alarm(int sig)
+{
+    static const char msg[] = "petrel-vsock: timeout while ";
+    (void)sig;
+    (void)!write(2, msg, sizeof(msg) - 1);
+    (void)!write(2, step, strlen(step));
+    (void)!write(2, "\n", 1);
+    _exit(3);
+}
+
+static int fail(const char *what)
+{
+    fprintf(stderr, "petrel-vsock: %s: %s\n", what, strerror(errno));
+    return 1;
+}
+
+static int parse_u32(const char *s, unsigned int *out)
+{
+    char *end;
+    unsigned long v;
+
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || v > 0xffffffffUL)
+        return -1;
+    *out = (unsigned int)v;
+    return 0;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Reads up to a newline (not stored) or EOF; -1 on error or an empty EOF. */
+static int read_line(int fd, char *buf, size_t cap)
+{
+    size_t len = 0;
+
+    while (len + 1 < cap) {
+        char c;
+        ssize_t r = read(fd, &c, 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0) {
+            if (len == 0) {
+                errno = ECONNRESET;
+                return -1;
+            }
+            break;
+        }
+        if (c == '\n')
+            break;
+        buf[len++] = c;
+    }
+    buf[len] = '\0';
+    return (int)len;
+}
+
+static int do_connect(unsigned int cid, unsigned int port, const char *msg)
+{
+    struct sockaddr_vm addr;
+    char line[512];
+    int s;
+
+    step = "creating the socket";
+    s = socket(AF_VSOCK, SOCK_STREAM, 0);
+    if (s < 0)
+        return fail("socket(AF_VSOCK)");
+    memset(&addr, 0, sizeof(addr));
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    step = "connecting";
+    if (connect(s, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+        return fail("connect");
+    step = "sending";
+    snprintf(line, sizeof(line), "%s\n", msg);
+    if (write_all(s, line, strlen(line)) < 0)
+        return fail("write");
+    step = "reading the reply";
+    if (read_line(s, line, sizeof(line)) < 0)
+        return fail("read");
+    printf("%s\n", line);
+    close(s);
+    return 0;
+}
+
+static int do_listen(unsigned int port, const char *prefix)
+{
+    struct sockaddr_vm addr;
+    char line[512], reply[1024];
+    int s, c;
+
+    step = "creating the socket";
+    s = socket(AF_VSOCK, SOCK_STREAM, 0);
+    if (s < 0)
+        return fail("socket(AF_VSOCK)");
+    memset(&addr, 0, sizeof(addr));
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = VMADDR_CID_ANY;
+    addr.svm_port = port;
+    step = "binding";
+    if (bind(s, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+        return fail("bind");
+    if (listen(s, 1) < 0)
+        return fail("listen");
+    printf("listening\n");
+    fflush(stdout);
+    step = "waiting for a connection";
+    do
+        c = accept(s, NULL, NULL);
+    while (c < 0 && errno == EINTR);
+    if (c < 0)
+        return fail("accept");
+    step = "reading a line";
+    if (read_line(c, line, sizeof(line)) < 0)
+        return fail("read");
+    printf("%s\n", line);
+    fflush(stdout);
+    step = "replying";
+    snprintf(reply, sizeof(reply), "%s%s\n", prefix, line);
+    if (write_all(c, reply, strlen(reply)) < 0)
+        return fail("write");
+    close(c);
+    close(s);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    unsigned int cid, port, secs = 20;
+
+    signal(SIGALRM, on_alarm);
+    signal(SIGPIPE, SIG_IGN); /* a closed peer is an error message, not a silent death */
+    if (argc >= 5 && argc <= 6 && strcmp(argv[1], "connect") == 0 &&
+        parse_u32(argv[2], &cid) == 0 && parse_u32(argv[3], &port) == 0 &&
+        (argc == 5 || parse_u32(argv[5], &secs) == 0)) {
+        alarm(secs);
+        return do_connect(cid, port, argv[4]);
+    }
+    if (argc >= 4 && argc <= 5 && strcmp(argv[1], "listen") == 0 &&
+        parse_u32(argv[2], &port) == 0 && (argc == 4 || parse_u32(argv[4], &secs) == 0)) {
+        alarm(secs);
+        return do_listen(port, argv[3]);
+    }
+    fprintf(stderr, "usage: petrel-vsock connect CID PORT MESSAGE [SECONDS]\n"
+                    "       petrel-vsock listen PORT PREFIX [SECONDS]\n");
+    return 2;
+}
+EOF
+VSOCK_BIN="$WORK/petrel-vsock"
+build_vsock() {
+    gcc -static -Os -s -Wall -Wextra -o "$VSOCK_BIN" "$WORK/petrel-vsock.c" 2>"$WORK/gcc.log"
+}
+if ! build_vsock; then
+    # Usually a missing libc.a or linux/vm_sockets.h.
+    [ "$(id -u)" = 0 ] || die "gcc -static petrel-vsock.c failed (install libc6-dev): $(head -n1 "$WORK/gcc.log")"
+    log "installing libc6-dev (static glibc for petrel-vsock)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libc6-dev linux-libc-dev >/dev/null 2>&1 ||
+        { apt_update_once && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libc6-dev linux-libc-dev >/dev/null 2>&1; } ||
+        die "gcc -static petrel-vsock.c failed and apt-get install libc6-dev failed"
+    build_vsock || die "gcc -static petrel-vsock.c failed: $(head -n1 "$WORK/gcc.log")"
+fi
+vsock_rc=0
+"$VSOCK_BIN" 2>/dev/null || vsock_rc=$?
+[ "$vsock_rc" = 2 ] || die "the static petrel-vsock binary does not run on this host (status $vsock_rc)"
+
 # ---- initramfs --------------------------------------------------------------
 
 ROOT="$WORK/initramfs"
@@ -223,6 +439,7 @@ for applet in $("$BUSYBOX" --list); do
     [ "$applet" = busybox ] || ln -sf busybox "$ROOT/bin/$applet"
 done
 install -m 0755 "$INIT_SRC" "$ROOT/init"
+install -m 0755 "$VSOCK_BIN" "$ROOT/bin/petrel-vsock"
 # The kernel opens /dev/console before /init runs (init also re-opens it).
 mknod -m 600 "$ROOT/dev/console" c 5 1 2>/dev/null ||
     log "cannot mknod dev/console (not root?); init re-opens it from devtmpfs"
@@ -233,7 +450,8 @@ find "$MODDIR/kernel" -name '*.ko*' >"$WORK/all-modules"
 module_file() {
     local name="$1" alt
     alt="$(echo "$name" | tr _ -)"
-    grep -E "/($name|$alt)\.ko(\.(xz|zst|gz))?$" "$WORK/all-modules" | sed -n 1p
+    # No match is not an error (built-in or absent module): empty output.
+    { grep -E "/($name|$alt)\.ko(\.(xz|zst|gz))?$" "$WORK/all-modules" || true; } | sed -n 1p
 }
 
 # plain_module SRC DST: copies a module, decompressing .ko.xz/.zst/.gz.
@@ -281,6 +499,22 @@ fi
     gzip -9 -n >"$WORK/initramfs.cpio.gz" || die "cannot create the initramfs cpio archive"
 [ -s "$WORK/initramfs.cpio.gz" ] || die "the initramfs archive is empty"
 
+# ---- rootfs.ext4 -------------------------------------------------------------
+
+RFS="$WORK/rootfs"
+mkdir -p "$RFS"/{bin,sbin,dev,proc,sys,tmp,run,mnt,etc,usr/bin,usr/sbin}
+cp "$BUSYBOX" "$RFS/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$RFS/bin/$applet"
+done
+install -m 0755 "$INIT_SRC" "$RFS/init"
+ln -sf ../init "$RFS/sbin/init"
+install -m 0755 "$VSOCK_BIN" "$RFS/bin/petrel-vsock"
+echo "$ROOTFS_MARKER" >"$RFS/etc/petrel-rootfs"
+truncate -s "${ROOTFS_MIB}M" "$WORK/rootfs.ext4" || die "cannot create $WORK/rootfs.ext4"
+mkfs.ext4 -q -F -L petrel-root -E root_owner=0:0 -d "$RFS" "$WORK/rootfs.ext4" \
+    >"$WORK/mkfs.log" 2>&1 || die "mkfs.ext4 -d failed: $(head -n1 "$WORK/mkfs.log")"
+
 # ---- publish -----------------------------------------------------------------
 
 echo "$KVER" >"$WORK/kernel-version"
@@ -290,7 +524,8 @@ echo "$KVER" >"$WORK/kernel-version"
     echo "kernel-version $KVER"
     echo "kernel-compression $COMP"
     echo "modules $(tr '\n' ' ' <"$ROOT/lib/modules/load-order" | sed 's/ $//')"
-    (cd "$WORK" && sha256sum bzImage vmlinux initramfs.cpio.gz kernel-version)
+    echo "rootfs-ext4 ${ROOTFS_MIB}M label=petrel-root marker=/etc/petrel-rootfs"
+    (cd "$WORK" && sha256sum bzImage vmlinux initramfs.cpio.gz rootfs.ext4 kernel-version)
 } >"$WORK/manifest"
 
 rm -f "$KIT/.stamp"

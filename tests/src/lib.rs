@@ -1,11 +1,14 @@
 //! Integration-test support for petrel: builds the freestanding test guests
 //! (`tests/guests/`) and reads their images, runs the real `petrel` binary with a timeout (or
 //! drives it step by step: stdin, signals), and parses what the guest prints on its serial
-//! console and what petrel logs on stderr.
+//! console and what petrel logs on stderr; builds the Debian guest kit for real-Linux tests and
+//! decides whether full Linux boots can run here; helpers for the test guest's `count` and
+//! `power-button` actions, and the host side (tap, packet socket) of a guest's network.
 
 pub mod guest_build;
 pub mod guest_output;
 pub mod image;
+pub mod linux_kit;
 pub mod petrel_log;
 pub mod process;
 
@@ -14,5 +17,9 @@ pub use guest_build::{
 };
 pub use guest_output::{parse_boots, parse_first_boot, Fadt, GuestBoot, MemRange, Module};
 pub use image::{loaded_bytes, loaded_extent};
+pub use linux_kit::{
+    build_linux_kit, calibrate_ring0, linux_kit_dir, linux_kit_or_skip, ring0_native, LinuxKit,
+    NATIVE_RING0_LIMIT,
+};
 pub use petrel_log::{debug_port_lines, error_lines, is_log_line, DebugPortWrite};
 pub use process::{kvm_available, petrel_bin, run_petrel, run_petrel_until, Petrel, Run};
