@@ -12,10 +12,12 @@
 //!
 //! The guest is not trusted: accesses of the wrong width, writes in the wrong state, unknown
 //! offsets and out-of-range queues are ignored with a rate-limited warning; a queue set-up that
-//! cannot work makes DRIVER_OK fail with DEVICE_NEEDS_RESET. Nothing here panics.
+//! cannot work (outside guest memory, or with overlapping areas, see `rings`) makes DRIVER_OK
+//! fail with DEVICE_NEEDS_RESET. Nothing here panics.
 
 mod interrupt;
 mod persist;
+mod rings;
 #[cfg(test)]
 mod tests;
 
@@ -494,6 +496,16 @@ impl MmioTransport {
             .position(|q| q.ready() && !q.is_valid(&self.mem))
         {
             self.invalid(format_args!("queue {i} is not within guest memory"));
+            return false;
+        }
+        let overlap = self.queues.iter().enumerate().find_map(|(i, q)| {
+            q.ready()
+                .then(|| rings::overlapping_areas(q))
+                .flatten()
+                .map(|areas| (i, areas))
+        });
+        if let Some((i, (a, b))) = overlap {
+            self.invalid(format_args!("queue {i}: the {a} overlaps the {b}"));
             return false;
         }
         let event_idx = self.features.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;

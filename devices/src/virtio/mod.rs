@@ -10,6 +10,15 @@
 //!
 //! Guest input is hostile: a bad descriptor chain gets an error status or marks the device
 //! as needing a reset; it never panics, hangs, or touches memory outside the guest.
+//!
+//! All devices share one event-loop thread, so no queue may hold it for long: a device
+//! serves at most [`MAX_CHAINS_PER_TURN`] chains of a queue per call, and if the driver has
+//! made more available it writes that queue's own eventfd (`yield_queue`) so the event
+//! loop comes back to the queue after serving everything else that is ready. Without the
+//! bound a guest could keep a device busy forever: by refilling the available ring from a
+//! second vCPU, or by laying the used ring over the available ring so that every returned
+//! chain makes a new one appear (the transport refuses such a layout, but devices do not
+//! rely on it).
 
 pub mod balloon;
 pub mod block;
@@ -22,6 +31,7 @@ pub mod vsock;
 use std::sync::Arc;
 
 use event_manager::MutEventSubscriber;
+use log::error;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -30,6 +40,35 @@ pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
 /// `VIRTIO_F_VERSION_1`: petrel's devices are modern (virtio 1.x) only.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Most descriptor chains a device takes from one queue in one turn on the event loop (four
+/// times the largest queue); see the module documentation.
+pub const MAX_CHAINS_PER_TURN: u32 = 1024;
+
+// Every device's queues fit the budget a few times over.
+const _: () = {
+    let largest = [
+        block::QUEUE_SIZE,
+        net::QUEUE_SIZE,
+        rng::QUEUE_SIZE,
+        balloon::QUEUE_SIZE,
+        vsock::QUEUE_SIZE,
+    ];
+    let mut i = 0;
+    while i < largest.len() {
+        assert!(4 * largest[i] as u32 <= MAX_CHAINS_PER_TURN);
+        i += 1;
+    }
+};
+
+/// Ends a queue's turn early, its budget spent with work left: writes the queue's own eventfd
+/// `evt` (the one in [`VirtioDevice::queue_events`]) so that the event loop, which watches it
+/// level-triggered, comes back to the queue after serving the other ready sources.
+pub(crate) fn yield_queue(evt: &EventFd, device: &str) {
+    if let Err(e) = evt.write(1) {
+        error!("{device}: cannot re-kick a queue: {e}");
+    }
+}
 
 /// Device type numbers (virtio spec 5).
 pub mod device_type {
@@ -112,5 +151,50 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     /// The device's counters (requests, bytes, errors, throttling …) by name, for the API.
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
+    }
+}
+
+/// Helpers shared by the devices' tests.
+#[cfg(test)]
+pub(crate) mod test_utils {
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueState, QueueT};
+    use vm_memory::{Address, Bytes};
+
+    use super::GuestMemoryMmap;
+
+    /// The device's available index in [`aliased_rings_queue`] (close to wrapping).
+    const ALIASED_NEXT_AVAIL: u16 = 0xfff0;
+
+    /// A ready queue on `vq`'s descriptor table and available ring whose used ring lies on
+    /// top of the available ring, with the device's used index `lead` ahead of its available
+    /// index: the state a guest reaches by returning chains with heads beyond the queue
+    /// (popped, never used) and then laying the rings over each other. Every `add_used` then
+    /// advances `avail.idx` too, so a device that serves until the ring is empty never stops.
+    /// The slots it reads hold the low and high halves of used elements: with used lengths
+    /// below the queue size, every head is a valid (all-zero) descriptor.
+    pub(crate) fn aliased_rings_queue(
+        mem: &GuestMemoryMmap,
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        lead: u16,
+    ) -> Queue {
+        let mut queue: Queue = vq.create_queue().unwrap();
+        let avail = vq.avail_addr();
+        queue
+            .try_set_used_ring_address(avail)
+            .expect("aligned avail ring");
+        let next_avail = ALIASED_NEXT_AVAIL;
+        queue.set_next_avail(next_avail);
+        queue.set_next_used(next_avail.wrapping_add(lead));
+        // `avail.idx` is `used.idx`: what the device last published.
+        mem.write_obj(next_avail.wrapping_add(lead), avail.unchecked_add(2))
+            .unwrap();
+        queue
+    }
+
+    /// How many chains the device took from an [`aliased_rings_queue`] whose state is now
+    /// `state`.
+    pub(crate) fn taken(state: &QueueState) -> u16 {
+        state.next_avail.wrapping_sub(ALIASED_NEXT_AVAIL)
     }
 }

@@ -18,8 +18,8 @@ use vm_memory::{Bytes, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind, VirtioDevice,
-    VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_type, yield_queue, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind,
+    VirtioDevice, VirtioInterrupt, MAX_CHAINS_PER_TURN, VIRTIO_F_VERSION_1,
 };
 
 /// Size of the request queue.
@@ -100,7 +100,9 @@ impl Rng {
         }
     }
 
-    /// Serves every available chain, then interrupts the driver if it wants to know.
+    /// Serves every available chain, at most [`MAX_CHAINS_PER_TURN`] (then, with more
+    /// available, writes the queue eventfd so the event loop comes back), then interrupts the
+    /// driver if it wants to know.
     fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -115,7 +117,7 @@ impl Rng {
                 break;
             }
             let served_before = served;
-            loop {
+            while served < u64::from(MAX_CHAINS_PER_TURN) {
                 let chain = match queue.iter(mem) {
                     Ok(mut iter) => iter.next(),
                     Err(e) => {
@@ -143,8 +145,14 @@ impl Rng {
                 served += 1;
             }
             match queue.enable_notification(mem) {
-                // More chains arrived meanwhile; a round that served nothing means the ring
-                // itself is bad, so stop rather than spin.
+                // More chains arrived meanwhile, or the budget ran out with chains left: let
+                // the event loop serve everything else first.
+                Ok(true) if served >= u64::from(MAX_CHAINS_PER_TURN) => {
+                    yield_queue(&self.queue_events[0], "virtio-rng");
+                    break;
+                }
+                // A round that served nothing means the ring itself is bad, so stop rather
+                // than spin.
                 Ok(true) if served > served_before => continue,
                 Ok(_) => break,
                 Err(e) => {
@@ -481,6 +489,29 @@ mod tests {
         assert_eq!(vq.used().idx().load(), 0);
         assert_eq!(rng.counters().errors, 1);
         assert!(int.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
+        use crate::virtio::test_utils::{aliased_rings_queue, taken};
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        let mut rng = Rng::new().unwrap();
+        let int = Arc::new(RecordingInterrupt::default());
+        rng.activate(ActivateContext {
+            mem: m.clone(),
+            queues: vec![aliased_rings_queue(&m, &vq, 100)],
+            acked_features: rng.features(),
+            interrupt: int.clone(),
+        })
+        .unwrap();
+        rng.process_queue();
+        let (_, state) = rng.active_queue_states()[0];
+        assert_eq!(u32::from(taken(&state)), MAX_CHAINS_PER_TURN);
+        // Every chain is a zero-length read-only descriptor: an error.
+        assert_eq!(rng.counters().errors, u64::from(MAX_CHAINS_PER_TURN));
+        assert_eq!(rng.queue_events()[0].read().unwrap(), 1);
+        assert_eq!(int.0.lock().unwrap().len(), 1);
     }
 
     #[test]

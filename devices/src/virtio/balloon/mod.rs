@@ -26,8 +26,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind, VirtioDevice,
-    VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_type, yield_queue, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind,
+    VirtioDevice, VirtioInterrupt, MAX_CHAINS_PER_TURN, VIRTIO_F_VERSION_1,
 };
 pub use pages::PAGE_SIZE;
 pub use stats::BalloonStats;
@@ -253,6 +253,7 @@ impl Balloon {
         };
         let counters = &mut self.counters;
         let mem = &active.mem;
+        let evt = &self.queue_events[index];
         let returned = match index {
             INFLATE | DEFLATE => {
                 let op = if index == INFLATE {
@@ -261,7 +262,7 @@ impl Balloon {
                     pages::PageOp::Deflate
                 };
                 let queue = &mut active.queues[index];
-                drain(queue, mem, counters, |chain, counters| {
+                drain(queue, mem, evt, counters, |chain, counters| {
                     pages::handle_chain(mem, chain, op, counters);
                     true
                 })
@@ -270,7 +271,7 @@ impl Balloon {
                 let stats = &mut self.stats;
                 let mut heads = Vec::new();
                 let queue = &mut active.queues[STATS];
-                drain(queue, mem, counters, |chain, counters| {
+                drain(queue, mem, evt, counters, |chain, counters| {
                     heads.push(chain.head_index());
                     stats::read_chain(mem, chain, stats, counters);
                     false
@@ -351,10 +352,12 @@ fn nonblocking_timer() -> io::Result<TimerFd> {
 
 /// Pops every available chain and hands it to `serve`; a chain `serve` answers `true` for is
 /// returned to the driver at once (used length 0), one it answers `false` for is kept by the
-/// caller. Returns whether any chain was returned.
+/// caller. Pops at most [`MAX_CHAINS_PER_TURN`]; with more available it then writes the
+/// queue's eventfd `evt` so the event loop comes back. Returns whether any chain was returned.
 fn drain(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
+    evt: &EventFd,
     counters: &mut BalloonCounters,
     mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>, &mut BalloonCounters) -> bool,
 ) -> bool {
@@ -366,7 +369,7 @@ fn drain(
             break;
         }
         let popped_before = popped;
-        loop {
+        while popped < u64::from(MAX_CHAINS_PER_TURN) {
             let chain = match queue.iter(mem) {
                 Ok(mut iter) => iter.next(),
                 Err(e) => {
@@ -385,8 +388,14 @@ fn drain(
             }
         }
         match queue.enable_notification(mem) {
-            // More chains arrived meanwhile; a round that popped nothing means the ring itself
-            // is bad, so stop rather than spin.
+            // More chains arrived meanwhile, or the budget ran out with chains left: let the
+            // event loop serve everything else first.
+            Ok(true) if popped >= u64::from(MAX_CHAINS_PER_TURN) => {
+                yield_queue(evt, "virtio-balloon");
+                break;
+            }
+            // A round that popped nothing means the ring itself is bad, so stop rather than
+            // spin.
             Ok(true) if popped > popped_before => continue,
             Ok(_) => break,
             Err(e) => {

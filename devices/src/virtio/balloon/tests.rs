@@ -480,3 +480,33 @@ fn event_loop_serves_queues_queued_before_activation_and_polls_stats() {
     b.lock().unwrap().reset();
     assert_eq!(manager.run_with_timeout(1500).unwrap(), 0);
 }
+
+#[test]
+fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
+    use crate::virtio::test_utils::{aliased_rings_queue, taken};
+    let m = mem();
+    let vqs = vqs(&m);
+    let mut b = Balloon::new(config(0), MEM_SIZE as u64).unwrap();
+    b.activate(ActivateContext {
+        mem: m.clone(),
+        queues: vec![
+            aliased_rings_queue(&m, &vqs[INFLATE], 100),
+            aliased_rings_queue(&m, &vqs[DEFLATE], 1),
+        ],
+        acked_features: b.features(),
+        interrupt: Arc::new(RecordingInterrupt::default()),
+    })
+    .unwrap();
+    for evt in b.queue_events() {
+        evt.read().unwrap(); // The activation kicks.
+    }
+    for index in [INFLATE, DEFLATE] {
+        b.process_queue(index);
+        let (_, state) = b.active_queue_states()[index];
+        assert_eq!(u32::from(taken(&state)), MAX_CHAINS_PER_TURN);
+        assert_eq!(b.queue_events()[index].read().unwrap(), 1);
+    }
+    // Empty buffers hold no pages.
+    let c = b.counters();
+    assert_eq!((c.inflated_pages, c.deflated_pages), (0, 0));
+}

@@ -32,8 +32,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, TokenKind};
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind, VirtioDevice,
-    VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_type, yield_queue, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind,
+    VirtioDevice, VirtioInterrupt, MAX_CHAINS_PER_TURN, VIRTIO_F_VERSION_1,
 };
 use disk::DiskFile;
 pub use disk::{SECTOR_SHIFT, SECTOR_SIZE};
@@ -249,9 +249,11 @@ impl Block {
         }
     }
 
-    /// Serves available chains until the queue is empty or the rate limiter blocks, then
-    /// interrupts the driver if it wants to know. The queue event does this; it is public for
-    /// fuzzing and benchmarks. Does nothing before activation.
+    /// Serves available chains until the queue is empty, the rate limiter blocks or
+    /// [`MAX_CHAINS_PER_TURN`] were served (then, with more available, the queue eventfd is
+    /// written so the event loop comes back), then interrupts the driver if it wants to know.
+    /// The queue event does this; it is public for fuzzing and benchmarks. Does nothing
+    /// before activation.
     pub fn process_queue(&mut self) {
         let limits = self.limits();
         let Some(active) = self.active.as_mut() else {
@@ -264,13 +266,14 @@ impl Block {
         // before it completes (write-through), as the virtio spec asks.
         let write_through = self.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
         let mut served_any = false;
+        let mut budget = MAX_CHAINS_PER_TURN;
         'rounds: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 count_io_error(counters, format_args!("queue error: {e}"));
                 break;
             }
             let mut served = 0u32;
-            loop {
+            while budget > 0 {
                 if self.rate_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
                     break 'rounds;
                 }
@@ -299,11 +302,18 @@ impl Block {
                     break 'rounds;
                 }
                 served += 1;
+                budget -= 1;
                 served_any = true;
             }
             match queue.enable_notification(mem) {
-                // More chains arrived meanwhile; a round that served nothing means the ring
-                // itself is bad, so stop rather than spin.
+                // More chains arrived meanwhile, or the budget ran out with chains left: let
+                // the event loop serve everything else first.
+                Ok(true) if budget == 0 => {
+                    yield_queue(&self.queue_events[0], "virtio-blk");
+                    break;
+                }
+                // A round that served nothing means the ring itself is bad, so stop rather
+                // than spin.
                 Ok(true) if served > 0 => continue,
                 Ok(_) => break,
                 Err(e) => {

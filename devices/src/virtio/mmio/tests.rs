@@ -7,7 +7,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::GuestAddress;
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
@@ -180,14 +180,11 @@ impl Fixture {
         self.w(VIRTIO_MMIO_QUEUE_READY, 1);
     }
 
+    /// Sets up queue `index` on `vq`'s descriptor table and available ring, with the used ring
+    /// at [`used_ring_of`] (the mock's own used ring overlaps its available ring).
     fn setup_mock_queue(&self, index: u32, vq: &MockSplitQueue<GuestMemoryMmap>, size: u16) {
-        self.setup_queue(
-            index,
-            size,
-            vq.desc_table_addr().0,
-            vq.avail_addr().0,
-            vq.used_addr().0,
-        );
+        let (desc, avail) = (vq.desc_table_addr().0, vq.avail_addr().0);
+        self.setup_queue(index, size, desc, avail, used_ring_of(vq));
     }
 
     fn driver_ok(&self) {
@@ -196,6 +193,11 @@ impl Fixture {
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
     }
+}
+
+/// Where `setup_mock_queue` puts the used ring: 4 KiB past the mock's available ring.
+fn used_ring_of(vq: &MockSplitQueue<GuestMemoryMmap>) -> u64 {
+    vq.avail_addr().0 + 0x1000
 }
 
 fn dummy() -> (Arc<Mutex<Dummy>>, Fixture) {
@@ -447,6 +449,35 @@ fn queue_outside_memory_fails_driver_ok() {
 }
 
 #[test]
+fn overlapping_queue_areas_fail_driver_ok() {
+    // 256 entries: table 4096 bytes, available ring 518, used ring 2054.
+    let layouts = [
+        (Q0, Q0 + 0x1000, Q0 + 0x1000),    // used ring on the available ring
+        (Q0, Q0 + 0x1000, Q0 + 0x1204),    // used ring on the avail ring's used_event
+        (Q0, Q0 + 0xff0, Q0 + 0x2000),     // available ring on the table
+        (Q0 + 0x800, Q0 + 0x2000, Q0 + 4), // used ring on the table
+    ];
+    for (desc, avail, used) in layouts {
+        let (dev, fx) = dummy();
+        fx.negotiate(VIRTIO_F_VERSION_1);
+        fx.setup_queue(0, 256, desc, avail, used);
+        fx.driver_ok();
+        assert_eq!(fx.status() & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
+        assert!(dev.lock().unwrap().activations.is_empty());
+        assert_eq!(fx.r(VIRTIO_MMIO_INTERRUPT_STATUS), INT_CONFIG);
+    }
+    // Areas packed back to back are fine, and a queue that is not ready is not checked.
+    let (dev, fx) = dummy();
+    fx.negotiate(VIRTIO_F_VERSION_1);
+    fx.setup_queue(0, 256, Q0, Q0 + 0x1002, Q0 + 0x1208);
+    fx.setup_queue(1, 16, Q1, Q1, Q1);
+    fx.w(VIRTIO_MMIO_QUEUE_READY, 0);
+    fx.driver_ok();
+    assert_eq!(fx.status() & DEVICE_NEEDS_RESET, 0);
+    assert_eq!(dev.lock().unwrap().activations.len(), 1);
+}
+
+#[test]
 fn misaligned_queue_address_fails_driver_ok() {
     let (dev, fx) = dummy();
     fx.negotiate(VIRTIO_F_VERSION_1);
@@ -573,8 +604,9 @@ fn rng_end_to_end_through_the_bus_and_the_event_loop() {
     vq.add_desc_chains(&[d], 0).unwrap();
     fx.w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
     assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
-    assert_eq!(vq.used().idx().load(), 1);
-    assert_eq!(vq.used().ring().ref_at(0).unwrap().load().len(), 64);
+    let used = GuestAddress(used_ring_of(&vq));
+    assert_eq!(fx.mem.read_obj::<u16>(used.unchecked_add(2)).unwrap(), 1);
+    assert_eq!(fx.mem.read_obj::<u32>(used.unchecked_add(8)).unwrap(), 64);
     assert_eq!(fx.r(VIRTIO_MMIO_INTERRUPT_STATUS), INT_USED_RING);
     assert_eq!(fx.irq.read().unwrap(), 1);
     assert_eq!(rng.lock().unwrap().counters().bytes, 64);

@@ -20,7 +20,7 @@ use super::{
     admit, count, notify, refund, ChainError, Net, MAX_DESCRIPTORS, NUM_BUFFERS_OFFSET, RX_QUEUE,
     VNET_HDR_LEN,
 };
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{yield_queue, GuestMemoryMmap, MAX_CHAINS_PER_TURN};
 
 /// How often the available ring is re-read for one packet after notifications were
 /// re-enabled and new buffers reported.
@@ -185,9 +185,11 @@ pub(crate) fn deliver(
 
 impl Net {
     /// Moves frames from the tap into the guest's RX buffers until the tap is empty, the guest
-    /// has no buffers or the RX limiter blocks, then interrupts the driver if it wants to
-    /// know. The tap, RX-queue and RX-limiter events do this; public for fuzzing and
-    /// benchmarks. Does nothing before activation.
+    /// has no buffers, the RX limiter blocks or [`MAX_CHAINS_PER_TURN`] passes were made (a
+    /// pass reads a frame or returns chains, and costs one per chain returned; then the RX
+    /// queue eventfd is written so the event loop comes back), then interrupts the driver if
+    /// it wants to know. The tap, RX-queue and RX-limiter events do this; public for fuzzing
+    /// and benchmarks. Does nothing before activation.
     pub fn process_rx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -202,7 +204,16 @@ impl Net {
             return;
         }
         let mut used_any = false;
+        let mut spent = 0u32;
         loop {
+            if spent >= MAX_CHAINS_PER_TURN {
+                if self.rx_len != 0 || self.tap_readable {
+                    let evt = &self.queue_events[usize::from(RX_QUEUE)];
+                    yield_queue(evt, "virtio-net");
+                }
+                break;
+            }
+            spent += 1;
             if self.rx_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
                 break;
             }
@@ -244,7 +255,12 @@ impl Net {
                 c.rx_throttled += 1;
                 break;
             }
-            match deliver(mem, queue, &mut self.rx_buf[..len], mergeable) {
+            let used_before = queue.next_used();
+            let outcome = deliver(mem, queue, &mut self.rx_buf[..len], mergeable);
+            // Each chain returned beyond the first costs one more.
+            let returned = queue.next_used().wrapping_sub(used_before);
+            spent = spent.saturating_add(u32::from(returned.saturating_sub(1)));
+            match outcome {
                 Ok(RxOutcome::Delivered) => {
                     c.rx_packets += 1;
                     c.rx_bytes += frame_bytes;

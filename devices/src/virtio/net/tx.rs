@@ -13,7 +13,7 @@ use super::{
     admit, count, notify, ChainError, Net, ETH_HLEN, MAX_DESCRIPTORS, MAX_PACKET_LEN, TX_QUEUE,
     VNET_HDR_LEN,
 };
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{yield_queue, GuestMemoryMmap, MAX_CHAINS_PER_TURN};
 
 /// Copies the chain's bytes into `buf` (cleared first). On success `buf` holds a vnet header
 /// followed by a frame of at least an Ethernet header.
@@ -61,9 +61,11 @@ pub(crate) fn gather(
 }
 
 impl Net {
-    /// Sends every available TX chain to the tap until the queue is empty or the TX limiter
-    /// blocks, then interrupts the driver if it wants to know. The TX-queue and TX-limiter
-    /// events do this; public for fuzzing and benchmarks. Does nothing before activation.
+    /// Sends every available TX chain to the tap until the queue is empty, the TX limiter
+    /// blocks or [`MAX_CHAINS_PER_TURN`] chains were served (then, with more available, the
+    /// TX queue eventfd is written so the event loop comes back), then interrupts the driver
+    /// if it wants to know. The TX-queue and TX-limiter events do this; public for fuzzing
+    /// and benchmarks. Does nothing before activation.
     pub fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -72,13 +74,14 @@ impl Net {
         let c = &mut self.counters;
         let id = self.id.as_str();
         let mut used_any = false;
+        let mut budget = MAX_CHAINS_PER_TURN;
         'rounds: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 count(&mut c.tx_errors, id, format_args!("TX queue error: {e}"));
                 break;
             }
             let mut served = 0u32;
-            loop {
+            while budget > 0 {
                 if self.tx_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
                     break 'rounds;
                 }
@@ -115,11 +118,19 @@ impl Net {
                     break 'rounds;
                 }
                 served += 1;
+                budget -= 1;
                 used_any = true;
             }
             match queue.enable_notification(mem) {
-                // More chains arrived meanwhile; a round that served nothing means the ring
-                // itself is bad, so stop rather than spin.
+                // More chains arrived meanwhile, or the budget ran out with chains left: let
+                // the event loop serve everything else first.
+                Ok(true) if budget == 0 => {
+                    let evt = &self.queue_events[usize::from(TX_QUEUE)];
+                    yield_queue(evt, "virtio-net");
+                    break;
+                }
+                // A round that served nothing means the ring itself is bad, so stop rather
+                // than spin.
                 Ok(true) if served > 0 => continue,
                 Ok(_) => break,
                 Err(e) => {

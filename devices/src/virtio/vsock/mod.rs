@@ -33,8 +33,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind, VirtioDevice,
-    VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_type, yield_queue, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind,
+    VirtioDevice, VirtioInterrupt, MAX_CHAINS_PER_TURN, VIRTIO_F_VERSION_1,
 };
 pub use connection::BUF_ALLOC;
 use muxer::Muxer;
@@ -215,14 +215,22 @@ impl Vsock {
 
     /// Fills the guest's RX buffers with pending packets, then interrupts the driver if it
     /// wants to know. Stops when there is nothing to send or no buffer (the guest's RX
-    /// notification resumes it). Public for fuzzing and benchmarks; nothing before activation.
+    /// notification resumes it), or after [`MAX_CHAINS_PER_TURN`] passes (each takes at most
+    /// one buffer; the RX queue eventfd is then written so the event loop comes back). Public
+    /// for fuzzing and benchmarks; nothing before activation.
     pub fn process_rx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let (mem, queue, muxer) = (&active.mem, &mut active.rx, &mut self.muxer);
         let mut used_any = false;
+        let mut passes = 0u32;
         while muxer.has_rx() {
+            if passes >= MAX_CHAINS_PER_TURN {
+                yield_queue(&self.queue_events[RX_QUEUE], "virtio-vsock");
+                break;
+            }
+            passes += 1;
             let chain = match queue.iter(mem) {
                 Ok(mut iter) => iter.next(),
                 Err(e) => {
@@ -275,21 +283,24 @@ impl Vsock {
         }
     }
 
-    /// Takes every packet the guest sent, then interrupts the driver if it wants to know and
-    /// sends the guest what the packets called for. Public for fuzzing and benchmarks.
+    /// Takes every packet the guest sent, at most [`MAX_CHAINS_PER_TURN`] (then, with more
+    /// available, writes the TX queue eventfd so the event loop comes back), then interrupts
+    /// the driver if it wants to know and sends the guest what the packets called for. Public
+    /// for fuzzing and benchmarks.
     pub fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let (mem, queue, muxer) = (&active.mem, &mut active.tx, &mut self.muxer);
         let mut used_any = false;
+        let mut budget = MAX_CHAINS_PER_TURN;
         'rounds: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 muxer.error(format_args!("TX queue error: {e}"));
                 break;
             }
             let mut served = 0u32;
-            loop {
+            while budget > 0 {
                 let chain = match queue.iter(mem) {
                     Ok(mut iter) => iter.next(),
                     Err(e) => {
@@ -308,9 +319,16 @@ impl Vsock {
                     break 'rounds;
                 }
                 served += 1;
+                budget -= 1;
                 used_any = true;
             }
             match queue.enable_notification(mem) {
+                // The budget ran out with chains left: let the event loop serve everything
+                // else first.
+                Ok(true) if budget == 0 => {
+                    yield_queue(&self.queue_events[TX_QUEUE], "virtio-vsock");
+                    break;
+                }
                 // A round that served nothing means the ring itself is bad: stop, not spin.
                 Ok(true) if served > 0 => continue,
                 Ok(_) => break,

@@ -206,3 +206,31 @@ fn reset_stops_serving() {
     rig.blk.process_queue();
     assert_eq!(rig.status(), 0);
 }
+
+#[test]
+fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
+    use crate::virtio::test_utils::{aliased_rings_queue, taken};
+    // The fuzzer's hang: every returned chain makes another one available.
+    let mut rig = Rig::new(|_| {});
+    let vq = MockSplitQueue::new(&rig.mem, QUEUE_SIZE);
+    let queue = aliased_rings_queue(&rig.mem, &vq, 224);
+    let int = Arc::new(RecordingInterrupt::default());
+    let ctx = ActivateContext {
+        mem: rig.mem.clone(),
+        queues: vec![queue],
+        acked_features: rig.blk.features(),
+        interrupt: int.clone(),
+    };
+    rig.blk.activate(ctx).unwrap();
+    let evt = rig.blk.queue_events()[0].try_clone().unwrap();
+    for turn in 1..=2u64 {
+        rig.blk.process_queue();
+        let (_, state) = rig.blk.active_queue_states()[0];
+        let budget = u64::from(MAX_CHAINS_PER_TURN);
+        assert_eq!(u64::from(taken(&state)), turn * budget % 0x1_0000);
+        // Every chain is a zero-length descriptor: refused.
+        assert_eq!(rig.blk.counters().invalid_requests, turn * budget);
+        assert_eq!(evt.read().unwrap(), 1, "the queue asks to be served again");
+    }
+    assert_eq!(int.0.lock().unwrap().len(), 2);
+}

@@ -8,6 +8,8 @@ use event_manager::{EventManager, SubscriberOps};
 use super::*;
 use crate::rate_limiter::tests::ManualClock;
 use crate::rate_limiter::TokenBucketConfig;
+use crate::virtio::test_utils::{aliased_rings_queue, taken};
+use crate::virtio::MAX_CHAINS_PER_TURN;
 
 const FEATURES_MERGE: u64 = FEATURES_NO_MERGE | (1 << VIRTIO_NET_F_MRG_RXBUF);
 
@@ -348,4 +350,73 @@ fn event_loop_serves_the_tap_and_the_queues() {
     assert_eq!(rig.used(RX_QUEUE, 1), (1, 42));
     let c = net.lock().unwrap().counters();
     assert_eq!((c.rx_packets, c.tx_packets), (2, 1));
+}
+
+/// Activates with queue `aliased` (RX or TX) laid as [`aliased_rings_queue`] (in its own
+/// area), the other one normal.
+fn activate_aliased(rig: &mut Rig, aliased: u16) {
+    let vq = MockSplitQueue::create(&rig.mem, GuestAddress(0x2_0000), QUEUE_SIZE);
+    let bad = aliased_rings_queue(&rig.mem, &vq, 47);
+    let (_, good) = DriverQueue::new(
+        &rig.mem,
+        if aliased == RX_QUEUE {
+            TX_RING
+        } else {
+            RX_RING
+        },
+    );
+    let queues = if aliased == RX_QUEUE {
+        vec![bad, good]
+    } else {
+        vec![good, bad]
+    };
+    let ctx = ActivateContext {
+        mem: rig.mem.clone(),
+        queues,
+        acked_features: FEATURES_NO_MERGE,
+        interrupt: rig.int.clone(),
+    };
+    rig.net.activate(ctx).unwrap();
+    for evt in rig.net.queue_events() {
+        evt.read().unwrap();
+    }
+}
+
+#[test]
+fn tx_used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
+    let mut rig = Rig::new();
+    activate_aliased(&mut rig, TX_QUEUE);
+    rig.net.process_tx();
+    let (_, state) = rig.net.active_queue_states()[usize::from(TX_QUEUE)];
+    assert_eq!(u32::from(taken(&state)), MAX_CHAINS_PER_TURN);
+    // Every chain is an empty descriptor: too short, returned unsent.
+    let c = rig.net.counters();
+    assert_eq!(
+        (c.tx_errors, c.tx_packets),
+        (u64::from(MAX_CHAINS_PER_TURN), 0)
+    );
+    assert!(rig.recv().is_none());
+    let evts = rig.net.queue_events();
+    assert_eq!(evts[usize::from(TX_QUEUE)].read().unwrap(), 1);
+    assert!(evts[usize::from(RX_QUEUE)].read().is_err());
+}
+
+#[test]
+fn rx_used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
+    let mut rig = Rig::new();
+    activate_aliased(&mut rig, RX_QUEUE);
+    rig.send(&packet(60, 1));
+    rig.tap_event();
+    let (_, state) = rig.net.active_queue_states()[usize::from(RX_QUEUE)];
+    assert_eq!(u32::from(taken(&state)), MAX_CHAINS_PER_TURN);
+    // Every chain is a read-only descriptor: returned empty, the packet still waits.
+    let c = rig.net.counters();
+    assert_eq!(
+        (c.rx_errors, c.rx_packets),
+        (u64::from(MAX_CHAINS_PER_TURN), 0)
+    );
+    assert_ne!(rig.net.rx_len, 0);
+    let evts = rig.net.queue_events();
+    assert_eq!(evts[usize::from(RX_QUEUE)].read().unwrap(), 1);
+    assert!(evts[usize::from(TX_QUEUE)].read().is_err());
 }

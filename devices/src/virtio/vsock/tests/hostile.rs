@@ -1,6 +1,8 @@
 //! Hostile and malformed input, configuration and device identity.
 
 use super::*;
+use crate::virtio::test_utils::{aliased_rings_queue, taken};
+use virtio_queue::mock::MockSplitQueue;
 
 #[test]
 fn malformed_packets_are_counted_and_the_device_keeps_serving() {
@@ -259,4 +261,64 @@ fn activation_needs_rx_and_tx() {
     assert!(!dev.is_activated());
     dev.process_rx();
     dev.process_tx();
+}
+
+/// A device on fresh guest memory whose queue `aliased` (RX or TX) is laid as
+/// [`aliased_rings_queue`]; the other queues are normal. Returns the driver's TX queue too.
+fn aliased_device(aliased: usize) -> (TempDir, GuestMemoryMmap, Vsock, GuestQueue) {
+    let dir = TempDir::new().unwrap();
+    let mut dev = Vsock::new(VsockConfig {
+        guest_cid: GUEST_CID,
+        uds_path: dir.as_path().join("v.sock"),
+        id: "vsock0".into(),
+    })
+    .unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0x2_0000), QUEUE_SIZE);
+    let mut queues = vec![
+        GuestQueue::new(0).queue(),
+        GuestQueue::new(0x4000).queue(),
+        GuestQueue::new(0x8000).queue(),
+    ];
+    queues[aliased] = aliased_rings_queue(&mem, &vq, 100);
+    dev.activate(ActivateContext {
+        mem: mem.clone(),
+        queues,
+        acked_features: dev.features(),
+        interrupt: Arc::new(RecordingInterrupt::default()),
+    })
+    .unwrap();
+    (dir, mem, dev, GuestQueue::new(0x4000))
+}
+
+#[test]
+fn tx_used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
+    let (_dir, _mem, mut dev, _) = aliased_device(TX_QUEUE);
+    dev.process_tx();
+    let (_, state) = dev.active_queue_states()[TX_QUEUE];
+    assert_eq!(u32::from(taken(&state)), MAX_CHAINS_PER_TURN);
+    // Every chain is an empty descriptor: no header, counted, nothing to answer.
+    assert_eq!(dev.counters().errors, u64::from(MAX_CHAINS_PER_TURN));
+    assert_eq!(dev.queue_events()[TX_QUEUE].read().unwrap(), 1);
+    assert!(dev.queue_events()[RX_QUEUE].read().is_err());
+}
+
+#[test]
+fn rx_used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
+    let (_dir, mem, mut dev, mut tx) = aliased_device(RX_QUEUE);
+    // A connection to a port nobody listens on: the device owes the guest an RST.
+    let hdr = guest_hdr(5000, 999, op::REQUEST).to_bytes();
+    mem.write_slice(&hdr, GuestAddress(TX_BUFS)).unwrap();
+    tx.add(&mem, &[(TX_BUFS, HDR_SIZE as u32, 0)]);
+    dev.process_tx();
+    let (_, state) = dev.active_queue_states()[RX_QUEUE];
+    assert_eq!(u32::from(taken(&state)), MAX_CHAINS_PER_TURN);
+    // Every RX chain is a read-only empty descriptor: returned empty, the RST still waits.
+    let c = dev.counters();
+    assert_eq!(
+        (c.errors, c.rx_packets),
+        (u64::from(MAX_CHAINS_PER_TURN), 0)
+    );
+    assert_eq!(dev.queue_events()[RX_QUEUE].read().unwrap(), 1);
+    assert!(dev.queue_events()[TX_QUEUE].read().is_err());
 }
