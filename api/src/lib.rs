@@ -6,6 +6,7 @@
 pub mod compat;
 pub mod config;
 pub mod ctl;
+pub mod daemon;
 pub mod devices;
 pub mod http;
 pub mod size;

@@ -5,7 +5,10 @@
 //! and MMIO are dispatched inside the backend through an [`IoHandler`].
 #![deny(missing_docs)]
 
+pub mod emulator;
 pub mod kvm;
+#[cfg(feature = "mshv")]
+pub mod mshv;
 pub mod select;
 pub mod types;
 

@@ -14,8 +14,8 @@ use crate::{Error, Hypervisor, Result};
 pub const KVM_DEVICE: &str = "/dev/kvm";
 /// Device node of Microsoft Hypervisor.
 pub const MSHV_DEVICE: &str = "/dev/mshv";
-/// Whether this build contains the MSHV backend.
-pub const MSHV_BUILT_IN: bool = false;
+/// Whether this build contains the MSHV backend (the `mshv` cargo feature).
+pub const MSHV_BUILT_IN: bool = cfg!(feature = "mshv");
 
 /// A hypervisor backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +179,9 @@ pub fn open(req: Request, mshv_gate: bool) -> Result<(Box<dyn Hypervisor>, Selec
     let selection = decide(req, &capabilities(), mshv_gate)?;
     let hv: Box<dyn Hypervisor> = match selection.kind {
         Kind::Kvm => Box::new(crate::kvm::KvmHypervisor::new()?),
+        #[cfg(feature = "mshv")]
+        Kind::Mshv => Box::new(crate::mshv::MshvHypervisor::new()?),
+        #[cfg(not(feature = "mshv"))]
         Kind::Mshv => {
             return Err(Error::Unavailable(
                 "hypervisor mshv: the MSHV backend is not built in".into(),
@@ -219,6 +222,12 @@ mod tests {
             "{}",
             s.reason
         );
+    }
+
+    #[test]
+    fn the_mshv_feature_builds_the_backend_in() {
+        assert_eq!(MSHV_BUILT_IN, cfg!(feature = "mshv"));
+        assert_eq!(capabilities().mshv_built_in, MSHV_BUILT_IN);
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! Running one VM: its directory (config, API socket, serial log, petrel's log and output),
+//! starting `petrel --api-socket … --id … --log-file …` in its own session so that it outlives
+//! petreld, and driving it through the per-VM API: `vmm.ping`, `vm.create`, `vm.boot`,
+//! `vm.info`; graceful stop (power button, then force) and kill.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::http::{Client, Method, Response};
+use crate::{SerialMode, VmConfig};
+
+use super::process::{self, ProcessId};
+
+/// How long petrel gets to answer `vmm.ping` after it was started.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of one per-VM API call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The files of one VM under `<state dir>/vms/<id>/`.
+#[derive(Debug, Clone)]
+pub struct VmDir {
+    /// The directory.
+    pub root: PathBuf,
+}
+
+impl VmDir {
+    /// The directory of VM `id`.
+    pub fn new(state_dir: &Path, id: &str) -> VmDir {
+        VmDir {
+            root: state_dir.join("vms").join(id),
+        }
+    }
+
+    /// petrel's API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("api.sock")
+    }
+
+    /// The serial console log (when the VM's serial is `Tty`).
+    pub fn serial_log(&self) -> PathBuf {
+        self.root.join("serial.log")
+    }
+
+    /// petrel's log (`--log-file`).
+    pub fn petrel_log(&self) -> PathBuf {
+        self.root.join("petrel.log")
+    }
+
+    /// petrel's standard output and error.
+    pub fn output(&self) -> PathBuf {
+        self.root.join("petrel.out")
+    }
+
+    /// The config petrel was given.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+
+    /// Creates the directory (mode 0700).
+    pub fn create(&self) -> std::io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+    }
+
+    /// Removes the directory and everything in it.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The config sent to petrel: a `Tty` serial port writes to the VM's serial log instead
+/// (petrel runs detached, without a terminal).
+pub fn effective_config(config: &VmConfig, dir: &VmDir) -> VmConfig {
+    let mut c = config.clone();
+    if c.serial.mode == SerialMode::Tty {
+        c.serial.mode = SerialMode::File;
+        c.serial.file = Some(dir.serial_log());
+    }
+    c
+}
+
+/// The serial log of a VM with `config`, if its serial port writes to a file.
+pub fn serial_file(config: &VmConfig, dir: &VmDir) -> Option<PathBuf> {
+    let c = effective_config(config, dir);
+    (c.serial.mode == SerialMode::File)
+        .then_some(c.serial.file)
+        .flatten()
+}
+
+/// A client of a VM's petrel.
+pub fn client(socket: &Path) -> Client {
+    Client::new(socket).with_timeout(CALL_TIMEOUT)
+}
+
+/// Starts petrel for VM `id` in its own session (it outlives petreld), output to the VM
+/// directory. Returns its identity.
+pub fn spawn(petrel: &Path, dir: &VmDir, id: &str, hypervisor: &str) -> Result<ProcessId, String> {
+    dir.create()
+        .map_err(|e| format!("create {}: {e}", dir.root.display()))?;
+    let _ = std::fs::remove_file(dir.socket());
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.output())
+        .map_err(|e| format!("open {}: {e}", dir.output().display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("open {}: {e}", dir.output().display()))?;
+    let mut cmd = Command::new(petrel);
+    cmd.arg("--api-socket")
+        .arg(dir.socket())
+        .arg("--id")
+        .arg(id)
+        .arg("--log-file")
+        .arg(dir.petrel_log())
+        .arg("--hypervisor")
+        .arg(hypervisor);
+    if hypervisor == "mshv" {
+        cmd.arg("--feature-gates").arg("mshv");
+    }
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: the closure runs in the child between fork and exec and calls only setsid,
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", petrel.display()))?;
+    // The child is reaped by the supervisor when its pidfd reports the exit.
+    let pid = child.id();
+    drop(child);
+    ProcessId::of(pid).ok_or_else(|| {
+        let how = process::reap(pid).unwrap_or_else(|| "vanished".into());
+        format!("petrel {how} at once; see {}", dir.output().display())
+    })
+}
+
+/// An error and its causes on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    s
+}
+
+/// The body of a failed per-VM call as a message.
+fn failure(op: &str, r: &Response) -> String {
+    format!("{op}: {} {}", r.status, r.error_message())
+}
+
+/// `method /api/v1/<op>` that must succeed.
+pub fn call(
+    client: &Client,
+    method: Method,
+    op: &str,
+    body: Option<&[u8]>,
+) -> Result<Response, String> {
+    let r = client
+        .request(method, &format!("/api/v1/{op}"), body)
+        .map_err(|e| format!("{op}: {}", chain(&e)))?;
+    if r.is_success() {
+        Ok(r)
+    } else {
+        Err(failure(op, &r))
+    }
+}
+
+/// The VM state petrel reports (`Created`, `Running`, …), `None` when it has no VM.
+pub fn vm_state(client: &Client) -> Result<Option<String>, String> {
+    let r = client
+        .get("/api/v1/vm.info")
+        .map_err(|e| format!("vm.info: {}", chain(&e)))?;
+    match r.status {
+        404 => Ok(None),
+        200 => {
+            let v: serde_json::Value = r
+                .json_body()
+                .map_err(|e| format!("vm.info: malformed answer: {e}"))?;
+            Ok(v["state"].as_str().map(String::from))
+        }
+        _ => Err(failure("vm.info", &r)),
+    }
+}
+
+/// Waits until petrel answers `vmm.ping`, giving up when `proc` dies.
+pub fn wait_ping(client: &Client, proc: ProcessId, dir: &VmDir) -> Result<(), String> {
+    let deadline = Instant::now() + PING_TIMEOUT;
+    loop {
+        let quick = Client::new(client.path()).with_timeout(Duration::from_secs(2));
+        if let Ok(r) = quick.get("/api/v1/vmm.ping") {
+            if r.status == 200 {
+                return Ok(());
+            }
+        }
+        if !proc.alive() {
+            let how = process::reap(proc.pid).unwrap_or_else(|| "exited".into());
+            let tail = std::fs::read_to_string(dir.output()).unwrap_or_default();
+            let last = tail.lines().last().unwrap_or("").to_string();
+            return Err(format!("petrel {how} before answering vmm.ping: {last}"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "petrel did not answer vmm.ping within {PING_TIMEOUT:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Brings the VM in a live petrel to running from wherever it is: no VM → `vm.create` and
+/// `vm.boot`; `Created` or `Shutdown` → `vm.boot`; `Running`/`Paused` → nothing. Returns the
+/// state `vm.info` reports at the end.
+pub fn boot(client: &Client, config: &VmConfig, dir: &VmDir) -> Result<String, String> {
+    let effective = effective_config(config, dir);
+    let body = serde_json::to_vec(&effective).map_err(|e| format!("config: {e}"))?;
+    let _ = std::fs::write(dir.config(), &body);
+    let state = vm_state(client)?;
+    match state.as_deref() {
+        None => {
+            call(client, Method::Put, "vm.create", Some(&body))?;
+            call(client, Method::Put, "vm.boot", None)?;
+        }
+        Some("Created") | Some("Shutdown") => {
+            call(client, Method::Put, "vm.boot", None)?;
+        }
+        _ => {}
+    }
+    match vm_state(client)? {
+        Some(s) if s == "Running" || s == "Paused" => Ok(s),
+        other => Err(format!("vm.info: state {other:?} after vm.boot")),
+    }
+}
+
+/// Stops the VM and ends its petrel: the ACPI power button and up to `timeout` for the guest
+/// to power off (skipped when paused or `timeout` is zero), then `vm.shutdown` (force), then
+/// `vmm.shutdown`, then SIGKILL if the process is still there 5 s later. Returns the reason
+/// to record.
+pub fn stop(client: &Client, proc: ProcessId, timeout: Duration) -> String {
+    let pidfd = proc.pidfd().ok();
+    let state = vm_state(client).ok().flatten();
+    let mut reason = "stopped: forced".to_string();
+    let graceful = state.as_deref() == Some("Running") && !timeout.is_zero();
+    if graceful && call(client, Method::Put, "vm.power-button", None).is_ok() {
+        let deadline = Instant::now() + timeout;
+        reason = format!(
+            "stopped: forced after {}s without poweroff",
+            timeout.as_secs()
+        );
+        while Instant::now() < deadline {
+            if vm_state(client).ok().flatten().as_deref() == Some("Shutdown") {
+                reason = "stopped: guest powered off (power button)".into();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = call(client, Method::Put, "vmm.shutdown", None);
+    let exited = match &pidfd {
+        Some(fd) => process::wait_exit(fd, 5000),
+        None => !proc.alive(),
+    };
+    if !exited && proc.alive() {
+        let _ = proc.signal(libc::SIGKILL);
+        if let Some(fd) = &pidfd {
+            process::wait_exit(fd, 5000);
+        }
+    }
+    process::reap(proc.pid);
+    reason
+}
+
+/// Kills petrel with SIGKILL and waits (up to 5 s) for it to go.
+pub fn kill(proc: ProcessId) {
+    let pidfd = proc.pidfd().ok();
+    let _ = proc.signal(libc::SIGKILL);
+    if let Some(fd) = &pidfd {
+        process::wait_exit(fd, 5000);
+    }
+    process::reap(proc.pid);
+}
