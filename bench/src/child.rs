@@ -30,7 +30,8 @@ impl Exit {
         self == Exit::Code(0)
     }
 
-    fn from_wait_status(status: libc::c_int) -> Exit {
+    /// Decodes a `wait4` status.
+    pub(crate) fn from_wait_status(status: libc::c_int) -> Exit {
         if libc::WIFEXITED(status) {
             Exit::Code(libc::WEXITSTATUS(status))
         } else {
@@ -71,13 +72,25 @@ pub struct Measured {
 }
 
 /// Kills (if still unreaped) and reaps the child when dropped.
-struct Reaper {
+pub(crate) struct Reaper {
     pid: libc::pid_t,
     reaped: bool,
 }
 
 impl Reaper {
-    fn kill(&self) {
+    /// Takes charge of `pid` (an unreaped child) and registers it with [`interrupt`]; on
+    /// failure the child is killed and reaped.
+    pub(crate) fn register(pid: libc::pid_t) -> io::Result<Reaper> {
+        let reaper = Reaper { pid, reaped: false };
+        interrupt::register(pid)?;
+        if interrupt::interrupted() {
+            reaper.kill();
+        }
+        Ok(reaper)
+    }
+
+    /// Sends SIGKILL unless already reaped.
+    pub(crate) fn kill(&self) {
         if !self.reaped {
             // SAFETY: `pid` is our child and not yet reaped, so it names that process only.
             unsafe {
@@ -87,9 +100,9 @@ impl Reaper {
     }
 
     /// Waits for the child and returns its wait status and rusage.
-    fn reap(&mut self) -> io::Result<(libc::c_int, libc::rusage)> {
+    pub(crate) fn reap(&mut self) -> io::Result<(libc::c_int, libc::rusage)> {
         // Unregister before reaping: once reaped, the pid may be reused.
-        interrupt::set_current(0);
+        interrupt::unregister(self.pid);
         let mut status: libc::c_int = 0;
         // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -118,7 +131,8 @@ impl Drop for Reaper {
     }
 }
 
-fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+/// A pidfd of `pid` (readable once the process exits).
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
@@ -129,7 +143,8 @@ fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<()> {
+/// poll(2) on `fds` for at most `timeout` (at least 1 ms); EINTR is not an error.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<()> {
     let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
     let n = libc::nfds_t::try_from(fds.len()).map_err(io::Error::other)?;
     // SAFETY: `fds` points to `n` initialised pollfd entries that poll may update.
@@ -160,11 +175,7 @@ pub fn run_measured(mut cmd: Command, timeout: Duration) -> io::Result<Measured>
     let start = Instant::now();
     let mut child = cmd.spawn()?;
     let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
-    let mut reaper = Reaper { pid, reaped: false };
-    interrupt::set_current(pid);
-    if interrupt::interrupted() {
-        reaper.kill();
-    }
+    let mut reaper = Reaper::register(pid)?;
     let mut stdout = child
         .stdout
         .take()

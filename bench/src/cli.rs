@@ -7,7 +7,7 @@ use std::time::Duration;
 pub const USAGE: &str = "\
 usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH] [--qemu PATH]
                     [--qemu-cpu MODEL] [--firecracker PATH] [--cloud-hypervisor PATH]
-                    [--guest PATH] [--timeout SECS] [--out DIR]
+                    [--guest PATH] [--timeout SECS] [--out DIR] [--workloads LIST]
 
   --runs N                 recorded runs per VMM (default 20), interleaved A B C A B C ...
   --quick                  3 runs, no warm-up (CI smoke mode)
@@ -20,6 +20,8 @@ usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH] [--qemu PA
   --guest PATH             PVH test guest (default: built from tests/guests)
   --timeout SECS           per-run timeout (default 60)
   --out DIR                results directory (default: <workspace>/results/<UTC timestamp>)
+  --workloads LIST         comma-separated workloads to run (default: all): guest-life,
+                           memory, exit-cost, api-ready, create-rate, blk, rng, net
 ";
 
 /// Parsed options.
@@ -47,6 +49,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Results directory, when given.
     pub out: Option<PathBuf>,
+    /// `--workloads`: only these (all when `None`).
+    pub workloads: Option<Vec<String>>,
     /// `--help` was given.
     pub help: bool,
 }
@@ -65,8 +69,18 @@ impl Default for Options {
             guest: None,
             timeout: Duration::from_secs(60),
             out: None,
+            workloads: None,
             help: false,
         }
+    }
+}
+
+impl Options {
+    /// Whether the workload `name` is to run.
+    pub fn wants(&self, name: &str) -> bool {
+        self.workloads
+            .as_ref()
+            .is_none_or(|l| l.iter().any(|w| w == name))
     }
 }
 
@@ -109,6 +123,18 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String>
             "--cloud-hypervisor" => o.cloud_hypervisor = Some(value()?.into()),
             "--guest" => o.guest = Some(value()?.into()),
             "--out" => o.out = Some(value()?.into()),
+            "--workloads" => {
+                let list: Vec<String> = value()?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                if list.is_empty() {
+                    return Err("--workloads: expected a comma-separated list".into());
+                }
+                o.workloads = Some(list);
+            }
             "--timeout" => {
                 let v = value()?;
                 let secs: f64 = v
@@ -153,6 +179,15 @@ mod tests {
         assert_eq!(o.qemu, Some(PathBuf::from("/usr/bin/qemu")));
         assert_eq!(o.petrel, Some(PathBuf::from("/p")));
         assert_eq!(o.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn workload_selection() {
+        let o = p(&[]).unwrap();
+        assert!(o.wants("memory") && o.wants("net"));
+        let o = p(&["--workloads", "memory, exit-cost"]).unwrap();
+        assert!(o.wants("memory") && o.wants("exit-cost") && !o.wants("blk"));
+        assert!(p(&["--workloads", ","]).is_err());
     }
 
     #[test]

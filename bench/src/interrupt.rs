@@ -1,14 +1,21 @@
-//! Clean-up on Ctrl-C, SIGTERM, SIGHUP and panics: the one VMM process the harness is running
-//! at a time is registered here, and the signal handler (or panic hook) kills it with SIGKILL
-//! and records that the run was interrupted.
+//! Clean-up on Ctrl-C, SIGTERM, SIGHUP and panics: the VMM processes the harness is running
+//! (one at a time, or up to [`MAX_CHILDREN`] at once for `create-rate`) are registered here,
+//! and the signal handler (or panic hook) kills them with SIGKILL and records that the run was
+//! interrupted.
 //!
 //! A pid is registered only while its process is unreaped (alive or a zombie), so the handler
-//! can never signal a recycled pid: [`crate::child`] unregisters it before reaping.
+//! can never signal a recycled pid: [`crate::child`] and [`crate::live`] unregister it before
+//! reaping.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-static CURRENT_CHILD: AtomicI32 = AtomicI32::new(0);
+/// How many children may be registered at once.
+pub const MAX_CHILDREN: usize = 64;
+
+#[allow(clippy::declare_interior_mutable_const)] // Only used to initialise the array.
+const EMPTY: AtomicI32 = AtomicI32::new(0);
+static CHILDREN: [AtomicI32; MAX_CHILDREN] = [EMPTY; MAX_CHILDREN];
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Signals that stop the harness.
@@ -19,14 +26,16 @@ extern "C" fn on_signal(_sig: libc::c_int) {
     kill_current();
 }
 
-/// Sends SIGKILL to the registered child, if any. Async-signal-safe.
+/// Sends SIGKILL to every registered child. Async-signal-safe.
 pub fn kill_current() {
-    let pid = CURRENT_CHILD.load(Ordering::SeqCst);
-    if pid > 0 {
-        // SAFETY: kill(2) is async-signal-safe; `pid` is an unreaped child of ours (see the
-        // module doc), so it names that process and no other.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
+    for slot in &CHILDREN {
+        let pid = slot.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: kill(2) is async-signal-safe; `pid` is an unreaped child of ours (see
+            // the module doc), so it names that process and no other.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
         }
     }
 }
@@ -55,12 +64,47 @@ pub fn install() -> io::Result<()> {
     Ok(())
 }
 
-/// Registers `pid` as the running child (0 clears it).
-pub fn set_current(pid: libc::pid_t) {
-    CURRENT_CHILD.store(pid, Ordering::SeqCst);
+/// Registers `pid` (an unreaped child) so that a stop signal kills it. Fails when
+/// [`MAX_CHILDREN`] are registered already.
+pub fn register(pid: libc::pid_t) -> io::Result<()> {
+    for slot in &CHILDREN {
+        if slot
+            .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(io::Error::other("too many VMM processes at once"))
+}
+
+/// Unregisters `pid` (before it is reaped).
+pub fn unregister(pid: libc::pid_t) {
+    for slot in &CHILDREN {
+        let _ = slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
 }
 
 /// True once a stop signal arrived.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_and_unregister_use_free_slots() {
+        // Pids that are not ours: never signalled (no stop signal in tests).
+        let pids: Vec<libc::pid_t> = (0..3).map(|i| 0x7fff_0000 + i).collect();
+        for &p in &pids {
+            register(p).unwrap();
+        }
+        for &p in &pids {
+            assert!(CHILDREN.iter().any(|s| s.load(Ordering::SeqCst) == p));
+            unregister(p);
+            assert!(!CHILDREN.iter().any(|s| s.load(Ordering::SeqCst) == p));
+        }
+    }
 }

@@ -2,13 +2,16 @@
 //! on the same test guest, interleaving the runs, and writes JSON, Markdown and SVG charts.
 //!
 //! Modules: [`cli`] options, [`peers`] the VMMs and their command lines, [`workload`] what a
-//! run measures, [`runner`] interleaving, [`child`] process measurement, [`interrupt`]
+//! run measures, [`runner`] interleaving, [`child`] process measurement, [`live`] processes
+//! the harness works with while they run, [`http`] a client for API sockets, [`interrupt`]
 //! clean-up on signals, [`stats`], [`report`], [`svg`] and [`host`].
 
 mod child;
 mod cli;
 mod host;
+mod http;
 mod interrupt;
+mod live;
 mod peers;
 mod report;
 mod runner;
@@ -23,7 +26,10 @@ use std::process::ExitCode;
 use peers::{Vmm, VmmKind};
 use report::{Config, Document, VmmInfo, WorkloadReport, SCHEMA};
 use runner::Plan;
-use workload::{Device, DeviceBench, GuestLife, Workload};
+use workload::{ApiReady, CreateRate, Device, DeviceBench, ExitCost, GuestLife, Memory, Workload};
+
+/// VMs started together by the `create-rate` workload.
+const CREATE_RATE_VMS: usize = 10;
 
 /// Exit status after a stop signal (128 + SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -97,13 +103,29 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
     };
     let mut workloads: Vec<Box<dyn Workload>> = vec![
         Box::new(GuestLife::new(guest.clone())),
+        Box::new(Memory::new(guest.clone())),
+        Box::new(ExitCost::new(guest.clone(), o.quick)),
+        Box::new(ApiReady::new(guest.clone(), o.quick)),
+        Box::new(CreateRate::new(guest.clone(), CREATE_RATE_VMS)),
         Box::new(DeviceBench::new(guest.clone(), Device::Blk, o.quick)),
         Box::new(DeviceBench::new(guest.clone(), Device::Rng, o.quick)),
     ];
     // The net workload needs a tap, hence CAP_NET_ADMIN: left out (and said so) without.
-    match workload::tap::tap_available() {
-        Ok(()) => workloads.push(Box::new(DeviceBench::new(guest, Device::Net, o.quick))),
-        Err(e) => eprintln!("petrel-bench: net workload skipped: cannot create a tap ({e})"),
+    if o.wants("net") {
+        match workload::tap::tap_available() {
+            Ok(()) => workloads.push(Box::new(DeviceBench::new(guest, Device::Net, o.quick))),
+            Err(e) => eprintln!("petrel-bench: net workload skipped: cannot create a tap ({e})"),
+        }
+    }
+    workloads.retain(|w| o.wants(w.name()));
+    if let Some(only) = &o.workloads {
+        let known: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
+        if let Some(bad) = only
+            .iter()
+            .find(|n| !known.contains(&n.as_str()) && *n != "net")
+        {
+            return Err(format!("--workloads: unknown workload {bad:?}").into());
+        }
     }
     eprintln!(
         "petrel-bench: {} run(s) x {} VMM(s) [{}], results in {}",

@@ -5,8 +5,10 @@
 //! decides whether full Linux boots can run here; helpers for the test guest's `count` and
 //! `power-button` actions, and the host side (tap, packet socket) of a guest's network.
 
+pub mod guest_actions;
 pub mod guest_build;
 pub mod guest_output;
+pub mod host_net;
 pub mod image;
 pub mod linux_kit;
 pub mod petrel_log;

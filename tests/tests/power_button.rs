@@ -4,13 +4,14 @@
 //! (`DSDT: ged=1 gsi=<layout::GED_GSI>`); `action=power-button` arms (routes the GED GSI and
 //! waits) and does not fire by itself; `action=count` prints a steady `COUNT <n>` stream.
 //!
-//! For the API tests: [`arm_power_button_guest`] and [`expect_power_button_ack`] drive the
-//! guest's whole power-button path once something can press the button (`vm.power-button`):
-//! arm, press, then the guest prints `PETREL-GUEST: power button pressed` and powers off.
+//! The helpers that drive the guest's whole power-button path (arm, press, acknowledge) and
+//! read the `COUNT` stream live in `petrel_tests::guest_actions`, shared with the API tests
+//! (tests/tests/api_lifecycle.rs).
 
 use std::time::{Duration, Instant};
 
 use arch::layout::GED_GSI;
+use petrel_tests::guest_actions::{arm_power_button_guest, count_values, has_line};
 use petrel_tests::{guest_image, require_kvm, run_petrel, GuestKind, Petrel};
 
 /// Boot, ACPI walk and the first lines of an action, with room for a loaded host.
@@ -19,64 +20,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The line the guest prints for the GED it finds in the DSDT.
 fn ged_line() -> String {
     format!("DSDT: ged=1 gsi={GED_GSI}")
-}
-
-fn has_line(out: &str, line: &str) -> bool {
-    out.lines().any(|l| l == line)
-}
-
-/// The values of the `COUNT <n>` lines in `out`, in order.
-pub fn count_values(out: &str) -> Vec<u64> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("COUNT "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
-
-/// Starts petrel with `args` plus a test guest that runs `action=power-button` (`args` must not
-/// give `--kernel` or `--cmdline`; with an API socket, the VM must boot at start), and waits
-/// until the guest has found the GED and armed its interrupt: a press before that is lost,
-/// as on real hardware before the OS is up.
-pub fn arm_power_button_guest(args: &[&str]) -> Petrel {
-    let kernel = guest_image(GuestKind::Pvh);
-    let mut all = vec![
-        "--kernel",
-        kernel.as_str(),
-        "--cmdline",
-        "action=power-button",
-    ];
-    all.extend_from_slice(args);
-    let mut p = Petrel::spawn(&all);
-    let armed = p.wait_for_stdout(BOOT_TIMEOUT, |out| {
-        has_line(out, "PETREL-GUEST: waiting for power button")
-    });
-    let out = p.stdout();
-    assert!(
-        armed,
-        "guest did not arm the power button\n{out}\n{}",
-        p.stderr()
-    );
-    assert!(has_line(&out, &ged_line()), "no GED in the DSDT\n{out}");
-    p
-}
-
-/// Presses the button of an armed guest (from [`arm_power_button_guest`]) with `press` (e.g. a
-/// `vm.power-button` API call) and checks the guest acknowledges it and powers off. Returns
-/// the serial output; the caller checks what follows the poweroff (process exit, or the API's
-/// `Shutdown` state).
-pub fn expect_power_button_ack(p: &mut Petrel, press: impl FnOnce(&mut Petrel)) -> String {
-    press(p);
-    let acked = p.wait_for_stdout(BOOT_TIMEOUT, |out| {
-        has_line(out, "PETREL-GUEST: power button pressed")
-            && has_line(out, "PETREL-GUEST: poweroff")
-    });
-    let out = p.stdout();
-    assert!(
-        acked,
-        "guest did not acknowledge the power button\n{out}\n{}",
-        p.stderr()
-    );
-    out
 }
 
 #[test]
@@ -115,6 +58,7 @@ fn armed_guest_waits_for_the_button() {
     require_kvm!();
     let mut p = arm_power_button_guest(&[]);
     let out = p.stdout();
+    assert!(has_line(&out, &ged_line()), "{out}");
     assert!(
         has_line(&out, &format!("POWER: gsi={GED_GSI} vector=0x40 apic=0")),
         "{out}"

@@ -209,17 +209,21 @@ fn add_net(vmm: &mut Vmm, mut req: Request) -> Response {
         Ok(n) => n,
         Err(e) => return error(e),
     };
-    // Tap fds passed with SCM_RIGHTS (as Kata does) replace the numbers in the body.
+    // Tap fds passed with SCM_RIGHTS (as Kata does) replace the numbers in the body. They stay
+    // open (owned by the Vmm) only if the device is added; otherwise dropping them closes them.
     let fds = req.take_fds();
     if !fds.is_empty() {
-        use std::os::fd::IntoRawFd;
-        net.fds = Some(fds.into_iter().map(|fd| fd.into_raw_fd()).collect());
+        use std::os::fd::AsRawFd;
+        net.fds = Some(fds.iter().map(|fd| fd.as_raw_fd()).collect());
     }
     let id = net.id.clone();
     let r = vmm.edit_config("vm.add-net", |cfg| {
         cfg.net.get_or_insert_with(Vec::new).push(net);
         Ok(())
     });
+    if r.is_ok() {
+        vmm.keep_fds(fds);
+    }
     added(r, id)
 }
 

@@ -18,7 +18,9 @@ const USAGE: &str = "usage: petrel --kernel PATH [--initramfs PATH] [--cmdline S
 [--disk path=FILE[,readonly=on][,direct=on][,id=ID][,serial=S]]... [--rng[=src=PATH]] \
 [--balloon size=SIZE[,deflate_on_oom=on][,statistics_polling_interval_s=N]] \
 [--net tap=NAME|fd=N[,mac=MAC][,id=ID]]... [--vsock cid=N,socket=PATH] \
-[--virtio-mmio-cmdline]
+[--virtio-mmio-cmdline] [--api-socket PATH|fd=N] [--id NAME] [--log-file PATH] \
+[--log-level error|warn|info|debug|trace|off] [--seccomp true|false|log]
+       petrel --api-socket PATH|fd=N [--hypervisor …] [--seccomp …]  (VM created through the API)
        petrel --version | --capabilities | --help";
 
 /// What the command line asks for.
@@ -113,8 +115,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         "--help",
         "--virtio-mmio-cmdline",
     ];
-    const WITH_VALUE: [&str; 17] = [
+    const WITH_VALUE: [&str; 18] = [
         "--api-socket",
+        "--seccomp",
         "--id",
         "--log-file",
         "--log-level",
@@ -235,8 +238,10 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     };
     let mut opts_hv = Request::Auto;
     let (mut log_level, mut log_file, mut id) = (None, None, None);
+    let mut seccomp = crate::seccomp::SeccompMode::default();
     let mut no_reboot = false;
-    const PROCESS_OPTIONS: [&str; 9] = [
+    const PROCESS_OPTIONS: [&str; 10] = [
+        "--seccomp",
         "--id",
         "--log-file",
         "--log-level",
@@ -267,6 +272,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             }
             "--log-file" => log_file = Some(PathBuf::from(v)),
             "--id" => id = Some(v),
+            "--seccomp" => seccomp = v.parse().map_err(CliError::Usage)?,
             "--initramfs" => cfg.payload.initramfs = Some(PathBuf::from(v)),
             "--cmdline" => cfg.payload.cmdline = Some(v),
             "--cpus" => cfg.cpus.boot_vcpus = parse_cpus(&v)?,
@@ -311,6 +317,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         log_level,
         log_file,
         id,
+        seccomp,
     })))
 }
 

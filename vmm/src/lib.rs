@@ -8,6 +8,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod logger;
 pub mod run;
+pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
 pub mod virtio;

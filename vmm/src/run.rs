@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::api_server;
 use crate::devices::{clone_eventfd, LifecycleEvents};
 use crate::event_loop::{Controller, EventLoop, LoopInputs};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::signals::SignalFd;
 use crate::vcpu::VcpuShared;
 use crate::vmm::{Next, Vmm};
@@ -41,6 +42,8 @@ pub struct Options {
     pub log_file: Option<std::path::PathBuf>,
     /// `--id`: the VM's name in every log line.
     pub id: Option<String>,
+    /// `--seccomp`.
+    pub seccomp: SeccompMode,
 }
 
 /// Total host RAM in bytes, from /proc/meminfo.
@@ -100,16 +103,25 @@ pub fn run(opts: &Options) -> Result<i32> {
         .map_err(|e| Error::io("setting up signal handling", e))?;
     let (hv, selection) = hypervisor::open(opts.hypervisor, opts.mshv_gate)?;
     log::info!("hypervisor: {} ({})", selection.kind, selection.reason);
+    let seccomp_mode = match (selection.kind, opts.seccomp) {
+        (hypervisor::Kind::Mshv, SeccompMode::Enforce) => {
+            log::warn!("seccomp: the filters cover the KVM backend only; off with mshv");
+            SeccompMode::Off
+        }
+        (_, mode) => mode,
+    };
     let events = LifecycleEvents::new()?;
-    let shared =
-        Arc::new(VcpuShared::new().map_err(|e| Error::io("creating the vCPU event eventfd", e))?);
+    let shared = Arc::new(
+        VcpuShared::new(seccomp_mode)
+            .map_err(|e| Error::io("creating the vCPU event eventfd", e))?,
+    );
     let serial_mode = opts
         .config
         .as_ref()
         .map_or(opts.serial_mode, |c| c.serial.mode);
     let (api_evt, api_rx, _server) = match &opts.api_socket {
         Some(spec) => {
-            let (evt, rx, server) = start_api(spec)?;
+            let (evt, rx, server) = start_api(spec, seccomp_mode)?;
             (Some(evt), Some(rx), Some(server))
         }
         None => (None, None, None),
@@ -128,6 +140,8 @@ pub fn run(opts: &Options) -> Result<i32> {
         shared.clone(),
     );
     let mut event_loop = EventLoop::new(controller)?;
+    seccomp::apply(ThreadKind::Vmm, seccomp_mode).map_err(|e| Error::Device(e.to_string()))?;
+    seccomp::selftest_if_requested(ThreadKind::Vmm);
     let mut vmm = Vmm::new(
         hv,
         selection,
@@ -167,7 +181,10 @@ const API_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 
 /// Starts the API server thread; requests come back over the returned channel, announced
 /// by writes to the returned eventfd.
-fn start_api(spec: &SocketSpec) -> Result<(EventFd, Receiver<Exchange>, Server)> {
+fn start_api(
+    spec: &SocketSpec,
+    seccomp_mode: SeccompMode,
+) -> Result<(EventFd, Receiver<Exchange>, Server)> {
     let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating the API eventfd", e))?;
     let notify = clone_eventfd(&evt, "API")?;
     let (forwarder, rx) = Forwarder::new(move || {
@@ -177,11 +194,23 @@ fn start_api(spec: &SocketSpec) -> Result<(EventFd, Receiver<Exchange>, Server)>
     });
     // A stuck VMM answers 504 rather than leaving the API thread waiting forever.
     let forwarder = forwarder.with_timeout(API_REPLY_TIMEOUT);
-    let listener = spec
-        .listen()
-        .map_err(|e| Error::Guest(format!("api socket: {e}")))?;
-    let server = Server::start(listener, ServerConfig::default(), forwarder)
-        .map_err(|e| Error::Guest(format!("api server: {e}")))?;
+    // A socket petrel binds by path is removed again when the server stops; an inherited one
+    // belongs to whoever passed it.
+    let init = move || {
+        if let Err(e) = seccomp::apply(ThreadKind::Api, seccomp_mode) {
+            log::error!("api: {e}");
+        }
+        seccomp::selftest_if_requested(ThreadKind::Api);
+    };
+    let server = match spec {
+        SocketSpec::Path(path) => {
+            Server::bind_with_init(path, ServerConfig::default(), forwarder, init)
+        }
+        SocketSpec::Fd(_) => spec.listen().and_then(|listener| {
+            Server::start_with_init(listener, ServerConfig::default(), forwarder, init)
+        }),
+    }
+    .map_err(|e| Error::Guest(format!("api socket: {e}")))?;
     log::info!("api: listening on {spec:?}");
     Ok((evt, rx, server))
 }

@@ -12,6 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hypervisor::{IoHandler, Vcpu, VcpuExit};
+
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
@@ -37,11 +39,13 @@ pub struct VcpuShared {
     paused: Mutex<bool>,
     resume: Condvar,
     parked: AtomicUsize,
+    /// The seccomp mode each vCPU thread installs.
+    seccomp: SeccompMode,
 }
 
 impl VcpuShared {
     /// New shared state with its eventfd.
-    pub fn new() -> std::io::Result<Self> {
+    pub fn new(seccomp: SeccompMode) -> std::io::Result<Self> {
         Ok(VcpuShared {
             stop: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
@@ -49,6 +53,7 @@ impl VcpuShared {
             paused: Mutex::new(false),
             resume: Condvar::new(),
             parked: AtomicUsize::new(0),
+            seccomp,
         })
     }
 
@@ -110,6 +115,14 @@ pub fn run_vcpu(
         )));
         return;
     }
+    if let Err(e) = seccomp::apply(ThreadKind::Vcpu, shared.seccomp) {
+        shared.report(VcpuEvent::Failed(format!(
+            "vCPU {id}: {}",
+            crate::error_chain(&e)
+        )));
+        return;
+    }
+    seccomp::selftest_if_requested(ThreadKind::Vcpu);
     while !shared.stop.load(Ordering::Acquire) {
         if shared.is_paused() {
             shared.park_while_paused();

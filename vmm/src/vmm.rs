@@ -112,6 +112,8 @@ pub struct Vmm {
     shared: Arc<VcpuShared>,
     events: LifecycleEvents,
     boots: u32,
+    /// Descriptors received with API calls (tap fds) that the config refers to by number.
+    kept_fds: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Vmm {
@@ -135,7 +137,13 @@ impl Vmm {
             shared,
             events,
             boots: 0,
+            kept_fds: Vec::new(),
         }
+    }
+
+    /// Keeps descriptors the config refers to open until the VM is deleted.
+    pub fn keep_fds(&mut self, fds: Vec<std::os::fd::OwnedFd>) {
+        self.kept_fds.extend(fds);
     }
 
     /// The current state.
@@ -320,6 +328,7 @@ impl Vmm {
             event_loop.set_serial(None);
         }
         self.config = None;
+        self.kept_fds.clear();
         self.state = VmState::NotCreated;
         Ok(())
     }

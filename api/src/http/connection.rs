@@ -169,8 +169,38 @@ impl Connection {
             let request = head.into_request(body, fds);
             let keep_alive = request.keep_alive();
             let response = handler.handle(request);
+            if response.is_stream() {
+                return self.hand_over(&response, config);
+            }
             let keep_alive = keep_alive && !response.headers.has_token("connection", "close");
             self.queue(&response, version, keep_alive, head_only, config);
+        }
+    }
+
+    /// Writes a streaming response's head and gives the stream to its callback; this
+    /// connection is then closed (the callback's copy of the socket stays open).
+    fn hand_over(&mut self, response: &Response, config: &ServerConfig) {
+        self.closed = true;
+        let Some(then) = response.take_stream() else {
+            return;
+        };
+        let stream = match self.stream.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("api connection: hand over: {e}");
+                return;
+            }
+        };
+        let ready = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_write_timeout(Some(config.write_timeout)))
+            .and_then(|()| {
+                use std::io::Write;
+                (&stream).write_all(&response.stream_head())
+            });
+        match ready {
+            Ok(()) => then(stream),
+            Err(e) => log::debug!("api connection: streaming response head: {e}"),
         }
     }
 

@@ -51,7 +51,31 @@ pub struct Response {
     pub headers: Headers,
     /// The body.
     pub body: Vec<u8>,
+    /// Set by [`Response::stream`]: the connection is handed over after the head.
+    takeover: Option<Takeover>,
 }
+
+/// What a streaming response does with its connection (see [`Response::stream`]).
+type TakeoverFn = Box<dyn FnOnce(std::os::unix::net::UnixStream) + Send>;
+
+/// A streaming response's callback, shared so that [`Response`] stays `Clone`; the first
+/// taker runs it.
+#[derive(Clone)]
+struct Takeover(std::sync::Arc<std::sync::Mutex<Option<TakeoverFn>>>);
+
+impl std::fmt::Debug for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Takeover")
+    }
+}
+
+impl PartialEq for Takeover {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Takeover {}
 
 impl Response {
     /// An empty response with `status` and its standard reason.
@@ -61,7 +85,49 @@ impl Response {
             reason: reason_phrase(status).to_string(),
             headers: Headers::new(),
             body: Vec::new(),
+            takeover: None,
         }
+    }
+
+    /// A streaming response (server-sent events, for instance): the server writes the status
+    /// line and headers with neither `Content-Length` nor keep-alive (the body ends when the
+    /// connection closes), then hands the connection to `then` (blocking mode, the server's
+    /// write timeout set) and forgets it. `then` runs on the server thread: keep it short
+    /// (hand the stream to another thread).
+    pub fn stream(
+        status: u16,
+        content_type: &str,
+        then: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static,
+    ) -> Response {
+        let mut r = Response::new(status);
+        r.headers.set("Content-Type", content_type);
+        r.takeover = Some(Takeover(std::sync::Arc::new(std::sync::Mutex::new(Some(
+            Box::new(then),
+        )))));
+        r
+    }
+
+    /// Whether this is a [`Response::stream`].
+    pub fn is_stream(&self) -> bool {
+        self.takeover.is_some()
+    }
+
+    /// The callback of a [`Response::stream`], once.
+    pub(crate) fn take_stream(&self) -> Option<TakeoverFn> {
+        let t = self.takeover.as_ref()?;
+        t.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The head of a streaming response: no `Content-Length`, `Connection: close`.
+    pub(crate) fn stream_head(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out, Version::Http11, false, true);
+        // write_to announced the (empty) body's length: drop that line.
+        let text = String::from_utf8_lossy(&out).into_owned();
+        text.split_inclusive("\r\n")
+            .filter(|l| !l.to_ascii_lowercase().starts_with("content-length:"))
+            .collect::<String>()
+            .into_bytes()
     }
 
     /// `204 No Content`.
@@ -246,6 +312,7 @@ pub fn parse_response(
             reason,
             headers,
             body: body.to_vec(),
+            takeover: None,
         },
         len: raw.len + body_len,
         reusable,

@@ -182,10 +182,21 @@ impl Server {
         config: ServerConfig,
         handler: impl Handler,
     ) -> Result<Server> {
+        Server::bind_with_init(path, config, handler, || {})
+    }
+
+    /// Like [`Server::bind`], running `init` first on the server thread (e.g. to install a
+    /// seccomp filter there).
+    pub fn bind_with_init(
+        path: impl AsRef<Path>,
+        config: ServerConfig,
+        handler: impl Handler,
+        init: impl FnOnce() + Send + 'static,
+    ) -> Result<Server> {
         let path = path.as_ref();
         let listener = listen(path)?;
         let meta = std::fs::symlink_metadata(path).map_err(Error::Setup)?;
-        let mut server = Server::start(listener, config, handler)?;
+        let mut server = Server::start_with_init(listener, config, handler, init)?;
         server.bound = Some((path.to_path_buf(), meta.dev(), meta.ino()));
         Ok(server)
     }
@@ -196,11 +207,24 @@ impl Server {
         config: ServerConfig,
         handler: impl Handler,
     ) -> Result<Server> {
+        Server::start_with_init(listener, config, handler, || {})
+    }
+
+    /// Like [`Server::start`], running `init` first on the server thread.
+    pub fn start_with_init(
+        listener: UnixListener,
+        config: ServerConfig,
+        handler: impl Handler,
+        init: impl FnOnce() + Send + 'static,
+    ) -> Result<Server> {
         listener.set_nonblocking(true).map_err(Error::Setup)?;
         let (wake, wake_rx) = UnixStream::pair().map_err(Error::Setup)?;
         let thread = std::thread::Builder::new()
             .name("http-server".into())
-            .spawn(move || serve(listener, wake_rx, config, handler))
+            .spawn(move || {
+                init();
+                serve(listener, wake_rx, config, handler)
+            })
             .map_err(Error::Setup)?;
         Ok(Server {
             wake,

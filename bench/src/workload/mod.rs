@@ -10,12 +10,20 @@ use serde::Serialize;
 
 use crate::peers::{Vmm, VmmKind};
 
+pub mod api_ready;
+pub mod create_rate;
 pub mod device;
+pub mod exit_cost;
 pub mod guest_life;
+pub mod memory;
 pub mod tap;
 
+pub use api_ready::ApiReady;
+pub use create_rate::CreateRate;
 pub use device::{Device, DeviceBench};
+pub use exit_cost::ExitCost;
 pub use guest_life::GuestLife;
+pub use memory::Memory;
 
 /// One quantity a workload measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

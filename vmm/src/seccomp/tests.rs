@@ -1,0 +1,295 @@
+//! Unit tests of the filters: parsing, compilation, the lists' invariants, and each filter
+//! installed in a forked child (no KVM needed).
+
+use super::*;
+
+#[test]
+fn modes_parse_and_print() {
+    for (s, m) in [
+        ("true", SeccompMode::Enforce),
+        ("false", SeccompMode::Off),
+        ("log", SeccompMode::Log),
+    ] {
+        assert_eq!(s.parse::<SeccompMode>(), Ok(m));
+        assert_eq!(m.to_string(), s);
+    }
+    assert_eq!(SeccompMode::default(), SeccompMode::Enforce);
+    for bad in ["", "yes", "on", "True", "kill"] {
+        let e = bad.parse::<SeccompMode>().unwrap_err();
+        assert!(e.starts_with("--seccomp: "), "{e}");
+        assert!(e.contains(&format!("'{bad}'")), "{e}");
+        assert!(e.contains("true, false or log"), "{e}");
+    }
+}
+
+#[test]
+fn every_filter_compiles_in_both_modes() {
+    for kind in ThreadKind::ALL {
+        assert!(programs(kind, SeccompMode::Off).unwrap().is_empty());
+        for mode in [SeccompMode::Enforce, SeccompMode::Log] {
+            let progs = programs(kind, mode).unwrap();
+            assert_eq!(
+                progs.len(),
+                1 + usize::from(!rules::refused(kind).is_empty())
+            );
+            for prog in progs {
+                assert!(
+                    !prog.is_empty() && prog.len() < 4096,
+                    "{kind}: {}",
+                    prog.len()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kvm_ioctl_numbers_match_what_strace_decoded() {
+    use rules::kvm;
+    for (got, want) in [
+        (kvm::CHECK_EXTENSION, 0xae03),
+        (kvm::CREATE_IRQCHIP, 0xae60),
+        (kvm::CREATE_VCPU, 0xae41),
+        (kvm::CREATE_VM, 0xae01),
+        (kvm::GET_LAPIC, 0x8400_ae8e),
+        (kvm::GET_REGS, 0x8090_ae81),
+        (kvm::GET_SREGS, 0x8138_ae83),
+        (kvm::GET_SUPPORTED_CPUID, 0xc008_ae05),
+        (kvm::GET_VCPU_MMAP_SIZE, 0xae04),
+        (kvm::IRQFD, 0x4020_ae76),
+        (kvm::IOEVENTFD, 0x4040_ae79),
+        (kvm::RUN, 0xae80),
+        (kvm::SET_CPUID2, 0x4008_ae90),
+        (kvm::SET_FPU, 0x41a0_ae8d),
+        (kvm::SET_LAPIC, 0x4400_ae8f),
+        (kvm::SET_MSRS, 0x4008_ae89),
+        (kvm::SET_REGS, 0x4090_ae82),
+        (kvm::SET_SREGS, 0x4138_ae84),
+        (kvm::SET_TSS_ADDR, 0xae47),
+        (kvm::SET_USER_MEMORY_REGION, 0x4020_ae46),
+    ] {
+        assert_eq!(got, want, "{got:#x} != {want:#x}");
+    }
+}
+
+/// Whether `kind` allows syscall `nr` with these low-32-bit arguments.
+fn allows(kind: ThreadKind, nr: i64, args: &[u64]) -> bool {
+    let holds = |c: &Cond| match *c {
+        Cond::Eq(i, v) => args.get(usize::from(i)).map(|a| a & 0xffff_ffff) == Some(v),
+        Cond::MaskedEq(i, m, v) => args.get(usize::from(i)).map(|a| a & m & 0xffff_ffff) == Some(v),
+    };
+    match merged(kind).get(&nr) {
+        None => false,
+        Some(None) => true,
+        Some(Some(rules)) => rules.iter().any(|r| r.iter().all(holds)),
+    }
+}
+
+#[test]
+fn the_main_thread_filter_contains_the_others() {
+    // vCPU and API threads inherit the main thread's filter: whatever they may do, it must
+    // allow too.
+    let vmm = merged(ThreadKind::Vmm);
+    for kind in [ThreadKind::Vcpu, ThreadKind::Api] {
+        for (nr, conds) in merged(kind) {
+            let outer = vmm.get(&nr);
+            let ok = match (outer, &conds) {
+                (Some(None), _) => true,
+                (Some(Some(outer)), Some(inner)) => inner.iter().all(|r| outer.contains(r)),
+                _ => false,
+            };
+            assert!(
+                ok,
+                "syscall {nr} of the {kind} list is not (as widely) in the vmm list"
+            );
+        }
+    }
+}
+
+#[test]
+fn dangerous_and_selftest_syscalls_are_on_no_list() {
+    for kind in ThreadKind::ALL {
+        for nr in [
+            SELFTEST_SYSCALL,
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_fork,
+            libc::SYS_vfork,
+            libc::SYS_ptrace,
+            libc::SYS_kill,
+            libc::SYS_mount,
+            libc::SYS_setuid,
+            libc::SYS_process_vm_writev,
+        ] {
+            assert!(!allows(kind, nr, &[0; 6]), "{kind} allows {nr}");
+        }
+        // Raw and IPv6 sockets, and clone without CLONE_THREAD (a fork).
+        let inet6 = libc::AF_INET6 as u64;
+        assert!(!allows(
+            kind,
+            libc::SYS_socket,
+            &[inet6, libc::SOCK_RAW as u64, 0]
+        ));
+        let raw = libc::SOCK_RAW as u64;
+        assert!(!allows(
+            kind,
+            libc::SYS_socket,
+            &[libc::AF_INET as u64, raw, 0]
+        ));
+        let sigchld = libc::SIGCHLD as u64;
+        assert!(!allows(kind, libc::SYS_clone, &[sigchld, 0, 0, 0, 0]));
+    }
+    let tun = libc::TUNSETIFF;
+    let dgram = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
+    assert!(allows(
+        ThreadKind::Vmm,
+        libc::SYS_socket,
+        &[libc::AF_INET as u64, dgram, 0]
+    ));
+    assert!(allows(ThreadKind::Vmm, libc::SYS_ioctl, &[3, tun]));
+    let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+    assert!(allows(
+        ThreadKind::Vmm,
+        libc::SYS_clone,
+        &[thread, 0, 0, 0, 0]
+    ));
+}
+
+#[test]
+fn vcpu_threads_get_only_what_running_a_guest_needs() {
+    let v = ThreadKind::Vcpu;
+    for nr in [
+        libc::SYS_openat,
+        libc::SYS_socket,
+        libc::SYS_clone3,
+        libc::SYS_read,
+        libc::SYS_connect,
+        libc::SYS_rt_sigaction,
+    ] {
+        assert!(!allows(v, nr, &[0; 6]), "vcpu allows {nr}");
+    }
+    assert!(allows(v, libc::SYS_ioctl, &[5, rules::kvm::RUN]));
+    assert!(allows(v, libc::SYS_ioctl, &[5, libc::TUNSETOFFLOAD]));
+    assert!(!allows(v, libc::SYS_ioctl, &[5, rules::kvm::CREATE_VCPU]));
+    assert!(!allows(v, libc::SYS_ioctl, &[5, libc::TUNSETIFF]));
+    assert!(allows(v, libc::SYS_write, &[1, 0, 1]));
+    let kick = hypervisor::kick_signal() as u64;
+    assert!(!allows(v, libc::SYS_tgkill, &[1, 2, kick]));
+    assert!(allows(ThreadKind::Vmm, libc::SYS_tgkill, &[1, 2, kick]));
+}
+
+/// Runs `body` in a forked child with `kind`'s filter in `mode` installed; returns the
+/// child's wait status. The program is built before the fork: the child only makes syscalls.
+fn in_filtered_child(kind: ThreadKind, mode: SeccompMode, body: fn() -> i32) -> i32 {
+    let progs = programs(kind, mode).unwrap();
+    // SAFETY: the child calls only async-signal-safe functions (setrlimit, prctl, seccomp,
+    // the syscalls of `body`) and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: setrlimit reads a valid rlimit: no core file for an expected SIGSYS.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
+        let code = match progs.iter().try_for_each(|p| seccompiler::apply_filter(p)) {
+            Ok(()) => body(),
+            Err(_) => 99,
+        };
+        // SAFETY: ends the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a valid out pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid);
+    status
+}
+
+fn forbidden() -> i32 {
+    // SAFETY: getpgid(0) takes no pointers.
+    unsafe { libc::syscall(SELFTEST_SYSCALL, 0) };
+    7
+}
+
+fn allowed_calls() -> i32 {
+    // SAFETY: getpid takes no arguments; ioctl on fd -1 fails with EBADF without touching
+    // the (null) argument.
+    unsafe {
+        libc::getpid();
+        let r = libc::ioctl(-1, rules::kvm::RUN as _, 0);
+        if r != -1 {
+            return 1;
+        }
+    }
+    0
+}
+
+fn forbidden_ioctl() -> i32 {
+    // SAFETY: the filter stops the call before the kernel looks at fd -1 or the pointer.
+    unsafe { libc::ioctl(-1, libc::TUNSETIFF as _, 0) };
+    7
+}
+
+#[test]
+fn a_forbidden_syscall_kills_with_sigsys_or_is_only_logged() {
+    for kind in ThreadKind::ALL {
+        let status = in_filtered_child(kind, SeccompMode::Enforce, forbidden);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "{kind}: status {status:#x}"
+        );
+        let status = in_filtered_child(kind, SeccompMode::Log, forbidden);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7,
+            "{kind} log: status {status:#x}"
+        );
+    }
+}
+
+#[test]
+fn ioctls_are_filtered_by_request() {
+    let status = in_filtered_child(ThreadKind::Vcpu, SeccompMode::Enforce, allowed_calls);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}"
+    );
+    let status = in_filtered_child(ThreadKind::Vcpu, SeccompMode::Enforce, forbidden_ioctl);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+        "status {status:#x}"
+    );
+}
+
+fn open_proc_file() -> i32 {
+    let path = c"/proc/sys/vm/overcommit_memory";
+    // SAFETY: `path` is a NUL-terminated string; the result is checked.
+    let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
+    if fd >= 0 {
+        return 1;
+    }
+    // SAFETY: reads this thread's errno.
+    match unsafe { *libc::__errno_location() } {
+        libc::EACCES => 0,
+        _ => 2,
+    }
+}
+
+#[test]
+fn vcpu_and_api_threads_are_refused_openat_without_dying() {
+    for kind in [ThreadKind::Vcpu, ThreadKind::Api] {
+        for mode in [SeccompMode::Enforce, SeccompMode::Log] {
+            let status = in_filtered_child(kind, mode, open_proc_file);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "{kind} {mode}: status {status:#x}"
+            );
+        }
+    }
+    let status = in_filtered_child(ThreadKind::Vmm, SeccompMode::Enforce, open_proc_file);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1,
+        "{status:#x}"
+    );
+}
