@@ -1,9 +1,14 @@
 //! The command line: global options, accepted before or after the command, and the words
 //! left for the target's command parser.
 //!
-//! Global options: `--api-socket PATH` (the per-VM API of one petrel), `-o|--output
+//! Global options: `--api-socket PATH` (the per-VM API of one petrel) or `--socket PATH`
+//! (petreld, the default target, on its default socket when not given), `-o|--output
 //! json|text`, `--timeout SECONDS`, `-h|--help`, `-V|--version`. Options take their value as
 //! the next argument or after `=` (`-ojson` too); `--` ends option parsing.
+//!
+//! With petreld as the target, commands have options of their own: an option that is not
+//! global is left in the command's words, and so is `--timeout` once the command has begun
+//! (`vm stop --timeout 5 web`); `--` is kept for the command's parser.
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
@@ -52,14 +57,18 @@ pub enum Parsed {
 pub fn usage() -> String {
     format!(
         "\
-usage: petrelctl --api-socket PATH [-o text|json] [--timeout SECONDS] COMMAND [ARGS]
+usage: petrelctl [--socket PATH] [-o text|json] [--timeout SECONDS] COMMAND [ARGS]
+       petrelctl --api-socket PATH [-o text|json] [--timeout SECONDS] COMMAND [ARGS]
 
-Drives one petrel VM through its per-VM API socket.
+Drives petreld, the orchestrator (default), or one petrel VM through its per-VM API socket.
 
-Commands:
+petreld commands:
+{}
+Per-VM API commands (with --api-socket):
 {}
 Options:
-  --api-socket PATH   the VM's API socket (petrel --api-socket PATH)
+  --socket PATH       petreld's socket (default {})
+  --api-socket PATH   one VM's API socket (petrel --api-socket PATH)
   -o, --output FMT    text (default) or json (the server's JSON, pretty)
   --timeout SECONDS   time one request may take (default {})
   -h, --help          this text
@@ -67,14 +76,18 @@ Options:
 
 Exit status: 0 on success, 1 when the request failed, 2 for usage errors.
 ",
+        super::daemon::command_help(),
         super::vmm::command_help(),
+        crate::daemon::config::default_socket().display(),
         DEFAULT_TIMEOUT.as_secs()
     )
 }
 
 /// Parses the arguments (without the program name).
 pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
+    let daemon = !names_api_socket(&args);
     let mut api_socket: Option<PathBuf> = None;
+    let mut socket: Option<PathBuf> = None;
     let mut output = OutputFormat::Text;
     let mut timeout = DEFAULT_TIMEOUT;
     let mut words = Vec::new();
@@ -85,6 +98,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
             continue;
         };
         if text == "--" {
+            if daemon && !words.is_empty() {
+                words.push(arg);
+            }
             words.extend(args.by_ref());
             break;
         }
@@ -93,6 +109,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
             continue;
         }
         let (name, inline) = split_option(text);
+        // petreld commands have options of their own once the command has begun.
+        let in_command = daemon && !words.is_empty();
         let mut value = |name: &str| -> Result<OsString> {
             match &inline {
                 Some(v) => Ok(OsString::from(v)),
@@ -111,17 +129,31 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
                 }
                 api_socket = Some(PathBuf::from(path));
             }
+            "--socket" if !daemon => {
+                return Err(CtlError::usage(
+                    "--socket (petreld) and --api-socket (one VM): give only one",
+                ))
+            }
+            "--socket" => {
+                let path = value(name)?;
+                if path.is_empty() {
+                    return Err(CtlError::usage("--socket: empty path"));
+                }
+                socket = Some(PathBuf::from(path));
+            }
             "-o" | "--output" => output = parse_output(&value(name)?)?,
-            "--timeout" => timeout = parse_timeout(&value(name)?)?,
+            "--timeout" if !in_command => timeout = parse_timeout(&value(name)?)?,
+            _ if daemon => words.push(arg),
             _ => return Err(CtlError::usage(format!("unknown option '{text}'"))),
         }
     }
     if words.first().is_some_and(|w| w == "help") {
         return Ok(Parsed::Help);
     }
-    let target = match api_socket {
-        Some(path) => Target::Vmm(path),
-        None => return Err(CtlError::usage("missing --api-socket PATH")),
+    let target = match (api_socket, socket) {
+        (Some(path), _) => Target::Vmm(path),
+        (None, Some(path)) => Target::Daemon(path),
+        (None, None) => Target::Daemon(crate::daemon::config::default_socket()),
     };
     if words.is_empty() {
         return Err(CtlError::usage("missing command"));
@@ -132,6 +164,14 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
         timeout,
         words,
     }))
+}
+
+/// Whether `--api-socket` (the per-VM target) is among the global options, i.e. before `--`.
+fn names_api_socket(args: &[OsString]) -> bool {
+    args.iter()
+        .filter_map(|a| a.to_str())
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--api-socket" || a.starts_with("--api-socket="))
 }
 
 /// `--name=value` → (`--name`, `value`); `-ojson` → (`-o`, `json`).
@@ -206,8 +246,10 @@ mod tests {
     #[test]
     fn usage_errors() {
         for bad in [
-            &["ping"][..],
-            &["--api-socket", "/s"],
+            &["--api-socket", "/s"][..],
+            &["--socket", "/d", "--api-socket", "/s", "ping"],
+            &["--api-socket", "/s", "--socket", "/d", "ping"],
+            &["vm", "list", "--socket"],
             &["--api-socket"],
             &["--api-socket", "/s", "-o", "yaml", "ping"],
             &["--api-socket", "/s", "--timeout", "0", "ping"],
@@ -219,5 +261,42 @@ mod tests {
         assert_eq!(parse(args(&["--help"])).unwrap(), Parsed::Help);
         assert_eq!(parse(args(&["help"])).unwrap(), Parsed::Help);
         assert_eq!(parse(args(&["-V"])).unwrap(), Parsed::Version);
+    }
+
+    #[test]
+    fn petreld_target() {
+        let inv = run(&[
+            "--timeout",
+            "5",
+            "vm",
+            "stop",
+            "--timeout",
+            "3",
+            "web",
+            "-ojson",
+        ]);
+        assert_eq!(
+            inv.target,
+            Target::Daemon(crate::daemon::config::default_socket())
+        );
+        assert_eq!(inv.timeout, Duration::from_secs(5));
+        assert_eq!(inv.output, OutputFormat::Json);
+        assert_eq!(inv.words, args(&["vm", "stop", "--timeout", "3", "web"]));
+        let inv = run(&[
+            "vm",
+            "list",
+            "--socket=/d",
+            "--state",
+            "running",
+            "--",
+            "-x",
+        ]);
+        assert_eq!(inv.target, Target::Daemon("/d".into()));
+        assert_eq!(
+            inv.words,
+            args(&["vm", "list", "--state", "running", "--", "-x"])
+        );
+        let inv = run(&["--", "host"]);
+        assert_eq!(inv.words, args(&["host"]));
     }
 }

@@ -7,6 +7,8 @@
 //!   anywhere on the command line; what is left are the command's words.
 //! - [`transport`]: one HTTP request over the target's Unix socket, with transport and server
 //!   errors turned into one-line messages.
+//! - [`daemon`]: the commands of petreld (`--socket PATH`, the default target): VMs,
+//!   templates, the host and feature gates.
 //! - [`vmm`]: the commands of the per-VM API (`petrel --api-socket`): parsing their words and
 //!   running them.
 //! - [`output`]: rendering server JSON for people (aligned `key: value` lines, tables).
@@ -15,6 +17,7 @@
 //! standard error), 2 for usage errors.
 
 pub mod args;
+pub mod daemon;
 pub mod output;
 pub mod transport;
 pub mod vmm;
@@ -34,18 +37,20 @@ pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
 /// What `petrelctl` talks to. Each variant is selected by its own global option and has its
-/// own command set; `petreld` (`--socket PATH`) will be the second.
+/// own command set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// One `petrel` process over its per-VM API socket (`--api-socket PATH`).
     Vmm(PathBuf),
+    /// The `petreld` orchestrator (`--socket PATH`, else its default socket).
+    Daemon(PathBuf),
 }
 
 impl Target {
     /// The Unix socket the target listens on.
     pub fn socket(&self) -> &std::path::Path {
         match self {
-            Target::Vmm(path) => path,
+            Target::Vmm(path) | Target::Daemon(path) => path,
         }
     }
 }
@@ -108,11 +113,18 @@ fn try_run(args: Vec<OsString>, out: &mut dyn Write) -> Result<()> {
         Parsed::Help => args::usage(),
         Parsed::Version => format!("petrelctl {}\n", env!("CARGO_PKG_VERSION")),
         Parsed::Run(invocation) => {
-            let api = Api::new(invocation.target.socket(), invocation.timeout);
+            let socket = invocation.target.socket();
             match &invocation.target {
                 Target::Vmm(_) => {
                     let command = vmm::parse(&invocation.words)?;
+                    let api = Api::new(socket, invocation.timeout);
                     let outcome = vmm::execute(&api, &command)?;
+                    outcome.render(invocation.output)
+                }
+                Target::Daemon(_) => {
+                    let command = daemon::parse(&invocation.words)?;
+                    let api = Api::new(socket, command.request_timeout(invocation.timeout));
+                    let outcome = daemon::execute(&api, &command)?;
                     outcome.render(invocation.output)
                 }
             }
