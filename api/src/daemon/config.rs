@@ -39,6 +39,33 @@ pub struct FileConfig {
     pub poll_interval_ms: Option<u64>,
     /// Feature gates by name.
     pub feature_gates: Option<BTreeMap<String, bool>>,
+    /// Quiet time after which `/v1/events` sends a keep-alive comment, in milliseconds.
+    pub events_keepalive_ms: Option<u64>,
+    /// When root: the unprivileged user petrel runs as.
+    pub run_as: Option<RunAs>,
+    /// petrel's `--seccomp` mode (`true`, `false`, `log`); default `true` when root, when
+    /// petrel has the flag.
+    pub seccomp: Option<String>,
+    /// When root: put each petrel in its own cgroup (default true).
+    pub cgroups: Option<bool>,
+}
+
+/// A uid and gid petrel runs as (when petreld is root). What that user needs:
+/// - /dev/kvm (and /dev/mshv) read/write: petrel gets the devices' owning groups as
+///   supplementary groups, so `chgrp kvm /dev/kvm; chmod 0660 /dev/kvm` (the usual udev rule)
+///   is enough; otherwise grant it with an ACL (`setfacl -m u:UID:rw /dev/kvm`).
+/// - read access to the kernels, initramfs and disk images of its VMs.
+/// - the VM directory is given to it (`chown`), and the state directory and its `vms/`
+///   are made traversable (mode 0711, no listing).
+///
+/// petrel needs no other privilege: petreld makes the taps and the cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAs {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
 }
 
 /// The effective configuration.
@@ -64,6 +91,14 @@ pub struct DaemonConfig {
     pub poll_interval_ms: u64,
     /// Every known gate with its value.
     pub feature_gates: BTreeMap<String, bool>,
+    /// `/v1/events` keep-alive interval, milliseconds.
+    pub events_keepalive_ms: u64,
+    /// The user petrel runs as (only when petreld is root).
+    pub run_as: Option<RunAs>,
+    /// petrel's `--seccomp` mode, if it is to be passed.
+    pub seccomp: Option<String>,
+    /// Whether each petrel gets its own cgroup (only when petreld is root).
+    pub cgroups: bool,
 }
 
 impl DaemonConfig {
@@ -89,7 +124,8 @@ pub const USAGE: &str = "usage: petreld [--socket PATH] [--state-dir DIR] [--con
 [--petrel PATH]
        petreld --version | --help";
 
-fn is_root() -> bool {
+/// Whether petreld runs as root.
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
@@ -254,7 +290,29 @@ fn resolve(file: FileConfig, flags: &BTreeMap<&str, String>) -> Result<DaemonCon
         stop_timeout_s: file.stop_timeout_s.unwrap_or(10).min(3600),
         poll_interval_ms: file.poll_interval_ms.unwrap_or(1000).clamp(50, 60_000),
         feature_gates: gates,
+        events_keepalive_ms: file
+            .events_keepalive_ms
+            .unwrap_or(15_000)
+            .clamp(100, 3_600_000),
+        run_as: file.run_as,
+        seccomp: file
+            .seccomp
+            .or_else(|| is_root().then(|| "true".to_string())),
+        cgroups: file.cgroups.unwrap_or(true) && is_root(),
     };
+    if let Some(m) = &config.seccomp {
+        if !matches!(m.as_str(), "true" | "false" | "log") {
+            return Err(format!("seccomp: {m:?} is not one of true, false, log"));
+        }
+    }
+    if let Some(r) = config.run_as {
+        if !is_root() {
+            return Err("run_as: petreld must run as root to run petrel as another user".into());
+        }
+        if r.uid == 0 || r.gid == 0 {
+            return Err("run_as: uid and gid must not be 0".into());
+        }
+    }
     // Unix socket paths are limited to 107 bytes; the VM sockets live under the state dir.
     if config.socket.as_os_str().len() > 100 {
         return Err(format!(

@@ -7,11 +7,15 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::http::{Client, Method, Response};
 use crate::{SerialMode, VmConfig};
 
+use super::cgroup::{self, VmCgroup};
+use super::config::RunAs;
+use super::net::ManagedNet;
 use super::process::{self, ProcessId};
 
 /// How long petrel gets to answer `vmm.ping` after it was started.
@@ -97,9 +101,80 @@ pub fn client(socket: &Path) -> Client {
     Client::new(socket).with_timeout(CALL_TIMEOUT)
 }
 
+/// How petrel is started beyond its command line (all off by default).
+#[derive(Debug, Clone, Default)]
+pub struct SpawnOptions {
+    /// Groups petrel joins before it runs.
+    pub cgroup: Option<VmCgroup>,
+    /// The user petrel runs as (the VM directory is given to it).
+    pub run_as: Option<RunAs>,
+    /// `--seccomp MODE`, passed when petrel has the flag.
+    pub seccomp: Option<String>,
+}
+
+/// Whether `petrel --help` mentions `--seccomp` (asked once).
+pub fn petrel_has_seccomp(petrel: &Path) -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        Command::new(petrel)
+            .arg("--help")
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| {
+                let text = [o.stdout, o.stderr].concat();
+                String::from_utf8_lossy(&text).contains("--seccomp")
+            })
+    })
+}
+
+/// The groups owning /dev/kvm and /dev/mshv (other than root's): petrel running as another
+/// user gets them as supplementary groups to open the devices.
+fn device_groups() -> Vec<libc::gid_t> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for dev in ["/dev/kvm", "/dev/mshv"] {
+        if let Ok(m) = std::fs::metadata(dev) {
+            if m.gid() != 0 && !out.contains(&m.gid()) {
+                out.push(m.gid());
+            }
+        }
+    }
+    out
+}
+
+fn chown(path: &Path, who: RunAs) -> Result<(), String> {
+    std::os::unix::fs::chown(path, Some(who.uid), Some(who.gid))
+        .map_err(|e| format!("chown {}: {e}", path.display()))
+}
+
+/// Gives VM directory `dir` (and its output file) to `who`, and lets it traverse the
+/// directories above (mode 0711, no listing).
+fn hand_dir_to(dir: &VmDir, who: RunAs) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    chown(&dir.root, who)?;
+    chown(&dir.output(), who)?;
+    for up in dir.root.ancestors().skip(1).take(2) {
+        let mode = std::fs::metadata(up)
+            .map_err(|e| format!("{}: {e}", up.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o011 != 0o011 {
+            std::fs::set_permissions(up, std::fs::Permissions::from_mode((mode & 0o7777) | 0o011))
+                .map_err(|e| format!("chmod {}: {e}", up.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Starts petrel for VM `id` in its own session (it outlives petreld), output to the VM
-/// directory. Returns its identity.
-pub fn spawn(petrel: &Path, dir: &VmDir, id: &str, hypervisor: &str) -> Result<ProcessId, String> {
+/// directory, with `opts`. Returns its identity.
+pub fn spawn(
+    petrel: &Path,
+    dir: &VmDir,
+    id: &str,
+    hypervisor: &str,
+    opts: &SpawnOptions,
+) -> Result<ProcessId, String> {
     dir.create()
         .map_err(|e| format!("create {}: {e}", dir.root.display()))?;
     let _ = std::fs::remove_file(dir.socket());
@@ -124,13 +199,41 @@ pub fn spawn(petrel: &Path, dir: &VmDir, id: &str, hypervisor: &str) -> Result<P
     if hypervisor == "mshv" {
         cmd.arg("--feature-gates").arg("mshv");
     }
+    if let Some(mode) = &opts.seccomp {
+        if petrel_has_seccomp(petrel) {
+            cmd.arg("--seccomp").arg(mode);
+        }
+    }
+    if let Some(who) = opts.run_as {
+        hand_dir_to(dir, who)?;
+    }
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: the closure runs in the child between fork and exec and calls only setsid,
-    // which is async-signal-safe.
+    let procs = opts
+        .cgroup
+        .as_ref()
+        .map(VmCgroup::procs_files)
+        .unwrap_or_default();
+    let run_as = opts.run_as;
+    let mut groups = device_groups();
+    if let Some(who) = run_as {
+        groups.push(who.gid);
+    }
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (setsid, open/write/close, setgroups, setgid, setuid) on
+    // data prepared before the fork.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            cgroup::join_self(&procs)?;
+            if let Some(who) = run_as {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(who.gid) < 0
+                    || libc::setuid(who.uid) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -225,7 +328,14 @@ pub fn wait_ping(client: &Client, proc: ProcessId, dir: &VmDir) -> Result<(), St
 /// Brings the VM in a live petrel to running from wherever it is: no VM → `vm.create` and
 /// `vm.boot`; `Created` or `Shutdown` → `vm.boot`; `Running`/`Paused` → nothing. Returns the
 /// state `vm.info` reports at the end.
-pub fn boot(client: &Client, config: &VmConfig, dir: &VmDir) -> Result<String, String> {
+/// Interfaces in `nets` get their taps made here and passed with `vm.add-net` (SCM_RIGHTS)
+/// between `vm.create` and `vm.boot`.
+pub fn boot(
+    client: &Client,
+    config: &VmConfig,
+    nets: &[ManagedNet],
+    dir: &VmDir,
+) -> Result<String, String> {
     let effective = effective_config(config, dir);
     let body = serde_json::to_vec(&effective).map_err(|e| format!("config: {e}"))?;
     let _ = std::fs::write(dir.config(), &body);
@@ -233,6 +343,9 @@ pub fn boot(client: &Client, config: &VmConfig, dir: &VmDir) -> Result<String, S
     match state.as_deref() {
         None => {
             call(client, Method::Put, "vm.create", Some(&body))?;
+            for n in nets {
+                add_net(client, n)?;
+            }
             call(client, Method::Put, "vm.boot", None)?;
         }
         Some("Created") | Some("Shutdown") => {
@@ -243,6 +356,27 @@ pub fn boot(client: &Client, config: &VmConfig, dir: &VmDir) -> Result<String, S
     match vm_state(client)? {
         Some(s) if s == "Running" || s == "Paused" => Ok(s),
         other => Err(format!("vm.info: state {other:?} after vm.boot")),
+    }
+}
+
+/// Makes the tap of `net` and hands it to petrel with `vm.add-net`. petreld's descriptor is
+/// closed on return: the tap lives as long as petrel's copy.
+fn add_net(client: &Client, net: &ManagedNet) -> Result<(), String> {
+    use std::os::fd::AsFd;
+    let fd = super::net::create_tap(net).map_err(|e| format!("net {}: {e}", net.id))?;
+    let body = serde_json::json!({"id": net.id, "mac": net.mac}).to_string();
+    let r = client
+        .request_with_fds(
+            Method::Put,
+            "/api/v1/vm.add-net",
+            Some(body.as_bytes()),
+            &[fd.as_fd()],
+        )
+        .map_err(|e| format!("vm.add-net: {}", chain(&e)))?;
+    if r.is_success() {
+        Ok(())
+    } else {
+        Err(failure("vm.add-net", &r))
     }
 }
 

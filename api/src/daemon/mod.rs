@@ -9,13 +9,18 @@
 //! - [`ops`]: the VM operations (create, start, stop, kill, pause, resume, reboot, delete).
 //! - [`supervisor`]: notices a petrel's death at once (pidfds) and a guest's poweroff (polling
 //!   `vm.info`), restarting per policy. [`reconcile`]: re-attaches after a petreld restart.
+//! - [`cgroup`]: petrel's cgroup with the VM's limits (root).
+//! - [`net`]: the taps petreld makes for a VM's interfaces. [`events`]: `/v1/events`.
 //! - [`routes`] and [`metrics`]: the HTTP API and Prometheus text. [`server`]: `main`.
 
+pub mod cgroup;
 pub mod config;
+pub mod events;
 pub mod host;
 pub mod launcher;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod ops;
 pub mod process;
 pub mod reconcile;
@@ -95,6 +100,8 @@ pub struct Daemon {
     host: Mutex<Host>,
     wake: UnixStream,
     wake_rx: UnixStream,
+    /// Subscribers of `/v1/events`.
+    pub events: events::EventHub,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,7 +122,10 @@ impl Drop for BusyGuard<'_> {
 
 impl Daemon {
     /// A daemon over `store`, with the host probed as `host`.
-    pub fn new(config: DaemonConfig, store: Store, host: Host) -> std::io::Result<Arc<Daemon>> {
+    pub fn new(config: DaemonConfig, mut store: Store, host: Host) -> std::io::Result<Arc<Daemon>> {
+        let events =
+            events::EventHub::start(std::time::Duration::from_millis(config.events_keepalive_ms))?;
+        store.set_observer(events.publisher());
         let (wake, wake_rx) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
@@ -128,6 +138,7 @@ impl Daemon {
             host: Mutex::new(host),
             wake,
             wake_rx,
+            events,
         }))
     }
 

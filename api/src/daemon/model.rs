@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::VmConfig;
 
+use super::net::{ManagedNet, NetRequest};
+
 /// What a caller asked the VM to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -156,6 +158,9 @@ pub struct VmRecord {
     pub api_socket: Option<String>,
     /// Why the VM last stopped or failed.
     pub exit_reason: Option<String>,
+    /// The network interfaces petreld makes taps for (given to petrel as fds).
+    #[serde(default)]
+    pub net: Vec<ManagedNet>,
     /// Creation time, RFC 3339 UTC.
     pub created_at: String,
     /// Last change, RFC 3339 UTC.
@@ -189,6 +194,9 @@ pub struct CreateVm {
     /// Start it at once (default true).
     #[serde(default = "yes")]
     pub start: bool,
+    /// Network interfaces petreld creates taps for.
+    #[serde(default)]
+    pub net: Vec<NetRequest>,
 }
 
 fn yes() -> bool {

@@ -8,12 +8,14 @@ use std::time::Duration;
 use crate::http::Method;
 use crate::VmConfig;
 
+use super::cgroup;
 use super::host::{Allocation, Host, Limits};
-use super::launcher::{self, VmDir};
+use super::launcher::{self, SpawnOptions, VmDir};
 use super::model::{
     merge_patch, now, validate_labels, validate_name, CreateVm, DesiredState, ObservedState,
     RestartPolicy, VmRecord,
 };
+use super::net::{self, ManagedNet, NetRequest};
 use super::process::{self, ProcessId};
 use super::{lock, new_id, ApiError, ApiResult, Daemon};
 
@@ -54,8 +56,10 @@ impl Daemon {
     }
 
     /// The configuration a create request describes: `config`, or a template with
-    /// `overrides` merged in; validated, kernel and initramfs checked to exist.
-    fn resolve_config(&self, req: &CreateVm) -> ApiResult<VmConfig> {
+    /// `overrides` merged in; validated, kernel and initramfs checked to exist. `config.net`
+    /// entries without `tap` and `fds` are taken out and returned as interfaces petreld
+    /// makes taps for (after those of the request's `net`).
+    fn resolve_config(&self, req: &CreateVm) -> ApiResult<(VmConfig, Vec<NetRequest>)> {
         let bad = |m: String| ApiError::new(400, m);
         let value = match (&req.config, &req.template) {
             (Some(_), Some(_)) => return Err(bad("give config or template, not both".into())),
@@ -78,17 +82,22 @@ impl Daemon {
                 v
             }
         };
+        let mut value = value;
+        let mut nets = req.net.clone();
+        nets.extend(take_managed_nets(&mut value).map_err(bad)?);
         let config: VmConfig =
             serde_json::from_value(value).map_err(|e| bad(format!("config: {e}")))?;
         check_config(&config)?;
-        Ok(config)
+        Ok((config, nets))
     }
 
     /// `POST /v1/vms`.
     pub fn create_vm(self: &Arc<Self>, req: CreateVm) -> ApiResult<VmRecord> {
         validate_name("name", &req.name).map_err(|m| ApiError::new(400, m))?;
         validate_labels(&req.labels).map_err(|m| ApiError::new(400, m))?;
-        let config = self.resolve_config(&req)?;
+        let (config, nets) = self.resolve_config(&req)?;
+        let id = new_id();
+        let net = plan_nets(&id, &nets)?;
         let host = self.host();
         let (hypervisor, _why) = host
             .select(req.hypervisor, self.config.gate("mshv"))
@@ -99,7 +108,6 @@ impl Daemon {
         limits
             .admit(Allocation::default(), memory, vcpus)
             .map_err(|m| ApiError::new(422, m))?;
-        let id = new_id();
         let _claim = self.claim(&id)?;
         let t = now();
         let mut vm = VmRecord {
@@ -126,6 +134,7 @@ impl Daemon {
             pid_start: None,
             api_socket: None,
             exit_reason: None,
+            net,
             created_at: t.clone(),
             updated_at: t,
         };
@@ -162,10 +171,16 @@ impl Daemon {
         let socket = dir.socket();
         let proc = match self.runtime(&vm.id) {
             Some(rt) if rt.process.alive() => rt.process,
-            _ => match launcher::spawn(&self.config.petrel, &dir, &vm.id, &vm.hypervisor) {
-                Ok(p) => p,
-                Err(msg) => return self.record_failure(&vm.id, msg),
-            },
+            _ => {
+                let opts = match self.spawn_options(vm) {
+                    Ok(o) => o,
+                    Err(msg) => return self.record_failure(&vm.id, msg),
+                };
+                match launcher::spawn(&self.config.petrel, &dir, &vm.id, &vm.hypervisor, &opts) {
+                    Ok(p) => p,
+                    Err(msg) => return self.record_failure(&vm.id, msg),
+                }
+            }
         };
         let socket_text = socket.to_string_lossy().into_owned();
         self.store().modify_vm(&vm.id, |v| {
@@ -181,7 +196,7 @@ impl Daemon {
         }
         let client = launcher::client(&socket);
         let result = launcher::wait_ping(&client, proc, &dir)
-            .and_then(|()| launcher::boot(&client, &vm.config, &dir));
+            .and_then(|()| launcher::boot(&client, &vm.config, &vm.net, &dir));
         match result {
             Ok(state) => Ok(self.store().modify_vm(&vm.id, |v| {
                 v.state = if state == "Paused" {
@@ -196,6 +211,32 @@ impl Daemon {
                 self.record_failure(&vm.id, msg)
             }
         }
+    }
+
+    /// The cgroup (made now, with the VM's limits), user and seccomp mode of `vm`'s petrel.
+    fn spawn_options(&self, vm: &VmRecord) -> Result<SpawnOptions, String> {
+        let cgroup = if self.config.cgroups {
+            match cgroup::detect() {
+                Some(h) => Some(
+                    cgroup::create(&h, &vm.id, vm.config.memory.size, vm.config.cpus.boot_vcpus)
+                        .map_err(|e| format!("cgroup: {e}"))?,
+                ),
+                None => {
+                    log::info!(
+                        "VM {}: no cgroup v2 or v1 memory+cpu hierarchy: running without limits",
+                        vm.id
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(SpawnOptions {
+            cgroup,
+            run_as: self.config.run_as,
+            seccomp: self.config.seccomp.clone(),
+        })
     }
 
     fn record_failure(&self, id: &str, reason: String) -> ApiResult<VmRecord> {
@@ -334,6 +375,16 @@ impl Daemon {
         } else if let Some(p) = self.recorded_process(id) {
             launcher::kill(p);
         }
+        if let Ok(Some(vm)) = self.store().get_vm(id) {
+            for n in &vm.net {
+                net::remove_leftover(&n.tap);
+            }
+        }
+        if self.config.cgroups {
+            if let Some(h) = cgroup::detect() {
+                cgroup::remove(&h, id);
+            }
+        }
         VmDir::new(&self.config.state_dir, id).remove();
         self.store().delete_vm(id)?;
         Ok(())
@@ -469,6 +520,47 @@ impl Daemon {
         }
         drop(claim);
     }
+}
+
+/// Takes the `net` entries without `tap` and `fds` out of a config (JSON): petreld makes
+/// their taps. Their keys may be `id`, `mac` and `bridge`.
+fn take_managed_nets(config: &mut serde_json::Value) -> Result<Vec<NetRequest>, String> {
+    let Some(list) = config.get_mut("net").and_then(|n| n.as_array_mut()) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut kept = Vec::new();
+    for (i, entry) in std::mem::take(list).into_iter().enumerate() {
+        let managed = entry.get("tap").is_none_or(|v| v.is_null())
+            && entry.get("fds").is_none_or(|v| v.is_null());
+        if managed {
+            let r: NetRequest = serde_json::from_value(entry)
+                .map_err(|e| format!("config.net[{i}] (a tap petreld makes): {e}"))?;
+            out.push(r);
+        } else {
+            kept.push(entry);
+        }
+    }
+    *list = kept;
+    Ok(out)
+}
+
+/// The interfaces of a new VM (400 for bad fields, 422 for what the host lacks).
+fn plan_nets(id: &str, requests: &[NetRequest]) -> ApiResult<Vec<ManagedNet>> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ApiError::new(
+            422,
+            "net: petreld makes tap devices only when it runs as root (CAP_NET_ADMIN)",
+        ));
+    }
+    net::plan(id, requests).map_err(|m| {
+        let status = if m.contains(".bridge:") { 422 } else { 400 };
+        ApiError::new(status, m)
+    })
 }
 
 /// Validation and host checks of a VM config (400/422 naming the field).

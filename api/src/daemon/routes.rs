@@ -37,6 +37,7 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ("/v1/host", &[Method::Get]),
     ("/v1/feature-gates", &[Method::Get]),
     ("/v1/feature-gates/{name}", &[Method::Get]),
+    ("/v1/events", &[Method::Get]),
     ("/metrics", &[Method::Get]),
 ];
 
@@ -138,6 +139,13 @@ pub fn handle(daemon: &Arc<Daemon>, req: Request) -> Response {
                     ),
                 )
             }),
+        ("/v1/events", _) => {
+            let d = Arc::clone(daemon);
+            Ok(
+                Response::stream(200, "text/event-stream", move |s| d.events.subscribe(s))
+                    .with_header("Cache-Control", "no-cache"),
+            )
+        }
         ("/metrics", _) => Ok(Response::with_body(
             200,
             "text/plain; version=0.0.4",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
 
+use super::events::VmEvent;
 use super::model::{Cursor, ListQuery, SortKey, Template, VmPage, VmRecord};
 
 /// Store failures.
@@ -39,7 +40,8 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The migrations, in order; `schema_migrations` records which ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vms (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -66,16 +68,33 @@ CREATE TABLE templates (
     config TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE vms ADD COLUMN net TEXT NOT NULL DEFAULT '[]';
+"#,
+];
+
+/// Told of every state the store writes (see [`Store::set_observer`]).
+type Observer = Box<dyn Fn(VmEvent) + Send>;
 
 /// The database connection.
 pub struct Store {
     conn: Connection,
+    observer: Option<Observer>,
+}
+
+fn event(vm: &VmRecord, state: &str) -> VmEvent {
+    VmEvent {
+        id: vm.id.clone(),
+        name: vm.name.clone(),
+        state: state.to_string(),
+        reason: vm.exit_reason.clone(),
+    }
 }
 
 const VM_COLUMNS: &str = "id, name, labels, desired_state, state, config, template, \
     hypervisor_requested, hypervisor, restart, restart_count, pid, pid_start, api_socket, \
-    exit_reason, created_at, updated_at";
+    exit_reason, created_at, updated_at, net";
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
@@ -120,6 +139,7 @@ fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<VmRecord> {
         exit_reason: row.get(14)?,
         created_at: row.get(15)?,
         updated_at: row.get(16)?,
+        net: json(row, 17)?,
     })
 }
 
@@ -161,7 +181,10 @@ impl Store {
             )?;
         }
         tx.commit()?;
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            observer: None,
+        })
     }
 
     /// The schema version (number of migrations applied).
@@ -178,7 +201,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         let sql = format!(
             "INSERT INTO vms ({VM_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
         );
         let res = tx.execute(&sql, vm_params(vm)?.as_slice().as_params().as_slice());
         match res {
@@ -191,7 +214,20 @@ impl Store {
             other => other?,
         };
         tx.commit()?;
+        self.notify(event(vm, vm.state.as_str()));
         Ok(())
+    }
+
+    /// Calls `f` with every state written from now on, in commit order: a new VM, a change
+    /// of a VM's observed state, a deletion (`deleted`).
+    pub fn set_observer(&mut self, f: impl Fn(VmEvent) + Send + 'static) {
+        self.observer = Some(Box::new(f));
+    }
+
+    fn notify(&self, e: VmEvent) {
+        if let Some(f) = &self.observer {
+            f(e);
+        }
     }
 
     /// The VM with this id, or else this name.
@@ -214,20 +250,28 @@ impl Store {
                 kind: "VM",
                 key: id.to_string(),
             })?;
+        let before = vm.state;
         change(&mut vm);
         vm.updated_at = super::model::now();
         let sql = "UPDATE vms SET name=?2, labels=?3, desired_state=?4, state=?5, config=?6, \
             template=?7, hypervisor_requested=?8, hypervisor=?9, restart=?10, restart_count=?11, \
             pid=?12, pid_start=?13, api_socket=?14, exit_reason=?15, created_at=?16, \
-            updated_at=?17 WHERE id=?1";
+            updated_at=?17, net=?18 WHERE id=?1";
         tx.execute(sql, vm_params(&vm)?.as_slice().as_params().as_slice())?;
         tx.commit()?;
+        if vm.state != before {
+            self.notify(event(&vm, vm.state.as_str()));
+        }
         Ok(vm)
     }
 
     /// Removes the VM `id`.
     pub fn delete_vm(&mut self, id: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        let old = self.get_vm(id)?;
+        let n = self.conn.execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        if let (Some(vm), true) = (old, n > 0) {
+            self.notify(event(&vm, "deleted"));
+        }
         Ok(())
     }
 
@@ -387,6 +431,7 @@ fn vm_params(vm: &VmRecord) -> Result<Vec<Box<dyn ToSql>>> {
         Box::new(vm.exit_reason.clone()),
         Box::new(vm.created_at.clone()),
         Box::new(vm.updated_at.clone()),
+        Box::new(to_json(&vm.net)?),
     ])
 }
 
@@ -453,6 +498,7 @@ mod tests {
             pid_start: None,
             api_socket: None,
             exit_reason: None,
+            net: Vec::new(),
             created_at: format!("2024-01-01T00:00:0{id}Z"),
             updated_at: now(),
         }
@@ -474,7 +520,7 @@ mod tests {
     #[test]
     fn crud_and_pagination() {
         let mut s = Store::in_memory().unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(s.schema_version().unwrap(), 2);
         for (i, n) in ["c", "a", "b", "d", "e"].iter().enumerate() {
             s.insert_vm(&vm(&i.to_string(), n)).unwrap();
         }

@@ -38,15 +38,21 @@ pub struct Petreld {
 
 impl Petreld {
     pub fn new(name: &str) -> Petreld {
+        Petreld::with_config(name, json!({}))
+    }
+
+    /// A petreld whose config file has `extra` merged in.
+    pub fn with_config(name: &str, extra: Value) -> Petreld {
         let dir = std::env::temp_dir().join(format!("pd-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let config = json!({
+        let mut config = json!({
             "petrel": petrel_bin(),
             "poll_interval_ms": 200,
             "stop_timeout_s": 2,
             "cpu_overcommit": 64.0,
         });
+        merge(&mut config, extra);
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         let client = Client::new(dir.join("petreld.sock")).with_timeout(Duration::from_secs(60));
         let mut d = Petreld {
@@ -186,6 +192,7 @@ impl Drop for Petreld {
     fn drop(&mut self) {
         self.kill9();
         kill_petrels_under(&self.dir);
+        remove_cgroups_under(&self.dir);
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -207,6 +214,28 @@ pub fn kill_petrels_under(dir: &Path) {
         if String::from_utf8_lossy(&cmdline).contains(&want) {
             // SAFETY: kill has no memory effects.
             unsafe { libc::kill(pid, 9) };
+        }
+    }
+}
+
+/// Removes the cgroups (`petrel/<id>`, v2 or v1) of the VMs under `dir/state/vms` that a
+/// petreld running as root made (their petrels were just killed).
+pub fn remove_cgroups_under(dir: &Path) {
+    let Ok(vms) = std::fs::read_dir(dir.join("state/vms")) else {
+        return;
+    };
+    for vm in vms.flatten() {
+        let id = vm.file_name();
+        for base in ["", "memory/", "cpu/"] {
+            let cg = Path::new("/sys/fs/cgroup")
+                .join(format!("{base}petrel"))
+                .join(&id);
+            for _ in 0..100 {
+                if !cg.exists() || std::fs::remove_dir(&cg).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }
