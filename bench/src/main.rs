@@ -80,6 +80,21 @@ fn vmms(o: &cli::Options) -> Result<Vec<Vmm>, String> {
     Ok(list)
 }
 
+/// The `petreld` binary: `$PETRELD_BIN`, else next to `petrel`.
+fn petreld_bin(petrel: &Path) -> Result<PathBuf, String> {
+    let bin = std::env::var_os("PETRELD_BIN")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| petrel.with_file_name("petreld"), PathBuf::from);
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not found (cargo build --release -p api, or set PETRELD_BIN)",
+            bin.display()
+        ))
+    }
+}
+
 fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
     interrupt::install()?;
     let started = host::now_secs();
@@ -110,6 +125,17 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
         Box::new(DeviceBench::new(guest.clone(), Device::Blk, o.quick)),
         Box::new(DeviceBench::new(guest.clone(), Device::Rng, o.quick)),
     ];
+    // create-rate through petreld: found next to petrel or at $PETRELD_BIN.
+    if o.wants("create-rate-petreld") {
+        match petreld_bin(&vmms[0].path) {
+            Ok(bin) => workloads.push(Box::new(CreateRate::petreld(
+                guest.clone(),
+                CREATE_RATE_VMS,
+                bin,
+            ))),
+            Err(e) => eprintln!("petrel-bench: create-rate-petreld skipped: {e}"),
+        }
+    }
     // The net workload needs a tap, hence CAP_NET_ADMIN: left out (and said so) without.
     if o.wants("net") {
         match workload::tap::tap_available() {
@@ -122,7 +148,7 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
         let known: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
         if let Some(bad) = only
             .iter()
-            .find(|n| !known.contains(&n.as_str()) && *n != "net")
+            .find(|n| !known.contains(&n.as_str()) && *n != "net" && *n != "create-rate-petreld")
         {
             return Err(format!("--workloads: unknown workload {bad:?}").into());
         }

@@ -1,8 +1,12 @@
 //! petreld's configuration: the command line (`--socket`, `--state-dir`, `--config`,
 //! `--petrel`) over a JSON config file over defaults. Defaults live under /run/petrel and
 //! /var/lib/petrel for root, under `$XDG_RUNTIME_DIR` and `$XDG_STATE_HOME` otherwise.
+//! The optional TCP listener's bearer token is read from a private file ([`read_token`]).
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -48,6 +52,78 @@ pub struct FileConfig {
     pub seccomp: Option<String>,
     /// When root: put each petrel in its own cgroup (default true).
     pub cgroups: Option<bool>,
+    /// An API listener on TCP, every request authenticated with a bearer token (off when absent).
+    pub tcp: Option<TcpConfig>,
+}
+
+/// The TCP listener: `{"listen": "127.0.0.1:8080", "token_file": "/etc/petrel/token"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Address and port to listen on (no TLS: prefer loopback, or a tunnel).
+    pub listen: SocketAddr,
+    /// A file holding the token (mode 0600 or stricter; surrounding whitespace ignored).
+    pub token_file: PathBuf,
+}
+
+/// The TCP listener's secret. `Debug` never shows it.
+#[derive(Clone)]
+pub struct BearerToken(Vec<u8>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+impl BearerToken {
+    /// Whether `presented` is the token, in time that depends only on the token's length.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let mut diff = u8::from(presented.len() != self.0.len());
+        for (i, &b) in self.0.iter().enumerate() {
+            diff |= b ^ presented.get(i).copied().unwrap_or(0);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+/// Reads the token from `path`: refused (naming the file, never showing its content) when it
+/// is missing, not a regular file, readable or writable by group or others, empty, or holds
+/// anything but visible ASCII.
+pub fn read_token(path: &Path) -> Result<BearerToken, String> {
+    let name = path.display();
+    let mut file = std::fs::File::open(path).map_err(|e| format!("tcp.token_file {name}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("tcp.token_file {name}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("tcp.token_file {name}: not a regular file"));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "tcp.token_file {name}: mode {mode:04o} lets group or others access it; \
+             it must be 0600 or stricter (chmod 600 {name})"
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.by_ref()
+        .take(4097)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("tcp.token_file {name}: {e}"))?;
+    if bytes.len() > 4096 {
+        return Err(format!("tcp.token_file {name}: larger than 4096 bytes"));
+    }
+    let token = bytes.trim_ascii();
+    if token.is_empty() {
+        return Err(format!("tcp.token_file {name}: empty"));
+    }
+    if !token.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "tcp.token_file {name}: the token must be visible ASCII without spaces"
+        ));
+    }
+    Ok(BearerToken(token.to_vec()))
 }
 
 /// A uid and gid petrel runs as (when petreld is root). What that user needs:
@@ -99,6 +175,8 @@ pub struct DaemonConfig {
     pub seccomp: Option<String>,
     /// Whether each petrel gets its own cgroup (only when petreld is root).
     pub cgroups: bool,
+    /// The TCP listener, if configured.
+    pub tcp: Option<TcpConfig>,
 }
 
 impl DaemonConfig {
@@ -299,6 +377,7 @@ fn resolve(file: FileConfig, flags: &BTreeMap<&str, String>) -> Result<DaemonCon
             .seccomp
             .or_else(|| is_root().then(|| "true".to_string())),
         cgroups: file.cgroups.unwrap_or(true) && is_root(),
+        tcp: file.tcp,
     };
     if let Some(m) = &config.seccomp {
         if !matches!(m.as_str(), "true" | "false" | "log") {
@@ -364,8 +443,52 @@ mod tests {
         std::fs::write(&file, r#"{"sockt":"/x"}"#).unwrap();
         let e = parse(&args(&format!("--config {}", file.display()))).unwrap_err();
         assert!(e.contains("sockt"), "{e}");
+        std::fs::write(
+            &file,
+            r#"{"tcp":{"listen":"127.0.0.1:7000","token_file":"/t"}}"#,
+        )
+        .unwrap();
+        let Command::Run(c) = parse(&args(&format!("--config {}", file.display()))).unwrap() else {
+            panic!()
+        };
+        let tcp = c.tcp.unwrap();
+        assert_eq!(tcp.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(tcp.token_file, PathBuf::from("/t"));
+        std::fs::write(&file, r#"{"tcp":{"listen":"nowhere","token_file":"/t"}}"#).unwrap();
+        assert!(parse(&args(&format!("--config {}", file.display()))).is_err());
         assert!(parse(&args("--bogus")).is_err());
         assert!(parse(&args("--socket")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn token_file_checks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("petreld-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        let e = read_token(&path).unwrap_err();
+        assert!(e.contains(&*path.to_string_lossy()), "{e}");
+        std::fs::write(&path, "s3cret-token\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_token(&path).unwrap_err();
+        assert!(
+            e.contains("0644") && e.contains(&*path.to_string_lossy()),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let t = read_token(&path).unwrap();
+        assert!(t.matches(b"s3cret-token"));
+        assert!(!t.matches(b"s3cret-toke"));
+        assert!(!t.matches(b"s3cret-tokeN"));
+        assert!(!t.matches(b"s3cret-token2"));
+        assert!(!t.matches(b""));
+        assert!(!format!("{t:?}").contains("s3cret"));
+        std::fs::write(&path, " \n").unwrap();
+        assert!(read_token(&path).unwrap_err().contains("empty"));
+        std::fs::write(&path, "two words").unwrap();
+        assert!(read_token(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

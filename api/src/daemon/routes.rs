@@ -1,6 +1,7 @@
 //! The HTTP API: routing, query parsing and JSON bodies (`docs/api/petreld.yaml`). Errors are
 //! `{"error": message}` with a 4xx for the caller's mistakes (the database is unchanged) and
-//! a 5xx for petreld's or a petrel's failures.
+//! a 5xx for petreld's or a petrel's failures. Requests on the TCP listener must first pass
+//! [`authorize`].
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use serde_json::json;
 
 use crate::http::{Method, Request, Response};
 
-use super::config::FEATURE_GATES;
+use super::config::{BearerToken, FEATURE_GATES};
 use super::launcher::{self, VmDir};
 use super::model::{
     now, validate_name, CreateVm, ListQuery, SortKey, Template, DEFAULT_LIMIT, MAX_LIMIT,
@@ -65,6 +66,31 @@ fn route(path: &str) -> Option<(&'static str, &'static [Method], Vec<String>)> {
         }
         Some((*pattern, *methods, params))
     })
+}
+
+/// Checks `Authorization: Bearer <token>` (scheme case-insensitive): `None` when it carries
+/// `token`, else the 401 to answer with (a `WWW-Authenticate` challenge, the token never
+/// echoed nor logged).
+pub fn authorize(req: &Request, token: &BearerToken) -> Option<Response> {
+    let presented = req.header("authorization").and_then(|v| {
+        let (scheme, credentials) = v.trim().split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| credentials.trim())
+    });
+    let (message, challenge) = match presented {
+        Some(t) if token.matches(t.as_bytes()) => return None,
+        Some(_) => (
+            "invalid bearer token",
+            r#"Bearer realm="petreld", error="invalid_token""#,
+        ),
+        None => (
+            "this listener needs an Authorization: Bearer token",
+            r#"Bearer realm="petreld""#,
+        ),
+    };
+    log::debug!("tcp: {} {}: 401 {message}", req.method, req.path());
+    Some(Response::error(401, message).with_header("WWW-Authenticate", challenge))
 }
 
 /// Answers one request.

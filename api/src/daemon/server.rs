@@ -1,6 +1,7 @@
 //! `petreld`'s entry point: configuration, the database, reconciliation, the supervisor and
-//! the API servers (several threads accepting on one socket), until SIGTERM or SIGINT. VMs
-//! keep running when petreld exits.
+//! the API servers (several threads accepting on one socket, and as many on the optional TCP
+//! listener, where every request needs the bearer token), until SIGTERM or SIGINT. VMs keep
+//! running when petreld exits.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::http::{self, Server, ServerConfig};
+use crate::http::{self, Listener, Server, ServerConfig};
 
 use super::config::{self, Command, DaemonConfig};
 use super::store::Store;
@@ -133,6 +134,11 @@ fn secure_socket(path: &Path, group: Option<&str>) -> Result<(), String> {
 }
 
 fn run(cfg: DaemonConfig) -> Result<(), String> {
+    // Checked first: a bad token file stops petreld before it touches anything.
+    let tcp = match &cfg.tcp {
+        Some(t) => Some((t.listen, config::read_token(&t.token_file)?)),
+        None => None,
+    };
     private_dir(&cfg.state_dir)?;
     if let Some(parent) = cfg.socket.parent() {
         private_dir(parent)?;
@@ -158,6 +164,14 @@ fn run(cfg: DaemonConfig) -> Result<(), String> {
         summary.restarting,
         summary.deleted
     );
+    // Bound before the Unix socket, so that a port in use leaves no socket file behind.
+    let tcp = match tcp {
+        Some((addr, token)) => Some((
+            Listener::bind_tcp(addr).map_err(|e| format!("tcp.listen {addr}: bind: {e}"))?,
+            Arc::new(token),
+        )),
+        None => None,
+    };
     let listener = http::listen(&socket)
         .map_err(|e| format!("{}: {}", socket.display(), super::launcher::chain(&e)))?;
     secure_socket(&socket, group.as_deref())?;
@@ -175,6 +189,27 @@ fn run(cfg: DaemonConfig) -> Result<(), String> {
     }
     drop(listener);
     log::info!("listening on {}", socket.display());
+    if let Some((listener, token)) = tcp {
+        for _ in 0..workers {
+            let l = listener
+                .try_clone()
+                .map_err(|e| format!("clone listener: {e}"))?;
+            let (d, token) = (Arc::clone(&daemon), Arc::clone(&token));
+            let server = Server::start(l, ServerConfig::default(), move |req| {
+                routes::authorize(&req, &token).unwrap_or_else(|| routes::handle(&d, req))
+            })
+            .map_err(|e| format!("TCP API server: {e}"))?;
+            servers.push(server);
+        }
+        if let Some(addr) = listener.tcp_addr() {
+            if !addr.ip().is_loopback() {
+                log::warn!(
+                    "tcp {addr}: not loopback and not encrypted (the token is sent in clear)"
+                );
+            }
+            log::info!("listening on tcp {addr} (bearer token required)");
+        }
+    }
     let mut sig: libc::c_int = 0;
     // SAFETY: `signals` is an initialised set; `sig` is valid for a write.
     unsafe { libc::sigwait(&signals, &mut sig) };

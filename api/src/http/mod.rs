@@ -1,9 +1,9 @@
-//! A small HTTP/1.1 server and client over Unix stream sockets: the transport under the per-VM
+//! A small HTTP/1.1 server and client over Unix stream sockets (the server also over TCP): the transport under the per-VM
 //! API (`petrel --api-socket`) and the orchestrator's API (`petreld`). Endpoints live elsewhere.
 //!
 //! - [`parse_head`] / [`parse_request`] work on byte slices and never panic on any input;
 //!   every limit in [`Limits`] maps to a 4xx status ([`ParseError::status`]).
-//! - [`Server`] serves a [`UnixListener`](std::os::unix::net::UnixListener) on one thread with
+//! - [`Server`] serves a [`Listener`] (Unix or TCP) on one thread with
 //!   `poll(2)`: requests are handled one at a time by a [`Handler`], slow clients are cut off by
 //!   per-connection deadlines, and at most [`ServerConfig::max_connections`] are open at once.
 //! - File descriptors sent with SCM_RIGHTS (Kata's tap fds) arrive on [`Request::fds`].
@@ -32,7 +32,7 @@ pub use forward::{Exchange, Forwarder, Responder};
 pub use headers::Headers;
 pub use request::{parse_head, parse_request, Head, Method, Request, Version};
 pub use response::{parse_response, reason_phrase, ParsedResponse, Response};
-pub use server::{adopt_listener, listen, Handler, Server, ServerConfig, SocketSpec};
+pub use server::{adopt_listener, listen, Handler, Listener, Server, ServerConfig, SocketSpec};
 
 /// Size limits applied to every request a [`Server`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -93,7 +93,8 @@ impl Response {
     /// line and headers with neither `Content-Length` nor keep-alive (the body ends when the
     /// connection closes), then hands the connection to `then` (blocking mode, the server's
     /// write timeout set) and forgets it. `then` runs on the server thread: keep it short
-    /// (hand the stream to another thread).
+    /// (hand the stream to another thread). On a TCP [`Listener`](super::Listener) the stream
+    /// is the TCP socket in a `UnixStream` wrapper: use only read, write, timeouts and shutdown.
     pub fn stream(
         status: u16,
         content_type: &str,

@@ -1,5 +1,8 @@
 //! The server: binding or adopting the listening socket and the one thread that serves it.
 //!
+//! The listener is a Unix stream socket or, for remote access, a TCP socket ([`Listener`]);
+//! file descriptors (SCM_RIGHTS) only ever arrive over Unix sockets.
+//!
 //! One thread runs a `poll(2)` loop over the listener, a wake-up socket and every open
 //! connection. Requests are handled one at a time on that thread (the API is serialized by
 //! construction); a connection waiting for a request or for its peer to read a response has a
@@ -7,7 +10,8 @@
 //! `max_connections` a new connection gets a 503 and is closed at once.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -166,6 +170,83 @@ fn sockopt(fd: RawFd, name: libc::c_int) -> Option<libc::c_int> {
     (rc == 0).then_some(value)
 }
 
+/// A listening socket a [`Server`] accepts on.
+#[derive(Debug)]
+pub enum Listener {
+    /// A Unix stream socket (requests may carry fds).
+    Unix(UnixListener),
+    /// A TCP socket (no fds; authentication is the handler's business).
+    Tcp(TcpListener),
+}
+
+impl From<UnixListener> for Listener {
+    fn from(l: UnixListener) -> Listener {
+        Listener::Unix(l)
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Listener {
+        Listener::Tcp(l)
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Unix(l) => l.as_fd(),
+            Listener::Tcp(l) => l.as_fd(),
+        }
+    }
+}
+
+impl Listener {
+    /// Binds a TCP listener on `addr` (close-on-exec, like every std socket).
+    pub fn bind_tcp(addr: SocketAddr) -> io::Result<Listener> {
+        TcpListener::bind(addr).map(Listener::Tcp)
+    }
+
+    /// The TCP address listened on (`None` for a Unix socket).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Unix(_) => None,
+            Listener::Tcp(l) => l.local_addr().ok(),
+        }
+    }
+
+    /// Another handle to the same listening socket (several servers may accept on it).
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        Ok(match self {
+            Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+        })
+    }
+
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Listener::Unix(l) => l.set_nonblocking(on),
+            Listener::Tcp(l) => l.set_nonblocking(on),
+        }
+    }
+
+    /// Accepts one connection. Connections are handled as stream sockets through their fd
+    /// only (`recvmsg`/`sendmsg`, `fcntl`, `setsockopt(SOL_SOCKET)`, `shutdown`, `dup`),
+    /// which behave the same for both families, so a TCP connection is carried in a
+    /// [`UnixStream`] wrapper; nothing family-specific (addresses, credentials) is ever
+    /// asked of it.
+    fn accept(&self) -> io::Result<UnixStream> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| s),
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                // Responses are written whole: don't let Nagle hold back their tails.
+                let _ = s.set_nodelay(true);
+                Ok(UnixStream::from(OwnedFd::from(s)))
+            }
+        }
+    }
+}
+
 /// A running server. Dropping it stops it, like [`Server::shutdown`].
 pub struct Server {
     wake: UnixStream,
@@ -201,9 +282,10 @@ impl Server {
         Ok(server)
     }
 
-    /// Starts serving `listener` on a new thread named `http-server`.
+    /// Starts serving `listener` (a [`UnixListener`], a [`TcpListener`] or a [`Listener`]) on
+    /// a new thread named `http-server`.
     pub fn start(
-        listener: UnixListener,
+        listener: impl Into<Listener>,
         config: ServerConfig,
         handler: impl Handler,
     ) -> Result<Server> {
@@ -212,11 +294,12 @@ impl Server {
 
     /// Like [`Server::start`], running `init` first on the server thread.
     pub fn start_with_init(
-        listener: UnixListener,
+        listener: impl Into<Listener>,
         config: ServerConfig,
         handler: impl Handler,
         init: impl FnOnce() + Send + 'static,
     ) -> Result<Server> {
+        let listener = listener.into();
         listener.set_nonblocking(true).map_err(Error::Setup)?;
         let (wake, wake_rx) = UnixStream::pair().map_err(Error::Setup)?;
         let thread = std::thread::Builder::new()
@@ -274,12 +357,7 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
 }
 
 /// The server thread.
-fn serve(
-    listener: UnixListener,
-    wake: UnixStream,
-    config: ServerConfig,
-    mut handler: impl Handler,
-) {
+fn serve(listener: Listener, wake: UnixStream, config: ServerConfig, mut handler: impl Handler) {
     let mut conns: Vec<Connection> = Vec::new();
     let mut accept_paused_until: Option<Instant> = None;
     loop {
@@ -298,7 +376,7 @@ fn serve(
         };
         let mut pfds = vec![
             pollfd(wake.as_raw_fd(), libc::POLLIN),
-            pollfd(listener.as_raw_fd(), listen_events),
+            pollfd(listener.as_fd().as_raw_fd(), listen_events),
         ];
         pfds.extend(
             conns
@@ -341,14 +419,14 @@ fn serve(
 
 /// Accepts every pending connection. Returns when to retry if the process ran out of fds.
 fn accept_all(
-    listener: &UnixListener,
+    listener: &Listener,
     conns: &mut Vec<Connection>,
     config: &ServerConfig,
 ) -> Option<Instant> {
     loop {
         match listener.accept() {
-            Ok((stream, _)) if conns.len() >= config.max_connections => reject(stream),
-            Ok((stream, _)) => match Connection::new(stream, config) {
+            Ok(stream) if conns.len() >= config.max_connections => reject(stream),
+            Ok(stream) => match Connection::new(stream, config) {
                 Ok(conn) => conns.push(conn),
                 Err(e) => log::warn!("api server: set up connection: {e}"),
             },

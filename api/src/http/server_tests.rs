@@ -399,3 +399,81 @@ fn client_times_out_on_a_server_that_never_answers() {
     assert!(matches!(client.get("/"), Err(Error::Timeout)));
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Reads responses from a TCP stream until `count` were parsed.
+fn tcp_responses(stream: &mut std::net::TcpStream, count: usize) -> Vec<Response> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(p) = parse_response(&buf, false, false, 1 << 20).unwrap() {
+            buf.drain(..p.len);
+            out.push(p.response);
+            if out.len() == count {
+                return out;
+            }
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed after {} responses", out.len());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn tcp_listener_serves_keep_alive_and_streams() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::start(listener, quick_config(), |req: Request| {
+        if req.path() == "/stream" {
+            return Response::stream(200, "text/plain", |s| {
+                let _ = (&s).write_all(b"streamed");
+            });
+        }
+        echo(req)
+    })
+    .unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\n\r\nPOST /two HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+        .unwrap();
+    let r = tcp_responses(&mut s, 2);
+    let v: serde_json::Value = r[1].json_body().unwrap();
+    assert_eq!((r[0].status, v["path"].as_str()), (200, Some("/two")));
+    assert_eq!(
+        (v["body"].as_str(), v["fds"].as_u64()),
+        (Some("hi"), Some(0))
+    );
+    // An idle connection is closed after the read timeout, as on a Unix socket.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(all.ends_with("\r\n\r\nstreamed"), "{all}");
+    server.shutdown();
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn listener_clone_and_address() {
+    let l = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.tcp_addr().unwrap();
+    assert!(addr.ip().is_loopback() && addr.port() != 0);
+    let servers: Vec<Server> = (0..2)
+        .map(|_| Server::start(l.try_clone().unwrap(), ServerConfig::default(), echo).unwrap())
+        .collect();
+    drop(l);
+    for _ in 0..4 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        assert_eq!(tcp_responses(&mut s, 1)[0].status, 200);
+    }
+    drop(servers);
+}

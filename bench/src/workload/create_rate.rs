@@ -4,8 +4,10 @@
 //! guest's shutdown line and its VMM exited with status 0.
 //!
 //! Each VM is run by [`crate::child::run_measured`] on its own thread; the threads wait on
-//! a barrier and then spawn at once. How the VMs are started is a [`Launch`]: today only
-//! [`Launch::Direct`] (one `petrel` process per VM, as for the peers).
+//! a barrier and then spawn at once. How the VMs are started is a [`Launch`]:
+//! [`Launch::Direct`] (one `petrel` process per VM, as for the peers) or [`Launch::Petreld`]
+//! (through the orchestrator's API, workload `create-rate-petreld`, see
+//! [`super::create_rate_petreld`]).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -13,10 +15,10 @@ use std::process::Command;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use super::{Metric, RunContext, RunRecord, Workload};
+use super::{create_rate_petreld, Metric, RunContext, RunRecord, Workload};
 use crate::child::{self, Measured};
 use crate::live::contains;
-use crate::peers::{GuestSpec, Vmm};
+use crate::peers::{GuestSpec, Vmm, VmmKind};
 
 const METRICS: &[Metric] = &[
     Metric {
@@ -37,15 +39,17 @@ const METRICS: &[Metric] = &[
 ];
 
 /// How the N VMs are started.
-///
-/// Hook for `petreld`: add a `Petreld { bin: PathBuf }` variant that starts the daemon once
-/// per run (outside the timed window), creates and boots the N VMs through its API, and
-/// waits for their exit events; make [`CreateRate::supports`] accept only petrel for it and
-/// give it its own workload name (`create-rate-petreld`) so both appear side by side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launch {
     /// One VMM process per VM, started from its command line.
     Direct,
+    /// Through `petreld` (this binary), started once per run outside the timed window:
+    /// N concurrent `POST /v1/vms` of the halting guest, timed until all are running.
+    /// Only petrel runs it, as workload `create-rate-petreld`.
+    Petreld {
+        /// The `petreld` binary.
+        bin: PathBuf,
+    },
 }
 
 /// The workload.
@@ -69,6 +73,14 @@ impl CreateRate {
             vms,
             memory_mib: 64,
             launch: Launch::Direct,
+        }
+    }
+
+    /// `vms` VMs of 64 MiB on `kernel`, created through the `petreld` at `bin`.
+    pub fn petreld(kernel: PathBuf, vms: usize, bin: PathBuf) -> CreateRate {
+        CreateRate {
+            launch: Launch::Petreld { bin },
+            ..CreateRate::new(kernel, vms)
         }
     }
 
@@ -124,15 +136,31 @@ fn wall(lives: &[(Instant, Duration)]) -> Option<(Duration, Duration)> {
 
 impl Workload for CreateRate {
     fn name(&self) -> &'static str {
-        "create-rate"
+        match self.launch {
+            Launch::Direct => "create-rate",
+            Launch::Petreld { .. } => "create-rate-petreld",
+        }
     }
 
     fn description(&self) -> &'static str {
-        "create rate: N quick test guests (64 MiB) started together, one VMM process each; wall time until all exited"
+        match self.launch {
+            Launch::Direct => "create rate: N quick test guests (64 MiB) started together, one VMM process each; wall time until all exited",
+            Launch::Petreld { .. } => "create rate through petreld: N concurrent POST /v1/vms of the halting test guest (64 MiB); wall time until all running; petreld's RSS and CPU per managed VM",
+        }
     }
 
     fn metrics(&self) -> &'static [Metric] {
-        METRICS
+        match self.launch {
+            Launch::Direct => METRICS,
+            Launch::Petreld { .. } => create_rate_petreld::METRICS,
+        }
+    }
+
+    fn supports(&self, kind: VmmKind) -> bool {
+        match self.launch {
+            Launch::Direct => true,
+            Launch::Petreld { .. } => kind == VmmKind::Petrel,
+        }
     }
 
     fn parameters(&self) -> serde_json::Value {
@@ -148,10 +176,27 @@ impl Workload for CreateRate {
     }
 
     fn command_line(&self, vmm: &Vmm, scratch: &Path) -> Option<Vec<String>> {
-        vmm.command_line(&self.guest(vmm), scratch).ok()
+        match &self.launch {
+            Launch::Direct => vmm.command_line(&self.guest(vmm), scratch).ok(),
+            Launch::Petreld { bin } => Some(create_rate_petreld::command_line(
+                bin,
+                &self.kernel,
+                self.memory_mib,
+            )),
+        }
     }
 
     fn run_once(&self, vmm: &Vmm, ctx: &RunContext) -> RunRecord {
+        if let Launch::Petreld { bin } = &self.launch {
+            return create_rate_petreld::run_once(
+                bin,
+                &vmm.path,
+                &self.kernel,
+                self.vms,
+                self.memory_mib,
+                ctx,
+            );
+        }
         let round = ctx.round;
         let logs = ctx.scratch.join("logs");
         let commands = fs::create_dir_all(&logs)

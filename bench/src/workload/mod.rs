@@ -12,6 +12,7 @@ use crate::peers::{Vmm, VmmKind};
 
 pub mod api_ready;
 pub mod create_rate;
+pub mod create_rate_petreld;
 pub mod device;
 pub mod exit_cost;
 pub mod guest_life;

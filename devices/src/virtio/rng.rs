@@ -104,6 +104,12 @@ impl Rng {
     /// available, writes the queue eventfd so the event loop comes back), then interrupts the
     /// driver if it wants to know.
     fn process_queue(&mut self) {
+        self.process_queue_with(|| {});
+    }
+
+    /// [`Self::process_queue`], calling `before_enable` after each round's last chain and
+    /// before notifications are re-enabled (tests use it to play a driver racing the device).
+    fn process_queue_with(&mut self, mut before_enable: impl FnMut()) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
@@ -111,6 +117,7 @@ impl Rng {
         let queue = &mut active.queue;
         let counters = &mut self.counters;
         let mut served = 0u64;
+        let mut empty_rounds = 0u32;
         'rounds: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 Self::count_error(counters, format_args!("queue error: {e}"));
@@ -144,17 +151,34 @@ impl Rng {
                 }
                 served += 1;
             }
+            before_enable();
             match queue.enable_notification(mem) {
-                // More chains arrived meanwhile, or the budget ran out with chains left: let
-                // the event loop serve everything else first.
+                // The budget ran out with chains left: let the event loop serve everything
+                // else first.
                 Ok(true) if served >= u64::from(MAX_CHAINS_PER_TURN) => {
                     yield_queue(&self.queue_events[0], "virtio-rng");
                     break;
                 }
-                // A round that served nothing means the ring itself is bad, so stop rather
-                // than spin.
-                Ok(true) if served > served_before => continue,
-                Ok(_) => break,
+                // More chains arrived meanwhile. A round may legitimately serve nothing: the
+                // driver can make a chain available after the round found the ring empty and
+                // before notifications came back on, and it does not notify then (they were
+                // off), so that chain must be served now. The next round then serves it; two
+                // empty rounds in a row mean the ring itself is bad, so stop rather than spin.
+                Ok(true) => {
+                    empty_rounds = if served > served_before {
+                        0
+                    } else {
+                        empty_rounds + 1
+                    };
+                    if empty_rounds >= 2 {
+                        Self::count_error(
+                            counters,
+                            format_args!("avail ring has chains that cannot be read"),
+                        );
+                        break;
+                    }
+                }
+                Ok(false) => break,
                 Err(e) => {
                     Self::count_error(counters, format_args!("queue error: {e}"));
                     break;
@@ -331,7 +355,9 @@ mod tests {
     use std::sync::Mutex;
 
     use event_manager::{EventManager, SubscriberOps};
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+    };
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, GuestAddress};
@@ -512,6 +538,67 @@ mod tests {
         assert_eq!(rng.counters().errors, u64::from(MAX_CHAINS_PER_TURN));
         assert_eq!(rng.queue_events()[0].read().unwrap(), 1);
         assert_eq!(int.0.lock().unwrap().len(), 1);
+    }
+
+    /// The driver makes a chain available after a round found the ring empty but before
+    /// notifications are back on: it sees NO_NOTIFY and does not notify, so the device must
+    /// serve the chain in the same turn (the ring-3 rng benchmark once stalled on this).
+    #[test]
+    fn chain_made_available_in_an_empty_round_is_served() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        let (mut rng, int) = activated(&m, &vq, false);
+        let mut raced = false;
+        // A turn started by a stale kick: nothing is available yet.
+        rng.process_queue_with(|| {
+            if !raced {
+                raced = true;
+                let flags: u16 = m.read_obj(vq.used_addr()).unwrap();
+                assert_ne!(
+                    flags & VRING_USED_F_NO_NOTIFY as u16,
+                    0,
+                    "driver would notify"
+                );
+                vq.add_desc_chains(&[desc(BUF, 64, W, 0)], 0).unwrap();
+            }
+        });
+        assert!(raced);
+        assert_eq!(used(&vq, 0), (1, (0, 64)));
+        assert_eq!(rng.counters().errors, 0);
+        let flags: u16 = m.read_obj(vq.used_addr()).unwrap();
+        assert_eq!(
+            flags & VRING_USED_F_NO_NOTIFY as u16,
+            0,
+            "notifications left off"
+        );
+        assert_eq!(int.0.lock().unwrap().len(), 1);
+    }
+
+    /// Chains announced by the avail index that cannot be read (the ring runs off the end of
+    /// memory) make two empty rounds in a row: the turn ends instead of spinning.
+    #[test]
+    fn unreadable_avail_ring_ends_the_turn() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+        let avail = MEM_SIZE as u64 - 4; // flags and idx fit, ring[0] does not
+        m.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+        let mut queue: Queue = vq.create_queue().unwrap();
+        queue.set_avail_ring_address(Some(avail as u32), Some(0));
+        let mut rng = Rng::new().unwrap();
+        let int = Arc::new(RecordingInterrupt::default());
+        rng.activate(ActivateContext {
+            mem: m.clone(),
+            queues: vec![queue],
+            acked_features: VIRTIO_F_VERSION_1,
+            interrupt: int.clone(),
+        })
+        .unwrap();
+        let mut rounds = 0;
+        rng.process_queue_with(|| rounds += 1);
+        assert_eq!(rounds, 2);
+        assert_eq!(rng.counters().errors, 1);
+        assert_eq!(vq.used().idx().load(), 0);
+        assert!(int.0.lock().unwrap().is_empty());
     }
 
     #[test]
