@@ -359,10 +359,24 @@ fn drain(
     mem: &GuestMemoryMmap,
     evt: &EventFd,
     counters: &mut BalloonCounters,
+    serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>, &mut BalloonCounters) -> bool,
+) -> bool {
+    drain_with(queue, mem, evt, counters, serve, || {})
+}
+
+/// [`drain`], calling `before_enable` after each round's last chain and before notifications
+/// are re-enabled (tests use it to play a driver racing the device).
+fn drain_with(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    evt: &EventFd,
+    counters: &mut BalloonCounters,
     mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>, &mut BalloonCounters) -> bool,
+    mut before_enable: impl FnMut(),
 ) -> bool {
     let mut popped = 0u64;
     let mut returned = false;
+    let mut empty_rounds = 0u32;
     'rounds: loop {
         if let Err(e) = queue.disable_notification(mem) {
             counters.malformed(format_args!("queue error: {e}"));
@@ -387,17 +401,31 @@ fn drain(
                 returned = true;
             }
         }
+        before_enable();
         match queue.enable_notification(mem) {
-            // More chains arrived meanwhile, or the budget ran out with chains left: let the
-            // event loop serve everything else first.
+            // The budget ran out with chains left: let the event loop serve everything else
+            // first.
             Ok(true) if popped >= u64::from(MAX_CHAINS_PER_TURN) => {
                 yield_queue(evt, "virtio-balloon");
                 break;
             }
-            // A round that popped nothing means the ring itself is bad, so stop rather than
-            // spin.
-            Ok(true) if popped > popped_before => continue,
-            Ok(_) => break,
+            // More chains arrived meanwhile. A round may legitimately pop nothing: the driver
+            // can make a chain available after the round found the ring empty and before
+            // notifications came back on, and it does not notify then (they were off), so that
+            // chain must be served now. The next round then pops it; two empty rounds in a row
+            // mean the ring itself is bad, so stop rather than spin.
+            Ok(true) => {
+                empty_rounds = if popped > popped_before {
+                    0
+                } else {
+                    empty_rounds + 1
+                };
+                if empty_rounds >= 2 {
+                    counters.malformed(format_args!("avail ring has chains that cannot be read"));
+                    break;
+                }
+            }
+            Ok(false) => break,
             Err(e) => {
                 counters.malformed(format_args!("queue error: {e}"));
                 break;

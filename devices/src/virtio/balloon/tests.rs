@@ -510,3 +510,72 @@ fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
     let c = b.counters();
     assert_eq!((c.inflated_pages, c.deflated_pages), (0, 0));
 }
+
+/// The driver makes a chain available after a round found the ring empty but before
+/// notifications are back on: it sees NO_NOTIFY and does not notify, so the device must take
+/// the chain in the same turn.
+#[test]
+fn chain_made_available_in_an_empty_round_is_served() {
+    use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+    let mut queue: Queue = vq.create_queue().unwrap();
+    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+    let mut counters = BalloonCounters::default();
+    let (mut served, mut raced) = (0, false);
+    let returned = drain_with(
+        &mut queue,
+        &m,
+        &evt,
+        &mut counters,
+        |_, _| {
+            served += 1;
+            true
+        },
+        || {
+            if !raced {
+                raced = true;
+                let flags: u16 = m.read_obj(vq.used_addr()).unwrap();
+                let no_notify = flags & VRING_USED_F_NO_NOTIFY as u16 != 0;
+                assert!(no_notify, "driver would notify");
+                vq.add_desc_chains(&[desc(BUF, 4, 0, 0)], 0).unwrap();
+            }
+        },
+    );
+    assert!(raced && returned);
+    assert_eq!((served, used(&vq, 0)), (1, (1, (0, 0))));
+    assert_eq!(counters.errors, 0);
+    let flags: u16 = m.read_obj(vq.used_addr()).unwrap();
+    assert_eq!(
+        flags & VRING_USED_F_NO_NOTIFY as u16,
+        0,
+        "notifications off"
+    );
+    assert!(evt.read().is_err(), "no self-kick");
+}
+
+/// Chains announced by the avail index that cannot be read (the ring runs off the end of
+/// memory) make two empty rounds in a row: the turn ends instead of spinning.
+#[test]
+fn unreadable_avail_ring_ends_the_turn() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
+    let avail = MEM_SIZE as u64 - 4; // flags and idx fit, ring[0] does not
+    m.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+    let mut queue: Queue = vq.create_queue().unwrap();
+    queue.set_avail_ring_address(Some(avail as u32), Some(0));
+    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+    let mut counters = BalloonCounters::default();
+    let mut rounds = 0;
+    let returned = drain_with(
+        &mut queue,
+        &m,
+        &evt,
+        &mut counters,
+        |_, _| true,
+        || rounds += 1,
+    );
+    assert!(!returned);
+    assert_eq!((rounds, counters.errors), (2, 1));
+    assert_eq!(vq.used().idx().load(), 0);
+}

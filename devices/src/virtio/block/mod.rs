@@ -255,6 +255,12 @@ impl Block {
     /// The queue event does this; it is public for fuzzing and benchmarks. Does nothing
     /// before activation.
     pub fn process_queue(&mut self) {
+        self.process_queue_with(|| {});
+    }
+
+    /// [`Self::process_queue`], calling `before_enable` after each round's last chain and
+    /// before notifications are re-enabled (tests use it to play a driver racing the device).
+    fn process_queue_with(&mut self, mut before_enable: impl FnMut()) {
         let limits = self.limits();
         let Some(active) = self.active.as_mut() else {
             return;
@@ -267,6 +273,7 @@ impl Block {
         let write_through = self.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
         let mut served_any = false;
         let mut budget = MAX_CHAINS_PER_TURN;
+        let mut empty_rounds = 0u32;
         'rounds: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 count_io_error(counters, format_args!("queue error: {e}"));
@@ -305,17 +312,30 @@ impl Block {
                 budget -= 1;
                 served_any = true;
             }
+            before_enable();
             match queue.enable_notification(mem) {
-                // More chains arrived meanwhile, or the budget ran out with chains left: let
-                // the event loop serve everything else first.
+                // The budget ran out with chains left: let the event loop serve everything
+                // else first.
                 Ok(true) if budget == 0 => {
                     yield_queue(&self.queue_events[0], "virtio-blk");
                     break;
                 }
-                // A round that served nothing means the ring itself is bad, so stop rather
-                // than spin.
-                Ok(true) if served > 0 => continue,
-                Ok(_) => break,
+                // More chains arrived meanwhile. A round may legitimately serve nothing: the
+                // driver can make a chain available after the round found the ring empty and
+                // before notifications came back on, and it does not notify then (they were
+                // off), so that chain must be served now. The next round then serves it; two
+                // empty rounds in a row mean the ring itself is bad, so stop rather than spin.
+                Ok(true) => {
+                    empty_rounds = if served > 0 { 0 } else { empty_rounds + 1 };
+                    if empty_rounds >= 2 {
+                        count_io_error(
+                            counters,
+                            format_args!("avail ring has chains that cannot be read"),
+                        );
+                        break;
+                    }
+                }
+                Ok(false) => break,
                 Err(e) => {
                     count_io_error(counters, format_args!("queue error: {e}"));
                     break;

@@ -67,6 +67,12 @@ impl Net {
     /// if it wants to know. The TX-queue and TX-limiter events do this; public for fuzzing
     /// and benchmarks. Does nothing before activation.
     pub fn process_tx(&mut self) {
+        self.process_tx_with(|| {});
+    }
+
+    /// [`Self::process_tx`], calling `before_enable` after each round's last chain and before
+    /// notifications are re-enabled (tests use it to play a driver racing the device).
+    pub(super) fn process_tx_with(&mut self, mut before_enable: impl FnMut()) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
@@ -75,6 +81,7 @@ impl Net {
         let id = self.id.as_str();
         let mut used_any = false;
         let mut budget = MAX_CHAINS_PER_TURN;
+        let mut empty_rounds = 0u32;
         'rounds: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 count(&mut c.tx_errors, id, format_args!("TX queue error: {e}"));
@@ -121,18 +128,29 @@ impl Net {
                 budget -= 1;
                 used_any = true;
             }
+            before_enable();
             match queue.enable_notification(mem) {
-                // More chains arrived meanwhile, or the budget ran out with chains left: let
-                // the event loop serve everything else first.
+                // The budget ran out with chains left: let the event loop serve everything
+                // else first.
                 Ok(true) if budget == 0 => {
                     let evt = &self.queue_events[usize::from(TX_QUEUE)];
                     yield_queue(evt, "virtio-net");
                     break;
                 }
-                // A round that served nothing means the ring itself is bad, so stop rather
-                // than spin.
-                Ok(true) if served > 0 => continue,
-                Ok(_) => break,
+                // More chains arrived meanwhile. A round may legitimately serve nothing: the
+                // driver can make a chain available after the round found the ring empty and
+                // before notifications came back on, and it does not notify then (they were
+                // off), so that chain must be served now. The next round then serves it; two
+                // empty rounds in a row mean the ring itself is bad, so stop rather than spin.
+                Ok(true) => {
+                    empty_rounds = if served > 0 { 0 } else { empty_rounds + 1 };
+                    if empty_rounds >= 2 {
+                        let what = format_args!("TX avail ring has chains that cannot be read");
+                        count(&mut c.tx_errors, id, what);
+                        break;
+                    }
+                }
+                Ok(false) => break,
                 Err(e) => {
                     count(&mut c.tx_errors, id, format_args!("TX queue error: {e}"));
                     break;

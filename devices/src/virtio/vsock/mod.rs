@@ -288,12 +288,19 @@ impl Vsock {
     /// the driver if it wants to know and sends the guest what the packets called for. Public
     /// for fuzzing and benchmarks.
     pub fn process_tx(&mut self) {
+        self.process_tx_with(|| {});
+    }
+
+    /// [`Self::process_tx`], calling `before_enable` after each round's last chain and before
+    /// notifications are re-enabled (tests use it to play a driver racing the device).
+    fn process_tx_with(&mut self, mut before_enable: impl FnMut()) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let (mem, queue, muxer) = (&active.mem, &mut active.tx, &mut self.muxer);
         let mut used_any = false;
         let mut budget = MAX_CHAINS_PER_TURN;
+        let mut empty_rounds = 0u32;
         'rounds: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 muxer.error(format_args!("TX queue error: {e}"));
@@ -322,6 +329,7 @@ impl Vsock {
                 budget -= 1;
                 used_any = true;
             }
+            before_enable();
             match queue.enable_notification(mem) {
                 // The budget ran out with chains left: let the event loop serve everything
                 // else first.
@@ -329,9 +337,19 @@ impl Vsock {
                     yield_queue(&self.queue_events[TX_QUEUE], "virtio-vsock");
                     break;
                 }
-                // A round that served nothing means the ring itself is bad: stop, not spin.
-                Ok(true) if served > 0 => continue,
-                Ok(_) => break,
+                // More chains arrived meanwhile. A round may legitimately serve nothing: the
+                // driver can make a chain available after the round found the ring empty and
+                // before notifications came back on, and it does not notify then (they were
+                // off), so that chain must be served now. The next round then serves it; two
+                // empty rounds in a row mean the ring itself is bad, so stop rather than spin.
+                Ok(true) => {
+                    empty_rounds = if served > 0 { 0 } else { empty_rounds + 1 };
+                    if empty_rounds >= 2 {
+                        muxer.error(format_args!("TX avail ring has chains that cannot be read"));
+                        break;
+                    }
+                }
+                Ok(false) => break,
                 Err(e) => {
                     muxer.error(format_args!("TX queue error: {e}"));
                     break;

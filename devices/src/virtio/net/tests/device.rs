@@ -197,3 +197,41 @@ fn tap_errors_say_what_is_wrong() {
     assert!(matches!(e, NetError::Tap { .. }), "{e}");
     assert!(e.to_string().contains("net7"), "{e}");
 }
+
+/// The driver makes a TX chain available after a round found the ring empty but before
+/// notifications are back on: it sees NO_NOTIFY and does not notify, so the device must send
+/// the frame in the same turn.
+#[test]
+fn tx_chain_made_available_in_an_empty_round_is_served() {
+    use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
+    let mut rig = Rig::new();
+    rig.activate(FEATURES_NO_MERGE);
+    let p = packet(60, 3);
+    rig.put(BUF, &p);
+    rig.add_chain(TX_QUEUE, &[(BUF, p.len() as u32, R)]);
+    // The chain is written but not published yet (avail idx back to 0).
+    let (mem, avail, used) = (rig.mem.clone(), rig.tx.avail, rig.tx.used);
+    mem.write_obj(0u16, GuestAddress(avail + 2)).unwrap();
+    let mut raced = false;
+    // A turn started by a stale kick: nothing is available yet.
+    rig.net.process_tx_with(|| {
+        if !raced {
+            raced = true;
+            let flags: u16 = mem.read_obj(GuestAddress(used)).unwrap();
+            let no_notify = flags & VRING_USED_F_NO_NOTIFY as u16 != 0;
+            assert!(no_notify, "driver would notify");
+            mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+        }
+    });
+    assert!(raced);
+    assert_eq!(rig.recv().unwrap(), p);
+    assert_eq!(rig.used_idx(TX_QUEUE), 1);
+    assert_eq!(rig.net.counters().tx_errors, 0);
+    let flags: u16 = rig.mem.read_obj(GuestAddress(used)).unwrap();
+    assert_eq!(
+        flags & VRING_USED_F_NO_NOTIFY as u16,
+        0,
+        "notifications off"
+    );
+    assert_eq!(rig.int.take(), vec![InterruptKind::Queue(TX_QUEUE)]);
+}

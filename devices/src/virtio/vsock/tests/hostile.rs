@@ -322,3 +322,59 @@ fn rx_used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
     assert_eq!(dev.queue_events()[RX_QUEUE].read().unwrap(), 1);
     assert!(dev.queue_events()[TX_QUEUE].read().is_err());
 }
+
+/// The driver makes a TX chain available after a round found the ring empty but before
+/// notifications are back on: it sees NO_NOTIFY and does not notify, so the device must take
+/// the packet in the same turn.
+#[test]
+fn tx_chain_made_available_in_an_empty_round_is_served() {
+    use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
+    let dir = TempDir::new().unwrap();
+    let mut dev = Vsock::new(VsockConfig {
+        guest_cid: GUEST_CID,
+        uds_path: dir.as_path().join("v.sock"),
+        id: "vsock0".into(),
+    })
+    .unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mut tx = GuestQueue::new(0x4000);
+    let queues = vec![
+        GuestQueue::new(0).queue(),
+        tx.queue(),
+        GuestQueue::new(0x8000).queue(),
+    ];
+    dev.activate(ActivateContext {
+        mem: mem.clone(),
+        queues,
+        acked_features: VIRTIO_F_VERSION_1,
+        interrupt: Arc::new(RecordingInterrupt::default()),
+    })
+    .unwrap();
+    // A connection to a port nobody listens on, written but not published yet.
+    let hdr = guest_hdr(5000, 999, op::REQUEST).to_bytes();
+    mem.write_slice(&hdr, GuestAddress(TX_BUFS)).unwrap();
+    let head = tx.add(&mem, &[(TX_BUFS, HDR_SIZE as u32, 0)]);
+    mem.write_obj(0u16, GuestAddress(tx.avail() + 2)).unwrap();
+    let (avail, used) = (tx.avail(), tx.used());
+    let mut raced = false;
+    // A turn started by a stale kick: nothing is available yet.
+    dev.process_tx_with(|| {
+        if !raced {
+            raced = true;
+            let flags: u16 = mem.read_obj(GuestAddress(used)).unwrap();
+            let no_notify = flags & VRING_USED_F_NO_NOTIFY as u16 != 0;
+            assert!(no_notify, "driver would notify");
+            mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+        }
+    });
+    assert!(raced);
+    assert_eq!(tx.take_used(&mem), vec![(head, 0)]);
+    let c = dev.counters();
+    assert_eq!((c.tx_packets, c.errors), (1, 0));
+    let flags: u16 = mem.read_obj(GuestAddress(used)).unwrap();
+    assert_eq!(
+        flags & VRING_USED_F_NO_NOTIFY as u16,
+        0,
+        "notifications off"
+    );
+}
