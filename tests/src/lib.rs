@@ -3,7 +3,8 @@
 //! drives it step by step: stdin, signals), and parses what the guest prints on its serial
 //! console and what petrel logs on stderr; builds the Debian guest kit for real-Linux tests and
 //! decides whether full Linux boots can run here; helpers for the test guest's `count` and
-//! `power-button` actions, and the host side (tap, packet socket) of a guest's network.
+//! `power-button` actions, the host side (tap, packet socket) of a guest's network, and checks
+//! on the test guest's `VIRTIO:` lines.
 
 pub mod guest_actions;
 pub mod guest_build;
@@ -13,6 +14,7 @@ pub mod image;
 pub mod linux_kit;
 pub mod petrel_log;
 pub mod process;
+pub mod virtio_checks;
 
 pub use guest_build::{
     build_guest, guest_image, scratch_path, target_dir, workspace_dir, GuestKind,

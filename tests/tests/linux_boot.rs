@@ -9,17 +9,14 @@
 //!   ring 0 to run natively; a calibration guest decides, and they skip otherwise.
 //!
 //! Every test skips (prints why on stderr and passes) when `/dev/kvm` is missing
-//! or the kit cannot be built. The kit is built once per process, under a file
+//! or the kit cannot be built. The kit and the calibration come from
+//! [`petrel_tests::linux_kit`]: the kit is built once per process, under a file
 //! lock shared with other test processes; `PETREL_GUEST_KIT` selects its directory.
 
-use std::cell::Cell;
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use petrel_tests::{build_guest, kvm_available, run_petrel, run_petrel_until, GuestKind, Run};
+use petrel_tests::{linux_kit_or_skip, ring0_native, run_petrel, run_petrel_until, Run};
 
 /// Command line for the early-boot tests; the token proves the command line arrived.
 const EARLY_TOKEN: &str = "petrel-early-boot-token-7f3a";
@@ -27,92 +24,6 @@ const EARLY_CMDLINE: &str =
     "console=ttyS0 earlyprintk=ttyS0 clearcpuid=cx16 noxsave petrel-early-boot-token-7f3a";
 /// Guest memory for the early-boot tests, in MiB.
 const EARLY_MEM_MIB: u64 = 512;
-/// The calibration loop must take less than this for ring 0 to count as native.
-const NATIVE_RING0_LIMIT: Duration = Duration::from_millis(200);
-
-/// Paths of a built guest kit.
-struct Kit {
-    bzimage: PathBuf,
-    vmlinux: PathBuf,
-    initramfs: PathBuf,
-}
-
-fn kit_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PETREL_GUEST_KIT") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    Path::new(&home).join(".cache/petrel/guest-kit")
-}
-
-/// Runs the kit builder (instant when the kit is already built).
-fn build_kit() -> Result<Kit, String> {
-    let dir = kit_dir();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-guest-kit.sh");
-    // A lock beside the kit directory so that parallel test processes build it once
-    // (the script also locks inside the directory; a different file avoids a deadlock).
-    let lock_path = {
-        let mut name = dir.file_name().unwrap_or_default().to_os_string();
-        name.push(".test-lock");
-        dir.with_file_name(name)
-    };
-    if let Some(parent) = lock_path.parent() {
-        fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    }
-    let lock = File::create(&lock_path)
-        .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
-
-    eprintln!(
-        "linux_boot: building the guest kit with {}",
-        script.display()
-    );
-    let out = Command::new("bash")
-        .arg(&script)
-        .env("PETREL_GUEST_KIT", &dir)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    drop(lock);
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let reason = stderr
-            .lines()
-            .rev()
-            .find(|l| l.contains("error:"))
-            .unwrap_or("the build script failed");
-        return Err(reason.trim().to_string());
-    }
-    let kit = Kit {
-        bzimage: dir.join("bzImage"),
-        vmlinux: dir.join("vmlinux"),
-        initramfs: dir.join("initramfs.cpio.gz"),
-    };
-    for p in [&kit.bzimage, &kit.vmlinux, &kit.initramfs] {
-        if !p.is_file() {
-            return Err(format!("guest kit incomplete: {} missing", p.display()));
-        }
-    }
-    Ok(kit)
-}
-
-/// The kit, or `None` (after printing why) when the test must skip.
-fn kit_or_skip(test: &str) -> Option<&'static Kit> {
-    if !kvm_available() {
-        eprintln!("{test}: skipped: /dev/kvm is not available");
-        return None;
-    }
-    static KIT: OnceLock<Result<Kit, String>> = OnceLock::new();
-    match KIT.get_or_init(build_kit) {
-        Ok(kit) => Some(kit),
-        Err(reason) => {
-            eprintln!("{test}: skipped: guest kit unavailable: {reason}");
-            None
-        }
-    }
-}
-
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("kit paths are UTF-8")
 }
@@ -257,7 +168,7 @@ fn early_boot(test: &str, kernel: &Path, timeout: Duration) {
 
 #[test]
 fn early_boot_vmlinux_pvh() {
-    let Some(kit) = kit_or_skip("early_boot_vmlinux_pvh") else {
+    let Some(kit) = linux_kit_or_skip("early_boot_vmlinux_pvh") else {
         return;
     };
     early_boot(
@@ -269,84 +180,11 @@ fn early_boot_vmlinux_pvh() {
 
 #[test]
 fn early_boot_bzimage() {
-    let Some(kit) = kit_or_skip("early_boot_bzimage") else {
+    let Some(kit) = linux_kit_or_skip("early_boot_bzimage") else {
         return;
     };
     // The bzImage decompresses itself first; emulated ring 0 makes that ~140 s.
     early_boot("early_boot_bzimage", &kit.bzimage, Duration::from_secs(300));
-}
-
-/// Time between `CALIBRATE: begin` and `CALIBRATE: end`, measured as output arrives;
-/// `None` when `end` never came within the timeout.
-fn calibrate() -> Option<Duration> {
-    let guest = match build_guest(GuestKind::Pvh) {
-        Ok(p) => p,
-        Err(e) => panic!("cannot build the PVH calibration guest: {e}"),
-    };
-    let args = [
-        "--kernel",
-        path_str(&guest),
-        "--cmdline",
-        "action=calibrate",
-        "--cpus",
-        "1",
-        "--memory",
-        "64M",
-        "--serial",
-        "stdout",
-        "--no-reboot",
-    ];
-    let begin: Cell<Option<Instant>> = Cell::new(None);
-    let end: Cell<Option<Instant>> = Cell::new(None);
-    let started = Instant::now();
-    let run = run_petrel_until(&args, Duration::from_secs(10), |out| {
-        if begin.get().is_none() && out.contains("CALIBRATE: begin") {
-            begin.set(Some(Instant::now()));
-        }
-        if end.get().is_none() && out.contains("CALIBRATE: end") {
-            end.set(Some(Instant::now()));
-        }
-        end.get().is_some()
-    });
-    assert!(
-        run.stdout.contains("CALIBRATE: begin"),
-        "the calibration guest did not start: {}",
-        describe(&run)
-    );
-    if !run.stdout.contains("CALIBRATE: end") {
-        return None;
-    }
-    // The harness stops calling `done` once petrel has exited, so the last chunk may
-    // not have been timestamped: then the exit time bounds the `end` time from above,
-    // and a `begin` in that same last chunk means both came within one harness poll.
-    let exited = started + run.elapsed;
-    match begin.get() {
-        Some(b) => Some(end.get().unwrap_or(exited).saturating_duration_since(b)),
-        None => Some(Duration::ZERO),
-    }
-}
-
-/// True when guest ring 0 runs natively (hardware virtualisation); measured once.
-fn ring0_native(test: &str) -> bool {
-    static NATIVE: OnceLock<Option<Duration>> = OnceLock::new();
-    let loop_time = *NATIVE.get_or_init(calibrate);
-    match loop_time {
-        Some(t) if t <= NATIVE_RING0_LIMIT => {
-            eprintln!("{test}: calibration loop took {t:.1?}: ring 0 is native");
-            true
-        }
-        _ => {
-            let took = loop_time.map_or("did not finish within 10 s".to_string(), |t| {
-                format!("took {t:.1?}")
-            });
-            eprintln!("{test}: calibration loop {took}");
-            eprintln!(
-                "{test}: skipped: guest ring 0 is emulated on this host (PVM); full Linux boots \
-                 need hardware virtualisation (VT-x/AMD-V)"
-            );
-            false
-        }
-    }
 }
 
 /// Boots the kernel and initramfs to `PETREL-INIT-OK` and expects a clean power-off.
@@ -402,7 +240,7 @@ fn full_boot(test: &str, kernel: &Path, initramfs: &Path, cpus: u32) {
 
 #[test]
 fn full_boot_1cpu() {
-    let Some(kit) = kit_or_skip("full_boot_1cpu") else {
+    let Some(kit) = linux_kit_or_skip("full_boot_1cpu") else {
         return;
     };
     if !ring0_native("full_boot_1cpu") {
@@ -414,7 +252,7 @@ fn full_boot_1cpu() {
 
 #[test]
 fn full_boot_2cpus() {
-    let Some(kit) = kit_or_skip("full_boot_2cpus") else {
+    let Some(kit) = linux_kit_or_skip("full_boot_2cpus") else {
         return;
     };
     if !ring0_native("full_boot_2cpus") {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use arch::layout::{VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_START};
+use petrel_tests::virtio_checks::{assert_clean_poweroff, assert_no_driver_errors, virtio_lines};
 use petrel_tests::{
     parse_first_boot, require_kvm, run_petrel, scratch_path, GuestBoot, GuestKind, Run,
 };
@@ -58,38 +59,6 @@ fn boot(args: &[&str]) -> (Run, GuestBoot) {
     let run = run_petrel(&all, TIMEOUT);
     let b = parse_first_boot(&run.stdout);
     (run, b)
-}
-
-/// The guest's `VIRTIO: …` lines (without the prefix).
-fn virtio_lines(b: &GuestBoot) -> Vec<&str> {
-    b.other
-        .iter()
-        .filter_map(|l| l.strip_prefix("VIRTIO: "))
-        .collect()
-}
-
-fn assert_clean_poweroff(run: &Run, b: &GuestBoot) {
-    assert!(!run.timed_out, "petrel did not exit\n{}", run.dump());
-    assert!(run.success(), "poweroff must exit 0\n{}", run.dump());
-    assert!(b.exception.is_none(), "guest exception\n{}", run.dump());
-    assert_eq!(b.action.as_deref(), Some("poweroff"), "{}", run.dump());
-    assert!(
-        virtio_lines(b).contains(&"done"),
-        "driver did not finish\n{}",
-        run.dump()
-    );
-}
-
-fn assert_no_driver_errors(run: &Run, b: &GuestBoot) {
-    let errors: Vec<&str> = virtio_lines(b)
-        .into_iter()
-        .filter(|l| l.starts_with("error"))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "driver errors {errors:?}\n{}",
-        run.dump()
-    );
 }
 
 /// The `window=` lines: (address, irq, device id).

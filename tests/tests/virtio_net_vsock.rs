@@ -7,11 +7,8 @@
 //! - vsock: a Unix listener at `<socket>_5001` answers the guest's line with `pong`; without
 //!   the listener the guest's connection is refused with an RST.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,14 +17,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use petrel_tests::host_net::{parse_mac, test_frame, PacketSocket, TUN_DEVICE};
+use petrel_tests::virtio_checks::{assert_clean_poweroff, assert_no_driver_errors, virtio_lines};
 use petrel_tests::{parse_first_boot, require_kvm, run_petrel, GuestBoot, GuestKind, Petrel, Run};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-/// IEEE 802 local experimental ethertype 1, what the guest sends and looks for.
-const ETHERTYPE: u16 = 0x88b5;
-const ETH_HLEN: usize = 14;
-/// Shortest Ethernet frame without FCS.
-const ETH_ZLEN: usize = 60;
 const TX_PAYLOAD: &str = "PETREL-NET-TX 1";
 const RX_PAYLOAD: &str = "PETREL-NET-RX hello";
 /// The source MAC of the host's answer (locally administered, unicast).
@@ -36,8 +30,8 @@ const HOST_MAC: [u8; 6] = [0x02, 0x50, 0x45, 0x54, 0x00, 0x01];
 /// Returns from the calling test when `/dev/net/tun` is missing.
 macro_rules! require_tun {
     () => {
-        if !Path::new("/dev/net/tun").exists() {
-            eprintln!("skipped: /dev/net/tun not available");
+        if !Path::new(TUN_DEVICE).exists() {
+            eprintln!("skipped: {TUN_DEVICE} not available");
             return;
         }
     };
@@ -92,177 +86,6 @@ impl Drop for TapGuard {
     }
 }
 
-/// An `AF_PACKET` raw socket bound to one interface and to [`ETHERTYPE`].
-struct PacketSocket(OwnedFd);
-
-impl PacketSocket {
-    fn bind(ifname: &str) -> io::Result<PacketSocket> {
-        let name = CString::new(ifname).map_err(io::Error::other)?;
-        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let proto = ETHERTYPE.to_be();
-        // SAFETY: socket(2) with constant arguments; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::c_int::from(proto),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a descriptor socket(2) just returned, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = i32::try_from(index).map_err(io::Error::other)?;
-        // SAFETY: `sll` is a valid sockaddr_ll and the length passed is its size.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(PacketSocket(fd))
-    }
-
-    /// The next frame arriving on the interface (frames we sent are skipped), or `None`
-    /// when none came within `timeout`.
-    fn recv(&self, timeout: Duration) -> io::Result<Option<Vec<u8>>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let mut pfd = libc::pollfd {
-                fd: self.0.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = left.as_millis().clamp(1, 1000) as libc::c_int;
-            // SAFETY: one valid pollfd for the duration of the call.
-            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                continue;
-            }
-            let mut buf = vec![0u8; 4096];
-            // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: `buf` and `from` are valid for the lengths passed, `len` is in-out.
-            let r = unsafe {
-                libc::recvfrom(
-                    self.0.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    (&mut from as *mut libc::sockaddr_ll).cast(),
-                    &mut len,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                ) {
-                    continue;
-                }
-                return Err(e);
-            }
-            if from.sll_pkttype == libc::PACKET_OUTGOING {
-                continue;
-            }
-            buf.truncate(r as usize);
-            return Ok(Some(buf));
-        }
-    }
-
-    /// Transmits `frame` (a whole Ethernet frame) on the interface.
-    fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is valid for its length; the socket is bound to the interface.
-        let r = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        match r {
-            n if n < 0 => Err(io::Error::last_os_error()),
-            n if n as usize == frame.len() => Ok(()),
-            n => Err(io::Error::other(format!(
-                "short send: {n} of {}",
-                frame.len()
-            ))),
-        }
-    }
-}
-
-/// An Ethernet frame of [`ETHERTYPE`] carrying `payload`, zero-padded to [`ETH_ZLEN`].
-fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(ETH_ZLEN.max(ETH_HLEN + payload.len()));
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ETHERTYPE.to_be_bytes());
-    f.extend_from_slice(payload);
-    f.resize(f.len().max(ETH_ZLEN), 0);
-    f
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-/// The guest's `VIRTIO: …` lines (without the prefix).
-fn virtio_lines(b: &GuestBoot) -> Vec<&str> {
-    b.other
-        .iter()
-        .filter_map(|l| l.strip_prefix("VIRTIO: "))
-        .collect()
-}
-
-fn assert_clean_poweroff(run: &Run, b: &GuestBoot) {
-    assert!(!run.timed_out, "petrel did not exit\n{}", run.dump());
-    assert!(run.success(), "poweroff must exit 0\n{}", run.dump());
-    assert!(b.exception.is_none(), "guest exception\n{}", run.dump());
-    assert_eq!(b.action.as_deref(), Some("poweroff"), "{}", run.dump());
-    assert!(
-        virtio_lines(b).contains(&"done"),
-        "driver did not finish\n{}",
-        run.dump()
-    );
-}
-
-fn assert_no_driver_errors(run: &Run, b: &GuestBoot) {
-    let errors: Vec<&str> = virtio_lines(b)
-        .into_iter()
-        .filter(|l| l.starts_with("error"))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "driver errors {errors:?}\n{}",
-        run.dump()
-    );
-}
-
 fn assert_line(run: &Run, b: &GuestBoot, want: &str) {
     assert!(
         virtio_lines(b).contains(&want),
@@ -304,7 +127,7 @@ fn virtio_net_frame_out_to_tap_and_back() {
             .get(6..12)
             .and_then(|m| m.try_into().ok())
             .unwrap_or([0; 6]);
-        sock.send(&frame(dst, HOST_MAC, RX_PAYLOAD.as_bytes()))
+        sock.send(&test_frame(dst, HOST_MAC, RX_PAYLOAD.as_bytes()))
             .unwrap();
     }
     let run = p.wait(TIMEOUT);
@@ -321,7 +144,7 @@ fn virtio_net_frame_out_to_tap_and_back() {
         .unwrap_or_else(|| panic!("no valid `VIRTIO: net mac=` line\n{}", run.dump()));
     assert_eq!(
         f,
-        frame([0xff; 6], mac, TX_PAYLOAD.as_bytes()),
+        test_frame([0xff; 6], mac, TX_PAYLOAD.as_bytes()),
         "the guest's frame (broadcast from its MAC, payload {TX_PAYLOAD:?})"
     );
     assert_line(&run, &b, &format!("net rx {RX_PAYLOAD}"));
