@@ -124,6 +124,7 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
         Box::new(CreateRate::new(guest.clone(), CREATE_RATE_VMS)),
         Box::new(DeviceBench::new(guest.clone(), Device::Blk, o.quick)),
         Box::new(DeviceBench::new(guest.clone(), Device::Rng, o.quick)),
+        Box::new(workload::vsock::VsockBench::new(guest.clone(), o.quick)),
     ];
     // create-rate through petreld: found next to petrel or at $PETRELD_BIN.
     if o.wants("create-rate-petreld") {
@@ -136,6 +137,7 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
             Err(e) => eprintln!("petrel-bench: create-rate-petreld skipped: {e}"),
         }
     }
+    workloads.extend(workload::linux_boot::prepare(o, &vmms[0], &guest));
     // The net workload needs a tap, hence CAP_NET_ADMIN: left out (and said so) without.
     if o.wants("net") {
         match workload::tap::tap_available() {

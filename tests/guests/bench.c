@@ -7,7 +7,10 @@
  * so the device may cache writes; no flush is sent);
  * `action=bench-rng [bs=<bytes>] [n=<requests>]`: virtio-rng requests of bs bytes
  * (default 64); `action=bench-net [n=<frames>]`: 1514-byte broadcast frames of
- * ethertype 0x88b5 on the TX queue, keeping it full.
+ * ethertype 0x88b5 on the TX queue, keeping it full; `action=bench-vsock [bs=<bytes>]
+ * [n=<packets>]`: RW packets of bs payload bytes (default 4096, at most 32768) on a stream
+ * connection to host CID 2 port 5001 (virtio_vsock.c connects in ring 0), within the host's
+ * credit (ring 3 waits for its CREDIT_UPDATEs when out of it), then SHUTDOWN.
  *
  * Set-up (probing, negotiation, queues) runs in ring 0; the request loop runs in
  * ring 3 (ring3.c), where it is native even when guest ring 0 is emulated (PVM).
@@ -55,6 +58,8 @@
 #define ERR_STALL 1
 #define ERR_STATUS 2
 #define ERR_ID 3
+#define ERR_RESET 4
+#define VSOCK_MAX_BS 32768
 
 extern char _end[];
 
@@ -78,6 +83,8 @@ struct job {
 	volatile u8 *status;  /* blk: status byte per slot */
 	u64 done, cycles;
 	u32 err, err_val;
+	struct vsock_conn vc; /* vsock: the connection */
+	u64 bs;		      /* vsock: payload bytes per packet */
 };
 
 static struct job job;
@@ -167,6 +174,103 @@ static u64 bench_loop(void *arg)
 		}
 		idle = 0;
 		kick(q);
+	}
+out:
+	j->cycles = rdtsc() - t0;
+	j->done = done;
+	return done;
+}
+
+/* Makes descriptor `id` available on a vsock queue (not yet published). */
+static void vs_post(struct vqueue *q, u16 id)
+{
+	volatile struct vring *r = q->r;
+	u16 idx = r->avail_idx;
+	r->avail_ring[idx % q->num] = id;
+	cbarrier();
+	r->avail_idx = (u16)(idx + 1);
+}
+
+static void vs_notify(struct vqueue *q)
+{
+	__asm__ volatile("mfence" ::: "memory"); /* the index before reading used flags */
+	if (!(((volatile struct vring *)q->r)->used_flags & USED_F_NO_NOTIFY))
+		*(volatile u32 *)(q->d->base + VM_QUEUE_NOTIFY) = q->index;
+}
+
+/* The vsock loop (ring 3): n RW packets of bs bytes, one TX descriptor per packet, at most
+ * the host's free credit (buf_alloc - (sent - fwd_cnt)) in flight; RX packets (credit
+ * updates) are taken and their buffers re-posted. */
+static u64 vsock_loop(void *arg)
+{
+	struct job *j = arg;
+	struct vsock_conn *c = &j->vc;
+	struct vqueue *tx = c->tx, *rx = c->rx;
+	volatile struct vring *tr = tx->r, *rr = rx->r;
+	u32 buf_alloc = c->peer_buf_alloc, fwd = c->peer_fwd_cnt, sent = 0;
+	u64 sub = 0, done = 0, idle = 0;
+	u32 free_slots = tx->num, next_slot = 0;
+	u64 t0 = rdtsc();
+	while (done < j->n) {
+		int progress = 0;
+		/* Credit from the host. */
+		u16 used = rr->used_idx;
+		if (used != rx->last_used) {
+			cbarrier();
+			while (rx->last_used != used) {
+				u32 id = rr->used_ring[rx->last_used % rx->num].id;
+				rx->last_used++;
+				if (id >= c->nrx) {
+					j->err = ERR_ID;
+					j->err_val = id;
+					goto out;
+				}
+				volatile struct vsock_hdr *h =
+					(volatile struct vsock_hdr *)(c->rxbuf + id * c->rxbuf_size);
+				if (h->op == VSOCK_OP_RST || h->op == VSOCK_OP_SHUTDOWN) {
+					j->err = ERR_RESET;
+					j->err_val = h->op;
+					goto out;
+				}
+				buf_alloc = h->buf_alloc;
+				fwd = h->fwd_cnt;
+				vs_post(rx, (u16)id);
+			}
+			vs_notify(rx);
+			progress = 1;
+		}
+		/* Completed packets. */
+		used = tr->used_idx;
+		if (used != tx->last_used) {
+			cbarrier();
+			u16 k = (u16)(used - tx->last_used);
+			tx->last_used = used;
+			done += k;
+			free_slots += k;
+			progress = 1;
+		}
+		/* New packets, within the credit. */
+		u16 posted = 0;
+		while (sub < j->n && free_slots && buf_alloc - (sent - fwd) >= j->bs) {
+			vs_post(tx, (u16)next_slot);
+			next_slot = (next_slot + 1) % tx->num;
+			free_slots--;
+			sent += (u32)j->bs;
+			sub++;
+			posted++;
+		}
+		if (posted) {
+			vs_notify(tx);
+			progress = 1;
+		}
+		if (progress) {
+			idle = 0;
+		} else if (++idle > STALL_SPINS) {
+			j->err = ERR_STALL;
+			break;
+		} else {
+			__asm__ volatile("pause");
+		}
 	}
 out:
 	j->cycles = rdtsc() - t0;
@@ -363,10 +467,38 @@ static u64 setup_net(struct vdev *d, u64 area)
 	return NET_FRAME;
 }
 
+/* Connects (virtio_vsock.c) and points the TX descriptors at one packet per slot. */
+static u64 setup_vsock(struct vdev *d, const char *c, u64 area)
+{
+	u64 bs = opt(c, "bs=", 4096);
+	if (bs == 0 || bs > VSOCK_MAX_BS) {
+		printk("BENCH: error bad bs=%lu\n", bs);
+		return 0;
+	}
+	if (vsock_open(d, &job.vc))
+		return 0;
+	struct vqueue *tx = job.vc.tx;
+	for (u32 s = 0; s < tx->num; s++) {
+		u64 pkt = area + OFF_DATA + s * SLOT_DATA;
+		struct vsock_hdr *h = (struct vsock_hdr *)pkt;
+		*h = job.vc.hdr;
+		h->len = (u32)bs;
+		zero64(pkt + sizeof(*h), (bs + 7) / 8);
+		tx->r->desc[s].addr = pkt;
+		tx->r->desc[s].len = (u32)(sizeof(*h) + bs);
+		tx->r->desc[s].flags = 0;
+		tx->r->desc[s].next = 0;
+	}
+	job.bs = bs;
+	printk("BENCH: vsock bs=%lu queue=%u credit=%u\n", bs, tx->num, job.vc.peer_buf_alloc);
+	return bs;
+}
+
 void bench_action(int which, const char *cmdline)
 {
-	static const u32 ids[] = {0, VIRTIO_DEV_BLK, VIRTIO_DEV_RNG, VIRTIO_DEV_NET};
-	static const char *const names[] = {"", "blk", "rng", "net"};
+	static const u32 ids[] = {0, VIRTIO_DEV_BLK, VIRTIO_DEV_RNG, VIRTIO_DEV_NET,
+				  VIRTIO_DEV_VSOCK};
+	static const char *const names[] = {"", "blk", "rng", "net", "vsock"};
 	virtio_probe(cmdline);
 	struct vdev *d = virtio_find(ids[which]);
 	if (!d) {
@@ -381,10 +513,13 @@ void bench_action(int which, const char *cmdline)
 	memset(&job, 0, sizeof(job));
 	job.which = which;
 	job.n = opt(cmdline, "n=", 1000);
+	int vsock = which == BENCH_VSOCK;
 	u64 bytes_per_req = which == BENCH_BLK   ? setup_blk(d, cmdline, area)
 			    : which == BENCH_RNG ? setup_rng(d, cmdline, area)
+			    : vsock		 ? setup_vsock(d, cmdline, area)
 						 : setup_net(d, area);
-	if (!bytes_per_req || dev_driver_ok(d, names[which])) {
+	/* vsock_open() set DRIVER_OK itself. */
+	if (!bytes_per_req || (!vsock && dev_driver_ok(d, names[which]))) {
 		dev_reset(d);
 		return;
 	}
@@ -396,7 +531,7 @@ void bench_action(int which, const char *cmdline)
 		return;
 	}
 	printk("BENCH: begin\n");
-	u64 done = ring3_call(bench_loop, &job, area + USTACK_TOP);
+	u64 done = ring3_call(vsock ? vsock_loop : bench_loop, &job, area + USTACK_TOP);
 	printk("BENCH: end n=%lu bytes=%lu cycles=%lu\n", done, done * bytes_per_req, job.cycles);
 	if (job.err == ERR_STALL)
 		printk("BENCH: error no completion for 2^28 polls after %lu\n", done);
@@ -404,5 +539,9 @@ void bench_action(int which, const char *cmdline)
 		printk("BENCH: error request status %u after %lu\n", job.err_val, done);
 	else if (job.err == ERR_ID)
 		printk("BENCH: error used id %u after %lu\n", job.err_val, done);
+	else if (job.err == ERR_RESET)
+		printk("BENCH: error vsock op %u from the host after %lu\n", job.err_val, done);
+	else if (vsock)
+		vsock_close();
 	dev_reset(d);
 }

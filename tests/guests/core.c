@@ -37,6 +37,7 @@ enum action {
 	ACT_BENCH_BLK,
 	ACT_BENCH_RNG,
 	ACT_BENCH_NET,
+	ACT_BENCH_VSOCK,
 	ACT_POWER_BUTTON,
 	ACT_COUNT,
 	ACT_UNKNOWN
@@ -338,6 +339,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_BENCH_RNG;
 			else if (token_is(v, vl, "bench-net"))
 				o->action = ACT_BENCH_NET;
+			else if (token_is(v, vl, "bench-vsock"))
+				o->action = ACT_BENCH_VSOCK;
 			else if (token_is(v, vl, "power-button"))
 				o->action = ACT_POWER_BUTTON;
 			else if (token_is(v, vl, "count"))
@@ -481,9 +484,11 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 	case ACT_BENCH_BLK:
 	case ACT_BENCH_RNG:
 	case ACT_BENCH_NET:
-		bench_action(o->action == ACT_BENCH_BLK   ? BENCH_BLK
-			     : o->action == ACT_BENCH_RNG ? BENCH_RNG
-							  : BENCH_NET,
+	case ACT_BENCH_VSOCK:
+		bench_action(o->action == ACT_BENCH_BLK     ? BENCH_BLK
+			     : o->action == ACT_BENCH_RNG   ? BENCH_RNG
+			     : o->action == ACT_BENCH_VSOCK ? BENCH_VSOCK
+							    : BENCH_NET,
 			     get_cmdline());
 		printk("PETREL-GUEST: poweroff\n");
 		power_off(a);

@@ -85,10 +85,11 @@ int ring3_map_user(u64 start, u64 len);
  * its result; everything fn touches must be ring3_map_user()'d. */
 u64 ring3_call(u64 (*fn)(void *), void *arg, u64 ustack_top);
 
-/* bench.c: `action=bench-blk|bench-rng|bench-net` (which = BENCH_*); always returns. */
+/* bench.c: `action=bench-blk|bench-rng|bench-net|bench-vsock` (which = BENCH_*); always returns. */
 #define BENCH_BLK 1
 #define BENCH_RNG 2
 #define BENCH_NET 3
+#define BENCH_VSOCK 4
 void bench_action(int which, const char *cmdline);
 
 /* acpi.c */

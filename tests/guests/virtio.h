@@ -121,4 +121,28 @@ int vq_wait_host(struct vqueue *q, u32 *id, u32 *len, const char *what);
 void virtio_net(void);
 void virtio_vsock(void);
 
+/* virtio_vsock.c: the connection that bench.c (`bench-vsock`) drives. */
+struct vsock_hdr {
+	u64 src_cid, dst_cid;
+	u32 src_port, dst_port, len;
+	u16 type, op;
+	u32 flags, buf_alloc, fwd_cnt;
+} __attribute__((packed));
+#define VSOCK_OP_RST 3
+#define VSOCK_OP_SHUTDOWN 4
+#define VSOCK_OP_RW 5
+#define VSOCK_OP_CREDIT_UPDATE 6
+struct vsock_conn {
+	struct vqueue *rx, *tx;
+	u8 *rxbuf; /* nrx buffers of rxbuf_size bytes, buffer i in descriptor i */
+	u32 rxbuf_size, nrx;
+	struct vsock_hdr hdr; /* an RW header of the connection (len 0) */
+	u32 peer_buf_alloc, peer_fwd_cnt; /* the host's credit from its RESPONSE */
+};
+/* Sets up `d` (queues, RX buffers) and connects to the host as virtio_vsock() does;
+ * 0, or -1 (error printed). */
+int vsock_open(struct vdev *d, struct vsock_conn *c);
+/* SHUTDOWN (both), then waits for the host's RST (`VIRTIO: vsock closed`); 0 or -1. */
+int vsock_close(void);
+
 #endif

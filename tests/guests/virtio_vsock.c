@@ -33,13 +33,6 @@
 /* Our receive buffer (what the host may send before we report fwd_cnt). */
 #define REPLY_MAX 256
 
-struct vsock_hdr {
-	u64 src_cid, dst_cid;
-	u32 src_port, dst_port, len;
-	u16 type, op;
-	u32 flags, buf_alloc, fwd_cnt;
-} __attribute__((packed));
-
 _Static_assert(sizeof(struct vsock_hdr) == VSOCK_HDR, "virtio_vsock_hdr is 44 bytes");
 
 static const char hello[] = "hello from petrel guest\n";
@@ -60,6 +53,8 @@ static u64 guest_cid;
 static u32 nrx;
 /* Payload bytes received and consumed on the connection (we consume at once). */
 static u32 fwd_cnt;
+/* The host's credit from its RESPONSE. */
+static u32 peer_buf_alloc, peer_fwd_cnt;
 
 /* Sends one packet of the connection; `len` payload bytes from `data`. 0 once used. */
 static int vsock_send(u16 op, u32 flags, const void *data, u32 len)
@@ -136,6 +131,8 @@ static int vsock_connect(void)
 		if (vsock_recv(&h, scratch, sizeof(scratch), "vsock response"))
 			return -1;
 		if (h.op == OP_RESPONSE) {
+			peer_buf_alloc = h.buf_alloc;
+			peer_fwd_cnt = h.fwd_cnt;
 			printk("VIRTIO: vsock connected buf_alloc=%u\n", h.buf_alloc);
 			return 0;
 		}
@@ -184,48 +181,45 @@ static int vsock_read_line(char *reply)
 	}
 }
 
-/* The connection's exchange; returns with the connection closed or abandoned. */
+int vsock_close(void)
+{
+	struct vsock_hdr h;
+	u8 buf[RX_BUF];
+	if (vsock_send(OP_SHUTDOWN, SHUTDOWN_BOTH, 0, 0))
+		return -1;
+	/* The host answers a full shutdown with RST; it may still send SHUTDOWN before it. */
+	for (u32 n = 0; n < 8; n++) {
+		if (vsock_recv(&h, buf, sizeof(buf), "vsock rst"))
+			return -1;
+		if (h.op == OP_RST) {
+			printk("VIRTIO: vsock closed\n");
+			return 0;
+		}
+	}
+	printk("VIRTIO: error vsock no RST after SHUTDOWN\n");
+	return -1;
+}
+
+/* The connection's exchange after vsock_open(); returns with the connection closed or
+ * abandoned. */
 static void vsock_talk(void)
 {
 	char reply[REPLY_MAX];
-	struct vsock_hdr h;
-	u8 buf[RX_BUF];
-	fwd_cnt = 0;
-	if (vsock_connect())
-		return;
 	if (vsock_send(OP_RW, 0, hello, sizeof(hello) - 1))
 		return;
 	if (vsock_read_line(reply))
 		return;
 	printk("VIRTIO: vsock reply %s\n", reply);
-	if (vsock_send(OP_SHUTDOWN, SHUTDOWN_BOTH, 0, 0))
-		return;
-	/* The host answers a full shutdown with RST; it may still send SHUTDOWN before it. */
-	for (u32 n = 0; n < 8; n++) {
-		if (vsock_recv(&h, buf, sizeof(buf), "vsock rst"))
-			return;
-		if (h.op == OP_RST) {
-			printk("VIRTIO: vsock closed\n");
-			return;
-		}
-	}
-	printk("VIRTIO: error vsock no RST after SHUTDOWN\n");
+	vsock_close();
 }
 
-void virtio_vsock(void)
+int vsock_open(struct vdev *d, struct vsock_conn *c)
 {
-	struct vdev *d = virtio_find(VIRTIO_DEV_VSOCK);
-	if (!d) {
-		printk("VIRTIO: error no virtio-vsock device\n");
-		return;
-	}
 	if (dev_negotiate(d, VSOCK_F_STREAM, "vsock"))
-		return;
+		return -1;
 	if (vq_setup(d, &rxq, 0, &vs.rx, "vsock") || vq_setup(d, &txq, 1, &vs.tx, "vsock") ||
-	    vq_setup(d, &evq, 2, &vs.ev, "vsock") || dev_driver_ok(d, "vsock")) {
-		dev_reset(d);
-		return;
-	}
+	    vq_setup(d, &evq, 2, &vs.ev, "vsock") || dev_driver_ok(d, "vsock"))
+		return -1;
 	u32 lo = 0, hi = 0;
 	for (u32 tries = 0; tries < 8; tries++) {
 		u32 gen = vr(d, VM_CONFIG_GEN);
@@ -247,6 +241,36 @@ void virtio_vsock(void)
 		vq_desc(&evq, (u16)i, vs.evbuf[i], EV_BUF, 1, -1);
 		vq_post(&evq, (u16)i);
 	}
-	vsock_talk();
+	fwd_cnt = 0;
+	if (vsock_connect())
+		return -1;
+	c->rx = &rxq;
+	c->tx = &txq;
+	c->rxbuf = &vs.rxbuf[0][0];
+	c->rxbuf_size = RX_BUF;
+	c->nrx = nrx;
+	memset(&c->hdr, 0, sizeof(c->hdr));
+	c->hdr.src_cid = guest_cid;
+	c->hdr.dst_cid = HOST_CID;
+	c->hdr.src_port = GUEST_PORT;
+	c->hdr.dst_port = HOST_PORT;
+	c->hdr.type = TYPE_STREAM;
+	c->hdr.op = OP_RW;
+	c->hdr.buf_alloc = REPLY_MAX;
+	c->peer_buf_alloc = peer_buf_alloc;
+	c->peer_fwd_cnt = peer_fwd_cnt;
+	return 0;
+}
+
+void virtio_vsock(void)
+{
+	struct vdev *d = virtio_find(VIRTIO_DEV_VSOCK);
+	if (!d) {
+		printk("VIRTIO: error no virtio-vsock device\n");
+		return;
+	}
+	struct vsock_conn c;
+	if (!vsock_open(d, &c))
+		vsock_talk();
 	dev_reset(d);
 }

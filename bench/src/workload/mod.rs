@@ -16,8 +16,10 @@ pub mod create_rate_petreld;
 pub mod device;
 pub mod exit_cost;
 pub mod guest_life;
+pub mod linux_boot;
 pub mod memory;
 pub mod tap;
+pub mod vsock;
 
 pub use api_ready::ApiReady;
 pub use create_rate::CreateRate;
