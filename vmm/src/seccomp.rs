@@ -29,7 +29,8 @@ use rules::{Cond, When};
 /// [`selftest_if_requested`]).
 pub const SELFTEST_ENV: &str = "PETREL_SECCOMP_SELFTEST";
 
-/// The syscall the self-test makes: harmless, and on no allow-list.
+/// The syscall the self-test makes: harmless, and on no allow-list (debug builds only).
+#[cfg(any(debug_assertions, test))]
 const SELFTEST_SYSCALL: libc::c_long = libc::SYS_getpgid;
 
 /// `--seccomp true|false|log`.
