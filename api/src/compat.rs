@@ -486,8 +486,22 @@ pub fn remove_device_from_ch(body: &[u8]) -> Result<VmRemoveDevice, ConfigError>
 /// Walks `body` with `schema` and deserializes what is left into `T`.
 fn parse_as<T: DeserializeOwned>(body: &[u8], schema: &Schema) -> Result<T, ConfigError> {
     let m = walk_body(body, schema)?;
-    serde_json::from_value(Value::Object(m))
-        .map_err(|e| ConfigError::new(schema.name, e.to_string()))
+    from_value_at(Value::Object(m), "", schema.name)
+}
+
+/// Deserializes `v` found at `at` (`""` for the body itself, whose errors fall back to
+/// `name`), naming the exact field that is wrong (`cpus.boot_vcpus`) in errors.
+fn from_value_at<T: DeserializeOwned>(v: Value, at: &str, name: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match (at, path.as_str()) {
+            ("", "" | ".") => name.to_string(),
+            (_, "" | ".") => at.to_string(),
+            ("", p) => p.to_string(),
+            (a, p) => format!("{a}.{p}"),
+        };
+        ConfigError::new(&field, e.into_inner().to_string())
+    })
 }
 
 /// Parses JSON and walks it as `schema` (the top-level object).
@@ -634,7 +648,7 @@ fn take<T: DeserializeOwned>(
     key: &str,
 ) -> Result<Option<T>, ConfigError> {
     m.remove(key)
-        .map(|v| serde_json::from_value(v).map_err(|e| ConfigError::new(key, e.to_string())))
+        .map(|v| from_value_at(v, key, key))
         .transpose()
 }
 
@@ -653,8 +667,8 @@ fn take_list<T: DeserializeOwned>(
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            serde_json::from_value(item)
-                .map_err(|e| ConfigError::new(&format!("{key}[{i}]"), e.to_string()))
+            let at = format!("{key}[{i}]");
+            from_value_at(item, &at, &at)
         })
         .collect::<Result<Vec<T>, _>>()
         .map(Some)

@@ -355,10 +355,10 @@ fn malformed_bodies_and_types() {
     let e = parse(&with("disks", json!({"path": "/x"}))).unwrap_err();
     assert_eq!(e.field, "disks");
     let e = parse(&with("cpus.boot_vcpus", json!("two"))).unwrap_err();
-    assert_eq!(e.field, "cpus");
+    assert_eq!(e.field, "cpus.boot_vcpus");
     assert!(e.message.contains("invalid type"), "{e}");
     let e = parse(&with("disks[0].readonly", json!("yes"))).unwrap_err();
-    assert_eq!(e.field, "disks[0]");
+    assert_eq!(e.field, "disks[0].readonly");
     let e = parse(&with("payload.kernel", Value::Null)).unwrap_err();
     assert_eq!(e.field, "payload");
     assert!(e.message.contains("kernel"), "{e}");
