@@ -236,9 +236,11 @@ fn api() -> Vec<Allow> {
 fn vmm(kick_signal: libc::c_int) -> Vec<Allow> {
     let mut v = always(&[
         // Files: the kernel and initramfs (loaded again at every boot), disk images (raw
-        // reads and writes, flush, discard and write-zeroes), /dev/kvm, /dev/net/tun, the
-        // log file, /proc/meminfo; vsock and API sockets removed when stale.
+        // reads and writes, flush, discard and write-zeroes; an advisory lock so two VMs
+        // cannot share a writable image), /dev/kvm, /dev/net/tun, the log file,
+        // /proc/meminfo; vsock and API sockets removed when stale.
         libc::SYS_openat,
+        libc::SYS_flock,
         libc::SYS_read,
         libc::SYS_readv,
         libc::SYS_pread64,

@@ -37,8 +37,33 @@ pub(crate) struct DiskFile {
     zero_range: bool,
 }
 
+/// Takes an advisory lock on the image so two VMs cannot corrupt it: exclusive for a
+/// read-write disk, shared for a read-only one (several read-only users may share an image;
+/// none may while one writes). Held as long as the file is open.
+fn lock(file: &File, path: &Path, readonly: bool) -> Result<(), BlockError> {
+    let how = if readonly {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock takes no pointers; the descriptor is open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let source = io::Error::last_os_error();
+    if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(BlockError::Locked {
+            path: path.to_path_buf(),
+        });
+    }
+    Err(BlockError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 impl DiskFile {
-    /// Opens `path`; checks it is a regular file or a block device.
+    /// Opens and locks `path`; checks it is a regular file or a block device.
     pub(crate) fn open(path: &Path, readonly: bool, direct: bool) -> Result<Self, BlockError> {
         let open = |direct: bool| {
             let mut opts = OpenOptions::new();
@@ -52,6 +77,7 @@ impl DiskFile {
             })
         };
         let file = open(direct)?;
+        lock(&file, path, readonly)?;
         let meta_err = |source| BlockError::Metadata {
             path: path.to_path_buf(),
             source,

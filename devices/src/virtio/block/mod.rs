@@ -82,6 +82,12 @@ pub enum BlockError {
         #[source]
         source: io::Error,
     },
+    /// Another user holds the image (read-write, or read-only while this disk would write).
+    #[error("disk image {} is in use by another VM (locked)", path.display())]
+    Locked {
+        /// The image.
+        path: PathBuf,
+    },
     /// The image's type or size could not be read.
     #[error("cannot inspect disk image {}", path.display())]
     Metadata {

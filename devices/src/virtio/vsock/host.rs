@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// Longest `CONNECT <port>\n` line accepted.
 pub const MAX_LINE: usize = 32;
@@ -86,6 +87,8 @@ pub fn connect(path: &Path) -> io::Result<UnixStream> {
 pub struct Handshake {
     /// The host program's socket (non-blocking).
     pub stream: UnixStream,
+    /// When it was accepted (it is closed if the line takes too long).
+    pub since: Instant,
     line: Vec<u8>,
 }
 
@@ -105,6 +108,7 @@ impl Handshake {
     pub fn new(stream: UnixStream) -> Self {
         Self {
             stream,
+            since: Instant::now(),
             line: Vec::with_capacity(MAX_LINE),
         }
     }

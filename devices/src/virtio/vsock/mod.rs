@@ -12,8 +12,15 @@
 //! sent). [`packet`] parses and writes packets, `connection` holds one connection's state and
 //! credit, `muxer` owns the sockets and decides what the guest gets next, `host` the Unix
 //! socket helpers. The event loop watches the queue eventfds, the listening socket, every
-//! host socket (added and removed as connections come and go) and a kick eventfd; a guest
-//! that posts RX buffers (an RX queue notification) restarts reading the host sockets.
+//! host socket (added and removed as connections come and go), a kick eventfd and a timerfd;
+//! a guest that posts RX buffers (an RX queue notification) restarts reading the host sockets.
+//!
+//! Deadlines: a host connection that has not sent its `CONNECT` line within
+//! [`HOST_CONN_TIMEOUT`] is closed, and so is one whose REQUEST the guest has not answered
+//! (RESPONSE or RST) within that time after the line (the guest then gets an RST for the port
+//! pair); both count as `timeouts`. The timerfd (`timer`) ticks every quarter of the timeout,
+//! and only while such connections exist (or the listening socket is paused after `accept` ran
+//! out of file descriptors, until the next tick).
 
 mod connection;
 mod host;
@@ -21,11 +28,13 @@ mod muxer;
 pub mod packet;
 #[cfg(test)]
 mod tests;
+mod timer;
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
@@ -38,8 +47,9 @@ use crate::virtio::{
 };
 pub use connection::BUF_ALLOC;
 use muxer::Muxer;
-pub use muxer::{FIRST_LOCAL_PORT, MAX_CONNECTIONS};
+pub use muxer::{FIRST_LOCAL_PORT, HOST_CONN_TIMEOUT, MAX_CONNECTIONS};
 use packet::RxBuffer;
+use timer::HostTimer;
 
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -93,7 +103,7 @@ pub enum VsockError {
         #[source]
         source: io::Error,
     },
-    /// An eventfd could not be created.
+    /// An eventfd or the timerfd could not be created.
     #[error("cannot create the device's event descriptors")]
     Events(#[source] io::Error),
 }
@@ -115,8 +125,12 @@ pub struct VsockCounters {
     pub tx_bytes: u64,
     /// RSTs sent to the guest.
     pub resets: u64,
-    /// Malformed packets and chains, protocol violations, limits hit, queue errors.
+    /// Malformed packets and chains, protocol violations, limits hit, queue errors, failed
+    /// `accept`s.
     pub errors: u64,
+    /// Host connections closed for taking too long: no `CONNECT` line, or no answer from the
+    /// guest to their REQUEST, within [`HOST_CONN_TIMEOUT`].
+    pub timeouts: u64,
 }
 
 /// The state of an activated device.
@@ -133,6 +147,7 @@ pub struct Vsock {
     muxer: Muxer,
     queue_events: Vec<EventFd>,
     kick: EventFd,
+    timer: HostTimer,
     active: Option<Active>,
     acked_features: u64,
     payload: Vec<u8>,
@@ -175,6 +190,7 @@ impl Vsock {
         Ok(Self {
             queue_events: vec![evt()?, evt()?, evt()?],
             kick: evt()?,
+            timer: HostTimer::new().map_err(VsockError::Events)?,
             muxer,
             cfg,
             active: None,
@@ -206,6 +222,24 @@ impl Vsock {
     /// Open connections, including host connections that have not sent `CONNECT` yet.
     pub fn active_connections(&self) -> usize {
         self.muxer.connection_count()
+    }
+
+    /// Sets the deadline for host connections (tests use short ones); before any connection.
+    #[cfg(test)]
+    pub(crate) fn set_host_timeout(&mut self, timeout: std::time::Duration) {
+        self.muxer.set_timeout(timeout);
+        self.sync_timer();
+    }
+
+    /// Arms the timer while the muxer has deadlines to watch, disarms it otherwise.
+    fn sync_timer(&mut self) {
+        let want = self
+            .muxer
+            .needs_timer()
+            .then(|| timer::period(self.muxer.timeout()));
+        if let Err(e) = self.timer.set(want) {
+            self.muxer.error(format_args!("timer: {e}"));
+        }
     }
 
     /// The features the driver accepted at the last activation (0 if not activated).
@@ -473,23 +507,25 @@ impl VirtioDevice for Vsock {
             ("tx_bytes", c.tx_bytes),
             ("resets", c.resets),
             ("errors", c.errors),
+            ("timeouts", c.timeouts),
         ]
     }
 }
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        let fds = self
-            .queue_events
-            .iter()
-            .map(|e| e.as_raw_fd())
-            .chain([self.kick.as_raw_fd(), self.muxer.listener().as_raw_fd()]);
+        let fds = self.queue_events.iter().map(|e| e.as_raw_fd()).chain([
+            self.kick.as_raw_fd(),
+            self.timer.as_raw_fd(),
+            self.muxer.listener().as_raw_fd(),
+        ]);
         for fd in fds {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 error!("virtio-vsock: cannot register fd {fd}: {e:?}");
             }
         }
         self.muxer.apply_fd_ops(ops);
+        self.sync_timer();
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -505,6 +541,10 @@ impl MutEventSubscriber for Vsock {
         } else if fd == self.kick.as_raw_fd() {
             let _ = self.kick.read();
             self.process_rx();
+        } else if fd == self.timer.as_raw_fd() {
+            self.timer.drain();
+            self.muxer.expire(Instant::now());
+            self.process_rx();
         } else if fd == self.muxer.listener().as_raw_fd() {
             self.muxer.accept();
         } else {
@@ -512,6 +552,7 @@ impl MutEventSubscriber for Vsock {
             self.process_rx();
         }
         self.muxer.apply_fd_ops(ops);
+        self.sync_timer();
     }
 }
 

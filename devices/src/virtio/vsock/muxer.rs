@@ -11,12 +11,20 @@
 //! The muxer does not own the event loop; the changes it wants to the set of watched fds are
 //! queued ([`FdOp`]) and applied by the device with [`Muxer::apply_fd_ops`]. A closed socket
 //! is kept open until its removal is applied, so its fd number cannot be reused meanwhile.
+//!
+//! Host connections have deadlines ([`Muxer::expire`], called by the device's timer): one
+//! that has not sent its `CONNECT` line within the timeout ([`HOST_CONN_TIMEOUT`]) is closed,
+//! and so is one whose REQUEST the guest has not answered within the timeout of the line
+//! (the guest also gets an RST for it). When `accept` fails for want of file descriptors the
+//! listening socket is left readable, so it is unwatched until the next timer tick rather
+//! than waking the event loop again and again.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
 use log::warn;
@@ -32,6 +40,9 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const MAX_PENDING_CONTROL: usize = 4 * MAX_CONNECTIONS;
 /// First port petrel gives host-initiated connections.
 pub const FIRST_LOCAL_PORT: u32 = 1024;
+/// How long a host connection may take to send its `CONNECT` line, and then how long the
+/// guest may take to answer its REQUEST (like Firecracker).
+pub const HOST_CONN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connection's identity: petrel's (host) port and the guest's port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,6 +73,13 @@ pub(crate) struct Muxer {
     rx_ready: VecDeque<ConnKey>,
     fd_ops: Vec<FdOp>,
     next_port: u32,
+    /// Host-initiated connections waiting for the guest's RESPONSE, since their REQUEST was
+    /// queued.
+    local_init: HashMap<ConnKey, Instant>,
+    /// The deadline for handshakes and unanswered REQUESTs.
+    timeout: Duration,
+    /// The listening socket is unwatched after running out of file descriptors.
+    listener_paused: bool,
     pub counters: VsockCounters,
 }
 
@@ -79,6 +97,9 @@ impl Muxer {
             rx_ready: VecDeque::new(),
             fd_ops: Vec::new(),
             next_port: FIRST_LOCAL_PORT,
+            local_init: HashMap::new(),
+            timeout: HOST_CONN_TIMEOUT,
+            listener_paused: false,
             counters: VsockCounters::default(),
         })
     }
@@ -91,6 +112,23 @@ impl Muxer {
     /// Connections, including host connections in their handshake.
     pub fn connection_count(&self) -> usize {
         self.conns.len() + self.handshakes.len()
+    }
+
+    /// The deadline for handshakes and unanswered REQUESTs.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sets the deadline (tests use short ones).
+    #[cfg(test)]
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Whether something waits for [`Self::expire`]: a host connection in its handshake or
+    /// waiting for the guest's RESPONSE, or a paused listening socket.
+    pub fn needs_timer(&self) -> bool {
+        !self.handshakes.is_empty() || !self.local_init.is_empty() || self.listener_paused
     }
 
     /// Whether any packet may be waiting for the guest.
@@ -137,6 +175,7 @@ impl Muxer {
         };
         let fd = c.stream().as_raw_fd();
         self.by_fd.remove(&fd);
+        self.local_init.remove(&key);
         if c.rx_queued {
             self.rx_ready.retain(|k| *k != key);
         }
@@ -244,6 +283,10 @@ impl Muxer {
         c.update_peer_credit(hdr);
         let v = c.recv_pkt(hdr, payload);
         self.verdict(key, v);
+        // Any packet for a connection waiting for RESPONSE either establishes or ends it.
+        if !self.local_init.is_empty() {
+            self.local_init.remove(&key);
+        }
     }
 
     /// A chain that held no valid packet; `hdr` if its header could be read.
@@ -287,6 +330,9 @@ impl Muxer {
 
     /// Accepts every pending host connection.
     pub fn accept(&mut self) {
+        if self.listener_paused {
+            return;
+        }
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -305,10 +351,58 @@ impl Muxer {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    self.error(format_args!("accept: {e}"));
+                    self.accept_failed(&e);
                     break;
                 }
             }
+        }
+    }
+
+    /// Counts a failed `accept`. Out of file descriptors or memory, the connection stays in
+    /// the backlog and the listening socket readable: it is unwatched until the next timer
+    /// tick instead of waking the event loop at once again.
+    pub fn accept_failed(&mut self, e: &io::Error) {
+        self.error(format_args!("accept: {e}"));
+        let exhausted = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
+        if !self.listener_paused && e.raw_os_error().is_some_and(|n| exhausted.contains(&n)) {
+            self.listener_paused = true;
+            let fd = self.listener.as_raw_fd();
+            self.fd_ops.push(FdOp::Remove(fd, None));
+        }
+    }
+
+    /// The timer ticked at `now`: watches a paused listening socket again, closes handshakes
+    /// older than the timeout and resets connections whose REQUEST has waited that long for
+    /// the guest's RESPONSE (an RST goes to the guest). Each timed-out connection is counted.
+    pub fn expire(&mut self, now: Instant) {
+        if self.listener_paused {
+            self.listener_paused = false;
+            let fd = self.listener.as_raw_fd();
+            self.fd_ops.push(FdOp::Add(fd, EventSet::IN));
+        }
+        let timeout = self.timeout;
+        let late = |since: &Instant| now.saturating_duration_since(*since) >= timeout;
+        let fds: Vec<RawFd> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| late(&h.since))
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in fds {
+            if let Some(h) = self.handshakes.remove(&fd) {
+                self.counters.timeouts += 1;
+                self.fd_ops.push(FdOp::Remove(fd, Some(h.stream)));
+            }
+        }
+        let keys: Vec<ConnKey> = self
+            .local_init
+            .iter()
+            .filter(|(_, since)| late(since))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in keys {
+            self.counters.timeouts += 1;
+            self.kill(key, true);
         }
     }
 
@@ -343,7 +437,11 @@ impl Muxer {
                 let local = self.alloc_port();
                 let mut c = Connection::new_local(h.stream, local, peer);
                 c.registered = EventSet::IN;
-                self.insert(ConnKey { local, peer }, c, op::REQUEST);
+                let key = ConnKey { local, peer };
+                self.insert(key, c, op::REQUEST);
+                if self.conns.contains_key(&key) {
+                    self.local_init.insert(key, Instant::now());
+                }
             }
         }
     }

@@ -89,9 +89,11 @@ fn rate_limited_device_stops_and_resumes_on_timer() {
     rig.request(VIRTIO_BLK_T_FLUSH, 0, None);
     rig.request(VIRTIO_BLK_T_FLUSH, 0, None);
     let evt = rig.blk.queue_events()[0].try_clone().unwrap();
+    // A stand-in on an image of its own: the rig's image is locked by the device.
+    let stand_in = image();
     let blk = Arc::new(Mutex::new(std::mem::replace(
         &mut rig.blk,
-        Block::new(config(&rig.file)).unwrap(),
+        Block::new(config(&stand_in)).unwrap(),
     )));
     let mut manager = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
     manager.add_subscriber(blk.clone());
@@ -293,4 +295,33 @@ fn unreadable_avail_ring_ends_the_turn() {
     assert_eq!(rig.blk.counters().io_errors, 1);
     assert_eq!(vq.used().idx().load(), 0);
     assert!(int.0.lock().unwrap().is_empty());
+}
+
+#[test]
+fn an_image_in_use_is_refused_naming_it() {
+    let file = image();
+    let writer = Block::new(config(&file)).expect("first read-write user");
+    let e = Block::new(config(&file)).unwrap_err();
+    assert!(matches!(e, BlockError::Locked { .. }), "{e}");
+    assert!(e.to_string().contains("in use"), "{e}");
+    let mut ro = config(&file);
+    ro.readonly = true;
+    assert!(
+        matches!(
+            Block::new(ro.clone()).unwrap_err(),
+            BlockError::Locked { .. }
+        ),
+        "no reader while a writer holds the image"
+    );
+    drop(writer);
+    let r1 = Block::new(ro.clone()).expect("a reader once the writer is gone");
+    let _r2 = Block::new(ro).expect("readers share the image");
+    assert!(
+        matches!(
+            Block::new(config(&file)).unwrap_err(),
+            BlockError::Locked { .. }
+        ),
+        "no writer while readers hold the image"
+    );
+    drop(r1);
 }
