@@ -160,6 +160,7 @@ impl std::fmt::Debug for Vsock {
             .field("activated", &self.active.is_some())
             .field("connections", &self.muxer.connection_count())
             .field("counters", &self.muxer.counters)
+            .field("timer_period", &self.timer.period())
             .finish()
     }
 }

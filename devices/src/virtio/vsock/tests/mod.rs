@@ -3,6 +3,7 @@
 
 mod exchange;
 mod hostile;
+mod timeout;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
