@@ -5,6 +5,9 @@
 //! and MMIO are dispatched inside the backend through an [`IoHandler`].
 #![deny(missing_docs)]
 
+#[macro_use]
+mod fields;
+
 pub mod emulator;
 pub mod kvm;
 #[cfg(feature = "mshv")]

@@ -4,94 +4,22 @@ use mshv_bindings::{SegmentRegister, SpecialRegisters, StandardRegisters, TableR
 
 use crate::{DescriptorTable, Regs, Segment, SpecialRegs};
 
-/// Builds `$ty` from `$src` by copying the listed fields of the same names, plus any
-/// `extra: value` fields after a `;`.
-macro_rules! copy_fields {
-    ($src:expr, $ty:ident { $($f:ident),* $(,)? } $(; $($x:ident: $v:expr),*)?) => {
-        $ty { $($f: $src.$f,)* $($($x: $v),*)? }
-    };
-}
-
-/// The general-purpose register fields (the same names on both sides).
-macro_rules! gp {
-    ($src:expr, $ty:ident) => {
-        copy_fields!(
-            $src,
-            $ty {
-                rax,
-                rbx,
-                rcx,
-                rdx,
-                rsi,
-                rdi,
-                rsp,
-                rbp,
-                r8,
-                r9,
-                r10,
-                r11,
-                r12,
-                r13,
-                r14,
-                r15,
-                rip,
-                rflags,
-            }
-        )
-    };
-}
-
-/// The segment descriptor-cache fields.
-macro_rules! seg {
-    ($src:expr, $ty:ident $(; $($x:ident: $v:expr),*)?) => {
-        copy_fields!($src, $ty {
-            base, limit, selector, type_, present, dpl, db, s, l, g, avl, unusable,
-        } $(; $($x: $v),*)?)
-    };
-}
-
-/// Special registers, with `$conv` applied to each segment and table.
-macro_rules! sregs {
-    ($s:expr, $ty:ident, $seg:ident, $dt:ident $(; $($x:ident: $v:expr),*)?) => {
-        $ty {
-            cs: $seg(&$s.cs),
-            ds: $seg(&$s.ds),
-            es: $seg(&$s.es),
-            fs: $seg(&$s.fs),
-            gs: $seg(&$s.gs),
-            ss: $seg(&$s.ss),
-            tr: $seg(&$s.tr),
-            ldt: $seg(&$s.ldt),
-            gdt: $dt(&$s.gdt),
-            idt: $dt(&$s.idt),
-            cr0: $s.cr0,
-            cr2: $s.cr2,
-            cr3: $s.cr3,
-            cr4: $s.cr4,
-            cr8: $s.cr8,
-            efer: $s.efer,
-            apic_base: $s.apic_base,
-            $($($x: $v),*)?
-        }
-    };
-}
-
 /// Neutral → MSHV general-purpose registers.
 pub fn regs_to_mshv(r: &Regs) -> StandardRegisters {
-    gp!(r, StandardRegisters)
+    gp_fields!(r, StandardRegisters)
 }
 
 /// MSHV → neutral general-purpose registers.
 pub fn regs_from_mshv(r: &StandardRegisters) -> Regs {
-    gp!(r, Regs)
+    gp_fields!(r, Regs)
 }
 
 fn seg_to_mshv(s: &Segment) -> SegmentRegister {
-    seg!(s, SegmentRegister; padding: 0)
+    seg_fields!(s, SegmentRegister; padding: 0)
 }
 
 fn seg_from_mshv(s: &SegmentRegister) -> Segment {
-    seg!(s, Segment)
+    seg_fields!(s, Segment)
 }
 
 fn dt_to_mshv(d: &DescriptorTable) -> TableRegister {
