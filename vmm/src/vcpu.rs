@@ -39,6 +39,9 @@ pub struct VcpuShared {
     paused: Mutex<bool>,
     resume: Condvar,
     parked: AtomicUsize,
+    /// vCPU threads that have installed the kick signal's handler (process-wide once the
+    /// first one has): before that, the kick signal's default action would end the process.
+    prepared: AtomicUsize,
     /// The seccomp mode each vCPU thread installs.
     seccomp: SeccompMode,
 }
@@ -53,6 +56,7 @@ impl VcpuShared {
             paused: Mutex::new(false),
             resume: Condvar::new(),
             parked: AtomicUsize::new(0),
+            prepared: AtomicUsize::new(0),
             seccomp,
         })
     }
@@ -115,6 +119,7 @@ pub fn run_vcpu(
         )));
         return;
     }
+    shared.prepared.fetch_add(1, Ordering::AcqRel);
     if let Err(e) = seccomp::apply(ThreadKind::Vcpu, shared.seccomp) {
         shared.report(VcpuEvent::Failed(format!(
             "vCPU {id}: {}",
@@ -159,9 +164,13 @@ pub struct VcpuThread {
 }
 
 impl VcpuThread {
-    /// Interrupts the vCPU's `run` (a failed kill means the thread is already gone).
-    fn kick(&self) {
-        let _ = self.handle.kill(hypervisor::kick_signal());
+    /// Interrupts the vCPU's `run` (a failed kill means the thread is already gone). Does
+    /// nothing until a vCPU thread has installed the signal's handler: a thread that has not
+    /// started yet checks the stop and pause flags before it first enters the guest.
+    fn kick(&self, shared: &VcpuShared) {
+        if shared.prepared.load(Ordering::Acquire) > 0 {
+            let _ = self.handle.kill(hypervisor::kick_signal());
+        }
     }
 }
 
@@ -178,7 +187,7 @@ pub fn pause_all(threads: &[VcpuThread], shared: &VcpuShared) -> bool {
         if start.elapsed() > PAUSE_TIMEOUT {
             return false;
         }
-        threads.iter().for_each(VcpuThread::kick);
+        threads.iter().for_each(|t| t.kick(shared));
         std::thread::sleep(Duration::from_millis(1));
     }
     true
@@ -196,7 +205,7 @@ pub fn stop_all(threads: Vec<VcpuThread>, shared: &VcpuShared) {
     shared.set_paused(false);
     for t in threads {
         while !t.handle.is_finished() {
-            t.kick();
+            t.kick(shared);
             std::thread::sleep(Duration::from_millis(1));
         }
         if t.handle.join().is_err() {
