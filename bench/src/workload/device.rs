@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::markers;
 use super::tap::Tap;
 use super::{Metric, RunContext, RunRecord, Workload};
 use crate::child::{self, Measured};
@@ -31,9 +32,6 @@ const DISK_BYTES: usize = 64 << 20;
 /// QEMU microvm (ACPI on, 24 transports) puts its first virtio-mmio device in transport 23;
 /// the driver does not use the interrupt.
 const QEMU_FIRST_MMIO: &str = "virtio_mmio.device=512@0xfeb02e00:28";
-const BEGIN: &[u8] = b"BENCH: begin\n";
-const END: &[u8] = b"BENCH: end n=";
-const POWEROFF: &[u8] = b"PETREL-GUEST: poweroff";
 
 /// What one case derives from its loop's duration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,49 +324,13 @@ impl Drop for DeviceBench {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// The loop's duration and request count from one boot's output, or why it does not count.
 fn evaluate(m: &Measured, want: u64) -> Result<(Duration, u64), String> {
-    let out = &m.stdout;
-    if let Some(i) = find(out, b"BENCH: error") {
-        let line = out[i..].split(|&b| b == b'\n').next().unwrap_or_default();
-        return Err(String::from_utf8_lossy(line).into_owned());
+    let run = markers::read(m, &[])?;
+    if run.n != want {
+        return Err(format!("guest completed {} of {want} requests", run.n));
     }
-    if m.interrupted {
-        return Err("interrupted".into());
-    }
-    if m.timed_out {
-        return Err("timed out (killed)".into());
-    }
-    if !m.status.success() {
-        return Err(format!("VMM ended with {}", m.status));
-    }
-    let begin = find(out, BEGIN).ok_or("no `BENCH: begin`")?;
-    let end = find(out, END).ok_or("no `BENCH: end`")?;
-    if find(out, POWEROFF).is_none() {
-        return Err("guest did not power off".into());
-    }
-    let n: u64 = out[end + END.len()..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .fold(0u64, |v, &b| {
-            v.saturating_mul(10).saturating_add(u64::from(b - b'0'))
-        });
-    if n != want {
-        return Err(format!("guest completed {n} of {want} requests"));
-    }
-    let t0 = m
-        .arrival(begin + BEGIN.len() - 1)
-        .ok_or("begin marker not timed")?;
-    let t1 = m.arrival(end).ok_or("end marker not timed")?;
-    let d = t1
-        .checked_sub(t0)
-        .filter(|d| !d.is_zero())
-        .ok_or("markers out of order")?;
-    Ok((d, n))
+    Ok((run.duration(m)?, run.n))
 }
 
 fn derive(how: Derive, d: Duration, n: u64, bytes_per_request: f64) -> f64 {

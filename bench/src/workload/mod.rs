@@ -17,6 +17,7 @@ pub mod device;
 pub mod exit_cost;
 pub mod guest_life;
 pub mod linux_boot;
+mod markers;
 pub mod memory;
 pub mod tap;
 pub mod vsock;

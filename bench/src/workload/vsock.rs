@@ -18,13 +18,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use super::markers;
 use super::{Metric, RunContext, RunRecord, Workload};
 use crate::child::{self, Measured};
 use crate::peers::{GuestSpec, Vmm, VmmKind};
 
-const BEGIN: &[u8] = b"BENCH: begin\n";
-const END: &[u8] = b"BENCH: end n=";
-const POWEROFF: &[u8] = b"PETREL-GUEST: poweroff";
 /// Host port the guest connects to.
 const PORT: u32 = 5001;
 /// Payload bytes per RW packet.
@@ -174,57 +172,16 @@ fn drain(listener: UnixListener, stop: &AtomicBool, timeout: Duration) -> io::Re
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The decimal number at the start of `s`.
-fn number(s: &[u8]) -> u64 {
-    s.iter()
-        .take_while(|b| b.is_ascii_digit())
-        .fold(0u64, |v, &b| {
-            v.saturating_mul(10).saturating_add(u64::from(b - b'0'))
-        })
-}
-
 /// The loop's duration, packets and bytes from one boot's output, or why it does not count.
 fn evaluate(m: &Measured, want: u64) -> Result<(Duration, u64, u64), String> {
-    let out = &m.stdout;
-    if let Some(i) = find(out, b"BENCH: error").or_else(|| find(out, b"VIRTIO: error")) {
-        let line = out[i..].split(|&b| b == b'\n').next().unwrap_or_default();
-        return Err(String::from_utf8_lossy(line).into_owned());
+    let run = markers::read(m, &[b"VIRTIO: error"])?;
+    if run.n != want {
+        return Err(format!("guest sent {} of {want} packets", run.n));
     }
-    if m.interrupted {
-        return Err("interrupted".into());
-    }
-    if m.timed_out {
-        return Err("timed out (killed)".into());
-    }
-    if !m.status.success() {
-        return Err(format!("VMM ended with {}", m.status));
-    }
-    let begin = find(out, BEGIN).ok_or("no `BENCH: begin`")?;
-    let end = find(out, END).ok_or("no `BENCH: end`")?;
-    if find(out, POWEROFF).is_none() {
-        return Err("guest did not power off".into());
-    }
-    let rest = &out[end + END.len()..];
-    let n = number(rest);
-    if n != want {
-        return Err(format!("guest sent {n} of {want} packets"));
-    }
-    let bytes = find(rest, b"bytes=")
-        .map(|i| number(&rest[i + 6..]))
+    let bytes = markers::find(run.rest, b"bytes=")
+        .map(|i| markers::number(&run.rest[i + 6..]))
         .ok_or("no bytes= in `BENCH: end`")?;
-    let t0 = m
-        .arrival(begin + BEGIN.len() - 1)
-        .ok_or("begin marker not timed")?;
-    let t1 = m.arrival(end).ok_or("end marker not timed")?;
-    let d = t1
-        .checked_sub(t0)
-        .filter(|d| !d.is_zero())
-        .ok_or("markers out of order")?;
-    Ok((d, n, bytes))
+    Ok((run.duration(m)?, run.n, bytes))
 }
 
 impl Workload for VsockBench {
