@@ -9,6 +9,7 @@
 mod fields;
 
 pub mod emulator;
+mod kick;
 pub mod kvm;
 #[cfg(feature = "mshv")]
 pub mod mshv;

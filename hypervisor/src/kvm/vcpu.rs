@@ -1,7 +1,6 @@
 //! A KVM vCPU: register access, the run loop and the kick mechanism.
 
 use std::cell::Cell;
-use std::sync::Once;
 
 use kvm_bindings::{
     kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_run, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET,
@@ -19,9 +18,6 @@ thread_local! {
     /// The `kvm_run` page of the vCPU that runs on this thread, for the kick signal handler.
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
 }
-
-static HANDLER: Once = Once::new();
-static mut HANDLER_RESULT: i32 = 0;
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // `try_with` fails only while the thread is being torn down; then there is no vCPU to stop.
@@ -73,26 +69,9 @@ enum Step {
 
 impl Vcpu for KvmVcpu {
     fn prepare_thread(&mut self) -> Result<()> {
-        HANDLER.call_once(|| {
-            let r =
-                vmm_sys_util::signal::register_signal_handler(crate::kick_signal(), kick_handler);
-            // SAFETY: written once, inside `call_once`, before any reader.
-            unsafe { HANDLER_RESULT = r.map(|_| 0).unwrap_or_else(|e| e.errno()) };
-        });
-        // SAFETY: `HANDLER_RESULT` is only written inside `call_once`, which has completed.
-        let errno = unsafe { HANDLER_RESULT };
-        if errno != 0 {
-            return Err(Error::call(
-                "installing the vCPU kick signal handler",
-                std::io::Error::from_raw_os_error(errno),
-            ));
-        }
         let ptr = self.fd.get_kvm_run() as *mut kvm_run;
         KVM_RUN.with(|run| run.set(ptr));
-        // The signal must be deliverable on this thread.
-        vmm_sys_util::signal::unblock_signal(crate::kick_signal())
-            .map_err(|e| Error::Unavailable(format!("cannot unblock the vCPU kick signal: {e}")))?;
-        Ok(())
+        crate::kick::prepare_thread(kick_handler)
     }
 
     fn run(&mut self, io: &dyn IoHandler) -> Result<VcpuExit> {

@@ -6,7 +6,7 @@
 //! the ioctl's entry is only seen at the next exit (a window of a few instructions).
 
 use std::cell::{Cell, RefCell};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use mshv_bindings::{msr_entry, FloatingPointUnit, LapicState as MshvLapic, Msrs};
 use mshv_ioctls::VcpuFd;
@@ -23,9 +23,6 @@ thread_local! {
     /// Set by the kick signal on this thread; cleared when `run` reports `Interrupted`.
     static KICKED: Cell<bool> = const { Cell::new(false) };
 }
-
-static HANDLER: Once = Once::new();
-static mut HANDLER_RESULT: i32 = 0;
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // `try_with` fails only while the thread is being torn down. A Cell write is
@@ -82,22 +79,7 @@ impl Vp for MshvVcpu {
 
 impl Vcpu for MshvVcpu {
     fn prepare_thread(&mut self) -> Result<()> {
-        HANDLER.call_once(|| {
-            let r =
-                vmm_sys_util::signal::register_signal_handler(crate::kick_signal(), kick_handler);
-            // SAFETY: written once, inside `call_once`, before any reader.
-            unsafe { HANDLER_RESULT = r.map(|_| 0).unwrap_or_else(|e| e.errno()) };
-        });
-        // SAFETY: `HANDLER_RESULT` is only written inside `call_once`, which has completed.
-        let errno = unsafe { HANDLER_RESULT };
-        if errno != 0 {
-            return Err(Error::call(
-                "installing the vCPU kick signal handler",
-                std::io::Error::from_raw_os_error(errno),
-            ));
-        }
-        vmm_sys_util::signal::unblock_signal(crate::kick_signal())
-            .map_err(|e| Error::Unavailable(format!("cannot unblock the vCPU kick signal: {e}")))
+        crate::kick::prepare_thread(kick_handler)
     }
 
     fn run(&mut self, io: &dyn IoHandler) -> Result<VcpuExit> {
