@@ -93,15 +93,14 @@ impl Connection {
     }
 
     /// The deadline passed: a partial request gets a best-effort 408, then the connection closes.
-    pub fn time_out(&mut self) {
+    pub fn time_out(&mut self, config: &ServerConfig) {
         if !self.writing() && !self.inbuf.is_empty() {
             let mut out = Vec::new();
-            Response::error(408, "request not received in time").write_to(
-                &mut out,
-                Version::Http11,
-                false,
-                false,
-            );
+            let response = config.dialect.error(408, "request not received in time");
+            config
+                .dialect
+                .adapt(&response)
+                .write_to(&mut out, Version::Http11, false, false);
             let _ = fds::send(self.stream.as_fd(), &out, &[]);
         }
         self.closed = true;
@@ -210,7 +209,7 @@ impl Connection {
         self.inbuf.clear();
         self.fds.clear();
         self.head = None;
-        let response = Response::error(error.status(), &error.to_string());
+        let response = config.dialect.error(error.status(), &error.to_string());
         self.queue(&response, Version::Http11, false, false, config);
     }
 
@@ -222,7 +221,10 @@ impl Connection {
         head_only: bool,
         config: &ServerConfig,
     ) {
-        response.write_to(&mut self.out, version, keep_alive, head_only);
+        config
+            .dialect
+            .adapt(response)
+            .write_to(&mut self.out, version, keep_alive, head_only);
         self.close_after_write = !keep_alive;
         self.deadline = Instant::now() + config.write_timeout;
         self.flush(config);

@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::Duration;
 
 use super::server::Handler;
-use super::{Request, Response};
+use super::{Dialect, Request, Response};
 
 /// A request waiting for its response on another thread.
 #[derive(Debug)]
@@ -50,6 +50,7 @@ pub struct Forwarder {
     tx: Sender<Exchange>,
     notify: Box<dyn Fn() + Send>,
     timeout: Option<Duration>,
+    dialect: Dialect,
 }
 
 impl Forwarder {
@@ -60,6 +61,7 @@ impl Forwarder {
             tx,
             notify: Box::new(notify),
             timeout: None,
+            dialect: Dialect::default(),
         };
         (forwarder, rx)
     }
@@ -69,13 +71,19 @@ impl Forwarder {
         self.timeout = Some(timeout);
         self
     }
+
+    /// The error bodies of the forwarder's own 503 and 504 answers (default: petrel's).
+    pub fn with_dialect(mut self, dialect: Dialect) -> Forwarder {
+        self.dialect = dialect;
+        self
+    }
 }
 
 impl Handler for Forwarder {
     fn handle(&mut self, request: Request) -> Response {
         let (reply, reply_rx) = mpsc::sync_channel(1);
         if self.tx.send(Exchange { request, reply }).is_err() {
-            return Response::error(503, "shutting down");
+            return self.dialect.error(503, "shutting down");
         }
         (self.notify)();
         let response = match self.timeout {
@@ -86,8 +94,8 @@ impl Handler for Forwarder {
             None => reply_rx.recv().map_err(|_| 503),
         };
         response.unwrap_or_else(|status| match status {
-            504 => Response::error(504, "no reply in time"),
-            _ => Response::error(503, "request dropped unanswered"),
+            504 => self.dialect.error(504, "no reply in time"),
+            _ => self.dialect.error(503, "request dropped unanswered"),
         })
     }
 }

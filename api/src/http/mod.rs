@@ -31,7 +31,7 @@ pub use fds::MAX_FDS;
 pub use forward::{Exchange, Forwarder, Responder};
 pub use headers::Headers;
 pub use request::{parse_head, parse_request, Head, Method, Request, Version};
-pub use response::{parse_response, reason_phrase, ParsedResponse, Response};
+pub use response::{parse_response, reason_phrase, Dialect, ParsedResponse, Response};
 pub use server::{adopt_listener, listen, Handler, Listener, Server, ServerConfig, SocketSpec};
 
 /// Size limits applied to every request a [`Server`] reads.

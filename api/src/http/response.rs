@@ -40,6 +40,42 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// How a server spells what the transport itself writes: the status line and the bodies of
+/// the errors it makes (malformed requests, limits, time-outs, a handler that never answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// Reason phrases (`HTTP/1.1 200 OK`), error bodies `{"error": message}` (petreld's API).
+    #[default]
+    Petrel,
+    /// Cloud Hypervisor's API server: the status code with an empty reason phrase
+    /// (`HTTP/1.1 200 `: its `ch-remote` reads everything after `HTTP/1.1 ` up to the CR as
+    /// the number) and error bodies that are a JSON array of messages, from the top error
+    /// to its root cause.
+    CloudHypervisor,
+}
+
+impl Dialect {
+    /// An error response with `message` in this dialect's error body.
+    pub fn error(self, status: u16, message: &str) -> Response {
+        match self {
+            Dialect::Petrel => Response::error(status, message),
+            Dialect::CloudHypervisor => Response::error_list(status, &[message]),
+        }
+    }
+
+    /// `response` as this dialect writes it (the reason phrase dropped for Cloud Hypervisor).
+    pub fn adapt<'a>(self, response: &'a Response) -> std::borrow::Cow<'a, Response> {
+        match self {
+            Dialect::CloudHypervisor if !response.reason.is_empty() => {
+                let mut r = response.clone();
+                r.reason.clear();
+                std::borrow::Cow::Owned(r)
+            }
+            _ => std::borrow::Cow::Borrowed(response),
+        }
+    }
+}
+
 /// An HTTP response. `Content-Length` and `Connection` are written by the transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -158,6 +194,13 @@ impl Response {
         Response::json(status, &serde_json::json!({ "error": message }))
     }
 
+    /// `status` with a body that is a JSON array of messages, the top error first and its
+    /// root cause last (Cloud Hypervisor's error body).
+    pub fn error_list<S: AsRef<str>>(status: u16, messages: &[S]) -> Response {
+        let list: Vec<&str> = messages.iter().map(AsRef::as_ref).collect();
+        Response::json(status, &list)
+    }
+
     /// `status` with a `text/plain` body.
     pub fn text(status: u16, text: impl Into<String>) -> Response {
         Response::with_body(status, "text/plain; charset=utf-8", text.into())
@@ -184,12 +227,20 @@ impl Response {
         serde_json::from_slice(&self.body)
     }
 
-    /// The `error` field of a JSON error body, else the body as text.
+    /// The message of an error body: the `error` field of `{"error": message}`, the messages
+    /// of a JSON array of them (Cloud Hypervisor's error chain) joined with ": ", else the
+    /// body as text.
     pub fn error_message(&self) -> String {
         let from_json = self
             .json_body::<serde_json::Value>()
             .ok()
-            .and_then(|v| v.get("error")?.as_str().map(str::to_string));
+            .and_then(|v| match v {
+                serde_json::Value::Array(items) => {
+                    let lines: Option<Vec<&str>> = items.iter().map(|i| i.as_str()).collect();
+                    lines.map(|l| l.join(": "))
+                }
+                v => v.get("error")?.as_str().map(str::to_string),
+            });
         from_json.unwrap_or_else(|| String::from_utf8_lossy(&self.body).trim().to_string())
     }
 

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Open connections at once; more get a 503.
     pub max_connections: usize,
+    /// The status lines and error bodies the transport writes.
+    pub dialect: super::Dialect,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +59,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(5),
             max_connections: 16,
+            dialect: super::Dialect::default(),
         }
     }
 }
@@ -363,7 +366,7 @@ fn serve(listener: Listener, wake: UnixStream, config: ServerConfig, mut handler
     loop {
         let now = Instant::now();
         for conn in conns.iter_mut().filter(|c| c.deadline <= now) {
-            conn.time_out();
+            conn.time_out(&config);
         }
         conns.retain(|c| !c.closed);
         if accept_paused_until.is_some_and(|t| t <= now) {
@@ -425,7 +428,7 @@ fn accept_all(
 ) -> Option<Instant> {
     loop {
         match listener.accept() {
-            Ok(stream) if conns.len() >= config.max_connections => reject(stream),
+            Ok(stream) if conns.len() >= config.max_connections => reject(stream, config.dialect),
             Ok(stream) => match Connection::new(stream, config) {
                 Ok(conn) => conns.push(conn),
                 Err(e) => log::warn!("api server: set up connection: {e}"),
@@ -441,9 +444,12 @@ fn accept_all(
 }
 
 /// Best-effort 503 to a connection over the limit.
-fn reject(stream: UnixStream) {
+fn reject(stream: UnixStream, dialect: super::Dialect) {
     let mut out = Vec::new();
-    Response::error(503, "too many connections").write_to(&mut out, Version::Http11, false, false);
+    let response = dialect.error(503, "too many connections");
+    dialect
+        .adapt(&response)
+        .write_to(&mut out, Version::Http11, false, false);
     if stream.set_nonblocking(true).is_ok() {
         let _ = fds::send(stream.as_fd(), &out, &[]);
     }

@@ -477,3 +477,44 @@ fn listener_clone_and_address() {
     }
     drop(servers);
 }
+
+/// Cloud Hypervisor's dialect: the status code with an empty reason phrase (its `ch-remote`
+/// parses everything after `HTTP/1.1 ` up to the CR as the number), and the transport's own
+/// errors as a JSON array of messages; `error_message` reads both error shapes.
+#[test]
+fn cloud_hypervisor_dialect_status_line_and_error_bodies() {
+    let config = ServerConfig {
+        dialect: Dialect::CloudHypervisor,
+        ..quick_config()
+    };
+    let (server, _client) = start("ch-dialect", config);
+    let mut s = UnixStream::connect(server.path().unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\nGET /missing HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let mut chunk = [0u8; 4096];
+    while !text.contains("no such thing") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed early: {text:?}");
+        text.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+    }
+    assert!(text.starts_with("HTTP/1.1 200 \r\n"), "{text:?}");
+    assert!(
+        text.contains("\r\nContent-Type: application/json\r\n"),
+        "{text:?}"
+    );
+    assert!(text.contains("HTTP/1.1 404 \r\n"), "{text:?}");
+    // A malformed request: the transport's 400 is a list of messages.
+    let mut s = UnixStream::connect(server.path().unwrap()).unwrap();
+    let r = raw(&mut s, b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n", 1);
+    assert_eq!((r[0].status, r[0].reason.as_str()), (400, ""));
+    let list: Vec<String> = r[0].json_body().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(r[0].error_message(), list[0]);
+    let chain = Response::error_list(500, &["Error from API", "The VM could not boot"]);
+    assert_eq!(
+        chain.error_message(),
+        "Error from API: The VM could not boot"
+    );
+}
