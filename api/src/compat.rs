@@ -124,13 +124,23 @@ static CPUS: Schema = Schema {
     fields: &[
         ("boot_vcpus", Rule::Petrel),
         ("max_vcpus", Rule::Petrel),
-        ("topology", NULL),
+        ("topology", Rule::Object(&CPU_TOPOLOGY)),
         ("kvm_hyperv", FALSE),
         ("max_phys_bits", Rule::Default(&[Dv::U64(46)])),
-        ("nested", TRUE),
+        ("nested", Rule::Petrel),
         ("affinity", NO_LIST),
         ("features", Rule::Default(&[Dv::Object(&CPU_FEATURES)])),
         ("core_scheduling", Rule::Default(&[Dv::Str("Vm")])),
+    ],
+};
+
+static CPU_TOPOLOGY: Schema = Schema {
+    name: "CpuTopology",
+    fields: &[
+        ("threads_per_core", Rule::Petrel),
+        ("cores_per_die", Rule::Petrel),
+        ("dies_per_package", Rule::Petrel),
+        ("packages", Rule::Petrel),
     ],
 };
 
@@ -143,16 +153,16 @@ static MEMORY: Schema = Schema {
     name: "MemoryConfig",
     fields: &[
         ("size", Rule::Petrel),
-        ("mergeable", FALSE),
+        ("mergeable", Rule::Petrel),
         ("hotplug_method", Rule::Default(&[Dv::Str("Acpi")])),
-        ("hotplug_size", NULL),
+        ("hotplug_size", Rule::Petrel),
         ("hotplugged_size", NULL),
-        ("shared", FALSE),
+        ("shared", Rule::Petrel),
         ("hugepages", FALSE),
         ("hugepage_size", NULL),
-        ("prefault", FALSE),
+        ("prefault", Rule::Petrel),
         ("reserve", FALSE),
-        ("thp", TRUE),
+        ("thp", Rule::Petrel),
         ("zones", NO_LIST),
     ],
 };
@@ -211,8 +221,13 @@ pub static DISK: Schema = Schema {
         ("queue_affinity", NO_LIST),
         ("backing_files", FALSE),
         ("sparse", TRUE),
-        // petrel reads raw images only; "Raw" says just that.
-        ("image_type", Rule::Default(&[Dv::Str("Raw")])),
+        // petrel reads raw images only. "Raw" says just that; "Unknown" (Cloud Hypervisor's
+        // default, sent by `ch-remote add-disk path=…`) asks to detect it, and petrel opens
+        // every image as raw.
+        (
+            "image_type",
+            Rule::Default(&[Dv::Str("Raw"), Dv::Str("Unknown")]),
+        ),
         ("lock_granularity", Rule::Default(&[Dv::Str("ByteRange")])),
     ],
 };
@@ -374,6 +389,7 @@ pub static REMOVE_DEVICE: Schema = Schema {
 pub static SCHEMAS: &[&Schema] = &[
     &VM_CONFIG,
     &CPUS,
+    &CPU_TOPOLOGY,
     &CPU_FEATURES,
     &MEMORY,
     &PAYLOAD,
@@ -411,16 +427,23 @@ impl VmResize {
     /// Checks the request against the VM's config (no CPU or memory hotplug: the desired
     /// counts must equal the current ones) and returns the balloon target, if any.
     pub fn balloon_target(&self, cfg: &VmConfig) -> Result<Option<u64>, ConfigError> {
-        if self.desired_vcpus.is_some_and(|v| v != cfg.cpus.boot_vcpus) {
+        if let Some(v) = self.desired_vcpus.filter(|&v| v != cfg.cpus.boot_vcpus) {
             return Err(ConfigError::new(
                 "desired_vcpus",
-                "not supported (no CPU hotplug)",
+                format!(
+                    "{v} is not supported: petrel has no CPU hotplug yet (the VM has {} vCPUs)",
+                    cfg.cpus.boot_vcpus
+                ),
             ));
         }
-        if self.desired_ram.is_some_and(|v| v != cfg.memory.size) {
+        if let Some(v) = self.desired_ram.filter(|&v| v != cfg.memory.size) {
             return Err(ConfigError::new(
                 "desired_ram",
-                "not supported (no memory hotplug; use desired_balloon)",
+                format!(
+                    "{v} is not supported: petrel has no memory hotplug yet (the VM has {} \
+                     bytes; desired_balloon changes what the guest may use)",
+                    cfg.memory.size
+                ),
             ));
         }
         Ok(self.desired_balloon)

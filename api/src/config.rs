@@ -85,9 +85,31 @@ impl PlatformConfig {
 pub struct CpusConfig {
     /// vCPUs started at boot.
     pub boot_vcpus: u32,
-    /// Maximum vCPUs (petrel has no CPU hotplug yet: must equal `boot_vcpus` if given).
+    /// The most vCPUs the VM may get (at least `boot_vcpus`). petrel has no CPU hotplug yet:
+    /// the value is recorded and reported, and `vm.resize` to more than `boot_vcpus` is
+    /// refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_vcpus: Option<u32>,
+    /// How the vCPUs are arranged (Cloud Hypervisor's `CpuTopology`). petrel presents one
+    /// package of single-threaded cores; a topology saying just that is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<CpuTopology>,
+    /// Expose the host's virtualization extensions (VMX/SVM) to the guest when the
+    /// hypervisor offers them (Cloud Hypervisor's default: on).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub nested: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for CpusConfig {
@@ -95,8 +117,33 @@ impl Default for CpusConfig {
         CpusConfig {
             boot_vcpus: 1,
             max_vcpus: None,
+            topology: None,
+            nested: true,
         }
     }
+}
+
+/// Cloud Hypervisor's CPU topology: threads per core, cores per die, dies per package,
+/// packages; their product is the vCPU count (`max_vcpus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuTopology {
+    /// Hardware threads per core.
+    #[serde(default = "one")]
+    pub threads_per_core: u32,
+    /// Cores per die.
+    #[serde(default = "one")]
+    pub cores_per_die: u32,
+    /// Dies per package.
+    #[serde(default = "one")]
+    pub dies_per_package: u32,
+    /// Packages (sockets).
+    #[serde(default = "one")]
+    pub packages: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Memory configuration.
@@ -105,6 +152,23 @@ impl Default for CpusConfig {
 pub struct MemoryConfig {
     /// Guest RAM in bytes.
     pub size: u64,
+    /// Map guest RAM shared (`MAP_SHARED`), as a vhost-user back end needs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared: bool,
+    /// Ask for transparent huge pages on guest RAM (`MADV_HUGEPAGE`; Cloud Hypervisor's
+    /// default: on).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub thp: bool,
+    /// Let the kernel merge identical guest pages (`MADV_MERGEABLE`, KSM).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mergeable: bool,
+    /// Fault all of guest RAM in before boot (`MAP_POPULATE`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub prefault: bool,
+    /// Bytes reserved above RAM for memory hotplug (ACPI). petrel has no memory hotplug yet:
+    /// the value is recorded and reported, and `vm.resize` of the RAM is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug_size: Option<u64>,
 }
 
 /// Default guest memory: 512 MiB, as Cloud Hypervisor.
@@ -116,6 +180,11 @@ impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             size: DEFAULT_MEMORY,
+            shared: false,
+            thp: true,
+            mergeable: false,
+            prefault: false,
+            hotplug_size: None,
         }
     }
 }
@@ -196,13 +265,15 @@ impl VmConfig {
         if self.cpus.boot_vcpus == 0 {
             return Err(ConfigError::new("cpus.boot_vcpus", "must be at least 1"));
         }
-        if let Some(max) = self.cpus.max_vcpus {
-            if max != self.cpus.boot_vcpus {
-                return Err(ConfigError::new(
-                    "cpus.max_vcpus",
-                    "must equal boot_vcpus (CPU hotplug is not supported)",
-                ));
-            }
+        let max = self.cpus.max_vcpus.unwrap_or(self.cpus.boot_vcpus);
+        if max < self.cpus.boot_vcpus {
+            return Err(ConfigError::new(
+                "cpus.max_vcpus",
+                format!("{max} is less than boot_vcpus ({})", self.cpus.boot_vcpus),
+            ));
+        }
+        if let Some(t) = self.cpus.topology {
+            t.check(max)?;
         }
         if self.memory.size < MIN_MEMORY {
             return Err(ConfigError::new(
@@ -223,6 +294,39 @@ impl VmConfig {
             return Err(ConfigError::new(
                 "serial.file",
                 "is required with mode File",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CpuTopology {
+    /// Checks the topology describes `vcpus` vCPUs the way petrel presents them: one package,
+    /// one die, single-threaded cores.
+    pub fn check(&self, vcpus: u32) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("cpus.topology.{name}");
+        for (name, value) in [
+            ("threads_per_core", self.threads_per_core),
+            ("dies_per_package", self.dies_per_package),
+            ("packages", self.packages),
+        ] {
+            if value != 1 {
+                return Err(ConfigError::new(
+                    &field(name),
+                    format!(
+                        "{value} is not supported (petrel presents one package of \
+                         single-threaded cores: only 1)"
+                    ),
+                ));
+            }
+        }
+        if self.cores_per_die != vcpus {
+            return Err(ConfigError::new(
+                &field("cores_per_die"),
+                format!(
+                    "{} does not match the {vcpus} vCPUs (max_vcpus, else boot_vcpus)",
+                    self.cores_per_die
+                ),
             ));
         }
         Ok(())
@@ -264,5 +368,39 @@ mod tests {
         cfg.memory.size = DEFAULT_MEMORY;
         cfg.serial.mode = SerialMode::File;
         assert_eq!(cfg.validate().unwrap_err().field, "serial.file");
+        cfg.serial.mode = SerialMode::Off;
+        cfg.cpus.boot_vcpus = 2;
+        cfg.cpus.max_vcpus = Some(1);
+        assert_eq!(cfg.validate().unwrap_err().field, "cpus.max_vcpus");
+    }
+
+    #[test]
+    fn topology_must_be_one_package_of_single_threaded_cores() {
+        let mut cfg = VmConfig::new("/k".into());
+        cfg.cpus.boot_vcpus = 2;
+        cfg.cpus.max_vcpus = Some(4);
+        let kata = CpuTopology {
+            threads_per_core: 1,
+            cores_per_die: 4,
+            dies_per_package: 1,
+            packages: 1,
+        };
+        cfg.cpus.topology = Some(kata);
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.cpus.topology = Some(CpuTopology {
+            threads_per_core: 2,
+            cores_per_die: 2,
+            ..kata
+        });
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.field, "cpus.topology.threads_per_core", "{e}");
+        cfg.cpus.topology = Some(CpuTopology {
+            cores_per_die: 2,
+            ..kata
+        });
+        assert_eq!(
+            cfg.validate().unwrap_err().field,
+            "cpus.topology.cores_per_die"
+        );
     }
 }

@@ -12,8 +12,8 @@ pub mod http;
 pub mod size;
 
 pub use config::{
-    ConfigError, CpusConfig, MemoryConfig, PayloadConfig, PlatformConfig, SerialConfig, SerialMode,
-    VmConfig,
+    ConfigError, CpuTopology, CpusConfig, MemoryConfig, PayloadConfig, PlatformConfig,
+    SerialConfig, SerialMode, VmConfig,
 };
 pub use devices::{
     parse_mac, BalloonConfig, DiskConfig, NetConfig, RateLimiterConfig, RngConfig,

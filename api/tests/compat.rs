@@ -103,8 +103,12 @@ fn full_ch_config_maps_to_petrel() {
         cpus: CpusConfig {
             boot_vcpus: 2,
             max_vcpus: Some(2),
+            ..CpusConfig::default()
         },
-        memory: MemoryConfig { size: 256 << 20 },
+        memory: MemoryConfig {
+            size: 256 << 20,
+            ..MemoryConfig::default()
+        },
         payload: PayloadConfig {
             kernel: "/boot/vmlinux".into(),
             initramfs: Some("/boot/initrd".into()),
@@ -178,18 +182,9 @@ fn minimal_and_petrel_native_bodies() {
 fn unsupported_values_name_the_field() {
     let cases = [
         ("memory.hugepages", json!(true)),
-        ("memory.shared", json!(true)),
-        ("memory.mergeable", json!(true)),
-        ("memory.prefault", json!(true)),
-        ("memory.thp", json!(false)),
-        ("memory.hotplug_size", json!(1u64 << 30)),
         ("memory.hotplug_method", json!("VirtioMem")),
         ("memory.zones", json!([{"id": "z0", "size": 1048576}])),
-        (
-            "cpus.topology",
-            json!({"threads_per_core": 1, "cores_per_die": 2,
-                                  "dies_per_package": 1, "packages": 1}),
-        ),
+        ("disks[0].image_type", json!("Qcow2")),
         ("cpus.kvm_hyperv", json!(true)),
         ("cpus.max_phys_bits", json!(40)),
         ("cpus.affinity", json!([{"vcpu": 0, "host_cpus": [1]}])),

@@ -334,7 +334,7 @@ fn inherited_listening_socket() {
     let r = client
         .request(Method::Put, "/api/v1/vmm.shutdown", None)
         .unwrap();
-    assert_eq!(r.status, 204);
+    assert_eq!(r.status, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -380,8 +380,7 @@ fn tap_fd_passed_with_scm_rights_on_add_net() {
             &[tap.as_fd()],
         )
         .unwrap();
-    assert_eq!(r.status, 200, "vm.add-net: {}", r.error_message());
-    assert_eq!(r.json_body::<Value>().unwrap()["id"], "net9");
+    assert_eq!(r.status, 204, "vm.add-net: {}", r.error_message());
     let info = vm.get_json("vm.info");
     assert_eq!(info["config"]["net"][0]["id"], "net9", "{info}");
 

@@ -347,8 +347,9 @@ fn api_socket_serves_under_seccomp() {
     p.signal(libc::SIGTERM);
     let run = p.wait(TIMEOUT);
     assert!(run.success(), "{}", run.dump());
-    assert_eq!(ping.as_deref(), Ok("HTTP/1.1 200 OK"), "{}", run.dump());
-    assert!(bad.as_deref().is_ok_and(|l| l.contains(" 400 ")), "{bad:?}");
+    // Cloud Hypervisor's status line: the code and an empty reason phrase (trimmed here).
+    assert_eq!(ping.as_deref(), Ok("HTTP/1.1 200"), "{}", run.dump());
+    assert!(bad.as_deref() == Ok("HTTP/1.1 400"), "{bad:?}");
 }
 
 #[test]

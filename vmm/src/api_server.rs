@@ -32,8 +32,37 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/v1/vm.remove-device"),
 ];
 
-fn error(e: OpError) -> Response {
-    Response::error(e.status, &e.message)
+/// Cloud Hypervisor's routes petrel does not serve yet, with what is missing. They answer 404
+/// (as any unknown path) with a message naming it.
+pub const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "vm.add-device",
+        "VFIO passthrough needs PCI, which petrel does not have yet",
+    ),
+    (
+        "vm.add-user-device",
+        "vfio-user devices need PCI, which petrel does not have yet",
+    ),
+    (
+        "vm.add-fs",
+        "virtio-fs needs vhost-user, which petrel does not have yet",
+    ),
+    ("vm.add-generic-vhost-user", "petrel has no vhost-user yet"),
+    ("vm.add-pmem", "petrel has no virtio-pmem device yet"),
+    ("vm.add-vdpa", "petrel has no vDPA support yet"),
+    ("vm.resize-disk", "petrel cannot resize a disk yet"),
+    ("vm.resize-zone", "petrel has no memory zones yet"),
+    ("vm.snapshot", "petrel cannot snapshot a VM yet"),
+    ("vm.restore", "petrel cannot restore a snapshot yet"),
+    ("vm.coredump", "petrel cannot write a guest core dump yet"),
+    ("vm.send-migration", "petrel has no live migration yet"),
+    ("vm.receive-migration", "petrel has no live migration yet"),
+    ("vm.nmi", "petrel cannot inject an NMI yet"),
+];
+
+/// An error answer in Cloud Hypervisor's shape: a JSON array of messages.
+pub fn error(e: OpError) -> Response {
+    Response::error_list(e.status, &[e.message])
 }
 
 fn done(r: std::result::Result<(), OpError>) -> Response {
@@ -79,17 +108,26 @@ fn vm_config(req: &Request) -> Result<VmConfig, OpError> {
 pub fn handle(vmm: &mut Vmm, event_loop: &mut EventLoop, req: Request) -> (Response, Next) {
     let path = req.path().to_string();
     let Some(&(method, _)) = ROUTES.iter().find(|(_, p)| *p == path) else {
+        let op = path.trim_start_matches("/api/v1/");
+        let message = match UNSUPPORTED.iter().find(|(name, _)| *name == op) {
+            Some((name, why)) => format!("{name}: not supported: {why}"),
+            None => format!("no such endpoint: {path}"),
+        };
         return (
-            Response::error(404, &format!("no such endpoint: {path}")),
+            error(OpError {
+                status: 404,
+                message,
+            }),
             Next::Continue,
         );
     };
     if req.method.as_str() != method {
+        let message = format!("{path} takes {method}, not {}", req.method.as_str());
         return (
-            Response::error(
-                405,
-                &format!("{path} takes {method}, not {}", req.method.as_str()),
-            ),
+            error(OpError {
+                status: 405,
+                message,
+            }),
             Next::Continue,
         );
     }
@@ -100,7 +138,8 @@ pub fn handle(vmm: &mut Vmm, event_loop: &mut EventLoop, req: Request) -> (Respo
         "vmm.shutdown" => {
             vmm.teardown();
             log::info!("exiting: vmm.shutdown");
-            return (Response::no_content(), Next::Exit(0));
+            // Cloud Hypervisor answers 200 with an empty body (ch-remote prints an empty line).
+            return (Response::new(200), Next::Exit(0));
         }
         "vm.create" => done(vm_config(&req).and_then(|cfg| vmm.create(cfg))),
         "vm.boot" => done(vmm.boot(event_loop)),
@@ -117,7 +156,10 @@ pub fn handle(vmm: &mut Vmm, event_loop: &mut EventLoop, req: Request) -> (Respo
         "vm.add-net" => add_net(vmm, req),
         "vm.add-vsock" => add_vsock(vmm, &req),
         "vm.remove-device" => remove_device(vmm, &req),
-        _ => Response::error(404, &format!("no such endpoint: {path}")),
+        _ => error(OpError {
+            status: 404,
+            message: format!("no such endpoint: {path}"),
+        }),
     };
     if !response.is_success() {
         log::warn!("api: {op} refused: {}", response.error_message());
@@ -146,10 +188,13 @@ fn info(vmm: &Vmm) -> Response {
         .and_then(|m| m.virtio.balloon.as_ref())
         .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).actual_mib() << 20)
         .unwrap_or(0);
+    // Cloud Hypervisor's clients read cpus.max_vcpus (Kata caps vm.resize with it).
+    let mut config = cfg.clone();
+    config.cpus.max_vcpus = Some(cfg.cpus.max_vcpus.unwrap_or(cfg.cpus.boot_vcpus));
     Response::json(
         200,
         &json!({
-            "config": cfg,
+            "config": config,
             "state": vmm.state().to_string(),
             "memory_actual_size": cfg.memory.size.saturating_sub(balloon),
             "hypervisor": vmm.selection().kind.to_string(),
@@ -196,12 +241,11 @@ fn add_disk(vmm: &mut Vmm, req: &Request) -> Response {
         Ok(d) => d,
         Err(e) => return error(e),
     };
-    let id = disk.id.clone();
     let r = vmm.edit_config("vm.add-disk", |cfg| {
         cfg.disks.get_or_insert_with(Vec::new).push(disk);
         Ok(())
     });
-    added(r, id)
+    added(r)
 }
 
 fn add_net(vmm: &mut Vmm, mut req: Request) -> Response {
@@ -216,7 +260,6 @@ fn add_net(vmm: &mut Vmm, mut req: Request) -> Response {
         use std::os::fd::AsRawFd;
         net.fds = Some(fds.iter().map(|fd| fd.as_raw_fd()).collect());
     }
-    let id = net.id.clone();
     let r = vmm.edit_config("vm.add-net", |cfg| {
         cfg.net.get_or_insert_with(Vec::new).push(net);
         Ok(())
@@ -224,7 +267,7 @@ fn add_net(vmm: &mut Vmm, mut req: Request) -> Response {
     if r.is_ok() {
         vmm.keep_fds(fds);
     }
-    added(r, id)
+    added(r)
 }
 
 fn add_vsock(vmm: &mut Vmm, req: &Request) -> Response {
@@ -232,7 +275,6 @@ fn add_vsock(vmm: &mut Vmm, req: &Request) -> Response {
         Ok(v) => v,
         Err(e) => return error(e),
     };
-    let id = vsock.id.clone();
     let r = vmm.edit_config("vm.add-vsock", |cfg| {
         if cfg.vsock.is_some() {
             return Err(OpError::bad(
@@ -242,14 +284,13 @@ fn add_vsock(vmm: &mut Vmm, req: &Request) -> Response {
         cfg.vsock = Some(vsock);
         Ok(())
     });
-    added(r, id)
+    added(r)
 }
 
-fn added(r: std::result::Result<(), OpError>, id: Option<String>) -> Response {
-    match r {
-        Ok(()) => Response::json(200, &json!({ "id": id })),
-        Err(e) => error(e),
-    }
+/// A device added to the config of a VM not booted yet: 204, as Cloud Hypervisor (which
+/// answers 200 with the device's PCI address only for a hotplug).
+fn added(r: std::result::Result<(), OpError>) -> Response {
+    done(r)
 }
 
 fn remove_device(vmm: &mut Vmm, req: &Request) -> Response {

@@ -9,7 +9,7 @@ use hypervisor::Request;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
-use api::http::{Exchange, Forwarder, Server, ServerConfig, SocketSpec};
+use api::http::{Dialect, Exchange, Forwarder, Server, ServerConfig, SocketSpec};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api_server;
@@ -193,7 +193,14 @@ fn start_api(
         }
     });
     // A stuck VMM answers 504 rather than leaving the API thread waiting forever.
-    let forwarder = forwarder.with_timeout(API_REPLY_TIMEOUT);
+    let forwarder = forwarder
+        .with_timeout(API_REPLY_TIMEOUT)
+        .with_dialect(Dialect::CloudHypervisor);
+    // Cloud Hypervisor's wire form, so that its clients (ch-remote, Kata) read every answer.
+    let config = ServerConfig {
+        dialect: Dialect::CloudHypervisor,
+        ..ServerConfig::default()
+    };
     // A socket petrel binds by path is removed again when the server stops; an inherited one
     // belongs to whoever passed it.
     let init = move || {
@@ -203,12 +210,10 @@ fn start_api(
         seccomp::selftest_if_requested(ThreadKind::Api);
     };
     let server = match spec {
-        SocketSpec::Path(path) => {
-            Server::bind_with_init(path, ServerConfig::default(), forwarder, init)
-        }
-        SocketSpec::Fd(_) => spec.listen().and_then(|listener| {
-            Server::start_with_init(listener, ServerConfig::default(), forwarder, init)
-        }),
+        SocketSpec::Path(path) => Server::bind_with_init(path, config, forwarder, init),
+        SocketSpec::Fd(_) => spec
+            .listen()
+            .and_then(|listener| Server::start_with_init(listener, config, forwarder, init)),
     }
     .map_err(|e| Error::Guest(format!("api socket: {e}")))?;
     log::info!("api: listening on {spec:?}");

@@ -180,7 +180,7 @@ impl ApiVm {
     /// scratch directory (still there: the caller may look for the socket file).
     pub fn shutdown_vmm(self) -> (petrel_tests::Run, ScratchDir) {
         let r = self.put("vmm.shutdown", None);
-        assert_eq!(r.status, 204, "vmm.shutdown: {}", r.error_message());
+        assert_eq!(r.status, 200, "vmm.shutdown: {}", r.error_message());
         let run = self.petrel.wait(Duration::from_secs(10));
         assert!(
             !run.timed_out,
@@ -211,11 +211,20 @@ pub fn guest_config(cmdline: &str) -> Value {
     })
 }
 
-/// `r` is an error with `status` whose message contains each of `words`.
+/// `r` is an error with `status` whose message contains each of `words`, in Cloud
+/// Hypervisor's shape: a JSON array of messages, with no reason phrase on the status line.
 #[track_caller]
 pub fn assert_error(r: &Response, status: u16, words: &[&str], what: &str) {
     let msg = r.error_message();
     assert_eq!(r.status, status, "{what}: {msg}");
+    assert_eq!(r.reason, "", "{what}: status line with a reason phrase");
+    assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
+    let list: Result<Vec<String>, _> = r.json_body();
+    assert!(
+        list.is_ok_and(|l| !l.is_empty()),
+        "{what}: the error body is not a JSON array of messages: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
     for w in words {
         assert!(msg.contains(w), "{what}: error {msg:?} does not name {w:?}");
     }
