@@ -9,6 +9,9 @@ const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
+const ECX_VMX: u32 = 1 << 5;
+const ECX_SVM: u32 = 1 << 2;
 
 /// Number of bits needed to number `n` items.
 fn bits_for(n: u32) -> u32 {
@@ -65,6 +68,18 @@ pub fn filter(supported: &[CpuidEntry], id: u32, cpus: u32) -> Vec<CpuidEntry> {
     out
 }
 
+/// Clears VMX (leaf 1 ECX bit 5) and SVM (leaf 0x8000_0001 ECX bit 2): the guest sees no
+/// virtualization extensions (`cpus.nested: false`).
+pub fn hide_virtualization(entries: &mut [CpuidEntry]) {
+    for e in entries.iter_mut() {
+        match e.function {
+            LEAF_FEATURES => e.ecx &= !ECX_VMX,
+            LEAF_EXT_FEATURES => e.ecx &= !ECX_SVM,
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +107,17 @@ mod tests {
         assert_eq!(out[3].ecx >> 8, 0, "level type 0 ends the list");
         assert_eq!(bits_for(1), 0);
         assert_eq!(bits_for(5), 3);
+    }
+
+    #[test]
+    fn hiding_virtualization_clears_vmx_and_svm_only() {
+        let mut entries = vec![leaf(1, 0), leaf(0x8000_0001, 0), leaf(7, 0)];
+        for e in entries.iter_mut() {
+            e.ecx = u32::MAX;
+        }
+        hide_virtualization(&mut entries);
+        assert_eq!(entries[0].ecx, !ECX_VMX);
+        assert_eq!(entries[1].ecx, !ECX_SVM);
+        assert_eq!(entries[2].ecx, u32::MAX);
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod devices;
 pub mod event_loop;
 pub mod logger;
+pub mod memory;
 pub mod run;
 pub mod seccomp;
 pub mod signals;

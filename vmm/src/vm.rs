@@ -24,19 +24,6 @@ pub struct RunningVm {
     pub vm: Arc<dyn Vm>,
 }
 
-/// Allocates guest RAM. It lives as long as the process: a guest reboot reuses it (the
-/// kernel and boot structures are loaded again; like a real machine, RAM is not cleared).
-pub fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
-    let ranges: Vec<(GuestAddress, usize)> = arch::ram_ranges(size)
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory {
-        size,
-        reason: e.to_string(),
-    })
-}
-
 /// Maps every region of `memory` into `vm`.
 fn map_memory(vm: &dyn Vm, memory: &GuestMemoryMmap) -> Result<()> {
     for (slot, region) in memory.iter().enumerate() {
@@ -133,7 +120,7 @@ impl Machine {
         start: std::time::Instant,
         events: &LifecycleEvents,
     ) -> Result<Self> {
-        let memory = create_memory(cfg.memory.size)?;
+        let memory = crate::memory::create_memory(&cfg.memory)?;
         let legacy = LegacyDevices::new(&cfg.serial, start, events)?;
         let virtio = VirtioDevices::new(cfg, &memory)?;
         let mut buses = legacy.buses()?;
@@ -169,8 +156,11 @@ pub fn boot(
     for id in 0..cpus {
         let vcpu = vm.create_vcpu(id)?;
         let err = |source| arch::Error::Vcpu { id, source };
-        vcpu.set_cpuid(&arch::cpuid::filter(&supported, id, cpus))
-            .map_err(err)?;
+        let mut cpuid = arch::cpuid::filter(&supported, id, cpus);
+        if !cfg.cpus.nested {
+            arch::cpuid::hide_virtualization(&mut cpuid);
+        }
+        vcpu.set_cpuid(&cpuid).map_err(err)?;
         arch::regs::setup_common(vcpu.as_ref(), id)?;
         if id == 0 {
             arch::regs::setup_boot_vcpu(vcpu.as_ref(), &regs, &sregs)?;

@@ -1,0 +1,128 @@
+//! Guest RAM: one anonymous mapping per RAM range of the memory map, mapped and advised as
+//! `MemoryConfig` asks (shared, transparent huge pages, mergeable, prefaulted).
+
+use api::MemoryConfig;
+use arch::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestRegionMmap, MmapRegion};
+
+use crate::{Error, Result};
+
+/// The `mmap(2)` flags for `cfg`.
+fn map_flags(cfg: &MemoryConfig) -> i32 {
+    let sharing = if cfg.shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    };
+    let populate = if cfg.prefault { libc::MAP_POPULATE } else { 0 };
+    libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | sharing | populate
+}
+
+/// Applies `advice` to `len` bytes at `addr`, naming `what` in the error.
+fn advise(addr: *mut u8, len: usize, advice: i32, what: &str) -> Result<()> {
+    // SAFETY: `addr..addr+len` is a mapping this module just created and still owns; advice
+    // does not change its contents or its validity.
+    let rc = unsafe { libc::madvise(addr.cast(), len, advice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Error::io(
+            format!("madvise({what}) on guest RAM"),
+            std::io::Error::last_os_error(),
+        ))
+    }
+}
+
+/// Allocates guest RAM. It lives as long as the process: a guest reboot reuses it (the
+/// kernel and boot structures are loaded again; like a real machine, RAM is not cleared).
+pub fn create_memory(cfg: &MemoryConfig) -> Result<GuestMemoryMmap> {
+    let size = cfg.size;
+    let failed = |reason: String| Error::Memory { size, reason };
+    let mut regions = Vec::new();
+    for (start, len) in arch::ram_ranges(size) {
+        let len = usize::try_from(len).map_err(|e| failed(e.to_string()))?;
+        let mapping = MmapRegion::build(
+            None,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            map_flags(cfg),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        if cfg.thp {
+            advise(mapping.as_ptr(), len, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
+        }
+        if cfg.mergeable {
+            advise(
+                mapping.as_ptr(),
+                len,
+                libc::MADV_MERGEABLE,
+                "MADV_MERGEABLE",
+            )?;
+        }
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or_else(|| failed(format!("RAM range at {start:#x} overflows")))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| failed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+    /// The `VmFlags` and permissions smaps gives the mapping that starts at `addr`.
+    fn smaps_of(addr: usize) -> (String, String) {
+        let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let Some((range, rest)) = line.split_once(' ') else {
+                continue;
+            };
+            let Some((start, _)) = range.split_once('-') else {
+                continue;
+            };
+            if usize::from_str_radix(start, 16) != Ok(addr) {
+                continue;
+            }
+            let perms = rest.split_whitespace().next().unwrap_or("").to_string();
+            for l in lines.by_ref() {
+                if let Some(flags) = l.strip_prefix("VmFlags:") {
+                    return (perms, flags.trim().to_string());
+                }
+            }
+        }
+        panic!("no mapping at {addr:#x} in /proc/self/smaps");
+    }
+
+    #[test]
+    fn mapping_follows_the_config() {
+        let mut cfg = MemoryConfig {
+            size: 8 << 20,
+            ..MemoryConfig::default()
+        };
+        let mem = create_memory(&cfg).unwrap();
+        let region = mem.iter().next().unwrap();
+        let (perms, flags) = smaps_of(region.as_ptr() as usize);
+        assert_eq!(perms, "rw-p", "private by default");
+        assert!(flags.split(' ').any(|f| f == "hg"), "THP advised: {flags}");
+        assert!(!flags.split(' ').any(|f| f == "mg"), "{flags}");
+
+        cfg.thp = false;
+        cfg.mergeable = true;
+        let mem = create_memory(&cfg).unwrap();
+        let region = mem.iter().next().unwrap();
+        let (_, flags) = smaps_of(region.as_ptr() as usize);
+        assert!(!flags.split(' ').any(|f| f == "hg"), "{flags}");
+        assert!(flags.split(' ').any(|f| f == "mg"), "mergeable: {flags}");
+
+        // (KSM merges private pages only: the kernel ignores MADV_MERGEABLE on a shared map.)
+        cfg.shared = true;
+        cfg.prefault = true;
+        let mem = create_memory(&cfg).unwrap();
+        let region = mem.iter().next().unwrap();
+        let (perms, flags) = smaps_of(region.as_ptr() as usize);
+        assert_eq!(perms, "rw-s", "shared: {flags}");
+        assert_eq!(region.len(), 8 << 20);
+    }
+}
