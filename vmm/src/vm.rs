@@ -8,7 +8,7 @@ use arch::acpi::{create_acpi_tables, AcpiConfig};
 use arch::loader::{load_initramfs, low_ram_end, BootProtocol};
 use arch::GuestMemoryMmap;
 use hypervisor::{Hypervisor, IoHandler, Vm};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::devices::{LegacyDevices, LifecycleEvents};
 use crate::vcpu::{run_vcpu, VcpuShared, VcpuThread};
