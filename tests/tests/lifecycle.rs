@@ -91,9 +91,10 @@ fn version_prints_petrel_and_semver() {
     assert_eq!(run.code(), Some(0), "{}", run.dump());
     let line = run.stdout.strip_suffix('\n').unwrap_or(&run.stdout);
     assert!(!line.contains('\n'), "more than one line\n{}", run.dump());
+    // `NAME vSEMVER`, the form `cloud-hypervisor --version` prints.
     let version = line
-        .strip_prefix("petrel ")
-        .unwrap_or_else(|| panic!("want `petrel <version>`\n{}", run.dump()));
+        .strip_prefix("petrel v")
+        .unwrap_or_else(|| panic!("want `petrel v<version>`\n{}", run.dump()));
     assert!(is_semver(version), "not semver: {version:?}");
     // The binary and this crate share the workspace version.
     assert_eq!(version, env!("CARGO_PKG_VERSION"));

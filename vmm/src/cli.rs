@@ -18,9 +18,9 @@ const USAGE: &str = "usage: petrel --kernel PATH [--initramfs PATH] [--cmdline S
 [--disk path=FILE[,readonly=on][,direct=on][,id=ID][,serial=S]]... [--rng[=src=PATH]] \
 [--balloon size=SIZE[,deflate_on_oom=on][,statistics_polling_interval_s=N]] \
 [--net tap=NAME|fd=N[,mac=MAC][,id=ID]]... [--vsock cid=N,socket=PATH] \
-[--virtio-mmio-cmdline] [--api-socket PATH|fd=N] [--id NAME] [--log-file PATH] \
-[--log-level error|warn|info|debug|trace|off] [--seccomp true|false|log]
-       petrel --api-socket PATH|fd=N [--hypervisor …] [--seccomp …]  (VM created through the API)
+[--virtio-mmio-cmdline] [--api-socket PATH|path=PATH|fd=N] [--id NAME] [--log-file PATH] \
+[--log-level error|warn|info|debug|trace|off] [-v|-vv|-vvv] [--seccomp true|false|log]
+       petrel --api-socket PATH|path=PATH|fd=N [--hypervisor …] [--seccomp …]  (VM created through the API)
        petrel --version | --capabilities | --help";
 
 /// What the command line asks for.
@@ -135,7 +135,15 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         "--feature-gates",
         "--config-file",
     ];
+    // Cloud Hypervisor's `-v`, `-vv`, `-vvv` (repeatable): more log detail, as Kata passes.
+    let mut verbosity = 0usize;
     while let Some(arg) = it.next() {
+        if let Some(vs) = arg.strip_prefix('-').filter(|v| !v.is_empty()) {
+            if vs.bytes().all(|b| b == b'v') {
+                verbosity += vs.len();
+                continue;
+            }
+        }
         if !arg.starts_with("--") {
             return Err(CliError::Usage(format!("unexpected argument '{arg}'")));
         }
@@ -239,6 +247,13 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     let mut opts_hv = Request::Auto;
     let (mut log_level, mut log_file, mut id) = (None, None, None);
     let mut seccomp = crate::seccomp::SeccompMode::default();
+    if verbosity > 0 {
+        log_level = Some(match verbosity {
+            1 => log::LevelFilter::Info,
+            2 => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        });
+    }
     let mut no_reboot = false;
     const PROCESS_OPTIONS: [&str; 10] = [
         "--seccomp",
@@ -378,7 +393,8 @@ pub fn main() -> i32 {
             0
         }
         Command::Version => {
-            println!("petrel {}", env!("CARGO_PKG_VERSION"));
+            // `NAME vSEMVER`, the form of `cloud-hypervisor --version` (Kata records the line).
+            println!("petrel v{}", env!("CARGO_PKG_VERSION"));
             0
         }
         Command::Capabilities { mshv_gate } => {
@@ -440,6 +456,31 @@ mod tests {
         assert!(e.to_string().contains("missing --kernel"));
         let e = parse(&args("--config-file a --config-file b")).unwrap_err();
         assert!(e.to_string().contains("more than once"), "{e}");
+    }
+
+    #[test]
+    fn cloud_hypervisor_launch_line_as_kata_gives_it() {
+        let Ok(Command::Run(o)) = parse(&args(
+            "--api-socket path=/run/clh.sock -vv --seccomp false --log-file /tmp/l -v",
+        )) else {
+            panic!("expected run");
+        };
+        assert_eq!(o.api_socket, Some(SocketSpec::Path("/run/clh.sock".into())));
+        assert_eq!(
+            o.log_level,
+            Some(log::LevelFilter::Trace),
+            "-vv -v is three"
+        );
+        assert_eq!(o.log_file, Some(PathBuf::from("/tmp/l")));
+        assert_eq!(o.seccomp, crate::seccomp::SeccompMode::Off);
+        assert!(o.config.is_none());
+        let Ok(Command::Run(o)) = parse(&args("--api-socket fd=3 -v")) else {
+            panic!("expected run");
+        };
+        assert_eq!(o.api_socket, Some(SocketSpec::Fd(3)));
+        assert_eq!(o.log_level, Some(log::LevelFilter::Info));
+        let e = parse(&args("--api-socket /s -x")).unwrap_err();
+        assert!(e.to_string().contains("-x"), "{e}");
     }
 
     #[test]

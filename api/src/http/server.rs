@@ -64,7 +64,8 @@ impl Default for ServerConfig {
     }
 }
 
-/// Where to listen: a socket path, or `fd=N` for a listening socket inherited from the parent.
+/// Where to listen: a socket path (also written `path=PATH`, as Cloud Hypervisor takes it), or
+/// `fd=N` for a listening socket inherited from the parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SocketSpec {
     /// Bind this path.
@@ -84,8 +85,15 @@ impl FromStr for SocketSpec {
                 .filter(|&n| n >= 0)
                 .map(SocketSpec::Fd)
                 .ok_or_else(|| Error::SocketSpec(s.to_string())),
-            None if s.is_empty() => Err(Error::SocketSpec(s.to_string())),
-            None => Ok(SocketSpec::Path(PathBuf::from(s))),
+            None => {
+                // Cloud Hypervisor's `path=PATH` form, or the path itself.
+                let path = s.strip_prefix("path=").unwrap_or(s);
+                if path.is_empty() {
+                    Err(Error::SocketSpec(s.to_string()))
+                } else {
+                    Ok(SocketSpec::Path(PathBuf::from(path)))
+                }
+            }
         }
     }
 }

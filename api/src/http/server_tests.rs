@@ -382,6 +382,11 @@ fn socket_specs() {
         "/run/x.sock".parse::<SocketSpec>().unwrap(),
         SocketSpec::Path("/run/x.sock".into())
     );
+    assert_eq!(
+        "path=/run/x.sock".parse::<SocketSpec>().unwrap(),
+        SocketSpec::Path("/run/x.sock".into())
+    );
+    assert!("path=".parse::<SocketSpec>().is_err());
     for bad in ["fd=", "fd=-1", "fd=x", ""] {
         assert!(bad.parse::<SocketSpec>().is_err(), "{bad}");
     }
