@@ -110,7 +110,7 @@ else
         l1_run "$out" $((180 + remaining * (per_test + 20))) &
         qpid=$!
         # Live progress from the console.
-        tail -n +1 -F "$out/console.log" 2>/dev/null | grep --line-buffered -E '^(L1:|RESULT)' |
+        tail -n +1 -F "$out/console.log" 2>/dev/null | grep -a --line-buffered -E '(L1:|RESULT)' |
             sed -u 's/^/linux-tests: /' >&2 &
         tpid=$!
         wait "$qpid" || rc=$?
