@@ -186,7 +186,7 @@ fn vms_templates_host_gates_and_errors() {
     let (petrel, guest) = match prerequisites() {
         Ok(p) => p,
         Err(why) => {
-            eprintln!("skipped: {why}");
+            test_skip::skip(why);
             return;
         }
     };

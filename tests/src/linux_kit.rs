@@ -100,14 +100,15 @@ pub fn build_linux_kit() -> Result<LinuxKit, String> {
 /// must skip: `/dev/kvm` is missing or the kit cannot be built.
 pub fn linux_kit_or_skip(test: &str) -> Option<&'static LinuxKit> {
     if !kvm_available() {
-        eprintln!("{test}: skipped: /dev/kvm is not available");
+        let _ = test;
+        test_skip::skip("/dev/kvm is not available");
         return None;
     }
     static KIT: OnceLock<Result<LinuxKit, String>> = OnceLock::new();
     match KIT.get_or_init(build_linux_kit) {
         Ok(kit) => Some(kit),
         Err(reason) => {
-            eprintln!("{test}: skipped: guest kit unavailable: {reason}");
+            test_skip::skip(format!("guest kit unavailable: {reason}"));
             None
         }
     }
@@ -167,7 +168,7 @@ pub fn calibrate_ring0() -> Option<Duration> {
 }
 
 /// True when guest ring 0 runs natively (hardware virtualisation); measured once per
-/// process. When false it has printed `{test}: skipped: …` and the test should return.
+/// process. When false it has recorded a visible skip and the test should return.
 pub fn ring0_native(test: &str) -> bool {
     static NATIVE: OnceLock<Option<Duration>> = OnceLock::new();
     let loop_time = *NATIVE.get_or_init(calibrate_ring0);
@@ -181,9 +182,9 @@ pub fn ring0_native(test: &str) -> bool {
                 format!("took {t:.1?}")
             });
             eprintln!("{test}: calibration loop {took}");
-            eprintln!(
-                "{test}: skipped: guest ring 0 is emulated on this host (PVM); full Linux boots \
-                 need hardware virtualisation (VT-x/AMD-V)"
+            test_skip::skip(
+                "guest ring 0 is emulated on this host (PVM); full Linux boots need hardware \
+                 virtualisation (VT-x/AMD-V): resources/run-linux-tests.sh runs them under nested KVM",
             );
             false
         }

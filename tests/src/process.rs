@@ -92,13 +92,13 @@ pub fn kvm_available() -> bool {
         .is_ok()
 }
 
-/// Returns from the calling test (after printing "skipped: /dev/kvm not available") when
-/// `/dev/kvm` cannot be used.
+/// Returns from the calling test (after recording a visible skip) when `/dev/kvm` cannot be
+/// used.
 #[macro_export]
 macro_rules! require_kvm {
     () => {
         if !$crate::kvm_available() {
-            eprintln!("skipped: /dev/kvm not available");
+            $crate::skip("/dev/kvm not available");
             return;
         }
     };

@@ -355,14 +355,14 @@ fn inherited_listening_socket() {
 fn tap_fd_passed_with_scm_rights_on_add_net() {
     require_kvm!();
     if !Path::new(TUN_DEVICE).exists() {
-        eprintln!("skipped: {TUN_DEVICE} not available");
+        petrel_tests::skip(format!("{TUN_DEVICE} not available"));
         return;
     }
     let name = format!("pat{}", std::process::id() % 1_000_000);
     let tap = match TapFd::open(&name) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("skipped: cannot create tap {name}: {e}");
+            petrel_tests::skip(format!("cannot create tap {name}: {e}"));
             return;
         }
     };

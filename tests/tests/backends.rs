@@ -1,6 +1,6 @@
 //! The same guest checks on every hypervisor backend: KVM where /dev/kvm exists, MSHV where
 //! /dev/mshv exists (with the `mshv` gate on). A backend whose device node is missing is
-//! skipped, saying so; on these machines that is MSHV.
+//! a visible skip of that backend's tests; on these machines that is MSHV.
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,24 +29,34 @@ const BACKENDS: [Backend; 2] = [
     },
 ];
 
-/// Runs `check` on every backend whose device exists; says why the others are skipped.
-fn on_each_backend(test: &str, check: impl Fn(&Backend)) {
-    let mut ran = 0;
-    for b in &BACKENDS {
-        if !Path::new(b.device).exists() {
-            eprintln!(
-                "{test}: skipped on {}: {} does not exist on this host",
-                b.name, b.device
-            );
-            continue;
-        }
-        check(b);
-        ran += 1;
+/// Runs `check` on backend `name`, or records a visible skip when its device is missing.
+fn on_backend(name: &str, check: impl Fn(&Backend)) {
+    let Some(b) = BACKENDS.iter().find(|b| b.name == name) else {
+        panic!("no backend {name}");
+    };
+    if !Path::new(b.device).exists() {
+        test_skip::skip(format!("{} does not exist on this host", b.device));
+        return;
     }
-    if ran == 0 {
-        eprintln!("{test}: skipped: no hypervisor device on this host");
-    }
+    check(b);
 }
+
+/// One test per backend for each check: a missing device is a skip of that test alone.
+macro_rules! on_each_backend {
+    ($check:ident: $kvm:ident, $mshv:ident) => {
+        #[test]
+        fn $kvm() {
+            on_backend("kvm", $check);
+        }
+        #[test]
+        fn $mshv() {
+            on_backend("mshv", $check);
+        }
+    };
+}
+
+on_each_backend!(guest_boot_checks: guest_boot_checks_kvm, guest_boot_checks_mshv);
+on_each_backend!(virtio_blk: virtio_blk_kvm, virtio_blk_mshv);
 
 fn run(b: &Backend, kind: GuestKind, extra: &[&str]) -> Run {
     let kernel = guest_image(kind);
@@ -56,9 +66,8 @@ fn run(b: &Backend, kind: GuestKind, extra: &[&str]) -> Run {
     run_petrel(&args, TIMEOUT)
 }
 
-#[test]
-fn guest_boot_checks_on_each_backend() {
-    on_each_backend("guest_boot_checks_on_each_backend", |b| {
+fn guest_boot_checks(b: &Backend) {
+    {
         for kind in [GuestKind::Pvh, GuestKind::BzImage] {
             let r = run(
                 b,
@@ -96,12 +105,11 @@ fn guest_boot_checks_on_each_backend() {
             assert_eq!(boot.madt_cpus, Some(2), "{what}\n{}", r.dump());
             assert!(r.stdout.contains("CPUS: up=2 of 2"), "{what}\n{}", r.dump());
         }
-    });
+    }
 }
 
-#[test]
-fn virtio_blk_on_each_backend() {
-    on_each_backend("virtio_blk_on_each_backend", |b| {
+fn virtio_blk(b: &Backend) {
+    {
         let disk = scratch_path(&format!("backend-{}.img", b.name));
         std::fs::write(&disk, vec![0u8; 1 << 20]).expect("creating the disk image");
         let arg = format!("path={},id=petrel-disk-1", disk.display());
@@ -138,5 +146,5 @@ fn virtio_blk_on_each_backend() {
             "{}: sector 1 on the host holds the guest's pattern",
             b.name
         );
-    });
+    }
 }

@@ -136,7 +136,7 @@ fn capabilities_report_is_json_describing_this_host() {
 #[test]
 fn hypervisor_mshv_without_dev_mshv_is_refused_naming_it() {
     if mshv_present() {
-        eprintln!("skipped: {MSHV_DEVICE} exists on this host");
+        petrel_tests::skip(format!("{MSHV_DEVICE} exists on this host"));
         return;
     }
     let kernel = guest_image(GuestKind::Pvh);

@@ -5,7 +5,7 @@
 //!   what Linux prints during early boot (banner, command line, e820 map, ACPI
 //!   tables, CPU count). These run on PVM hosts too, where guest ring 0 is
 //!   emulated, and stop the VM as soon as every marker was seen.
-//! * `full_boot_*`: boot to the initramfs `init` and power off. They need guest
+//! * `linux_full_boot_*`: boot to the initramfs `init` and power off. They need guest
 //!   ring 0 to run natively; a calibration guest decides, and they skip otherwise.
 //!
 //! Every test skips (prints why on stderr and passes) when `/dev/kvm` is missing
@@ -239,25 +239,25 @@ fn full_boot(test: &str, kernel: &Path, initramfs: &Path, cpus: u32) {
 }
 
 #[test]
-fn full_boot_1cpu() {
-    let Some(kit) = linux_kit_or_skip("full_boot_1cpu") else {
+fn linux_full_boot_1cpu() {
+    let Some(kit) = linux_kit_or_skip("linux_full_boot_1cpu") else {
         return;
     };
-    if !ring0_native("full_boot_1cpu") {
+    if !ring0_native("linux_full_boot_1cpu") {
         return;
     }
     // PVH entry (vmlinux) with one vCPU.
-    full_boot("full_boot_1cpu", &kit.vmlinux, &kit.initramfs, 1);
+    full_boot("linux_full_boot_1cpu", &kit.vmlinux, &kit.initramfs, 1);
 }
 
 #[test]
-fn full_boot_2cpus() {
-    let Some(kit) = linux_kit_or_skip("full_boot_2cpus") else {
+fn linux_full_boot_2cpus() {
+    let Some(kit) = linux_kit_or_skip("linux_full_boot_2cpus") else {
         return;
     };
-    if !ring0_native("full_boot_2cpus") {
+    if !ring0_native("linux_full_boot_2cpus") {
         return;
     }
     // bzImage (Linux boot protocol) with two vCPUs.
-    full_boot("full_boot_2cpus", &kit.bzimage, &kit.initramfs, 2);
+    full_boot("linux_full_boot_2cpus", &kit.bzimage, &kit.initramfs, 2);
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use petrel_tests::{linux_kit_or_skip, ring0_native, run_petrel, Run};
 
-const TEST: &str = "full_boot_virtio";
+const TEST: &str = "linux_virtio_devices";
 const TIMEOUT: Duration = Duration::from_secs(180);
 /// Host vsock port the guest connects to, and guest port the host connects to.
 const HOST_PORT: u32 = 5001;
@@ -225,7 +225,7 @@ fn tail(out: &[&str], n: usize) -> String {
 }
 
 #[test]
-fn full_boot_virtio() {
+fn linux_virtio_devices() {
     let Some(kit) = linux_kit_or_skip(TEST) else {
         return;
     };
@@ -233,7 +233,7 @@ fn full_boot_virtio() {
         return;
     }
     if !Path::new("/dev/net/tun").exists() {
-        eprintln!("{TEST}: skipped: /dev/net/tun is missing (no tap devices)");
+        petrel_tests::skip("/dev/net/tun is missing (no tap devices)");
         return;
     }
 
@@ -250,7 +250,7 @@ fn full_boot_virtio() {
     let _tap = match Tap::create(&tap_name, &format!("{subnet}.1/24")) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("{TEST}: skipped: cannot create tap {tap_name}: {e}");
+            petrel_tests::skip(format!("cannot create tap {tap_name}: {e}"));
             return;
         }
     };

@@ -49,13 +49,13 @@ impl Drop for Bridge {
 fn taps_made_attached_and_removed() {
     require_kvm!();
     if !is_root() || !Path::new("/dev/net/tun").exists() {
-        eprintln!("skipped: needs root and /dev/net/tun");
+        petrel_tests::skip("needs root and /dev/net/tun");
         return;
     }
     let d = Petreld::new("taps");
     let br_name = format!("ptbr{}", std::process::id() % 100_000);
     let Some(br) = Bridge::new(&br_name) else {
-        eprintln!("skipped: cannot create a bridge");
+        petrel_tests::skip("cannot create a bridge");
         return;
     };
 
@@ -260,7 +260,7 @@ fn read_trim(p: &Path) -> String {
 fn root_petrel_runs_in_its_own_cgroup() {
     require_kvm!();
     if !is_root() {
-        eprintln!("skipped: needs root");
+        petrel_tests::skip("needs root");
         return;
     }
     let d = Petreld::new("cgroup");
@@ -276,7 +276,7 @@ fn root_petrel_runs_in_its_own_cgroup() {
     let pid = vm["pid"].as_u64().unwrap().to_string();
     let dirs = cgroup_dirs(&id);
     if dirs.is_empty() {
-        eprintln!("skipped: no cgroup hierarchy with memory and cpu");
+        petrel_tests::skip("no cgroup hierarchy with memory and cpu");
         return;
     }
     let want_mem = (64u64 << 20) + (128 << 20);

@@ -244,7 +244,7 @@ fn answer_frame(tap: &str) -> Result<(), String> {
 fn net_on_a_tap() {
     require_kvm!();
     let Some(tap) = Tap::create() else {
-        eprintln!("skipped: cannot create a tap (needs CAP_NET_ADMIN and /dev/net/tun)");
+        petrel_tests::skip("cannot create a tap (needs CAP_NET_ADMIN and /dev/net/tun)");
         return;
     };
     let name = tap.0.clone();

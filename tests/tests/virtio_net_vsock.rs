@@ -31,7 +31,7 @@ const HOST_MAC: [u8; 6] = [0x02, 0x50, 0x45, 0x54, 0x00, 0x01];
 macro_rules! require_tun {
     () => {
         if !Path::new(TUN_DEVICE).exists() {
-            eprintln!("skipped: {TUN_DEVICE} not available");
+            petrel_tests::skip(format!("{TUN_DEVICE} not available"));
             return;
         }
     };
@@ -102,7 +102,7 @@ fn virtio_net_frame_out_to_tap_and_back() {
     let tap = match TapGuard::create(&name) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("skipped: cannot create tap {name}: {e}");
+            petrel_tests::skip(format!("cannot create tap {name}: {e}"));
             return;
         }
     };

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Runs petrel's real-Linux scenarios: every test named `linux_*` in the test targets
+# tests/tests/linux_*.rs (full boots of the Debian cloud kernel from the guest kit, checked
+# through what the guest prints and writes).
+#
+# Where this host's /dev/kvm runs guest ring 0 natively (VT-x/AMD-V) they run here directly.
+# Elsewhere (PVM, as on the project's machines) they run one level down: QEMU in TCG mode with
+# `-cpu max` emulates AMD SVM with nested paging, a Debian kernel booted as L1 loads kvm_amd,
+# and the tests run inside L1 on its real /dev/kvm, seeing the host's files read-only through
+# 9p (resources/nested/). Each test prints one result line; the run ends with
+#   linux: N passed, N failed, N skipped
+# A failure of L1 itself (never up, lockup, killed) is an environment failure, not a test
+# failure: the tests it cut short are retried once in a fresh L1, and both counts are reported.
+#
+# Usage: resources/run-linux-tests.sh [--filter SUBSTRING] [--summary FILE] [--keep DIR]
+#   --summary FILE   also write "passed failed skipped env_failures" and the skip list to FILE
+#   --keep DIR       keep logs (console, one log per test) in DIR (default: a temporary dir,
+#                    kept only when something failed)
+# Timeouts: PETREL_LINUX_TEST_TIMEOUT per test (default 600 s).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+source resources/nested/common.sh
+
+filter=""
+summary=""
+keep=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --filter) filter="$2"; shift 2 ;;
+    --summary) summary="$2"; shift 2 ;;
+    --keep) keep="$2"; shift 2 ;;
+    *) echo "usage: $0 [--filter SUBSTRING] [--summary FILE] [--keep DIR]" >&2; exit 2 ;;
+    esac
+done
+per_test="${PETREL_LINUX_TEST_TIMEOUT:-600}"
+say() { echo "linux-tests: $*" >&2; }
+
+out="${keep:-$(mktemp -d /tmp/petrel-linux.XXXXXX)}"
+mkdir -p "$out/logs"
+out="$(cd "$out" && pwd)"
+: >"$out/results"
+: >"$out/skips"
+
+say "building petrel and the Linux test targets"
+cargo build -q --workspace --bins
+targets=()
+for f in tests/tests/linux_*.rs; do
+    t="$(basename "$f" .rs)"
+    targets+=(--test "$t")
+done
+# The test executables, from cargo's JSON messages.
+mapfile -t exes < <(cargo test -q -p petrel-tests --no-run "${targets[@]}" --message-format=json |
+    jq -r 'select(.reason == "compiler-artifact" and .executable != null
+                  and (.target.name | startswith("linux_"))) | .executable')
+[ ${#exes[@]} -gt 0 ] || { say "error: no linux_* test executables were built"; exit 1; }
+kit="$(resources/build-guest-kit.sh | tail -n 1)"
+guest="$(target/debug/build-test-guest pvh)"
+
+# The plan: one line per test, "<executable> <test name>".
+: >"$out/plan"
+for exe in "${exes[@]}"; do
+    "$exe" --list 2>/dev/null | sed -n 's/^\(linux_[^:]*\): test$/\1/p' | while read -r name; do
+        case "$name" in *"$filter"*) echo "$exe $name" >>"$out/plan" ;; esac
+    done
+done
+total=$(wc -l <"$out/plan")
+[ "$total" -gt 0 ] || { say "error: no linux_* tests match '$filter'"; exit 1; }
+
+# The script run for each planned test that has no result yet (in L1 or here). It appends
+# "<name> <ok|FAILED|skipped> <seconds>" to results and prints it.
+cat >"$out/run.sh" <<SCRIPT
+#!/bin/sh
+export HOME="$HOME" PATH="$PATH" PETREL_SKIP_LOG="$out/skips" RUST_BACKTRACE=1
+cd "$ROOT"
+while read -r exe name; do
+    grep -q "^\$name " "$out/results" && continue
+    echo "START \$name" >>"$out/results.started"
+    t0=\$(date +%s)
+    skips_before=\$(grep -c "^\$name	" "$out/skips" || true)
+    timeout -k 10 $per_test "\$exe" --exact "\$name" --include-ignored --nocapture \
+        --test-threads=1 >"$out/logs/\$name.log" 2>&1
+    rc=\$?
+    secs=\$((\$(date +%s) - t0))
+    skips_after=\$(grep -c "^\$name	" "$out/skips" || true)
+    if [ "\$rc" = 0 ] && [ "\$skips_after" != "\$skips_before" ]; then verdict=skipped
+    elif [ "\$rc" = 0 ]; then verdict=ok
+    elif [ "\$rc" = 124 ] || [ "\$rc" = 137 ]; then verdict=FAILED; echo "timed out after $per_test s" >>"$out/logs/\$name.log"
+    else verdict=FAILED; fi
+    echo "\$name \$verdict \$secs" >>"$out/results"
+    echo "RESULT \$name \$verdict \${secs}s"
+done <"$out/plan"
+SCRIPT
+
+env_failures=0
+if ring0_native target/debug/petrel "$guest"; then
+    say "guest ring 0 is native here: running $total tests directly"
+    sh "$out/run.sh" | sed 's/^/linux-tests: /' >&2
+    where="this host"
+else
+    ensure_qemu
+    say "guest ring 0 is emulated here (PVM): running $total tests in a nested KVM (QEMU TCG L1)"
+    where="nested KVM (QEMU $(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([^ ]*\).*/\1/p') TCG, L1 $(cat "$(resources/nested/build-l1-kit.sh | tail -n 1)/kernel-version"))"
+    for attempt in 1 2; do
+        remaining=$((total - $(wc -l <"$out/results")))
+        [ "$remaining" -gt 0 ] || break
+        t0=$(date +%s)
+        # L1 boot (~30 s), plus each remaining test's budget.
+        rc=0
+        l1_run "$out" $((180 + remaining * (per_test + 20))) &
+        qpid=$!
+        # Live progress from the console.
+        tail -n +1 -F "$out/console.log" 2>/dev/null | grep -a --line-buffered -E '(L1:|RESULT)' |
+            sed -u 's/^/linux-tests: /' >&2 &
+        tpid=$!
+        wait "$qpid" || rc=$?
+        kill "$tpid" 2>/dev/null || true
+        wait "$tpid" 2>/dev/null || true
+        cp "$out/console.log" "$out/console-$attempt.log" 2>/dev/null || true
+        verdict="$(l1_verdict "$out")"
+        say "L1 run $attempt: $verdict ($(($(date +%s) - t0)) s, qemu status $rc)"
+        [ "$verdict" = ok ] && break
+        env_failures=$((env_failures + 1))
+        # The test running when L1 failed is retried too: its result is not a verdict on petrel.
+        if [ -f "$out/results.started" ]; then
+            last="$(tail -n 1 "$out/results.started" | cut -d' ' -f2)"
+            sed -i "/^$last /d" "$out/results"
+        fi
+    done
+fi
+
+passed=0 failed=0 skipped=0
+while read -r _exe name; do
+    line="$(grep "^$name " "$out/results" | tail -n 1 || true)"
+    verdict="$(echo "$line" | cut -d' ' -f2)"
+    case "$verdict" in
+    ok) passed=$((passed + 1)) ;;
+    skipped) skipped=$((skipped + 1)) ;;
+    FAILED)
+        failed=$((failed + 1))
+        say "FAILED $name ($out/logs/$name.log); its last lines:"
+        tail -n 25 "$out/logs/$name.log" | sed 's/^/    /' >&2
+        ;;
+    *)
+        failed=$((failed + 1))
+        say "FAILED $name: no result (the environment failed twice: $(l1_verdict "$out"))"
+        ;;
+    esac
+done <"$out/plan"
+
+say "results ($where):"
+while read -r _exe name; do
+    line="$(grep "^$name " "$out/results" | tail -n 1 || echo "$name none -")"
+    set -- $line
+    printf 'linux-tests:   %-44s %-8s %ss\n' "$1" "$2" "${3:-?}" >&2
+done <"$out/plan"
+if [ -s "$out/skips" ]; then
+    say "skipped:"
+    sed 's/^/linux-tests:   /' "$out/skips" >&2
+fi
+say "environment failures (L1 retried): $env_failures"
+if [ -n "$summary" ]; then
+    { echo "$passed $failed $skipped $env_failures"; cat "$out/skips"; } >"$summary"
+fi
+if [ "$failed" = 0 ] && [ -z "$keep" ]; then rm -rf "$out"; else say "logs kept in $out"; fi
+echo "linux: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]
