@@ -10,7 +10,9 @@
 //!   default value (absent and `null` always count as default); any other value is an error
 //!   `FIELD: not supported …` naming the field path, e.g. `memory.hugepages`;
 //! - [`Rule::Renamed`]: an enum whose Cloud Hypervisor spellings map to petrel's
-//!   (serial `Null` → `Off`; `Pty` and `Socket` are not supported).
+//!   (serial `Null` → `Off`; `Pty` and `Socket` are not supported);
+//! - [`Rule::PciLayout`]: PCI segment numbers, which shape a layout petrel does not have
+//!   yet: any unsigned integer, no effect.
 //!
 //! A field in no table is an error `FIELD: unknown field 'x' in PARENT`. After the walk the
 //! body holds only petrel's fields and is deserialized into petrel's types, whose own checks
@@ -42,6 +44,9 @@ pub enum Rule {
     /// Modelled, spelled differently: Cloud Hypervisor's string → petrel's, or `None` when
     /// petrel does not support that value.
     Renamed(&'static [(&'static str, Option<&'static str>)]),
+    /// Shapes only the PCI layout (segment numbers), which petrel does not have yet: any
+    /// unsigned integer is accepted and has no effect (devices are virtio-mmio).
+    PciLayout,
 }
 
 /// A default value in the table.
@@ -73,7 +78,7 @@ const NULL: Rule = Rule::Default(&[]);
 const NO_LIST: Rule = Rule::Default(&[Dv::EmptyList]);
 const FALSE: Rule = Rule::Default(&[Dv::Bool(false)]);
 const TRUE: Rule = Rule::Default(&[Dv::Bool(true)]);
-const SEGMENT_0: Rule = Rule::Default(&[Dv::U64(0)]);
+const SEGMENT: Rule = Rule::PciLayout;
 
 /// `VmConfig`: the body of `vm.create`.
 pub static VM_CONFIG: Schema = Schema {
@@ -216,7 +221,7 @@ pub static DISK: Schema = Schema {
         ("rate_limit_group", NULL),
         ("disable_io_uring", FALSE),
         ("disable_aio", FALSE),
-        ("pci_segment", SEGMENT_0),
+        ("pci_segment", SEGMENT),
         ("pci_device_id", NULL),
         ("queue_affinity", NO_LIST),
         ("backing_files", FALSE),
@@ -253,7 +258,7 @@ pub static NET: Schema = Schema {
         ("vhost_user", FALSE),
         ("vhost_socket", NULL),
         ("vhost_mode", Rule::Default(&[Dv::Str("Client")])),
-        ("pci_segment", SEGMENT_0),
+        ("pci_segment", SEGMENT),
         ("pci_device_id", NULL),
         ("offload_tso", TRUE),
         ("offload_ufo", TRUE),
@@ -267,7 +272,7 @@ static RNG: Schema = Schema {
         ("src", Rule::Petrel),
         ("iommu", FALSE),
         ("id", NULL),
-        ("pci_segment", SEGMENT_0),
+        ("pci_segment", SEGMENT),
         ("pci_device_id", NULL),
     ],
 };
@@ -281,7 +286,7 @@ static BALLOON: Schema = Schema {
         ("free_page_reporting", FALSE),
         ("iommu", FALSE),
         ("id", NULL),
-        ("pci_segment", SEGMENT_0),
+        ("pci_segment", SEGMENT),
         ("pci_device_id", NULL),
     ],
 };
@@ -294,7 +299,7 @@ pub static VSOCK: Schema = Schema {
         ("socket", Rule::Petrel),
         ("id", Rule::Petrel),
         ("iommu", FALSE),
-        ("pci_segment", SEGMENT_0),
+        ("pci_segment", SEGMENT),
         ("pci_device_id", NULL),
     ],
 };
@@ -330,7 +335,7 @@ static CONSOLE: Schema = Schema {
         ("socket", NULL),
         ("iommu", FALSE),
         ("id", NULL),
-        ("pci_segment", SEGMENT_0),
+        ("pci_segment", SEGMENT),
         ("pci_device_id", NULL),
     ],
 };
@@ -348,7 +353,7 @@ static PLATFORM: Schema = Schema {
     name: "PlatformConfig",
     fields: &[
         ("virtio_mmio_cmdline", Rule::Petrel),
-        ("num_pci_segments", Rule::Default(&[Dv::U64(1)])),
+        ("num_pci_segments", Rule::PciLayout),
         ("iommu_segments", NO_LIST),
         ("iommu_address_width_bits", Rule::Default(&[Dv::U64(64)])),
         ("serial_number", NULL),
@@ -592,6 +597,12 @@ fn walk(m: &mut Map<String, Value>, schema: &Schema, path: &str) -> Result<(), C
                         &field,
                         format!("not supported (petrel accepts only {})", describe(accepted)),
                     ));
+                }
+                m.remove(&key);
+            }
+            Rule::PciLayout => {
+                if value.as_u64().is_none() {
+                    return Err(ConfigError::new(&field, "expected an unsigned integer"));
                 }
                 m.remove(&key);
             }

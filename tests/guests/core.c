@@ -34,6 +34,7 @@ enum action {
 	ACT_VIRTIO_RNG,
 	ACT_VIRTIO_NET,
 	ACT_VIRTIO_VSOCK,
+	ACT_VSOCK_LISTEN,
 	ACT_BENCH_BLK,
 	ACT_BENCH_RNG,
 	ACT_BENCH_NET,
@@ -333,6 +334,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_VIRTIO_NET;
 			else if (token_is(v, vl, "virtio-vsock"))
 				o->action = ACT_VIRTIO_VSOCK;
+			else if (token_is(v, vl, "vsock-listen"))
+				o->action = ACT_VSOCK_LISTEN;
 			else if (token_is(v, vl, "bench-blk"))
 				o->action = ACT_BENCH_BLK;
 			else if (token_is(v, vl, "bench-rng"))
@@ -473,9 +476,11 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 	case ACT_VIRTIO_RNG:
 	case ACT_VIRTIO_NET:
 	case ACT_VIRTIO_VSOCK:
+	case ACT_VSOCK_LISTEN:
 		virtio_action(o->action == ACT_VIRTIO_BLK     ? VIRTIO_DEV_BLK
 			      : o->action == ACT_VIRTIO_NET   ? VIRTIO_DEV_NET
 			      : o->action == ACT_VIRTIO_VSOCK ? VIRTIO_DEV_VSOCK
+			      : o->action == ACT_VSOCK_LISTEN ? VIRTIO_ACT_VSOCK_LISTEN
 							      : VIRTIO_DEV_RNG,
 			      get_cmdline());
 		printk("PETREL-GUEST: poweroff\n");

@@ -540,6 +540,8 @@ void virtio_action(int which, const char *cmdline)
 		virtio_net();
 	else if (which == VIRTIO_DEV_VSOCK)
 		virtio_vsock();
+	else if (which == VIRTIO_ACT_VSOCK_LISTEN)
+		virtio_vsock_listen();
 	else
 		virtio_rng();
 	printk("VIRTIO: done\n");

@@ -8,6 +8,11 @@
  * for the host's RST. Output: `VIRTIO: vsock cid=<n>`, `VIRTIO: vsock connected`,
  * `VIRTIO: vsock reply <line>`, `VIRTIO: vsock closed`; failures print
  * `VIRTIO: error vsock …`. Packets are a 44-byte header and the payload in one buffer.
+ *
+ * `action=vsock-listen` turns it around, as a Kata agent does: after the same set-up it
+ * prints `VIRTIO: vsock listening port=1024`, waits for the host's REQUEST to port 1024
+ * (what a hybrid-vsock `CONNECT 1024` makes), answers RESPONSE (`VIRTIO: vsock accepted
+ * port=<host port>`), then the same exchange: hello, a reply line, SHUTDOWN, RST.
  */
 #include "virtio.h"
 
@@ -16,6 +21,7 @@
 #define HOST_CID 2
 #define HOST_PORT 5001
 #define GUEST_PORT 50123
+#define LISTEN_PORT 1024
 #define TYPE_STREAM 1
 #define OP_REQUEST 1
 #define OP_RESPONSE 2
@@ -55,6 +61,10 @@ static u32 nrx;
 static u32 fwd_cnt;
 /* The host's credit from its RESPONSE. */
 static u32 peer_buf_alloc, peer_fwd_cnt;
+/* The connection's ports; while `listening`, a REQUEST to conn_guest_port from any host
+ * port is ours and sets conn_host_port. */
+static u32 conn_host_port = HOST_PORT, conn_guest_port = GUEST_PORT;
+static int listening;
 
 /* Sends one packet of the connection; `len` payload bytes from `data`. 0 once used. */
 static int vsock_send(u16 op, u32 flags, const void *data, u32 len)
@@ -63,8 +73,8 @@ static int vsock_send(u16 op, u32 flags, const void *data, u32 len)
 	memset(h, 0, sizeof(*h));
 	h->src_cid = guest_cid;
 	h->dst_cid = HOST_CID;
-	h->src_port = GUEST_PORT;
-	h->dst_port = HOST_PORT;
+	h->src_port = conn_guest_port;
+	h->dst_port = conn_host_port;
 	h->len = len;
 	h->type = TYPE_STREAM;
 	h->op = op;
@@ -102,8 +112,10 @@ static int vsock_recv(struct vsock_hdr *h, u8 *data, u32 max, const char *what)
 		int ours = 0;
 		if (len >= VSOCK_HDR) {
 			memcpy(h, vs.rxbuf[id], VSOCK_HDR);
-			ours = h->src_cid == HOST_CID && h->src_port == HOST_PORT &&
-			       h->dst_cid == guest_cid && h->dst_port == GUEST_PORT;
+			ours = h->src_cid == HOST_CID && h->dst_cid == guest_cid &&
+			       h->dst_port == conn_guest_port &&
+			       (h->src_port == conn_host_port ||
+				(listening && h->op == OP_REQUEST));
 			u32 n = h->len;
 			if (n > len - VSOCK_HDR)
 				n = len - VSOCK_HDR;
@@ -213,7 +225,8 @@ static void vsock_talk(void)
 	vsock_close();
 }
 
-int vsock_open(struct vdev *d, struct vsock_conn *c)
+/* Negotiates, sets up the queues and RX buffers, reads the CID; 0, or -1 (printed). */
+static int vsock_setup(struct vdev *d)
 {
 	if (dev_negotiate(d, VSOCK_F_STREAM, "vsock"))
 		return -1;
@@ -242,7 +255,14 @@ int vsock_open(struct vdev *d, struct vsock_conn *c)
 		vq_post(&evq, (u16)i);
 	}
 	fwd_cnt = 0;
-	if (vsock_connect())
+	return 0;
+}
+
+int vsock_open(struct vdev *d, struct vsock_conn *c)
+{
+	conn_host_port = HOST_PORT;
+	conn_guest_port = GUEST_PORT;
+	if (vsock_setup(d) || vsock_connect())
 		return -1;
 	c->rx = &rxq;
 	c->tx = &txq;
@@ -252,8 +272,8 @@ int vsock_open(struct vdev *d, struct vsock_conn *c)
 	memset(&c->hdr, 0, sizeof(c->hdr));
 	c->hdr.src_cid = guest_cid;
 	c->hdr.dst_cid = HOST_CID;
-	c->hdr.src_port = GUEST_PORT;
-	c->hdr.dst_port = HOST_PORT;
+	c->hdr.src_port = conn_guest_port;
+	c->hdr.dst_port = conn_host_port;
 	c->hdr.type = TYPE_STREAM;
 	c->hdr.op = OP_RW;
 	c->hdr.buf_alloc = REPLY_MAX;
@@ -272,5 +292,42 @@ void virtio_vsock(void)
 	struct vsock_conn c;
 	if (!vsock_open(d, &c))
 		vsock_talk();
+	dev_reset(d);
+}
+
+void virtio_vsock_listen(void)
+{
+	struct vdev *d = virtio_find(VIRTIO_DEV_VSOCK);
+	if (!d) {
+		printk("VIRTIO: error no virtio-vsock device\n");
+		return;
+	}
+	conn_guest_port = LISTEN_PORT;
+	conn_host_port = 0;
+	if (vsock_setup(d)) {
+		dev_reset(d);
+		return;
+	}
+	printk("VIRTIO: vsock listening port=%u\n", LISTEN_PORT);
+	listening = 1;
+	struct vsock_hdr h;
+	u8 scratch[RX_BUF];
+	for (;;) {
+		if (vsock_recv(&h, scratch, sizeof(scratch), "vsock request")) {
+			listening = 0;
+			dev_reset(d);
+			return;
+		}
+		if (h.op == OP_REQUEST)
+			break;
+	}
+	listening = 0;
+	conn_host_port = h.src_port;
+	peer_buf_alloc = h.buf_alloc;
+	peer_fwd_cnt = h.fwd_cnt;
+	if (!vsock_send(OP_RESPONSE, 0, 0, 0)) {
+		printk("VIRTIO: vsock accepted port=%u\n", conn_host_port);
+		vsock_talk();
+	}
 	dev_reset(d);
 }

@@ -249,6 +249,15 @@ fn add_disk(vmm: &mut Vmm, req: &Request) -> Response {
 }
 
 fn add_net(vmm: &mut Vmm, mut req: Request) -> Response {
+    // With a tap fd the host side is the caller's: Kata's `ip`/`mask` (the address Cloud
+    // Hypervisor would give a tap it creates) do not apply and are ignored.
+    if !req.fds.is_empty() {
+        if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(&req.body) {
+            m.remove("ip");
+            m.remove("mask");
+            req.body = serde_json::Value::Object(m).to_string().into_bytes();
+        }
+    }
     let mut net = match parse(&req, "vm.add-net", compat::net_config_from_ch) {
         Ok(n) => n,
         Err(e) => return error(e),
