@@ -80,6 +80,36 @@ const FALSE: Rule = Rule::Default(&[Dv::Bool(false)]);
 const TRUE: Rule = Rule::Default(&[Dv::Bool(true)]);
 const SEGMENT: Rule = Rule::PciLayout;
 
+/// What petrel lacks for some of the fields it accepts only at their defaults, added to the
+/// refusal so that the caller learns why.
+const MISSING: &[(&str, &str)] = &[
+    (
+        "fs",
+        "virtio-fs needs vhost-user, which petrel does not have yet",
+    ),
+    ("pmem", "petrel has no virtio-pmem device yet"),
+    (
+        "devices",
+        "VFIO passthrough needs PCI, which petrel does not have yet",
+    ),
+    (
+        "user_devices",
+        "vfio-user devices need PCI, which petrel does not have yet",
+    ),
+    ("vdpa", "petrel has no vDPA support yet"),
+    ("generic_vhost_user", "petrel has no vhost-user yet"),
+    ("numa", "petrel presents one NUMA node"),
+    (
+        "memory.hugepages",
+        "petrel maps guest RAM with normal pages (memory.thp asks for transparent huge pages)",
+    ),
+    ("memory.zones", "petrel has no memory zones yet"),
+    (
+        "memory.hotplug_method",
+        "petrel has no memory hotplug yet (hotplug_size is recorded)",
+    ),
+];
+
 /// `VmConfig`: the body of `vm.create`.
 pub static VM_CONFIG: Schema = Schema {
     name: "VmConfig",
@@ -593,9 +623,17 @@ fn walk(m: &mut Map<String, Value>, schema: &Schema, path: &str) -> Result<(), C
             }
             Rule::Default(accepted) => {
                 if !is_default(value, accepted, &field)? {
+                    let why = MISSING
+                        .iter()
+                        .find(|(name, _)| *name == field)
+                        .map(|(_, why)| format!(": {why}"))
+                        .unwrap_or_default();
                     return Err(ConfigError::new(
                         &field,
-                        format!("not supported (petrel accepts only {})", describe(accepted)),
+                        format!(
+                            "not supported (petrel accepts only {}){why}",
+                            describe(accepted)
+                        ),
                     ));
                 }
                 m.remove(&key);
