@@ -3,6 +3,8 @@
 //! document (docs/api/petrel-vmm.yaml) agrees with the compatibility table and the server's
 //! routes.
 
+mod yaml_subset;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +18,7 @@ use api::{
     VmConfig, VsockConfig,
 };
 use serde_json::{json, Value};
+use yaml_subset::yaml;
 
 /// A VmConfig as Kata's generated client or `ch-remote create` sends it: every optional
 /// field present with Cloud Hypervisor's default.
@@ -461,111 +464,6 @@ fn table_is_well_formed() {
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Parses the subset of YAML the document is written in: block mappings, `[a, b]` lists,
-/// `{}`, one-line scalars (plain, "double" or 'single' quoted), full-line comments.
-fn yaml(text: &str) -> Value {
-    let mut lines: Vec<(usize, &str)> = Vec::new();
-    for l in text.lines() {
-        let (indent, l) = (l.len() - l.trim_start().len(), l.trim());
-        match l.strip_prefix("- ") {
-            // `- key: value` starts a mapping inside a list: split it in two lines.
-            Some(rest) if rest.contains(": ") || rest.ends_with(':') => {
-                lines.extend([(indent, "-"), (indent + 2, rest)]);
-            }
-            _ if !l.is_empty() && !l.starts_with('#') => lines.push((indent, l)),
-            _ => {}
-        }
-    }
-    let mut i = 0;
-    let v = block(&lines, &mut i, 0);
-    assert_eq!(i, lines.len(), "unparsed YAML from line {:?}", lines.get(i));
-    v
-}
-
-fn block(lines: &[(usize, &str)], i: &mut usize, indent: usize) -> Value {
-    let is_item = |l: &str| l == "-" || l.starts_with("- ");
-    if is_item(lines[*i].1) {
-        let mut items = Vec::new();
-        while *i < lines.len() && lines[*i].0 == indent && is_item(lines[*i].1) {
-            let item = lines[*i].1;
-            *i += 1;
-            items.push(match item.strip_prefix("- ") {
-                Some(scalar_item) => scalar(scalar_item),
-                None => block(lines, i, indent + 2),
-            });
-        }
-        return Value::Array(items);
-    }
-    let mut map = serde_json::Map::new();
-    while *i < lines.len() && lines[*i].0 == indent {
-        let line = lines[*i].1;
-        let (key, rest) = match line.split_once(": ") {
-            Some((k, r)) => (k, r.trim()),
-            None => (
-                line.strip_suffix(':')
-                    .unwrap_or_else(|| panic!("bad line {line}")),
-                "",
-            ),
-        };
-        let key = unquote(key);
-        *i += 1;
-        let value = if !rest.is_empty() {
-            scalar(rest)
-        } else if *i < lines.len() && lines[*i].0 > indent {
-            block(lines, i, lines[*i].0)
-        } else if *i < lines.len() && lines[*i].0 == indent && is_item(lines[*i].1) {
-            block(lines, i, indent)
-        } else {
-            Value::Null
-        };
-        assert!(
-            map.insert(key.clone(), value).is_none(),
-            "duplicate key {key}"
-        );
-    }
-    assert!(
-        *i == lines.len() || lines[*i].0 < indent,
-        "bad indent at {:?}",
-        lines[*i]
-    );
-    Value::Object(map)
-}
-
-fn unquote(s: &str) -> String {
-    for q in ['"', '\''] {
-        if s.len() >= 2 && s.starts_with(q) && s.ends_with(q) {
-            return s[1..s.len() - 1].to_string();
-        }
-    }
-    s.to_string()
-}
-
-fn scalar(s: &str) -> Value {
-    if s == "{}" {
-        return json!({});
-    }
-    if let Some(inner) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-        return inner
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(scalar)
-            .collect();
-    }
-    if s.starts_with('"') || s.starts_with('\'') {
-        return Value::String(unquote(s));
-    }
-    match s {
-        "true" => json!(true),
-        "false" => json!(false),
-        "null" | "~" => Value::Null,
-        _ => s
-            .parse::<i64>()
-            .map(Value::from)
-            .unwrap_or_else(|_| Value::String(s.to_string())),
-    }
 }
 
 fn document() -> Value {
