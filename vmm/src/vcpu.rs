@@ -42,6 +42,9 @@ pub struct VcpuShared {
     /// vCPU threads that have installed the kick signal's handler (process-wide once the
     /// first one has): before that, the kick signal's default action would end the process.
     prepared: AtomicUsize,
+    /// vCPU threads of the current boot that are set up and about to enter the guest (each
+    /// thread is named `vcpu<id>` by then, as Kata expects when it lists them).
+    started: AtomicUsize,
     /// The seccomp mode each vCPU thread installs.
     seccomp: SeccompMode,
 }
@@ -57,6 +60,7 @@ impl VcpuShared {
             resume: Condvar::new(),
             parked: AtomicUsize::new(0),
             prepared: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
             seccomp,
         })
     }
@@ -74,6 +78,7 @@ impl VcpuShared {
     /// Readies the shared state for a new boot: no stop or pause request, no stale events.
     pub fn reset_for_boot(&self) {
         self.stop.store(false, Ordering::Release);
+        self.started.store(0, Ordering::Release);
         *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
         self.take_events();
         // Nothing pending reads as EAGAIN, which is fine.
@@ -128,6 +133,7 @@ pub fn run_vcpu(
         return;
     }
     seccomp::selftest_if_requested(ThreadKind::Vcpu);
+    shared.started.fetch_add(1, Ordering::AcqRel);
     while !shared.stop.load(Ordering::Acquire) {
         if shared.is_paused() {
             shared.park_while_paused();
@@ -171,6 +177,26 @@ impl VcpuThread {
         if shared.prepared.load(Ordering::Acquire) > 0 {
             let _ = self.handle.kill(hypervisor::kick_signal());
         }
+    }
+}
+
+/// How long booting waits for every vCPU thread to start.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until every thread of `threads` is set up and entering the guest (or has already
+/// ended, having reported why). `vm.boot` returns after this: its caller then finds the
+/// vCPUs running and their threads named. False if some thread did not start in time.
+pub fn wait_started(threads: &[VcpuThread], shared: &VcpuShared) -> bool {
+    let start = Instant::now();
+    loop {
+        let ended = threads.iter().filter(|t| t.handle.is_finished()).count();
+        if shared.started.load(Ordering::Acquire) + ended >= threads.len() {
+            return true;
+        }
+        if start.elapsed() > START_TIMEOUT {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 

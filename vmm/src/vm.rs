@@ -177,5 +177,8 @@ pub fn boot(
             .map_err(|e| Error::io(format!("spawning the vCPU {id} thread"), e))?;
         threads.push(VcpuThread { id, handle });
     }
+    if !crate::vcpu::wait_started(&threads, &shared) {
+        log::warn!("a vCPU thread did not start within 5 s; boot goes on");
+    }
     Ok(RunningVm { threads, vm })
 }
