@@ -381,9 +381,10 @@ fn resize_and_devices() {
 #[test]
 fn add_net_and_vsock() {
     let fake = Fake::start("net");
+    // A 204 (before boot, as Cloud Hypervisor answers) names the id the request gave.
     assert_eq!(
-        ok(&fake.ctl(&["add-net", "tap=tap1,mac=52:54:00:00:00:02"])),
-        "network interface added\n"
+        ok(&fake.ctl(&["add-net", "tap=tap1,mac=52:54:00:00:00:02,id=eth1"])),
+        "network interface added: eth1\n"
     );
     // fd 0 (stdin, /dev/null here) travels with SCM_RIGHTS.
     assert_eq!(
@@ -401,7 +402,10 @@ fn add_net_and_vsock() {
     assert_eq!(seen.len(), 3, "{seen:?}");
     let body = |i: usize| serde_json::from_str::<Value>(&seen[i].body).unwrap();
     assert_eq!(seen[0].path, "/api/v1/vm.add-net");
-    assert_eq!(body(0), json!({"tap": "tap1", "mac": "52:54:00:00:00:02"}));
+    assert_eq!(
+        body(0),
+        json!({"tap": "tap1", "mac": "52:54:00:00:00:02", "id": "eth1"})
+    );
     assert_eq!(seen[0].fds, 0);
     assert_eq!(body(1), json!({"fds": [0]}));
     assert_eq!(seen[1].fds, 1);

@@ -278,17 +278,20 @@ pub fn execute(api: &Api, command: &Command) -> Result<Outcome> {
         Command::AddDisk(disk) => added(
             put(api, "vm.add-disk", Some(&to_value(disk)?), &[])?,
             "disk",
+            disk.id.as_deref(),
         ),
         Command::AddNet(net) => {
             let fds = borrow_fds(net.fds.as_deref().unwrap_or_default())?;
             added(
                 put(api, "vm.add-net", Some(&to_value(net)?), &fds)?,
                 "network interface",
+                net.id.as_deref(),
             )
         }
         Command::AddVsock(vsock) => added(
             put(api, "vm.add-vsock", Some(&to_value(vsock)?), &[])?,
             "vsock device",
+            vsock.id.as_deref(),
         ),
         Command::RemoveDevice(id) => {
             let reply = put(api, "vm.remove-device", Some(&json!({ "id": id })), &[])?;
@@ -298,11 +301,14 @@ pub fn execute(api: &Api, command: &Command) -> Result<Outcome> {
     Ok(Outcome { json, text })
 }
 
-/// `<what> added` plus the id (and PCI address) the server reported, if any.
-fn added(reply: Option<Value>, what: &str) -> (Option<Value>, String) {
+/// `<what> added` plus the id (and PCI address) the server reported, if any; else the id
+/// the request gave (before boot the server answers 204, as Cloud Hypervisor does).
+fn added(reply: Option<Value>, what: &str, asked: Option<&str>) -> (Option<Value>, String) {
     let mut text = format!("{what} added");
     if let Some(id) = reply.as_ref().and_then(|v| v.get("id")) {
         text.push_str(&format!(": {}", output::scalar(id)));
+    } else if let Some(id) = asked {
+        text.push_str(&format!(": {id}"));
     }
     if let Some(bdf) = reply.as_ref().and_then(|v| v.get("bdf")) {
         text.push_str(&format!(" at {}", output::scalar(bdf)));
