@@ -71,28 +71,41 @@ mod tests {
     use super::*;
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-    /// The `VmFlags` and permissions smaps gives the mapping that starts at `addr`.
-    fn smaps_of(addr: usize) -> (String, String) {
+    /// The smaps entry of the mapping that starts at `addr`: its header line and fields.
+    fn smaps_entry(addr: usize) -> (String, Vec<String>) {
         let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start_of = |line: &str| {
+            let range = line.split(' ').next()?;
+            let (start, _) = range.split_once('-')?;
+            usize::from_str_radix(start, 16).ok()
+        };
         let mut lines = text.lines();
         while let Some(line) = lines.next() {
-            let Some((range, rest)) = line.split_once(' ') else {
-                continue;
-            };
-            let Some((start, _)) = range.split_once('-') else {
-                continue;
-            };
-            if usize::from_str_radix(start, 16) != Ok(addr) {
-                continue;
-            }
-            let perms = rest.split_whitespace().next().unwrap_or("").to_string();
-            for l in lines.by_ref() {
-                if let Some(flags) = l.strip_prefix("VmFlags:") {
-                    return (perms, flags.trim().to_string());
-                }
+            if start_of(line) == Some(addr) {
+                let fields = lines
+                    .by_ref()
+                    .take_while(|l| start_of(l).is_none())
+                    .map(str::to_string)
+                    .collect();
+                return (line.to_string(), fields);
             }
         }
         panic!("no mapping at {addr:#x} in /proc/self/smaps");
+    }
+
+    /// The permissions, `VmFlags` and `Rss` (KiB) of the mapping at `addr`.
+    fn smaps_of(addr: usize) -> (String, String, u64) {
+        let (header, fields) = smaps_entry(addr);
+        let perms = header.split_whitespace().nth(1).unwrap_or("").to_string();
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let rss = field("Rss:").trim_end_matches("kB").trim().parse().unwrap();
+        (perms, field("VmFlags:"), rss)
     }
 
     #[test]
@@ -103,8 +116,9 @@ mod tests {
         };
         let mem = create_memory(&cfg).unwrap();
         let region = mem.iter().next().unwrap();
-        let (perms, flags) = smaps_of(region.as_ptr() as usize);
+        let (perms, flags, rss) = smaps_of(region.as_ptr() as usize);
         assert_eq!(perms, "rw-p", "private by default");
+        assert_eq!(rss, 0, "not faulted in");
         assert!(flags.split(' ').any(|f| f == "hg"), "THP advised: {flags}");
         assert!(!flags.split(' ').any(|f| f == "mg"), "{flags}");
 
@@ -112,7 +126,7 @@ mod tests {
         cfg.mergeable = true;
         let mem = create_memory(&cfg).unwrap();
         let region = mem.iter().next().unwrap();
-        let (_, flags) = smaps_of(region.as_ptr() as usize);
+        let (_, flags, _) = smaps_of(region.as_ptr() as usize);
         assert!(!flags.split(' ').any(|f| f == "hg"), "{flags}");
         assert!(flags.split(' ').any(|f| f == "mg"), "mergeable: {flags}");
 
@@ -121,8 +135,9 @@ mod tests {
         cfg.prefault = true;
         let mem = create_memory(&cfg).unwrap();
         let region = mem.iter().next().unwrap();
-        let (perms, flags) = smaps_of(region.as_ptr() as usize);
+        let (perms, flags, rss) = smaps_of(region.as_ptr() as usize);
         assert_eq!(perms, "rw-s", "shared: {flags}");
+        assert_eq!(rss, 8 << 10, "prefaulted");
         assert_eq!(region.len(), 8 << 20);
     }
 }
