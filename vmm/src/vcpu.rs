@@ -142,16 +142,28 @@ pub fn run_vcpu(
             }
             Ok(VcpuExit::Reset) => VcpuEvent::Reset,
             Ok(VcpuExit::PowerOff) => VcpuEvent::PowerOff,
-            Ok(VcpuExit::TripleFault) => {
-                let rip = vcpu.regs().map(|r| r.rip).unwrap_or(0);
-                VcpuEvent::Failed(format!(
-                    "vCPU {id}: guest triple fault (shutdown) at rip {rip:#x}"
-                ))
-            }
+            Ok(VcpuExit::TripleFault) => VcpuEvent::Failed(triple_fault_message(id, &*vcpu)),
             Err(e) => VcpuEvent::Failed(format!("vCPU {id}: {}", crate::error_chain(&e))),
         };
         shared.report(event);
         return;
+    }
+}
+
+/// What petrel can truly say about a triple fault. On Intel (and PVM) KVM leaves the vCPU
+/// where it faulted, so its rip is named; on AMD SVM, KVM re-initialises the VMCB on a shutdown
+/// intercept, so the registers read afterwards are the reset state (cs f000, rip fff0) and the
+/// faulting rip is lost: the message says so instead of naming a wrong address.
+fn triple_fault_message(id: u32, vcpu: &dyn Vcpu) -> String {
+    let rip = vcpu.regs().map(|r| r.rip).ok();
+    let cs = vcpu.sregs().map(|s| s.cs.selector).ok();
+    match (rip, cs) {
+        (Some(0xfff0), Some(0xf000)) => format!(
+            "vCPU {id}: guest triple fault (shutdown); rip unknown: the hypervisor reset the \
+             vCPU on shutdown"
+        ),
+        (Some(rip), _) => format!("vCPU {id}: guest triple fault (shutdown) at rip {rip:#x}"),
+        (None, _) => format!("vCPU {id}: guest triple fault (shutdown); rip unreadable"),
     }
 }
 
