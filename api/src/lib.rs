@@ -5,10 +5,7 @@
 
 pub mod compat;
 pub mod config;
-pub mod ctl;
-pub mod daemon;
 pub mod devices;
-pub mod http;
 pub mod size;
 
 pub use config::{

@@ -11,7 +11,7 @@ mod petreld_support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use api::http::{Client, Method};
+use petrel_http::{Client, Method};
 use petrel_tests::require_kvm;
 use petreld_support::{guest_config, names, pid_alive, Petreld};
 use serde_json::json;

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use api::http::{Client, Method};
+use petrel_http::{Client, Method};
 use petrel_tests::require_kvm;
 use petreld_support::{guest_config, Petreld};
 use serde_json::{json, Value};

@@ -22,7 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use api::http::Method;
+use petrel_http::Method;
 use openapi::{parse_yaml, Doc};
 use petrel_tests::require_kvm;
 use petreld_support::{guest_config, Petreld};

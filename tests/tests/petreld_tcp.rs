@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::http::{parse_response, Response};
+use petrel_http::{parse_response, Response};
 use petreld_support::{petreld_bin, Petreld};
 use serde_json::json;
 

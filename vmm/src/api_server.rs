@@ -4,7 +4,7 @@
 //! serialized and the API thread never touches the VM.
 
 use api::compat::{self, VmRemoveDevice};
-use api::http::{Request, Response};
+use petrel_http::{Request, Response};
 use api::{ConfigError, RngConfig, SerialConfig, SerialMode, VmConfig};
 use serde_json::json;
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use api::http::SocketSpec;
+use petrel_http::SocketSpec;
 use api::{
     parse_size, BalloonConfig, ConfigError, DiskConfig, NetConfig, RngConfig, SerialMode, VmConfig,
     VsockConfig,

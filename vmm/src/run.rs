@@ -9,7 +9,7 @@ use hypervisor::Request;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
-use api::http::{Exchange, Forwarder, Server, ServerConfig, SocketSpec};
+use petrel_http::{Exchange, Forwarder, Server, ServerConfig, SocketSpec};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api_server;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::http::{Client, Method, Response};
+use petrel_http::{Client, Method, Response};
 use petrel_tests::{guest_image, petrel_bin, GuestKind};
 use serde_json::{json, Value};
 

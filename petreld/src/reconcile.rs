@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http::Client;
+use petrel_http::Client;
 
 use super::launcher::{self, VmDir};
 use super::model::{DesiredState, ObservedState, VmRecord};

@@ -488,7 +488,7 @@ mod tests {
             labels: [("tier".to_string(), "web".to_string())].into(),
             desired_state: DesiredState::Stopped,
             state: ObservedState::Created,
-            config: crate::VmConfig::new("/k".into()),
+            config: api::VmConfig::new("/k".into()),
             template: None,
             hypervisor_requested: HypervisorRequest::Auto,
             hypervisor: "kvm".into(),

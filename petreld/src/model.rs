@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::VmConfig;
+use api::VmConfig;
 
 use super::net::{ManagedNet, NetRequest};
 

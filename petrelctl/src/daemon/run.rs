@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use crate::daemon::model::merge_patch;
-use crate::http::Method;
+use petreld::model::merge_patch;
+use petrel_http::Method;
 
 use super::super::transport::Api;
 use super::super::{CtlError, Outcome, Result};
@@ -345,7 +345,7 @@ pub fn template_request(file: &Path, name: Option<&str>) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::model::RestartPolicy;
+    use petreld::model::RestartPolicy;
 
     #[test]
     fn encodes_and_patches() {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::http::Method;
-use crate::{parse_size, ConfigError, DiskConfig, NetConfig, VmConfig, VsockConfig};
+use petrel_http::Method;
+use api::{parse_size, ConfigError, DiskConfig, NetConfig, VmConfig, VsockConfig};
 
 use super::output;
 use super::transport::Api;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http::Method;
-use crate::VmConfig;
+use petrel_http::Method;
+use api::VmConfig;
 
 use super::cgroup;
 use super::host::{Allocation, Host, Limits};

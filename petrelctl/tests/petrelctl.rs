@@ -1,4 +1,4 @@
-//! The real `petrelctl` binary against a fake per-VM API server (api::http::Server) that
+//! The real `petrelctl` binary against a fake per-VM API server (petrel_http::Server) that
 //! answers with canned JSON and records every request.
 
 use std::collections::HashMap;
@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use api::http::{Method, Request, Response, Server, ServerConfig};
+use petrel_http::{Method, Request, Response, Server, ServerConfig};
 use serde_json::{json, Value};
 
 /// A request as the fake server saw it.

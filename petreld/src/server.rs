@@ -10,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::http::{self, Listener, Server, ServerConfig};
+use petrel_http::{self as http, Listener, Server, ServerConfig};
 
 use super::config::{self, Command, DaemonConfig};
 use super::store::Store;

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::daemon::model::{HypervisorRequest, RestartPolicy};
+use petreld::model::{HypervisorRequest, RestartPolicy};
 
 use super::{CtlError, Result};
 

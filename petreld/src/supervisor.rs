@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::http::Client;
+use petrel_http::Client;
 
 use super::model::ObservedState;
 use super::process::{self, ProcessId};

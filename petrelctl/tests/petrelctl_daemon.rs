@@ -4,7 +4,7 @@
 //! the host and the feature gates; errors (server messages with exit status 1, bad command
 //! lines with 2).
 //!
-//! Needs `petrel` next to `petreld` (`cargo build -p vmm -p petrel-tests`) or `$PETREL_BIN`,
+//! Needs `petreld` and `petrel` next to `petrelctl` (`cargo build -p petreld -p vmm -p petrel-tests`) or `$PETREL_BIN`,
 //! and the test guest (built by `build-test-guest` next to them, or `$PETREL_TEST_GUEST`);
 //! skipped with a message when they or /dev/kvm are missing.
 
@@ -14,16 +14,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// `$PETRELD_BIN` when set, else `petreld` next to `petrelctl` (built by `cargo build -p petreld`).
 fn petreld_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_petreld"))
+    match std::env::var_os("PETRELD_BIN").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_petrelctl")).with_file_name("petreld"),
+    }
 }
 
-/// `$VAR` when set, else `name` next to petreld, when it is a file.
+/// `$VAR` when set, else `name` next to petrelctl, when it is a file.
 fn sibling(var: &str, name: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    let p = petreld_bin().with_file_name(name);
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_petrelctl")).with_file_name(name);
     p.is_file().then_some(p)
 }
 
@@ -52,6 +56,9 @@ fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
         .open("/dev/kvm");
     if kvm.is_err() {
         return Err("/dev/kvm not available".into());
+    }
+    if !petreld_bin().is_file() {
+        return Err("petreld not built (cargo build -p petreld) and $PETRELD_BIN not set".into());
     }
     let petrel = sibling("PETREL_BIN", "petrel")
         .ok_or("petrel not built (cargo build -p vmm) and $PETREL_BIN not set")?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::http::{Method, Request, Response};
+use petrel_http::{Method, Request, Response};
 
 use super::config::{BearerToken, FEATURE_GATES};
 use super::launcher::{self, VmDir};

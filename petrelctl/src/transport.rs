@@ -7,7 +7,7 @@ use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::http::{reason_phrase, Client, Error, Method, Response};
+use petrel_http::{reason_phrase, Client, Error, Method, Response};
 
 use super::{CtlError, Result};
 

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::http::Client;
+use petrel_http::Client;
 
 use super::model::{ObservedState, VmRecord, OBSERVED_STATES};
 use super::Daemon;

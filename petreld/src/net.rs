@@ -117,7 +117,7 @@ pub fn plan(vm_id: &str, requests: &[NetRequest]) -> Result<Vec<ManagedNet>, Str
         }
         let mac = match &r.mac {
             Some(m) => {
-                crate::parse_mac(m).map_err(|e| format!("net[{i}].mac: {e}"))?;
+                api::parse_mac(m).map_err(|e| format!("net[{i}].mac: {e}"))?;
                 m.to_ascii_lowercase()
             }
             None => stable_mac(vm_id, i),
@@ -258,7 +258,7 @@ mod tests {
         assert_eq!(m, stable_mac("0123456789abcdef", 0));
         assert_ne!(m, stable_mac("0123456789abcdef", 1));
         assert!(m.starts_with("02:"));
-        assert!(crate::parse_mac(&m).is_ok());
+        assert!(api::parse_mac(&m).is_ok());
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! petreld's answers for people: VM and template tables, one VM or template as aligned
-//! fields, the host and the feature gates. Lenient like [`crate::ctl::output`]: a missing
+//! fields, the host and the feature gates. Lenient like [`crate::output`]: a missing
 //! field is shown as `-`, never an error.
 
 use serde_json::Value;
 
-use crate::ctl::output::{bytes, table, Fields};
+use crate::output::{bytes, table, Fields};
 
-pub use crate::ctl::output::scalar;
+pub use crate::output::scalar;
 
 /// A field as text, `-` when absent or null.
 fn field(v: &Value, pointer: &str) -> String {
