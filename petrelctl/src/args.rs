@@ -78,7 +78,7 @@ Exit status: 0 on success, 1 when the request failed, 2 for usage errors.
 ",
         super::daemon::command_help(),
         super::vmm::command_help(),
-        petreld::config::default_socket().display(),
+        api::petreld::default_socket().display(),
         DEFAULT_TIMEOUT.as_secs()
     )
 }
@@ -153,7 +153,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed> {
     let target = match (api_socket, socket) {
         (Some(path), _) => Target::Vmm(path),
         (None, Some(path)) => Target::Daemon(path),
-        (None, None) => Target::Daemon(petreld::config::default_socket()),
+        (None, None) => Target::Daemon(api::petreld::default_socket()),
     };
     if words.is_empty() {
         return Err(CtlError::usage("missing command"));
@@ -275,10 +275,7 @@ mod tests {
             "web",
             "-ojson",
         ]);
-        assert_eq!(
-            inv.target,
-            Target::Daemon(petreld::config::default_socket())
-        );
+        assert_eq!(inv.target, Target::Daemon(api::petreld::default_socket()));
         assert_eq!(inv.timeout, Duration::from_secs(5));
         assert_eq!(inv.output, OutputFormat::Json);
         assert_eq!(inv.words, args(&["vm", "stop", "--timeout", "3", "web"]));

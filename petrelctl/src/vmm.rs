@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use petrel_http::Method;
 use api::{parse_size, ConfigError, DiskConfig, NetConfig, VmConfig, VsockConfig};
+use petrel_http::Method;
 
 use super::output;
 use super::transport::Api;

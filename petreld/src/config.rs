@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use api::petreld::default_socket;
+
 /// Feature gates petreld knows: name, stage, default, description.
 pub const FEATURE_GATES: &[(&str, &str, bool, &str)] = &[(
     "mshv",
@@ -218,20 +220,6 @@ fn home_dir(rest: &str) -> PathBuf {
     env_dir("HOME")
         .unwrap_or_else(|| PathBuf::from("/tmp"))
         .join(rest)
-}
-
-/// Default socket path.
-pub fn default_socket() -> PathBuf {
-    if is_root() {
-        return PathBuf::from("/run/petrel/petreld.sock");
-    }
-    match env_dir("XDG_RUNTIME_DIR") {
-        Some(d) => d.join("petrel/petreld.sock"),
-        // SAFETY: getuid has no preconditions and cannot fail.
-        None => PathBuf::from(format!("/tmp/petrel-{}/petreld.sock", unsafe {
-            libc::getuid()
-        })),
-    }
 }
 
 /// Default state directory.

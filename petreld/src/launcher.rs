@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use petrel_http::{Client, Method, Response};
 use api::{SerialMode, VmConfig};
+use petrel_http::{Client, Method, Response};
 
 use super::cgroup::{self, VmCgroup};
 use super::config::RunAs;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use petrel_http::Method;
 use api::VmConfig;
+use petrel_http::Method;
 
 use super::cgroup;
 use super::host::{Allocation, Host, Limits};

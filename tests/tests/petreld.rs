@@ -3,7 +3,7 @@
 //! petrel (failed, or restarted per policy); a guest that powers itself off; templates,
 //! console, metrics; bad requests answered 4xx with the database unchanged.
 //!
-//! Needs the binaries built first (`cargo build -p api -p vmm`): petreld is found next to
+//! Needs the binaries built first (`cargo build -p petreld -p vmm`): petreld is found next to
 //! petrel, or at `$PETRELD_BIN`.
 
 mod petreld_support;

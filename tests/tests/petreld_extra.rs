@@ -2,7 +2,7 @@
 //! petreld makes for a VM's interfaces (root only), `/v1/events` (server-sent events), and,
 //! as root, petrel's cgroup.
 //!
-//! Needs the binaries built first (`cargo build -p api -p vmm`).
+//! Needs the binaries built first (`cargo build -p petreld -p vmm`).
 
 mod petreld_support;
 

@@ -4,8 +4,8 @@
 //! serialized and the API thread never touches the VM.
 
 use api::compat::{self, VmRemoveDevice};
-use petrel_http::{Request, Response};
 use api::{ConfigError, RngConfig, SerialConfig, SerialMode, VmConfig};
+use petrel_http::{Request, Response};
 use serde_json::json;
 
 use crate::event_loop::EventLoop;

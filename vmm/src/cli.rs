@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use petrel_http::SocketSpec;
 use api::{
     parse_size, BalloonConfig, ConfigError, DiskConfig, NetConfig, RngConfig, SerialMode, VmConfig,
     VsockConfig,
 };
 use hypervisor::Request;
+use petrel_http::SocketSpec;
 
 use crate::run::{run, Options};
 

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use petreld::model::{HypervisorRequest, RestartPolicy};
+use api::petreld::{HypervisorRequest, RestartPolicy};
 
 use super::{CtlError, Result};
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use petreld::model::merge_patch;
+use api::petreld::merge_patch;
 use petrel_http::Method;
 
 use super::super::transport::Api;
@@ -345,7 +345,7 @@ pub fn template_request(file: &Path, name: Option<&str>) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use petreld::model::RestartPolicy;
+    use api::petreld::RestartPolicy;
 
     #[test]
     fn encodes_and_patches() {

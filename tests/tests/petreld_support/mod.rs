@@ -21,7 +21,7 @@ pub fn petreld_bin() -> PathBuf {
     let p = petrel_bin().with_file_name("petreld");
     assert!(
         p.is_file(),
-        "{} not built (cargo build -p api)",
+        "{} not built (cargo build -p petreld)",
         p.display()
     );
     p
