@@ -9,7 +9,7 @@ use petrel_http::{Request, Response};
 use serde_json::json;
 
 use crate::event_loop::EventLoop;
-use crate::vmm::{Next, OpError, VmState, Vmm};
+use crate::lifecycle::{Next, OpError, VmState, Vmm};
 
 /// Every route the server answers: (method, path).
 pub const ROUTES: &[(&str, &str)] = &[

@@ -4,16 +4,16 @@
 
 pub mod api_server;
 pub mod cli;
-pub mod devices;
+pub mod device_manager;
 pub mod event_loop;
+pub mod legacy;
+pub mod lifecycle;
 pub mod logger;
+pub mod machine;
 pub mod run;
 pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
-pub mod virtio;
-pub mod vm;
-pub mod vmm;
 
 /// Errors of the VMM, each naming what failed.
 #[derive(Debug, thiserror::Error)]

@@ -13,12 +13,12 @@ use petrel_http::{Exchange, Forwarder, Server, ServerConfig, SocketSpec};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api_server;
-use crate::devices::{clone_eventfd, LifecycleEvents};
+use crate::legacy::{clone_eventfd, LifecycleEvents};
 use crate::event_loop::{Controller, EventLoop, LoopInputs};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::signals::SignalFd;
 use crate::vcpu::VcpuShared;
-use crate::vmm::{Next, Vmm};
+use crate::lifecycle::{Next, Vmm};
 use crate::{Error, Result};
 
 /// Process-level options besides the VM config.

@@ -73,7 +73,7 @@ impl VirtioDevices {
                 readonly: disk.readonly,
                 direct: disk.direct,
                 id: disk.guest_id().to_string(),
-                rate_limiter: disk.rate_limiter_config.map(crate::virtio::rate_limiter),
+                rate_limiter: disk.rate_limiter_config.map(crate::device_manager::rate_limiter),
             })
             .map_err(|e| Error::Device(format!("disks[{i}] ({}): {e}", disk.path.display())))?;
             let name = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
@@ -159,7 +159,7 @@ impl VirtioDevices {
         }
         let irq = EventFd::new(EFD_NONBLOCK)
             .map_err(|e| Error::io(format!("{name}: creating its interrupt eventfd"), e))?;
-        let transport_irq = crate::devices::clone_eventfd(&irq, "virtio interrupt")?;
+        let transport_irq = crate::legacy::clone_eventfd(&irq, "virtio interrupt")?;
         let transport = MmioTransport::new(mem.clone(), device.clone(), transport_irq)
             .map_err(|e| Error::Device(format!("{name}: {e}")))?;
         self.slots.push(VirtioSlot {

@@ -11,10 +11,10 @@ use api::VmConfig;
 use event_manager::SubscriberId;
 use hypervisor::{Hypervisor, Selection};
 
-use crate::devices::LifecycleEvents;
+use crate::legacy::LifecycleEvents;
 use crate::event_loop::{EventLoop, Outcome};
 use crate::vcpu::{self, VcpuShared};
-use crate::vm::{self, Machine, RunningVm};
+use crate::machine::{self, Machine, RunningVm};
 use crate::{Error, Result};
 
 /// Where the VM is in its life.
@@ -241,7 +241,7 @@ impl Vmm {
         };
         self.events.clear();
         self.shared.reset_for_boot();
-        let running = vm::boot(
+        let running = machine::boot(
             &cfg,
             self.hv.as_ref(),
             &instance.machine,
