@@ -291,32 +291,3 @@ fn remove_device(vmm: &mut Vmm, req: &Request) -> Response {
         Ok(())
     }))
 }
-
-/// The methods the Vmm needs for the API beyond its lifecycle.
-impl Vmm {
-    /// `vm.resize` with `desired_balloon`: sets the balloon target.
-    pub fn set_balloon(&mut self, bytes: u64) -> std::result::Result<(), OpError> {
-        let Some(balloon) = self.machine().and_then(|m| m.virtio.balloon.clone()) else {
-            return Err(OpError::bad(
-                "desired_balloon: the VM has no balloon (or has not been booted)",
-            ));
-        };
-        let mut b = balloon.lock().unwrap_or_else(|e| e.into_inner());
-        b.set_target_mib(bytes >> 20)
-            .map_err(|e| OpError::bad(format!("desired_balloon: {e}")))
-    }
-
-    /// `vm.power-button`: presses the ACPI power button; the guest shuts itself down.
-    pub fn power_button(&mut self) -> std::result::Result<(), OpError> {
-        if !matches!(self.state(), VmState::Running) {
-            return Err(OpError::state("vm.power-button", self.state()));
-        }
-        let Some(machine) = self.machine() else {
-            return Err(OpError::state("vm.power-button", self.state()));
-        };
-        machine.legacy.power_button.press().map_err(|e| OpError {
-            status: 500,
-            message: format!("vm.power-button: {e}"),
-        })
-    }
-}

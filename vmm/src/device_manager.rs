@@ -73,7 +73,9 @@ impl VirtioDevices {
                 readonly: disk.readonly,
                 direct: disk.direct,
                 id: disk.guest_id().to_string(),
-                rate_limiter: disk.rate_limiter_config.map(crate::device_manager::rate_limiter),
+                rate_limiter: disk
+                    .rate_limiter_config
+                    .map(crate::device_manager::rate_limiter),
             })
             .map_err(|e| Error::Device(format!("disks[{i}] ({}): {e}", disk.path.display())))?;
             let name = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));

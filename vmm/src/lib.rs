@@ -10,8 +10,10 @@ pub mod legacy;
 pub mod lifecycle;
 pub mod logger;
 pub mod machine;
+pub mod preflight;
 pub mod run;
 pub mod seccomp;
+pub mod serial_input;
 pub mod signals;
 pub mod vcpu;
 

@@ -11,10 +11,10 @@ use api::VmConfig;
 use event_manager::SubscriberId;
 use hypervisor::{Hypervisor, Selection};
 
-use crate::legacy::LifecycleEvents;
 use crate::event_loop::{EventLoop, Outcome};
-use crate::vcpu::{self, VcpuShared};
+use crate::legacy::LifecycleEvents;
 use crate::machine::{self, Machine, RunningVm};
+use crate::vcpu::{self, VcpuShared};
 use crate::{Error, Result};
 
 /// Where the VM is in its life.
@@ -168,7 +168,7 @@ impl Vmm {
 
     /// Checks a config against this host and hypervisor.
     pub fn check_config(&self, cfg: &VmConfig) -> std::result::Result<(), OpError> {
-        crate::run::preflight(cfg).map_err(|e| OpError::bad(crate::error_chain(&e)))?;
+        crate::preflight::check(cfg).map_err(|e| OpError::bad(crate::error_chain(&e)))?;
         let max = self.hv.max_vcpus();
         if cfg.cpus.boot_vcpus > max {
             return Err(OpError::bad(format!(
@@ -331,6 +331,32 @@ impl Vmm {
         self.kept_fds.clear();
         self.state = VmState::NotCreated;
         Ok(())
+    }
+
+    /// `vm.resize` with `desired_balloon`: sets the balloon target.
+    pub fn set_balloon(&mut self, bytes: u64) -> std::result::Result<(), OpError> {
+        let Some(balloon) = self.machine().and_then(|m| m.virtio.balloon.clone()) else {
+            return Err(OpError::bad(
+                "desired_balloon: the VM has no balloon (or has not been booted)",
+            ));
+        };
+        let mut b = balloon.lock().unwrap_or_else(|e| e.into_inner());
+        b.set_target_mib(bytes >> 20)
+            .map_err(|e| OpError::bad(format!("desired_balloon: {e}")))
+    }
+
+    /// `vm.power-button`: presses the ACPI power button; the guest shuts itself down.
+    pub fn power_button(&mut self) -> std::result::Result<(), OpError> {
+        if !matches!(self.state(), VmState::Running) {
+            return Err(OpError::state("vm.power-button", self.state()));
+        }
+        let Some(machine) = self.machine() else {
+            return Err(OpError::state("vm.power-button", self.state()));
+        };
+        machine.legacy.power_button.press().map_err(|e| OpError {
+            status: 500,
+            message: format!("vm.power-button: {e}"),
+        })
     }
 
     /// Stops everything before the process exits.

@@ -10,9 +10,9 @@ use arch::GuestMemoryMmap;
 use hypervisor::{Hypervisor, IoHandler, Vm};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::device_manager::VirtioDevices;
 use crate::legacy::{LegacyDevices, LifecycleEvents};
 use crate::vcpu::{run_vcpu, VcpuShared, VcpuThread};
-use crate::device_manager::VirtioDevices;
 use crate::{Error, Result};
 
 /// A VM whose vCPUs are running. vCPU threads must be stopped (`vcpu::stop_all`) before the
