@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use api::VmConfig;
 use arch::acpi::VirtioMmioAcpi;
 use arch::layout::{VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_LAST_GSI, VIRTIO_MMIO_START};
-use devices::virtio::balloon::{Balloon, BalloonConfig};
-use devices::virtio::block::{Block, BlockConfig};
-use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, NOTIFY_REG_OFFSET};
-use devices::virtio::net::{format_mac, Net, NetConfig as NetDeviceConfig, TapSource};
+use devices::virtio::balloon::{Balloon, BalloonConfig, BalloonError};
+use devices::virtio::block::{Block, BlockConfig, BlockError};
+use devices::virtio::mmio::{self, MmioTransport, MMIO_WINDOW, NOTIFY_REG_OFFSET};
+use devices::virtio::net::{format_mac, Net, NetConfig as NetDeviceConfig, NetError, TapSource};
 use devices::virtio::rng::Rng;
-use devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig};
+use devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig, VsockError};
 use devices::virtio::{GuestMemoryMmap, VirtioDevice};
 use devices::{Bus, BusDevice};
 
@@ -24,6 +24,43 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::event_loop::Subscriber;
 use crate::{Error, Result};
+
+/// Why a virtio device could not be created or placed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The block device refused its config or image.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The net device refused its config or tap.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// Neither a tap name nor exactly one tap fd.
+    #[error("a tap name or exactly one fd is required")]
+    NetBackend,
+    /// A MAC address that does not parse.
+    #[error("mac: {0}")]
+    Mac(String),
+    /// The vsock device refused its config.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    /// The balloon refused its config.
+    #[error(transparent)]
+    Balloon(#[from] BalloonError),
+    /// The entropy device could not be created.
+    #[error("opening the entropy source")]
+    Rng(#[source] std::io::Error),
+    /// The virtio-mmio transport refused the device.
+    #[error(transparent)]
+    Transport(#[from] mmio::Error),
+    /// Its MMIO window overlaps another device.
+    #[error(transparent)]
+    Bus(#[from] devices::bus::Error),
+}
+
+fn device_error(device: impl Into<String>) -> impl FnOnce(DeviceError) -> Error {
+    let device = device.into();
+    move |source| Error::Device { device, source }
+}
 
 /// One virtio-mmio device.
 pub struct VirtioSlot {
@@ -77,7 +114,7 @@ impl VirtioDevices {
                     .rate_limiter_config
                     .map(crate::device_manager::rate_limiter),
             })
-            .map_err(|e| Error::Device(format!("disks[{i}] ({}): {e}", disk.path.display())))?;
+            .map_err(|e| device_error(format!("disks[{i}] ({})", disk.path.display()))(e.into()))?;
             let name = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
             list.add(name, Arc::new(Mutex::new(block)), mem)?;
         }
@@ -86,18 +123,14 @@ impl VirtioDevices {
             let tap = match (&n.tap, n.fds.as_deref()) {
                 (Some(name), _) => TapSource::Name(name.clone()),
                 (None, Some([fd])) => TapSource::Fd(*fd),
-                _ => {
-                    return Err(Error::Device(format!(
-                        "net[{i}]: a tap name or exactly one fd is required"
-                    )))
-                }
+                _ => return Err(device_error(format!("net[{i}]"))(DeviceError::NetBackend)),
             };
             let mac = n
                 .mac
                 .as_deref()
                 .map(api::parse_mac)
                 .transpose()
-                .map_err(|e| Error::Device(format!("net[{i}].mac: {e}")))?;
+                .map_err(|e| device_error(format!("net[{i}]"))(DeviceError::Mac(e)))?;
             let limiter = n.rate_limiter_config.map(rate_limiter);
             let net = Net::new(NetDeviceConfig {
                 tap,
@@ -106,7 +139,7 @@ impl VirtioDevices {
                 rate_limiter_rx: limiter,
                 rate_limiter_tx: limiter,
             })
-            .map_err(|e| Error::Device(format!("net[{i}]: {e}")))?;
+            .map_err(|e| device_error(format!("net[{i}]"))(e.into()))?;
             log::info!(
                 "{id}: tap {} mac {}",
                 net.tap().name(),
@@ -124,7 +157,7 @@ impl VirtioDevices {
                 },
                 cfg.memory.size,
             )
-            .map_err(|e| Error::Device(format!("balloon: {e}")))?;
+            .map_err(|e| device_error("balloon")(e.into()))?;
             let balloon = Arc::new(Mutex::new(balloon));
             list.balloon = Some(balloon.clone());
             list.add("balloon".into(), balloon, mem)?;
@@ -135,11 +168,11 @@ impl VirtioDevices {
                 uds_path: v.socket.clone(),
                 id: v.id.clone().unwrap_or_else(|| "vsock".into()),
             })
-            .map_err(|e| Error::Device(format!("vsock: {e}")))?;
+            .map_err(|e| device_error("vsock")(e.into()))?;
             list.add("vsock".into(), Arc::new(Mutex::new(vsock)), mem)?;
         }
         if cfg.rng.is_some() {
-            let rng = Rng::new().map_err(|e| Error::Device(format!("rng: {e}")))?;
+            let rng = Rng::new().map_err(|e| device_error("rng")(DeviceError::Rng(e)))?;
             list.add("rng".into(), Arc::new(Mutex::new(rng)), mem)?;
         }
         Ok(list)
@@ -154,16 +187,16 @@ impl VirtioDevices {
         let index = self.slots.len() as u32;
         let gsi = VIRTIO_MMIO_FIRST_GSI + index;
         if gsi > VIRTIO_MMIO_LAST_GSI {
-            return Err(Error::Device(format!(
-                "{name}: too many virtio devices (at most {})",
-                VIRTIO_MMIO_LAST_GSI - VIRTIO_MMIO_FIRST_GSI + 1
-            )));
+            return Err(Error::TooManyDevices {
+                device: name,
+                max: VIRTIO_MMIO_LAST_GSI - VIRTIO_MMIO_FIRST_GSI + 1,
+            });
         }
         let irq = EventFd::new(EFD_NONBLOCK)
             .map_err(|e| Error::io(format!("{name}: creating its interrupt eventfd"), e))?;
         let transport_irq = crate::legacy::clone_eventfd(&irq, "virtio interrupt")?;
         let transport = MmioTransport::new(mem.clone(), device.clone(), transport_irq)
-            .map_err(|e| Error::Device(format!("{name}: {e}")))?;
+            .map_err(|e| device_error(name.clone())(e.into()))?;
         self.slots.push(VirtioSlot {
             name,
             base: VIRTIO_MMIO_START + u64::from(index) * MMIO_WINDOW,
@@ -184,7 +217,7 @@ impl VirtioDevices {
     pub fn add_to_bus(&self, mmio: &mut Bus) -> Result<()> {
         for s in &self.slots {
             mmio.insert(s.transport.clone(), s.base, MMIO_WINDOW)
-                .map_err(|e| Error::Device(format!("{}: {e}", s.name)))?;
+                .map_err(|e| device_error(s.name.clone())(e.into()))?;
         }
         Ok(())
     }
@@ -257,5 +290,84 @@ fn rate_limiter(cfg: api::RateLimiterConfig) -> devices::rate_limiter::RateLimit
     devices::rate_limiter::RateLimiterConfig {
         bandwidth: cfg.bandwidth.map(bucket),
         ops: cfg.ops.map(bucket),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> GuestMemoryMmap {
+        crate::machine::create_memory(16 << 20).unwrap()
+    }
+
+    #[test]
+    fn device_errors_name_the_device_and_the_cause() {
+        let mut cfg = VmConfig::new("/k".into());
+        cfg.net = Some(vec![api::NetConfig {
+            tap: None,
+            fds: None,
+            mac: None,
+            id: None,
+            rate_limiter_config: None,
+        }]);
+        let Err(e) = VirtioDevices::new(&cfg, &memory()) else {
+            panic!("a net device without a tap must be refused");
+        };
+        assert!(matches!(
+            e,
+            Error::Device {
+                source: DeviceError::NetBackend,
+                ..
+            }
+        ));
+        assert_eq!(
+            crate::error_chain(&e),
+            "net[0]: a tap name or exactly one fd is required"
+        );
+
+        let mut cfg = VmConfig::new("/k".into());
+        cfg.disks = Some(vec![
+            api::DiskConfig::parse("path=/nonexistent/petrel.img").unwrap()
+        ]);
+        let Err(e) = VirtioDevices::new(&cfg, &memory()) else {
+            panic!("a missing disk image must be refused");
+        };
+        assert!(matches!(
+            e,
+            Error::Device {
+                source: DeviceError::Block(_),
+                ..
+            }
+        ));
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with("disks[0] (/nonexistent/petrel.img): "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn more_devices_than_gsis_is_its_own_error() {
+        let mut devices = VirtioDevices::default();
+        let mem = memory();
+        let max = VIRTIO_MMIO_LAST_GSI - VIRTIO_MMIO_FIRST_GSI + 1;
+        for i in 0..max {
+            let rng = Rng::new().unwrap();
+            devices
+                .add(format!("rng{i}"), Arc::new(Mutex::new(rng)), &mem)
+                .unwrap();
+        }
+        let e = devices
+            .add(
+                "one-more".into(),
+                Arc::new(Mutex::new(Rng::new().unwrap())),
+                &mem,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::TooManyDevices { device, max: m } if device == "one-more" && *m == max),
+            "{e:?}"
+        );
     }
 }

@@ -14,11 +14,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::serial_input::SerialInput;
 use crate::signals::SignalFd;
-use crate::vcpu::{VcpuEvent, VcpuShared};
+use crate::vcpu::{VcpuEvent, VcpuFailure, VcpuShared};
 use crate::{Error, Result};
 
 /// How a boot of the guest ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
     /// The guest powered off.
     PowerOff,
@@ -27,7 +27,7 @@ pub enum Outcome {
     /// petrel got SIGTERM or SIGINT (the signal number).
     Signal(i32),
     /// A vCPU failed.
-    Failed(String),
+    Failed(VcpuFailure),
 }
 
 const EXIT: u32 = 1;
@@ -74,7 +74,7 @@ impl MutEventSubscriber for Controller {
                     match event {
                         VcpuEvent::PowerOff => self.finish(Outcome::PowerOff),
                         VcpuEvent::Reset => self.finish(Outcome::Reset),
-                        VcpuEvent::Failed(msg) => self.finish(Outcome::Failed(msg)),
+                        VcpuEvent::Failed(failure) => self.finish(Outcome::Failed(failure)),
                     }
                 }
             }
@@ -160,8 +160,8 @@ pub struct EventLoop {
 impl EventLoop {
     /// Creates the loop with its controller and, with `--serial stdout`, the serial input.
     pub fn new(controller: Controller, serial_input: Option<SerialInput>) -> Result<Self> {
-        let mut manager: EventManager<Subscriber> = EventManager::new()
-            .map_err(|e| Error::Guest(format!("cannot create the event loop: {e}")))?;
+        let mut manager: EventManager<Subscriber> =
+            EventManager::new().map_err(Error::EventLoop)?;
         let controller = Arc::new(Mutex::new(controller));
         manager.add_subscriber(controller.clone());
         let serial_input = serial_input.map(|input| Arc::new(Mutex::new(input)));
@@ -210,9 +210,7 @@ impl EventLoop {
     /// Devices are served all along.
     pub fn run_turn(&mut self) -> Result<Turn> {
         loop {
-            self.manager
-                .run()
-                .map_err(|e| Error::Guest(format!("event loop failed: {e}")))?;
+            self.manager.run().map_err(Error::EventLoop)?;
             let mut c = self.controller();
             let turn = Turn {
                 outcome: c.outcome.take(),

@@ -105,10 +105,9 @@ fn serial_output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>> {
             Box::new(File::from(fd))
         }
         SerialMode::File => {
-            let path = cfg
-                .file
-                .as_ref()
-                .ok_or_else(|| Error::Device("serial.file: is required with mode File".into()))?;
+            let path = cfg.file.as_ref().ok_or_else(|| {
+                api::ConfigError::new("serial.file", "is required with mode File")
+            })?;
             let f = File::create(path)
                 .map_err(|e| Error::io(format!("serial file {}", path.display()), e))?;
             Box::new(f)
@@ -209,10 +208,7 @@ impl LegacyDevices {
             ),
         ];
         for (dev, base, len) in entries {
-            buses
-                .pio
-                .insert(dev, base, len)
-                .map_err(|e| Error::Device(e.to_string()))?;
+            buses.pio.insert(dev, base, len)?;
         }
         Ok(buses)
     }

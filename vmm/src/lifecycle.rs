@@ -53,6 +53,14 @@ pub struct OpError {
     pub message: String,
 }
 
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for OpError {}
+
 impl OpError {
     /// The operation is not allowed in `state`.
     pub fn state(op: &str, state: VmState) -> Self {
@@ -224,20 +232,20 @@ impl Vmm {
 
     fn start(&mut self, event_loop: &mut EventLoop) -> Result<()> {
         let Some(cfg) = self.config.clone() else {
-            return Err(Error::Guest("no VM config".into()));
+            return Err(OpError::state("vm.boot", VmState::NotCreated).into());
         };
-        if self.instance.is_none() {
-            let machine = Machine::new(&cfg, crate::logger::start_time(), &self.events)?;
-            let subscribers = event_loop.add_subscribers(machine.virtio.subscribers());
-            event_loop.set_serial(Some(machine.legacy.serial.clone()));
-            self.instance = Some(Instance {
-                machine,
-                subscribers,
-                running: None,
-            });
-        }
-        let Some(instance) = self.instance.as_mut() else {
-            return Err(Error::Guest("no machine".into()));
+        let instance = match &mut self.instance {
+            Some(instance) => instance,
+            slot @ None => {
+                let machine = Machine::new(&cfg, crate::logger::start_time(), &self.events)?;
+                let subscribers = event_loop.add_subscribers(machine.virtio.subscribers());
+                event_loop.set_serial(Some(machine.legacy.serial.clone()));
+                slot.insert(Instance {
+                    machine,
+                    subscribers,
+                    running: None,
+                })
+            }
         };
         self.events.clear();
         self.shared.reset_for_boot();
@@ -397,13 +405,13 @@ impl Vmm {
                 self.state = VmState::Shutdown;
                 self.start(event_loop)?;
             }
-            Outcome::Failed(msg) => {
+            Outcome::Failed(failure) => {
                 self.stop();
                 self.state = VmState::Shutdown;
                 if exit {
-                    return Err(Error::Guest(msg));
+                    return Err(failure.into());
                 }
-                log::error!("VM stopped: {msg}");
+                log::error!("VM stopped: {}", crate::error_chain(&failure));
             }
         }
         Ok(Next::Continue)

@@ -31,10 +31,7 @@ pub fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory {
-        size,
-        reason: e.to_string(),
-    })
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Memory { size, source })
 }
 
 /// Maps every region of `memory` into `vm`.

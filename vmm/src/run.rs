@@ -97,7 +97,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         _ => None,
     };
     let mut event_loop = EventLoop::new(controller, serial_input)?;
-    seccomp::apply(ThreadKind::Vmm, seccomp_mode).map_err(|e| Error::Device(e.to_string()))?;
+    seccomp::apply(ThreadKind::Vmm, seccomp_mode)?;
     seccomp::selftest_if_requested(ThreadKind::Vmm);
     let mut vmm = Vmm::new(
         hv,
@@ -108,10 +108,8 @@ pub fn run(opts: &Options) -> Result<i32> {
         opts.api_socket.is_none(),
     );
     if let Some(cfg) = &opts.config {
-        vmm.create(cfg.clone())
-            .map_err(|e| Error::Guest(e.message))?;
-        vmm.boot(&mut event_loop)
-            .map_err(|e| Error::Guest(e.message))?;
+        vmm.create(cfg.clone())?;
+        vmm.boot(&mut event_loop)?;
     }
     loop {
         let turn = event_loop.run_turn()?;
@@ -167,7 +165,7 @@ fn start_api(
             Server::start_with_init(listener, ServerConfig::default(), forwarder, init)
         }),
     }
-    .map_err(|e| Error::Guest(format!("api socket: {e}")))?;
+    .map_err(Error::ApiSocket)?;
     log::info!("api: listening on {spec:?}");
     Ok((evt, rx, server))
 }

@@ -18,14 +18,54 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 /// What a vCPU thread reports to the event loop when it ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuEvent {
     /// The guest asked for a reset.
     Reset,
     /// The guest asked to power off.
     PowerOff,
-    /// The vCPU failed; the message names the cause and the instruction pointer.
-    Failed(String),
+    /// The vCPU failed.
+    Failed(VcpuFailure),
+}
+
+/// Why a vCPU thread stopped the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuFailure {
+    /// The thread could not be prepared to run the vCPU.
+    #[error("vCPU {id}")]
+    Prepare {
+        /// vCPU index.
+        id: u32,
+        /// Why.
+        #[source]
+        source: hypervisor::Error,
+    },
+    /// The thread's seccomp filter could not be installed.
+    #[error("vCPU {id}")]
+    Seccomp {
+        /// vCPU index.
+        id: u32,
+        /// Why.
+        #[source]
+        source: seccomp::SeccompError,
+    },
+    /// The guest triple-faulted.
+    #[error("vCPU {id}: guest triple fault (shutdown) at rip {rip:#x}")]
+    TripleFault {
+        /// vCPU index.
+        id: u32,
+        /// Instruction pointer (0 if it could not be read).
+        rip: u64,
+    },
+    /// Running the vCPU failed.
+    #[error("vCPU {id}")]
+    Run {
+        /// vCPU index.
+        id: u32,
+        /// Why.
+        #[source]
+        source: hypervisor::Error,
+    },
 }
 
 /// State shared between the vCPU threads and the event loop.
@@ -113,18 +153,12 @@ pub fn run_vcpu(
     shared: Arc<VcpuShared>,
 ) {
     if let Err(e) = vcpu.prepare_thread() {
-        shared.report(VcpuEvent::Failed(format!(
-            "vCPU {id}: {}",
-            crate::error_chain(&e)
-        )));
+        shared.report(VcpuEvent::Failed(VcpuFailure::Prepare { id, source: e }));
         return;
     }
     shared.prepared.fetch_add(1, Ordering::AcqRel);
     if let Err(e) = seccomp::apply(ThreadKind::Vcpu, shared.seccomp) {
-        shared.report(VcpuEvent::Failed(format!(
-            "vCPU {id}: {}",
-            crate::error_chain(&e)
-        )));
+        shared.report(VcpuEvent::Failed(VcpuFailure::Seccomp { id, source: e }));
         return;
     }
     seccomp::selftest_if_requested(ThreadKind::Vcpu);
@@ -144,11 +178,9 @@ pub fn run_vcpu(
             Ok(VcpuExit::PowerOff) => VcpuEvent::PowerOff,
             Ok(VcpuExit::TripleFault) => {
                 let rip = vcpu.regs().map(|r| r.rip).unwrap_or(0);
-                VcpuEvent::Failed(format!(
-                    "vCPU {id}: guest triple fault (shutdown) at rip {rip:#x}"
-                ))
+                VcpuEvent::Failed(VcpuFailure::TripleFault { id, rip })
             }
-            Err(e) => VcpuEvent::Failed(format!("vCPU {id}: {}", crate::error_chain(&e))),
+            Err(e) => VcpuEvent::Failed(VcpuFailure::Run { id, source: e }),
         };
         shared.report(event);
         return;
