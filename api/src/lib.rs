@@ -9,6 +9,7 @@ pub mod compat;
 pub mod config;
 pub mod devices;
 pub mod petreld;
+pub mod request;
 pub mod size;
 
 pub use config::{

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use api::request::{Endpoint, Verb};
 use api::{parse_size, ConfigError, DiskConfig, NetConfig, VmConfig, VsockConfig};
 use petrel_http::Method;
 
@@ -20,8 +21,8 @@ use super::{CtlError, Outcome, Result};
 pub struct Action {
     /// The command word.
     pub word: &'static str,
-    /// The API route (`vm.boot`).
-    pub route: &'static str,
+    /// The API endpoint (`vm.boot`).
+    pub endpoint: Endpoint,
     /// What is printed on success.
     pub done: &'static str,
     /// One line of help.
@@ -32,49 +33,49 @@ pub struct Action {
 pub const ACTIONS: &[Action] = &[
     Action {
         word: "boot",
-        route: "vm.boot",
+        endpoint: Endpoint::VmBoot,
         done: "VM booted",
         help: "boot the created VM",
     },
     Action {
         word: "pause",
-        route: "vm.pause",
+        endpoint: Endpoint::VmPause,
         done: "VM paused",
         help: "pause every vCPU",
     },
     Action {
         word: "resume",
-        route: "vm.resume",
+        endpoint: Endpoint::VmResume,
         done: "VM resumed",
         help: "resume a paused VM",
     },
     Action {
         word: "reboot",
-        route: "vm.reboot",
+        endpoint: Endpoint::VmReboot,
         done: "VM rebooted",
         help: "restart the guest with the same config",
     },
     Action {
         word: "power-button",
-        route: "vm.power-button",
+        endpoint: Endpoint::VmPowerButton,
         done: "power button pressed",
         help: "ACPI power button: ask the guest to shut down",
     },
     Action {
         word: "shutdown",
-        route: "vm.shutdown",
+        endpoint: Endpoint::VmShutdown,
         done: "VM shut down",
         help: "stop the VM at once (force)",
     },
     Action {
         word: "delete",
-        route: "vm.delete",
+        endpoint: Endpoint::VmDelete,
         done: "VM deleted",
         help: "delete the VM (the VMM keeps running)",
     },
     Action {
         word: "shutdown-vmm",
-        route: "vmm.shutdown",
+        endpoint: Endpoint::VmmShutdown,
         done: "VMM shutting down",
         help: "end the petrel process",
     },
@@ -203,34 +204,39 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
     Ok(command)
 }
 
-/// `/api/v1/<route>`.
-fn path(route: &str) -> String {
-    format!("/api/v1/{route}")
+/// The HTTP method of `endpoint`'s route.
+fn method(endpoint: Endpoint) -> Method {
+    match endpoint.verb() {
+        Verb::Get => Method::Get,
+        Verb::Put => Method::Put,
+    }
 }
 
-/// `GET route`; the server must answer with JSON.
-fn get(api: &Api, route: &str) -> Result<Value> {
-    api.call(route, Method::Get, &path(route), None, &[])?
-        .json(route)?
-        .ok_or_else(|| CtlError::failed(format!("{route}: empty response")))
+/// `GET endpoint`; the server must answer with JSON.
+fn get(api: &Api, endpoint: Endpoint) -> Result<Value> {
+    let name = endpoint.name();
+    api.call(name, method(endpoint), endpoint.path(), None, &[])?
+        .json(name)?
+        .ok_or_else(|| CtlError::failed(format!("{name}: empty response")))
 }
 
-/// `PUT route` with an optional JSON body; the server's JSON answer, if any.
+/// `PUT endpoint` with an optional JSON body; the server's JSON answer, if any.
 fn put(
     api: &Api,
-    route: &str,
+    endpoint: Endpoint,
     body: Option<&Value>,
     fds: &[BorrowedFd<'_>],
 ) -> Result<Option<Value>> {
     let body = body.map(Value::to_string);
+    let name = endpoint.name();
     api.call(
-        route,
-        Method::Put,
-        &path(route),
+        name,
+        method(endpoint),
+        endpoint.path(),
         body.as_deref().map(str::as_bytes),
         fds,
     )?
-    .json(route)
+    .json(name)
 }
 
 /// Serializes a config for a request body.
@@ -242,56 +248,61 @@ fn to_value(v: &impl serde::Serialize) -> Result<Value> {
 pub fn execute(api: &Api, command: &Command) -> Result<Outcome> {
     let (json, text) = match command {
         Command::Ping => {
-            let v = get(api, "vmm.ping")?;
+            let v = get(api, Endpoint::VmmPing)?;
             let text = output::ping(&v);
             (Some(v), text)
         }
         Command::Info => {
-            let v = get(api, "vm.info")?;
+            let v = get(api, Endpoint::VmInfo)?;
             let text = output::info(&v);
             (Some(v), text)
         }
         Command::Counters => {
-            let v = get(api, "vm.counters")?;
+            let v = get(api, Endpoint::VmCounters)?;
             let text = output::counters(&v);
             (Some(v), text)
         }
         Command::Create(file) => {
             let config = to_value(&load_config(file)?)?;
             (
-                put(api, "vm.create", Some(&config), &[])?,
+                put(api, Endpoint::VmCreate, Some(&config), &[])?,
                 "VM created\n".to_string(),
             )
         }
         Command::Action(action) => (
-            put(api, action.route, None, &[])?,
+            put(api, action.endpoint, None, &[])?,
             format!("{}\n", action.done),
         ),
         Command::Resize(bytes) => {
             let body = json!({ "desired_balloon": bytes });
-            let reply = put(api, "vm.resize", Some(&body), &[])?;
+            let reply = put(api, Endpoint::VmResize, Some(&body), &[])?;
             (
                 reply,
                 format!("balloon target: {}\n", output::bytes(*bytes)),
             )
         }
         Command::AddDisk(disk) => added(
-            put(api, "vm.add-disk", Some(&to_value(disk)?), &[])?,
+            put(api, Endpoint::VmAddDisk, Some(&to_value(disk)?), &[])?,
             "disk",
         ),
         Command::AddNet(net) => {
             let fds = borrow_fds(net.fds.as_deref().unwrap_or_default())?;
             added(
-                put(api, "vm.add-net", Some(&to_value(net)?), &fds)?,
+                put(api, Endpoint::VmAddNet, Some(&to_value(net)?), &fds)?,
                 "network interface",
             )
         }
         Command::AddVsock(vsock) => added(
-            put(api, "vm.add-vsock", Some(&to_value(vsock)?), &[])?,
+            put(api, Endpoint::VmAddVsock, Some(&to_value(vsock)?), &[])?,
             "vsock device",
         ),
         Command::RemoveDevice(id) => {
-            let reply = put(api, "vm.remove-device", Some(&json!({ "id": id })), &[])?;
+            let reply = put(
+                api,
+                Endpoint::VmRemoveDevice,
+                Some(&json!({ "id": id })),
+                &[],
+            )?;
             (reply, format!("device {id} removed\n"))
         }
     };

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use api::request::{Endpoint, Verb};
 use api::{SerialMode, VmConfig};
 use petrel_http::{Client, Method, Response};
 
@@ -266,15 +267,15 @@ fn failure(op: &str, r: &Response) -> String {
     format!("{op}: {} {}", r.status, r.error_message())
 }
 
-/// `method /api/v1/<op>` that must succeed.
-pub fn call(
-    client: &Client,
-    method: Method,
-    op: &str,
-    body: Option<&[u8]>,
-) -> Result<Response, String> {
+/// A request at `endpoint` of petrel's API (its route's method) that must succeed.
+pub fn call(client: &Client, endpoint: Endpoint, body: Option<&[u8]>) -> Result<Response, String> {
+    let op = endpoint.name();
+    let method = match endpoint.verb() {
+        Verb::Get => Method::Get,
+        Verb::Put => Method::Put,
+    };
     let r = client
-        .request(method, &format!("/api/v1/{op}"), body)
+        .request(method, endpoint.path(), body)
         .map_err(|e| format!("{op}: {}", chain(&e)))?;
     if r.is_success() {
         Ok(r)
@@ -286,7 +287,7 @@ pub fn call(
 /// The VM state petrel reports (`Created`, `Running`, …), `None` when it has no VM.
 pub fn vm_state(client: &Client) -> Result<Option<String>, String> {
     let r = client
-        .get("/api/v1/vm.info")
+        .get(Endpoint::VmInfo.path())
         .map_err(|e| format!("vm.info: {}", chain(&e)))?;
     match r.status {
         404 => Ok(None),
@@ -305,7 +306,7 @@ pub fn wait_ping(client: &Client, proc: ProcessId, dir: &VmDir) -> Result<(), St
     let deadline = Instant::now() + PING_TIMEOUT;
     loop {
         let quick = Client::new(client.path()).with_timeout(Duration::from_secs(2));
-        if let Ok(r) = quick.get("/api/v1/vmm.ping") {
+        if let Ok(r) = quick.get(Endpoint::VmmPing.path()) {
             if r.status == 200 {
                 return Ok(());
             }
@@ -342,14 +343,14 @@ pub fn boot(
     let state = vm_state(client)?;
     match state.as_deref() {
         None => {
-            call(client, Method::Put, "vm.create", Some(&body))?;
+            call(client, Endpoint::VmCreate, Some(&body))?;
             for n in nets {
                 add_net(client, n)?;
             }
-            call(client, Method::Put, "vm.boot", None)?;
+            call(client, Endpoint::VmBoot, None)?;
         }
         Some("Created") | Some("Shutdown") => {
-            call(client, Method::Put, "vm.boot", None)?;
+            call(client, Endpoint::VmBoot, None)?;
         }
         _ => {}
     }
@@ -368,7 +369,7 @@ fn add_net(client: &Client, net: &ManagedNet) -> Result<(), String> {
     let r = client
         .request_with_fds(
             Method::Put,
-            "/api/v1/vm.add-net",
+            Endpoint::VmAddNet.path(),
             Some(body.as_bytes()),
             &[fd.as_fd()],
         )
@@ -389,7 +390,7 @@ pub fn stop(client: &Client, proc: ProcessId, timeout: Duration) -> String {
     let state = vm_state(client).ok().flatten();
     let mut reason = "stopped: forced".to_string();
     let graceful = state.as_deref() == Some("Running") && !timeout.is_zero();
-    if graceful && call(client, Method::Put, "vm.power-button", None).is_ok() {
+    if graceful && call(client, Endpoint::VmPowerButton, None).is_ok() {
         let deadline = Instant::now() + timeout;
         reason = format!(
             "stopped: forced after {}s without poweroff",
@@ -403,7 +404,7 @@ pub fn stop(client: &Client, proc: ProcessId, timeout: Duration) -> String {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let _ = call(client, Method::Put, "vmm.shutdown", None);
+    let _ = call(client, Endpoint::VmmShutdown, None);
     let exited = match &pidfd {
         Some(fd) => process::wait_exit(fd, 5000),
         None => !proc.alive(),

@@ -96,7 +96,7 @@ pub fn render(daemon: &Daemon) -> String {
             continue;
         };
         let client = Client::new(&rt.socket).with_timeout(Duration::from_secs(1));
-        let Ok(r) = client.get("/api/v1/vm.counters") else {
+        let Ok(r) = client.get(api::request::Endpoint::VmCounters.path()) else {
             continue;
         };
         let Ok(serde_json::Value::Object(devices)) = r.json_body::<serde_json::Value>() else {

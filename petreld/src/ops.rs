@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::request::Endpoint;
 use api::VmConfig;
-use petrel_http::Method;
 
 use super::cgroup;
 use super::host::{Allocation, Host, Limits};
@@ -331,19 +331,19 @@ impl Daemon {
                 vm.state == ObservedState::Running,
                 DesiredState::Paused,
                 ObservedState::Paused,
-                "vm.pause",
+                Endpoint::VmPause,
             ),
             "resume" => (
                 vm.state == ObservedState::Paused,
                 DesiredState::Running,
                 ObservedState::Running,
-                "vm.resume",
+                Endpoint::VmResume,
             ),
             "reboot" => (
                 matches!(vm.state, ObservedState::Running | ObservedState::Paused),
                 DesiredState::Running,
                 ObservedState::Running,
-                "vm.reboot",
+                Endpoint::VmReboot,
             ),
             other => return Err(ApiError::new(404, format!("no action {other:?}"))),
         };
@@ -354,7 +354,7 @@ impl Daemon {
             )
         })?;
         self.store().modify_vm(&id, |v| v.desired_state = desired)?;
-        launcher::call(&launcher::client(&rt.socket), Method::Put, op, None)
+        launcher::call(&launcher::client(&rt.socket), op, None)
             .map_err(|m| ApiError::new(502, format!("{action} {}: {m}", vm.name)))?;
         Ok(self.store().modify_vm(&id, |v| v.state = after)?)
     }

@@ -85,7 +85,9 @@ enum Outcome {
 fn reattach(daemon: &Arc<Daemon>, vm: &VmRecord, p: ProcessId, dir: &VmDir) -> ApiResult<Outcome> {
     let socket = dir.socket();
     let quick = Client::new(&socket).with_timeout(Duration::from_secs(2));
-    let answers = quick.get("/api/v1/vmm.ping").is_ok_and(|r| r.status == 200);
+    let answers = quick
+        .get(api::request::Endpoint::VmmPing.path())
+        .is_ok_and(|r| r.status == 200);
     if !answers {
         launcher::kill(p);
         let why = format!(

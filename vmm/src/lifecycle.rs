@@ -4,9 +4,10 @@
 //! `Shutdown` (the guest or a caller stopped it; it can be booted again). Every operation
 //! checks the state first and names it when refusing.
 
-use std::fmt;
 use std::sync::Arc;
 
+use api::compat::VmResize;
+use api::request::VmmRequest;
 use api::VmConfig;
 use event_manager::SubscriberId;
 use hypervisor::{Hypervisor, Selection};
@@ -15,90 +16,13 @@ use crate::event_loop::{EventLoop, Outcome};
 use crate::legacy::LifecycleEvents;
 use crate::machine::{self, Machine, RunningVm};
 use crate::vcpu::{self, VcpuShared};
-use crate::{Error, Result};
+use crate::Result;
 
-/// Where the VM is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmState {
-    /// No VM has been created.
-    NotCreated,
-    /// A config is set; not booted yet.
-    Created,
-    /// vCPUs are running.
-    Running,
-    /// vCPUs are parked; devices keep being served.
-    Paused,
-    /// Stopped by the guest or a caller; can be booted again.
-    Shutdown,
-}
+mod reply;
+#[cfg(test)]
+mod tests;
 
-impl fmt::Display for VmState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            VmState::NotCreated => "NotCreated",
-            VmState::Created => "Created",
-            VmState::Running => "Running",
-            VmState::Paused => "Paused",
-            VmState::Shutdown => "Shutdown",
-        })
-    }
-}
-
-/// A refused or failed operation, with the HTTP status the API answers.
-#[derive(Debug)]
-pub struct OpError {
-    /// HTTP status (4xx for the caller's mistakes, 5xx for petrel's).
-    pub status: u16,
-    /// One line saying why.
-    pub message: String,
-}
-
-impl fmt::Display for OpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for OpError {}
-
-impl OpError {
-    /// The operation is not allowed in `state`.
-    pub fn state(op: &str, state: VmState) -> Self {
-        let status = if state == VmState::NotCreated {
-            404
-        } else {
-            409
-        };
-        OpError {
-            status,
-            message: format!("{op}: not allowed while the VM is {state}"),
-        }
-    }
-
-    /// A bad request.
-    pub fn bad(message: impl Into<String>) -> Self {
-        OpError {
-            status: 400,
-            message: message.into(),
-        }
-    }
-
-    fn internal(e: Error) -> Self {
-        OpError {
-            status: 500,
-            message: crate::error_chain(&e),
-        }
-    }
-}
-
-/// What the VMM should do after handling something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    /// Keep running.
-    Continue,
-    /// End the process with this status.
-    Exit(i32),
-}
+pub use reply::{DeviceCounters, ErrorKind, Next, OpError, Reply, VmInfo, VmState};
 
 /// A built VM: its machine (kept across guest reboots) and, while booted, its vCPUs.
 struct Instance {
@@ -176,10 +100,10 @@ impl Vmm {
 
     /// Checks a config against this host and hypervisor.
     pub fn check_config(&self, cfg: &VmConfig) -> std::result::Result<(), OpError> {
-        crate::preflight::check(cfg).map_err(|e| OpError::bad(crate::error_chain(&e)))?;
+        crate::preflight::check(cfg).map_err(|e| OpError::invalid(crate::error_chain(&e)))?;
         let max = self.hv.max_vcpus();
         if cfg.cpus.boot_vcpus > max {
-            return Err(OpError::bad(format!(
+            return Err(OpError::invalid(format!(
                 "cpus.boot_vcpus: {} is more than {} allows ({max})",
                 cfg.cpus.boot_vcpus, self.selection.kind
             )));
@@ -201,16 +125,17 @@ impl Vmm {
     /// Changes the config before boot (`vm.add-*`, `vm.remove-device`).
     pub fn edit_config(
         &mut self,
-        op: &str,
+        op: &'static str,
         edit: impl FnOnce(&mut VmConfig) -> std::result::Result<(), OpError>,
     ) -> std::result::Result<(), OpError> {
         if self.state != VmState::Created {
-            let mut e = OpError::state(op, self.state);
-            if matches!(self.state, VmState::Running | VmState::Paused) {
-                e.message
-                    .push_str(" (hotplug needs virtio-pci, which petrel does not have yet)");
-            }
-            return Err(e);
+            return Err(match self.state {
+                VmState::Running | VmState::Paused => OpError::Hotplug {
+                    op,
+                    state: self.state,
+                },
+                state => OpError::state(op, state),
+            });
         }
         let Some(cfg) = self.config.as_ref() else {
             return Err(OpError::state(op, self.state));
@@ -227,7 +152,8 @@ impl Vmm {
         if !matches!(self.state, VmState::Created | VmState::Shutdown) {
             return Err(OpError::state("vm.boot", self.state));
         }
-        self.start(event_loop).map_err(OpError::internal)
+        self.start(event_loop)
+            .map_err(|e| OpError::Boot(Box::new(e)))
     }
 
     fn start(&mut self, event_loop: &mut EventLoop) -> Result<()> {
@@ -298,7 +224,8 @@ impl Vmm {
         }
         self.stop();
         self.state = VmState::Shutdown;
-        self.start(event_loop).map_err(OpError::internal)
+        self.start(event_loop)
+            .map_err(|e| OpError::Boot(Box::new(e)))
     }
 
     /// `vm.pause`.
@@ -344,13 +271,13 @@ impl Vmm {
     /// `vm.resize` with `desired_balloon`: sets the balloon target.
     pub fn set_balloon(&mut self, bytes: u64) -> std::result::Result<(), OpError> {
         let Some(balloon) = self.machine().and_then(|m| m.virtio.balloon.clone()) else {
-            return Err(OpError::bad(
+            return Err(OpError::invalid(
                 "desired_balloon: the VM has no balloon (or has not been booted)",
             ));
         };
         let mut b = balloon.lock().unwrap_or_else(|e| e.into_inner());
         b.set_target_mib(bytes >> 20)
-            .map_err(|e| OpError::bad(format!("desired_balloon: {e}")))
+            .map_err(|e| OpError::invalid(format!("desired_balloon: {e}")))
     }
 
     /// `vm.power-button`: presses the ACPI power button; the guest shuts itself down.
@@ -361,9 +288,151 @@ impl Vmm {
         let Some(machine) = self.machine() else {
             return Err(OpError::state("vm.power-button", self.state()));
         };
-        machine.legacy.power_button.press().map_err(|e| OpError {
-            status: 500,
-            message: format!("vm.power-button: {e}"),
+        machine
+            .legacy
+            .power_button
+            .press()
+            .map_err(OpError::PowerButton)
+    }
+
+    /// Handles one request of the API (or of the command line).
+    pub fn handle(
+        &mut self,
+        request: VmmRequest,
+        event_loop: &mut EventLoop,
+    ) -> std::result::Result<Reply, OpError> {
+        let done = |()| Reply::Done;
+        match request {
+            VmmRequest::Ping => Ok(Reply::Ping(self.selection.clone())),
+            VmmRequest::ShutdownVmm => {
+                self.teardown();
+                log::info!("exiting: vmm.shutdown");
+                Ok(Reply::Exit(0))
+            }
+            VmmRequest::Create(cfg) => self.create(*cfg).map(done),
+            VmmRequest::Boot => self.boot(event_loop).map(done),
+            VmmRequest::Info => self.info().map(|i| Reply::Info(Box::new(i))),
+            VmmRequest::Pause => self.pause().map(done),
+            VmmRequest::Resume => self.resume().map(done),
+            VmmRequest::Reboot => self.reboot(event_loop).map(done),
+            VmmRequest::Shutdown => self.shutdown().map(done),
+            VmmRequest::PowerButton => self.power_button().map(done),
+            VmmRequest::Delete => self.delete(event_loop).map(done),
+            VmmRequest::Counters => self.counters().map(Reply::Counters),
+            VmmRequest::Resize(r) => self.resize(&r).map(done),
+            VmmRequest::AddDisk(disk) => {
+                let id = disk.id.clone();
+                self.edit_config("vm.add-disk", |cfg| {
+                    cfg.disks.get_or_insert_with(Vec::new).push(disk);
+                    Ok(())
+                })?;
+                Ok(Reply::Added(id))
+            }
+            VmmRequest::AddNet { net, fds } => {
+                let id = net.id.clone();
+                // The fds stay open (owned by the Vmm) only if the device is added; otherwise
+                // dropping them closes them.
+                self.edit_config("vm.add-net", |cfg| {
+                    cfg.net.get_or_insert_with(Vec::new).push(net);
+                    Ok(())
+                })?;
+                self.keep_fds(fds);
+                Ok(Reply::Added(id))
+            }
+            VmmRequest::AddVsock(vsock) => {
+                let id = vsock.id.clone();
+                self.edit_config("vm.add-vsock", |cfg| {
+                    if cfg.vsock.is_some() {
+                        return Err(OpError::invalid(
+                            "vm.add-vsock: the VM already has a vsock device",
+                        ));
+                    }
+                    cfg.vsock = Some(vsock);
+                    Ok(())
+                })?;
+                Ok(Reply::Added(id))
+            }
+            VmmRequest::RemoveDevice(r) => self.remove_device(&r.id).map(done),
+        }
+    }
+
+    /// `vm.info`.
+    pub fn info(&self) -> std::result::Result<VmInfo, OpError> {
+        let Some(cfg) = self.config() else {
+            return Err(OpError::state("vm.info", VmState::NotCreated));
+        };
+        let balloon = self
+            .machine()
+            .and_then(|m| m.virtio.balloon.as_ref())
+            .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).actual_mib() << 20)
+            .unwrap_or(0);
+        Ok(VmInfo {
+            config: cfg.clone(),
+            state: self.state,
+            memory_actual_size: cfg.memory.size.saturating_sub(balloon),
+            hypervisor: self.selection.kind,
+        })
+    }
+
+    /// `vm.counters`: every virtio device's counters (none before the first boot).
+    pub fn counters(&self) -> std::result::Result<Vec<DeviceCounters>, OpError> {
+        if self.config().is_none() {
+            return Err(OpError::state("vm.counters", VmState::NotCreated));
+        }
+        let Some(machine) = self.machine() else {
+            return Ok(Vec::new());
+        };
+        Ok(machine
+            .virtio
+            .slots()
+            .iter()
+            .map(|slot| {
+                let device = slot.device.lock().unwrap_or_else(|e| e.into_inner());
+                (slot.name.clone(), device.counter_values())
+            })
+            .collect())
+    }
+
+    /// `vm.resize`: only the balloon target can change.
+    pub fn resize(&mut self, r: &VmResize) -> std::result::Result<(), OpError> {
+        let Some(cfg) = self.config() else {
+            return Err(OpError::state("vm.resize", VmState::NotCreated));
+        };
+        match r.balloon_target(cfg) {
+            Ok(Some(target)) => self.set_balloon(target),
+            Ok(None) => Ok(()),
+            Err(e) => Err(OpError::invalid(format!("vm.resize: {e}"))),
+        }
+    }
+
+    /// `vm.remove-device`: removes the disk, interface or vsock device with this id.
+    pub fn remove_device(&mut self, id: &str) -> std::result::Result<(), OpError> {
+        self.edit_config("vm.remove-device", |cfg| {
+            let count = |cfg: &VmConfig| {
+                (
+                    cfg.disks.as_ref().map_or(0, Vec::len),
+                    cfg.net.as_ref().map_or(0, Vec::len),
+                    cfg.vsock.is_some(),
+                )
+            };
+            let before = count(cfg);
+            if let Some(d) = cfg.disks.as_mut() {
+                d.retain(|d| d.id.as_deref() != Some(id));
+            }
+            if let Some(n) = cfg.net.as_mut() {
+                n.retain(|n| n.id.as_deref() != Some(id));
+            }
+            if cfg
+                .vsock
+                .as_ref()
+                .is_some_and(|v| v.id.as_deref() == Some(id))
+            {
+                cfg.vsock = None;
+            }
+            if before == count(cfg) {
+                return Err(OpError::NoSuchDevice { id: id.to_string() });
+            }
+            Ok(())
         })
     }
 
