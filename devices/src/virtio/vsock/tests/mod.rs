@@ -18,6 +18,9 @@ use vmm_sys_util::tempdir::TempDir;
 
 use super::packet::{op, Header, HDR_SIZE, SHUTDOWN_BOTH, SHUTDOWN_SEND, TYPE_STREAM};
 use super::*;
+use crate::virtio::test_utils::RecordingInterrupt;
+use crate::virtio::{ActivateContext, GuestMemoryMmap, MAX_CHAINS_PER_TURN};
+use virtio_queue::{Queue, QueueT};
 
 const MEM_SIZE: usize = 0x40_0000;
 const GUEST_CID: u64 = 3;
@@ -27,16 +30,6 @@ const RX_BUF_SIZE: u32 = 4096;
 /// TX packets: 64 KiB + header each from here.
 const TX_BUFS: u64 = 0x20_0000;
 const TX_SLOT: u64 = 0x1_1000;
-
-#[derive(Default)]
-struct RecordingInterrupt(Mutex<Vec<InterruptKind>>);
-
-impl VirtioInterrupt for RecordingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        self.0.lock().unwrap().push(kind);
-        Ok(())
-    }
-}
 
 /// The driver's side of one split queue of [`QUEUE_SIZE`] entries at `base`.
 struct GuestQueue {
