@@ -166,6 +166,26 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     }
 }
 
+/// Defines a device's counters: a struct of `u64` fields (each documented) and `values()`,
+/// every counter with its name, which is what [`VirtioDevice::counter_values`] reports.
+macro_rules! device_counters {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$doc:meta])* $field:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct $name {
+            $($(#[$doc])* pub $field: u64,)*
+        }
+
+        impl $name {
+            /// Every counter with its name.
+            pub fn values(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field)),*]
+            }
+        }
+    };
+}
+pub(crate) use device_counters;
+
 /// Answers a read of a device's configuration space `space` at `offset`: the bytes there,
 /// zeros past its end.
 pub(crate) fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {

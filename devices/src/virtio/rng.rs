@@ -15,8 +15,8 @@ use vm_memory::{Bytes, GuestMemoryBackend};
 
 use crate::virtio::serve::{count_error, Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, DeviceQueues, GuestMemoryMmap, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    device_counters, device_type, ActivateContext, ActivateError, DeviceQueues, GuestMemoryMmap,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Size of the request queue.
@@ -28,16 +28,17 @@ const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
 /// Bytes fetched from getrandom(2) at a time.
 const CHUNK: usize = 4096;
 
-/// What the device has done, for the API.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RngCounters {
-    /// Requests (descriptor chains) served.
-    pub requests: u64,
-    /// Random bytes written to the guest.
-    pub bytes: u64,
-    /// Requests refused (no writable buffer, buffer outside guest memory, getrandom failure)
-    /// and queue errors.
-    pub errors: u64,
+device_counters! {
+    /// What the device has done, for the API.
+    pub struct RngCounters {
+        /// Requests (descriptor chains) served.
+        requests,
+        /// Random bytes written to the guest.
+        bytes,
+        /// Requests refused (no writable buffer, buffer outside guest memory, getrandom failure)
+        /// and queue errors.
+        errors,
+    }
 }
 
 /// Why a request could not be served.
@@ -208,12 +209,7 @@ impl VirtioDevice for Rng {
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counters;
-        vec![
-            ("requests", c.requests),
-            ("bytes", c.bytes),
-            ("errors", c.errors),
-        ]
+        self.counters.values()
     }
 }
 
@@ -238,7 +234,7 @@ mod tests {
     use event_manager::{EventManager, SubscriberOps};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
-    use vm_memory::{Address, GuestAddress};
+    use vm_memory::Address;
 
     use crate::virtio::test_utils::{
         desc, mem, notifications_on, read_guest, used, LateChain, RecordingInterrupt, MEM_SIZE, N,
@@ -417,10 +413,7 @@ mod tests {
     fn unreadable_avail_ring_ends_the_turn() {
         let m = mem();
         let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
-        let avail = MEM_SIZE as u64 - 4; // flags and idx fit, ring[0] does not
-        m.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-        let mut queue: Queue = vq.create_queue().unwrap();
-        queue.set_avail_ring_address(Some(avail as u32), Some(0));
+        let queue = crate::virtio::test_utils::unreadable_avail_queue(&m, &vq);
         let (mut rng, int) = activated_on(&m, queue);
         let mut rounds = 0;
         rng.process_queue_with(|| rounds += 1);

@@ -185,7 +185,7 @@ pub(crate) fn count_error(counter: &mut u64, device: &str, what: fmt::Arguments<
 mod tests {
     use super::*;
     use crate::virtio::test_utils::{aliased_rings_queue, desc, mem, notifications_on, taken};
-    use crate::virtio::test_utils::{LateChain, MEM_SIZE, W};
+    use crate::virtio::test_utils::{unreadable_avail_queue, LateChain, MEM_SIZE, W};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
@@ -222,6 +222,18 @@ mod tests {
         }
     }
 
+    /// A 16-entry queue with `n` one-descriptor chains available, and its eventfd.
+    fn with_chains(
+        m: &GuestMemoryMmap,
+        n: u64,
+    ) -> (MockSplitQueue<'_, GuestMemoryMmap>, Queue, EventFd) {
+        let vq = MockSplitQueue::new(m, 16);
+        let chains: Vec<_> = (0..n).map(|i| desc(BUF + i * 64, 64, W, 0)).collect();
+        vq.add_desc_chains(&chains, 0).unwrap();
+        let queue = vq.create_queue().unwrap();
+        (vq, queue, EventFd::new(EFD_NONBLOCK).unwrap())
+    }
+
     fn serve(
         queue: &mut Queue,
         m: &GuestMemoryMmap,
@@ -235,11 +247,7 @@ mod tests {
     #[test]
     fn serves_every_available_chain_and_leaves_notifications_on() {
         let m = mem();
-        let vq = MockSplitQueue::new(&m, 16);
-        let chains: Vec<_> = (0..3).map(|i| desc(BUF + i * 64, 64, W, 0)).collect();
-        vq.add_desc_chains(&chains, 0).unwrap();
-        let mut queue: Queue = vq.create_queue().unwrap();
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (vq, mut queue, evt) = with_chains(&m, 3);
         let mut rec = Recorder::default();
         let turn = serve(&mut queue, &m, &evt, &mut rec, || {});
         assert_eq!(rec.heads, [0, 1, 2]);
@@ -262,13 +270,10 @@ mod tests {
     fn chain_published_while_notifications_are_off_is_served() {
         for event_idx in [false, true] {
             let m = mem();
-            let vq = MockSplitQueue::new(&m, 16);
-            vq.add_desc_chains(&[desc(BUF, 64, W, 0)], 0).unwrap();
+            let (vq, mut queue, evt) = with_chains(&m, 1);
             let (avail, used) = (vq.avail_addr().0, vq.used_addr().0);
             m.write_obj(0u16, GuestAddress(avail + 2)).unwrap();
-            let mut queue: Queue = vq.create_queue().unwrap();
             queue.set_event_idx(event_idx);
-            let evt = EventFd::new(EFD_NONBLOCK).unwrap();
             let mut rec = Recorder::default();
             let mut late = LateChain::new(&m, avail, used);
             late.check_flag = !event_idx;
@@ -292,9 +297,7 @@ mod tests {
     #[test]
     fn a_round_that_finds_nothing_is_followed_by_one_more() {
         let m = mem();
-        let vq = MockSplitQueue::new(&m, 16);
-        let mut queue: Queue = vq.create_queue().unwrap();
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (_vq, mut queue, evt) = with_chains(&m, 0);
         let mut rounds = 0;
         let turn = serve(&mut queue, &m, &evt, &mut Recorder::default(), || {
             rounds += 1
@@ -308,12 +311,8 @@ mod tests {
     #[test]
     fn two_empty_rounds_end_the_turn() {
         let m = mem();
-        let vq = MockSplitQueue::new(&m, 16);
-        let avail = MEM_SIZE as u64 - 4; // flags and idx fit, ring[0] does not
-        m.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-        let mut queue: Queue = vq.create_queue().unwrap();
-        queue.set_avail_ring_address(Some(avail as u32), Some(0));
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (vq, _, evt) = with_chains(&m, 0);
+        let mut queue = unreadable_avail_queue(&m, &vq);
         let mut rec = Recorder::default();
         let mut rounds = 0;
         let turn = serve(&mut queue, &m, &evt, &mut rec, || rounds += 1);
@@ -351,11 +350,7 @@ mod tests {
     #[test]
     fn later_puts_the_chain_back_and_leaves_notifications_off() {
         let m = mem();
-        let vq = MockSplitQueue::new(&m, 16);
-        let chains: Vec<_> = (0..3).map(|i| desc(BUF + i * 64, 64, W, 0)).collect();
-        vq.add_desc_chains(&chains, 0).unwrap();
-        let mut queue: Queue = vq.create_queue().unwrap();
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (vq, mut queue, evt) = with_chains(&m, 3);
         let mut rec = Recorder {
             script: vec![Disposition::Kept, Disposition::Later],
             ..Default::default()
@@ -379,11 +374,7 @@ mod tests {
     #[test]
     fn can_take_ends_the_turn() {
         let m = mem();
-        let vq = MockSplitQueue::new(&m, 16);
-        let chains: Vec<_> = (0..3).map(|i| desc(BUF + i * 64, 64, W, 0)).collect();
-        vq.add_desc_chains(&chains, 0).unwrap();
-        let mut queue: Queue = vq.create_queue().unwrap();
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (vq, mut queue, evt) = with_chains(&m, 3);
         let mut rec = Recorder {
             limit: Some(2),
             ..Default::default()
@@ -396,12 +387,9 @@ mod tests {
     #[test]
     fn a_used_ring_outside_memory_is_an_error_that_ends_the_turn() {
         let m = mem();
-        let vq = MockSplitQueue::new(&m, 16);
-        vq.add_desc_chains(&[desc(BUF, 64, W, 0)], 0).unwrap();
-        let mut queue: Queue = vq.create_queue().unwrap();
+        let (_vq, mut queue, evt) = with_chains(&m, 1);
         // The used ring's flags fit, its first element does not.
         queue.set_used_ring_address(Some(MEM_SIZE as u32 - 4), Some(0));
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
         let mut rec = Recorder::default();
         let turn = serve(&mut queue, &m, &evt, &mut rec, || {});
         assert_eq!(turn.returned, 0);

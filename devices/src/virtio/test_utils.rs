@@ -118,6 +118,20 @@ impl<'a> LateChain<'a> {
     }
 }
 
+/// A ready queue on `vq`'s descriptor table whose avail ring sits at the very end of `mem`
+/// (as [`mem`] gives it): its flags and index fit, `ring[0]` does not, and the index
+/// announces one chain, which the device can never read.
+pub(crate) fn unreadable_avail_queue(
+    mem: &GuestMemoryMmap,
+    vq: &MockSplitQueue<GuestMemoryMmap>,
+) -> Queue {
+    let avail = MEM_SIZE as u64 - 4;
+    mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+    let mut queue: Queue = vq.create_queue().unwrap();
+    queue.set_avail_ring_address(Some(avail as u32), Some(0));
+    queue
+}
+
 /// The device's available index in [`aliased_rings_queue`] (close to wrapping).
 const ALIASED_NEXT_AVAIL: u16 = 0xfff0;
 

@@ -25,8 +25,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::virtio::serve::{count_error, Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
-    device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues, GuestMemoryMmap,
-    InterruptKind, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
+    GuestMemoryMmap, InterruptKind, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 pub use pages::PAGE_SIZE;
 pub use stats::BalloonStats;
@@ -95,19 +95,20 @@ pub enum BalloonError {
 /// Result of balloon operations.
 pub type Result<T> = std::result::Result<T, BalloonError>;
 
-/// What the device has done, for the API.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BalloonCounters {
-    /// Pages the guest gave up (and the host released).
-    pub inflated_pages: u64,
-    /// Pages the guest took back.
-    pub deflated_pages: u64,
-    /// PFNs outside guest memory, skipped.
-    pub bad_pfns: u64,
-    /// Stats buffers read.
-    pub stats_updates: u64,
-    /// Malformed buffers, failed releases, bad config writes and queue errors.
-    pub errors: u64,
+device_counters! {
+    /// What the device has done, for the API.
+    pub struct BalloonCounters {
+        /// Pages the guest gave up (and the host released).
+        inflated_pages,
+        /// Pages the guest took back.
+        deflated_pages,
+        /// PFNs outside guest memory, skipped.
+        bad_pfns,
+        /// Stats buffers read.
+        stats_updates,
+        /// Malformed buffers, failed releases, bad config writes and queue errors.
+        errors,
+    }
 }
 
 impl BalloonCounters {
@@ -439,14 +440,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counters;
-        vec![
-            ("inflated_pages", c.inflated_pages),
-            ("deflated_pages", c.deflated_pages),
-            ("bad_pfns", c.bad_pfns),
-            ("stats_updates", c.stats_updates),
-            ("errors", c.errors),
-        ]
+        self.counters.values()
     }
 }
 

@@ -526,10 +526,7 @@ fn chain_made_available_in_an_empty_round_is_served() {
 fn unreadable_avail_ring_ends_the_turn() {
     let m = mem();
     let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
-    let avail = MEM_SIZE as u64 - 4; // flags and idx fit, ring[0] does not
-    m.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-    let mut queue: Queue = vq.create_queue().unwrap();
-    queue.set_avail_ring_address(Some(avail as u32), Some(0));
+    let queue = crate::virtio::test_utils::unreadable_avail_queue(&m, &vq);
     let (mut b, int) = activated_on(&m, queue);
     let mut rounds = 0;
     b.process_queue_with(INFLATE, || rounds += 1);

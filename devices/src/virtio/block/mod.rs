@@ -30,8 +30,8 @@ use vm_memory::Bytes;
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, TokenKind};
 use crate::virtio::serve::{count_error, Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
-    device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues, GuestMemoryMmap,
-    VirtioDevice, VIRTIO_F_VERSION_1,
+    device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
+    GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use disk::DiskFile;
 pub use disk::{SECTOR_SHIFT, SECTOR_SIZE};
@@ -112,28 +112,29 @@ pub enum BlockError {
     Events(#[source] io::Error),
 }
 
-/// What the device has done, for the API.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BlockCounters {
-    /// Read requests served.
-    pub read_requests: u64,
-    /// Bytes read into the guest.
-    pub read_bytes: u64,
-    /// Write requests served.
-    pub write_requests: u64,
-    /// Bytes written to the disk.
-    pub write_bytes: u64,
-    /// Flush requests served.
-    pub flushes: u64,
-    /// Discard and write-zeroes requests served.
-    pub discards: u64,
-    /// Requests refused as malformed or not allowed (including writes to a read-only disk)
-    /// and unsupported request types.
-    pub invalid_requests: u64,
-    /// Requests that failed on the host (I/O errors), and queue errors.
-    pub io_errors: u64,
-    /// Times the rate limiter made the device wait.
-    pub throttled: u64,
+device_counters! {
+    /// What the device has done, for the API.
+    pub struct BlockCounters {
+        /// Read requests served.
+        read_requests,
+        /// Bytes read into the guest.
+        read_bytes,
+        /// Write requests served.
+        write_requests,
+        /// Bytes written to the disk.
+        write_bytes,
+        /// Flush requests served.
+        flushes,
+        /// Discard and write-zeroes requests served.
+        discards,
+        /// Requests refused as malformed or not allowed (including writes to a read-only disk)
+        /// and unsupported request types.
+        invalid_requests,
+        /// Requests that failed on the host (I/O errors), and queue errors.
+        io_errors,
+        /// Times the rate limiter made the device wait.
+        throttled,
+    }
 }
 
 impl BlockCounters {
@@ -507,18 +508,7 @@ impl VirtioDevice for Block {
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counters;
-        vec![
-            ("read_requests", c.read_requests),
-            ("read_bytes", c.read_bytes),
-            ("write_requests", c.write_requests),
-            ("write_bytes", c.write_bytes),
-            ("flushes", c.flushes),
-            ("discards", c.discards),
-            ("invalid_requests", c.invalid_requests),
-            ("io_errors", c.io_errors),
-            ("throttled", c.throttled),
-        ]
+        self.counters.values()
     }
 }
 

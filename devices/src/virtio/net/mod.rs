@@ -44,8 +44,8 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, TokenKind};
 use crate::virtio::serve::count_error;
 use crate::virtio::{
-    device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 pub use tap::{Tap, TapError};
 
@@ -129,30 +129,31 @@ pub enum NetError {
     },
 }
 
-/// What the device has done, for the API.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct NetCounters {
-    /// Frames delivered to the guest.
-    pub rx_packets: u64,
-    /// Frame bytes (without vnet headers) delivered to the guest.
-    pub rx_bytes: u64,
-    /// Bad RX chains (returned with length 0), tap read errors and RX queue errors.
-    pub rx_errors: u64,
-    /// Frames read from the tap and not delivered (too large for a buffer without mergeable
-    /// buffers, shorter than a vnet header, or pending at a reset).
-    pub rx_dropped: u64,
-    /// Times the RX rate limiter made the device wait.
-    pub rx_throttled: u64,
-    /// Frames the guest sent that the tap took.
-    pub tx_packets: u64,
-    /// Frame bytes (without vnet headers) the tap took.
-    pub tx_bytes: u64,
-    /// Bad TX chains (returned unsent) and TX queue errors.
-    pub tx_errors: u64,
-    /// Well-formed frames the tap refused (write errors).
-    pub tx_dropped: u64,
-    /// Times the TX rate limiter made the device wait.
-    pub tx_throttled: u64,
+device_counters! {
+    /// What the device has done, for the API.
+    pub struct NetCounters {
+        /// Frames delivered to the guest.
+        rx_packets,
+        /// Frame bytes (without vnet headers) delivered to the guest.
+        rx_bytes,
+        /// Bad RX chains (returned with length 0), tap read errors and RX queue errors.
+        rx_errors,
+        /// Frames read from the tap and not delivered (too large for a buffer without mergeable
+        /// buffers, shorter than a vnet header, or pending at a reset).
+        rx_dropped,
+        /// Times the RX rate limiter made the device wait.
+        rx_throttled,
+        /// Frames the guest sent that the tap took.
+        tx_packets,
+        /// Frame bytes (without vnet headers) the tap took.
+        tx_bytes,
+        /// Bad TX chains (returned unsent) and TX queue errors.
+        tx_errors,
+        /// Well-formed frames the tap refused (write errors).
+        tx_dropped,
+        /// Times the TX rate limiter made the device wait.
+        tx_throttled,
+    }
 }
 
 /// Why a descriptor chain is bad.
@@ -430,19 +431,7 @@ impl VirtioDevice for Net {
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counters;
-        vec![
-            ("rx_packets", c.rx_packets),
-            ("rx_bytes", c.rx_bytes),
-            ("rx_errors", c.rx_errors),
-            ("rx_dropped", c.rx_dropped),
-            ("rx_throttled", c.rx_throttled),
-            ("tx_packets", c.tx_packets),
-            ("tx_bytes", c.tx_bytes),
-            ("tx_errors", c.tx_errors),
-            ("tx_dropped", c.tx_dropped),
-            ("tx_throttled", c.tx_throttled),
-        ]
+        self.counters.values()
     }
 }
 

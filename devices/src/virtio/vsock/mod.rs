@@ -41,8 +41,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::virtio::serve::{Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
-    device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues, GuestMemoryMmap,
-    VirtioDevice, VIRTIO_F_VERSION_1,
+    device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
+    GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 pub use connection::BUF_ALLOC;
 use muxer::Muxer;
@@ -108,29 +108,30 @@ pub enum VsockError {
     Events(#[source] io::Error),
 }
 
-/// What the device has done, for the API.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct VsockCounters {
-    /// Connections opened (both directions).
-    pub connections: u64,
-    /// Connections refused: guest connects with no host listener, failed host handshakes.
-    pub refused: u64,
-    /// Packets given to the guest.
-    pub rx_packets: u64,
-    /// Payload bytes given to the guest.
-    pub rx_bytes: u64,
-    /// Packets taken from the guest.
-    pub tx_packets: u64,
-    /// Payload bytes taken from the guest.
-    pub tx_bytes: u64,
-    /// RSTs sent to the guest.
-    pub resets: u64,
-    /// Malformed packets and chains, protocol violations, limits hit, queue errors, failed
-    /// `accept`s.
-    pub errors: u64,
-    /// Host connections closed for taking too long: no `CONNECT` line, or no answer from the
-    /// guest to their REQUEST, within [`HOST_CONN_TIMEOUT`].
-    pub timeouts: u64,
+device_counters! {
+    /// What the device has done, for the API.
+    pub struct VsockCounters {
+        /// Connections opened (both directions).
+        connections,
+        /// Connections refused: guest connects with no host listener, failed host handshakes.
+        refused,
+        /// Packets given to the guest.
+        rx_packets,
+        /// Payload bytes given to the guest.
+        rx_bytes,
+        /// Packets taken from the guest.
+        tx_packets,
+        /// Payload bytes taken from the guest.
+        tx_bytes,
+        /// RSTs sent to the guest.
+        resets,
+        /// Malformed packets and chains, protocol violations, limits hit, queue errors, failed
+        /// `accept`s.
+        errors,
+        /// Host connections closed for taking too long: no `CONNECT` line, or no answer from the
+        /// guest to their REQUEST, within [`HOST_CONN_TIMEOUT`].
+        timeouts,
+    }
 }
 
 /// A virtio-vsock device.
@@ -372,19 +373,10 @@ impl VirtioDevice for Vsock {
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.muxer.counters;
-        vec![
-            ("connections", c.connections),
-            ("active_connections", self.muxer.connection_count() as u64),
-            ("refused", c.refused),
-            ("rx_packets", c.rx_packets),
-            ("rx_bytes", c.rx_bytes),
-            ("tx_packets", c.tx_packets),
-            ("tx_bytes", c.tx_bytes),
-            ("resets", c.resets),
-            ("errors", c.errors),
-            ("timeouts", c.timeouts),
-        ]
+        let mut values = self.muxer.counters.values();
+        let open = self.muxer.connection_count() as u64;
+        values.insert(1, ("active_connections", open));
+        values
     }
 }
 

@@ -262,10 +262,7 @@ fn unreadable_avail_ring_ends_the_turn() {
     let mut rig = Rig::new(|_| {});
     let mem = rig.mem.clone();
     let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
-    let avail = MEM_SIZE as u64 - 4; // flags and idx fit, ring[0] does not
-    mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-    let mut queue: Queue = vq.create_queue().unwrap();
-    queue.set_avail_ring_address(Some(avail as u32), Some(0));
+    let queue = crate::virtio::test_utils::unreadable_avail_queue(&mem, &vq);
     let int = rig.activate_on(queue, VIRTIO_F_VERSION_1);
     let mut rounds = 0;
     rig.blk.process_queue_with(|| rounds += 1);
