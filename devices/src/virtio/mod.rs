@@ -78,6 +78,18 @@ pub mod device_type {
     pub const BALLOON: u32 = 5;
     /// Socket device.
     pub const VSOCK: u32 = 19;
+
+    /// The name of device type `t` in logs.
+    pub fn name(t: u32) -> &'static str {
+        match t {
+            NET => "virtio-net",
+            BLOCK => "virtio-blk",
+            RNG => "virtio-rng",
+            BALLOON => "virtio-balloon",
+            VSOCK => "virtio-vsock",
+            _ => "virtio",
+        }
+    }
 }
 
 /// What a device tells the driver.
@@ -124,11 +136,17 @@ pub struct ActivateContext {
 /// queues; the transport calls the other methods from vCPU threads.
 pub trait VirtioDevice: MutEventSubscriber + Send {
     /// The virtio device type (see [`device_type`]).
-    fn device_type(&self) -> u32;
+    fn device_type(&self) -> u32 {
+        self.queues().map_or(0, |q| q.device_type())
+    }
     /// Maximum size of each queue; the number of entries is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.queues().map_or(&[], |q| q.sizes())
+    }
     /// Features offered to the driver (including [`VIRTIO_F_VERSION_1`]).
-    fn features(&self) -> u64;
+    fn features(&self) -> u64 {
+        self.queues().map_or(0, |q| q.features())
+    }
     /// Reads the device-specific configuration space at `offset`.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space at `offset`.
@@ -137,9 +155,10 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops serving (driver reset): drops the queues and returns to the unactivated state.
     fn reset(&mut self);
-    /// The device's queues, their eventfds and its activation, when it keeps them in a
-    /// [`DeviceQueues`] (every petrel device does; the four methods below read it). A device
-    /// that keeps them otherwise returns `None` and provides those methods itself.
+    /// The device's type, features, queues, their eventfds and its activation, when it keeps
+    /// them in a [`DeviceQueues`] (every petrel device does; the accessors above and below
+    /// read it). A device that keeps them otherwise returns `None` and provides those
+    /// methods itself.
     fn queues(&self) -> Option<&DeviceQueues> {
         None
     }

@@ -25,6 +25,9 @@ struct Active {
 /// A device's queues, their eventfds and its activation.
 pub struct DeviceQueues {
     device: &'static str,
+    device_type: u32,
+    sizes: &'static [u16],
+    features: u64,
     events: Vec<EventFd>,
     acked_features: u64,
     active: Option<Active>,
@@ -34,7 +37,8 @@ impl std::fmt::Debug for DeviceQueues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceQueues")
             .field("device", &self.device)
-            .field("queues", &self.events.len())
+            .field("sizes", &self.sizes)
+            .field("features", &self.features)
             .field("acked_features", &self.acked_features)
             .field("activated", &self.active.is_some())
             .finish()
@@ -42,16 +46,39 @@ impl std::fmt::Debug for DeviceQueues {
 }
 
 impl DeviceQueues {
-    /// `count` queues of the device named `device` in logs (`virtio-blk`, ...), unactivated.
-    pub(crate) fn new(device: &'static str, count: usize) -> std::io::Result<Self> {
+    /// The queues (of the maximum sizes `sizes`) of a device of type `device_type` that
+    /// offers `features`, unactivated.
+    pub(crate) fn new(
+        device_type: u32,
+        sizes: &'static [u16],
+        features: u64,
+    ) -> std::io::Result<Self> {
         Ok(Self {
-            device,
-            events: (0..count)
+            device: super::device_type::name(device_type),
+            device_type,
+            sizes,
+            features,
+            events: (0..sizes.len())
                 .map(|_| EventFd::new(EFD_NONBLOCK))
                 .collect::<std::io::Result<_>>()?,
             acked_features: 0,
             active: None,
         })
+    }
+
+    /// The virtio device type (see [`device_type`](super::device_type)).
+    pub fn device_type(&self) -> u32 {
+        self.device_type
+    }
+
+    /// Maximum size of each queue.
+    pub fn sizes(&self) -> &'static [u16] {
+        self.sizes
+    }
+
+    /// Features offered to the driver.
+    pub fn features(&self) -> u64 {
+        self.features
     }
 
     /// One eventfd per queue, written when the driver notifies that queue.
@@ -248,7 +275,7 @@ mod tests {
     fn activation_needs_the_required_queues_ready_and_reset_undoes_it() {
         let m = mem();
         let vq = MockSplitQueue::new(&m, 16);
-        let mut q = DeviceQueues::new("virtio-test", 2).unwrap();
+        let mut q = DeviceQueues::new(0x42, &[16, 16], 0).unwrap();
         assert_eq!(q.events().len(), 2);
         let not_ready = Queue::new(16).unwrap();
         let (c, _) = ctx(&m, vec![vq.create_queue().unwrap(), not_ready]);
@@ -275,7 +302,7 @@ mod tests {
 
     #[test]
     fn events_are_found_drained_and_kicked() {
-        let q = DeviceQueues::new("virtio-test", 3).unwrap();
+        let q = DeviceQueues::new(0x42, &[16; 3], 0).unwrap();
         q.kick_all();
         let fd = q.events()[2].as_raw_fd();
         assert_eq!(q.take_event(fd), Some(2));
@@ -289,7 +316,7 @@ mod tests {
     fn notify_follows_the_driver_and_raises_on_a_broken_ring() {
         let m = mem();
         let vq = MockSplitQueue::new(&m, 16);
-        let mut q = DeviceQueues::new("virtio-test", 1).unwrap();
+        let mut q = DeviceQueues::new(0x42, &[16], 0).unwrap();
         assert!(q.notify(0).is_ok(), "nothing before activation");
         let (c, int) = ctx(&m, vec![vq.create_queue().unwrap()]);
         q.activate(c, &[0]).unwrap();

@@ -25,6 +25,7 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 
 const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+const FEATURES: u64 = VIRTIO_F_VERSION_1 | (1 << VIRTIO_RING_F_EVENT_IDX);
 /// Bytes fetched from getrandom(2) at a time.
 const CHUNK: usize = 4096;
 
@@ -66,7 +67,7 @@ impl Rng {
     /// A new, unactivated device.
     pub fn new() -> io::Result<Self> {
         Ok(Self {
-            queues: DeviceQueues::new(DEVICE, QUEUE_SIZES.len())?,
+            queues: DeviceQueues::new(device_type::RNG, QUEUE_SIZES, FEATURES)?,
             counters: RngCounters::default(),
         })
     }
@@ -174,18 +175,6 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
 }
 
 impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        device_type::RNG
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | (1 << VIRTIO_RING_F_EVENT_IDX)
-    }
-
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         // No configuration space.
         data.fill(0);

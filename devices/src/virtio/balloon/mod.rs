@@ -126,7 +126,6 @@ impl BalloonCounters {
 /// A virtio-balloon device.
 pub struct Balloon {
     id: String,
-    features: u64,
     guest_mib: u64,
     num_pages: u32,
     actual: u32,
@@ -145,7 +144,6 @@ impl std::fmt::Debug for Balloon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balloon")
             .field("id", &self.id)
-            .field("features", &self.features)
             .field("num_pages", &self.num_pages)
             .field("actual", &self.actual)
             .field("queues", &self.queues)
@@ -169,11 +167,15 @@ impl Balloon {
         } else {
             None
         };
-        let count = if stats_timer.is_some() { 3 } else { 2 };
-        let queues = DeviceQueues::new(DEVICE, count).map_err(BalloonError::Events)?;
+        let sizes = if stats_timer.is_some() {
+            QUEUE_SIZES_STATS
+        } else {
+            QUEUE_SIZES_NO_STATS
+        };
+        let queues = DeviceQueues::new(device_type::BALLOON, sizes, features)
+            .map_err(BalloonError::Events)?;
         Ok(Self {
             id: cfg.id,
-            features,
             guest_mib,
             num_pages,
             actual: 0,
@@ -361,22 +363,6 @@ fn nonblocking_timer() -> io::Result<TimerFd> {
 }
 
 impl VirtioDevice for Balloon {
-    fn device_type(&self) -> u32 {
-        device_type::BALLOON
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        if self.stats_timer.is_some() {
-            QUEUE_SIZES_STATS
-        } else {
-            QUEUE_SIZES_NO_STATS
-        }
-    }
-
-    fn features(&self) -> u64 {
-        self.features
-    }
-
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut space = [0u8; CONFIG_SPACE_SIZE as usize];
         space[..4].copy_from_slice(&self.num_pages.to_le_bytes());

@@ -152,7 +152,6 @@ pub struct Block {
     readonly: bool,
     id: [u8; ID_BYTES],
     config_space: [u8; CONFIG_SPACE_SIZE],
-    features: u64,
     queues: DeviceQueues,
     rate_limiter: Option<RateLimiter>,
     counters: BlockCounters,
@@ -163,7 +162,6 @@ impl std::fmt::Debug for Block {
         f.debug_struct("Block")
             .field("disk", &self.disk)
             .field("readonly", &self.readonly)
-            .field("features", &self.features)
             .field("queues", &self.queues)
             .field("counters", &self.counters)
             .finish()
@@ -206,8 +204,8 @@ impl Block {
             readonly: cfg.readonly,
             id,
             config_space,
-            features,
-            queues: DeviceQueues::new(DEVICE, QUEUE_SIZES.len()).map_err(BlockError::Events)?,
+            queues: DeviceQueues::new(device_type::BLOCK, QUEUE_SIZES, features)
+                .map_err(BlockError::Events)?,
             rate_limiter,
             counters: BlockCounters::default(),
         })
@@ -233,8 +231,8 @@ impl Block {
         DiskLimits {
             size: self.disk.size(),
             readonly: self.readonly,
-            discard: self.features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
-            write_zeroes: self.features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
+            discard: self.queues.features() & (1 << VIRTIO_BLK_F_DISCARD) != 0,
+            write_zeroes: self.queues.features() & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
             max_range_sectors: MAX_DISCARD_SECTORS,
             max_ranges: MAX_DISCARD_SEG,
         }
@@ -471,18 +469,6 @@ fn execute(
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        device_type::BLOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        self.features
-    }
-
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_space(&self.config_space, offset, data);
     }

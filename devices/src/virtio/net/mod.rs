@@ -316,7 +316,8 @@ impl Net {
             tap,
             mac,
             config_space,
-            queues: DeviceQueues::new(DEVICE, QUEUE_SIZES.len()).map_err(events)?,
+            queues: DeviceQueues::new(device_type::NET, QUEUE_SIZES, Self::features_offered())
+                .map_err(events)?,
             rx_limiter: limiter(&cfg.rate_limiter_rx)?,
             tx_limiter: limiter(&cfg.rate_limiter_tx)?,
             rx_buf: vec![0; MAX_PACKET_LEN],
@@ -375,18 +376,6 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        device_type::NET
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        Self::features_offered()
-    }
-
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_space(&self.config_space, offset, data);
     }

@@ -68,6 +68,7 @@ pub const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
 pub const CONFIG_SPACE_SIZE: usize = 8;
 
 const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE; 3];
+const FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_VSOCK_F_STREAM;
 const DEVICE: &str = "virtio-vsock";
 
 /// How to build a [`Vsock`] device.
@@ -179,7 +180,8 @@ impl Vsock {
                 source,
             })?;
         Ok(Self {
-            queues: DeviceQueues::new(DEVICE, QUEUE_SIZES.len()).map_err(VsockError::Events)?,
+            queues: DeviceQueues::new(device_type::VSOCK, QUEUE_SIZES, FEATURES)
+                .map_err(VsockError::Events)?,
             kick: EventFd::new(EFD_NONBLOCK).map_err(VsockError::Events)?,
             timer: HostTimer::new().map_err(VsockError::Events)?,
             muxer,
@@ -327,18 +329,6 @@ impl ChainHandler for TxTurn<'_> {
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        device_type::VSOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_VSOCK_F_STREAM
-    }
-
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_space(&self.cfg.guest_cid.to_le_bytes(), offset, data);
     }
