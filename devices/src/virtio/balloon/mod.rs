@@ -117,6 +117,18 @@ impl BalloonCounters {
         count_error(&mut self.errors, DEVICE, what);
     }
 
+    /// Whether the device may read `desc`; a write-only one in a `kind` buffer is counted.
+    fn readable(&mut self, desc: &virtio_queue::desc::split::Descriptor, kind: &str) -> bool {
+        if desc.is_write_only() {
+            self.malformed(format_args!(
+                "write-only descriptor {:#x}+{:#x} in a {kind} buffer",
+                desc.addr().0,
+                desc.len()
+            ));
+        }
+        !desc.is_write_only()
+    }
+
     /// Counts a host-side failure to release pages.
     fn release_failed(&mut self, what: std::fmt::Arguments<'_>) {
         self.malformed(what);

@@ -27,7 +27,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::Bytes;
 
-use crate::rate_limiter::{RateLimiter, RateLimiterConfig, TokenKind};
+use crate::rate_limiter::{admit, is_blocked, RateLimiter, RateLimiterConfig};
 use crate::virtio::serve::{count_error, Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
     device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
@@ -277,14 +277,14 @@ struct Requests<'a> {
 impl ChainHandler for Requests<'_> {
     fn can_take(&mut self) -> bool {
         // While the limiter is blocked its timer, not the guest, restarts the queue.
-        !self.rate_limiter.as_ref().is_some_and(|rl| rl.is_blocked())
+        !is_blocked(self.rate_limiter.as_deref())
     }
 
     fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Disposition {
         let head = chain.head_index();
         match request::parse(chain, mem, &self.limits) {
             Ok(req) => {
-                if !admit(self.rate_limiter.as_deref_mut(), &req.kind) {
+                if !admit(self.rate_limiter.as_deref_mut(), req.kind.data_len()) {
                     self.counters.throttled += 1;
                     return Disposition::Later;
                 }
@@ -326,22 +326,6 @@ fn build_config_space(size: u64, discard: bool, write_zeroes: bool) -> [u8; CONF
 /// Counts an I/O error and logs it, rate-limited.
 fn count_io_error(counters: &mut BlockCounters, what: std::fmt::Arguments<'_>) {
     count_error(&mut counters.io_errors, DEVICE, what);
-}
-
-/// Asks the rate limiter for one operation and the request's bytes.
-fn admit(limiter: Option<&mut RateLimiter>, kind: &RequestKind) -> bool {
-    let Some(rl) = limiter else {
-        return true;
-    };
-    if !rl.consume(1, TokenKind::Ops) {
-        return false;
-    }
-    let bytes = kind.data_len();
-    if bytes > 0 && !rl.consume(bytes, TokenKind::Bytes) {
-        rl.manual_replenish(1, TokenKind::Ops);
-        return false;
-    }
-    true
 }
 
 /// Answers a refused chain; returns the used length.

@@ -41,7 +41,7 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use crate::rate_limiter::{RateLimiter, RateLimiterConfig, TokenKind};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use crate::virtio::serve::count_error;
 use crate::virtio::{
     device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
@@ -251,29 +251,6 @@ impl std::fmt::Debug for Net {
 /// Counts an error in `counter` and logs it, rate-limited.
 fn count(counter: &mut u64, id: &str, what: std::fmt::Arguments<'_>) {
     count_error(counter, DEVICE, format_args!("{id}: {what}"));
-}
-
-/// Asks a limiter for one operation and `bytes` bytes; takes nothing when it says no.
-fn admit(limiter: Option<&mut RateLimiter>, bytes: u64) -> bool {
-    let Some(rl) = limiter else {
-        return true;
-    };
-    if !rl.consume(1, TokenKind::Ops) {
-        return false;
-    }
-    if !rl.consume(bytes, TokenKind::Bytes) {
-        rl.manual_replenish(1, TokenKind::Ops);
-        return false;
-    }
-    true
-}
-
-/// Gives back what [`admit`] took.
-fn refund(limiter: Option<&mut RateLimiter>, bytes: u64) {
-    if let Some(rl) = limiter {
-        rl.manual_replenish(1, TokenKind::Ops);
-        rl.manual_replenish(bytes, TokenKind::Bytes);
-    }
 }
 
 impl Net {

@@ -16,10 +16,8 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::{
-    admit, count, refund, ChainError, Net, MAX_DESCRIPTORS, NUM_BUFFERS_OFFSET, RX_QUEUE,
-    VNET_HDR_LEN,
-};
+use super::{count, ChainError, Net, MAX_DESCRIPTORS, NUM_BUFFERS_OFFSET, RX_QUEUE, VNET_HDR_LEN};
+use crate::rate_limiter::{admit, is_blocked, refund};
 use crate::virtio::serve::Chain;
 use crate::virtio::{GuestMemoryMmap, MAX_CHAINS_PER_TURN};
 
@@ -213,7 +211,7 @@ impl Net {
                 break;
             }
             spent += 1;
-            if self.rx_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
+            if is_blocked(self.rx_limiter.as_ref()) {
                 break;
             }
             if self.rx_len == 0 {

@@ -9,10 +9,10 @@
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::{
-    admit, count, ChainError, Net, NetCounters, Tap, ETH_HLEN, MAX_DESCRIPTORS, MAX_PACKET_LEN,
-    TX_QUEUE, VNET_HDR_LEN,
+    count, ChainError, Net, NetCounters, Tap, ETH_HLEN, MAX_DESCRIPTORS, MAX_PACKET_LEN, TX_QUEUE,
+    VNET_HDR_LEN,
 };
-use crate::rate_limiter::RateLimiter;
+use crate::rate_limiter::{admit, is_blocked, RateLimiter};
 use crate::virtio::serve::{Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::GuestMemoryMmap;
 
@@ -97,7 +97,7 @@ struct Frames<'a> {
 
 impl ChainHandler for Frames<'_> {
     fn can_take(&mut self) -> bool {
-        !self.limiter.as_ref().is_some_and(|rl| rl.is_blocked())
+        !is_blocked(self.limiter.as_deref())
     }
 
     fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Disposition {

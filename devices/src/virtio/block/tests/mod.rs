@@ -18,7 +18,7 @@ use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
 use crate::rate_limiter::tests::ManualClock;
-use crate::rate_limiter::TokenBucketConfig;
+use crate::rate_limiter::{TokenBucketConfig, TokenKind};
 use crate::virtio::test_utils::{mem, read_guest, RecordingInterrupt, MEM_SIZE, W};
 use crate::virtio::MAX_CHAINS_PER_TURN;
 

@@ -285,6 +285,26 @@ impl Rig {
     }
 
     /// The guest sends a packet (header and payload in two descriptors) and kicks.
+    /// Bytes both ways on an open connection between guest port `guest_port` and host port
+    /// `host_port`, whose host end is `host`: the guest sends `out`, the host reads it and
+    /// answers `back`, the guest receives that. Returns the header the answer came with.
+    fn round_trip(
+        &mut self,
+        host: &UnixStream,
+        (guest_port, host_port): (u32, u32),
+        out: &[u8],
+        back: &[u8],
+    ) -> Header {
+        self.send(guest_hdr(guest_port, host_port, op::RW), out);
+        let mut buf = vec![0u8; out.len()];
+        (&*host).read_exact(&mut buf).unwrap();
+        assert_eq!(buf, out);
+        (&*host).write_all(back).unwrap();
+        let (hdr, data) = self.recv();
+        assert_eq!((hdr.op, data.as_slice()), (op::RW, back));
+        hdr
+    }
+
     fn send(&mut self, mut hdr: Header, payload: &[u8]) {
         hdr.len = payload.len() as u32;
         let h = self.tx_slot(&hdr.to_bytes());
