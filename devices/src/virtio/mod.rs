@@ -135,6 +135,13 @@ pub struct ActivateContext {
 /// A virtio device. Its `MutEventSubscriber` side runs on the event loop and serves the
 /// queues; the transport calls the other methods from vCPU threads.
 pub trait VirtioDevice: MutEventSubscriber + Send {
+    /// The device's type, features, queues, their eventfds and its activation, when it keeps
+    /// them in a [`DeviceQueues`] (every petrel device does; the accessors below read
+    /// it). A device that keeps them otherwise returns `None` and provides those
+    /// methods itself.
+    fn queues(&self) -> Option<&DeviceQueues> {
+        None
+    }
     /// The virtio device type (see [`device_type`]).
     fn device_type(&self) -> u32 {
         self.queues().map_or(0, |q| q.device_type())
@@ -155,13 +162,6 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops serving (driver reset): drops the queues and returns to the unactivated state.
     fn reset(&mut self);
-    /// The device's type, features, queues, their eventfds and its activation, when it keeps
-    /// them in a [`DeviceQueues`] (every petrel device does; the accessors above and below
-    /// read it). A device that keeps them otherwise returns `None` and provides those
-    /// methods itself.
-    fn queues(&self) -> Option<&DeviceQueues> {
-        None
-    }
     /// One eventfd per queue, written when the driver notifies that queue.
     fn queue_events(&self) -> &[EventFd] {
         self.queues().map_or(&[], |q| q.events())

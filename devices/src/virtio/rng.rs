@@ -175,6 +175,10 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
 }
 
 impl VirtioDevice for Rng {
+    fn queues(&self) -> Option<&DeviceQueues> {
+        Some(&self.queues)
+    }
+
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         // No configuration space.
         data.fill(0);
@@ -191,10 +195,6 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.queues.reset();
-    }
-
-    fn queues(&self) -> Option<&DeviceQueues> {
-        Some(&self.queues)
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
@@ -226,8 +226,8 @@ mod tests {
     use vm_memory::Address;
 
     use crate::virtio::test_utils::{
-        desc, mem, notifications_on, read_guest, used, LateChain, RecordingInterrupt, MEM_SIZE, N,
-        W,
+        activate, desc, mem, notifications_on, read_guest, used, LateChain, RecordingInterrupt,
+        MEM_SIZE, N, W,
     };
     use crate::virtio::{ActivateContext, InterruptKind, MAX_CHAINS_PER_TURN};
 
@@ -236,14 +236,7 @@ mod tests {
     /// An rng activated on `queue`.
     fn activated_on(mem: &GuestMemoryMmap, queue: Queue) -> (Rng, Arc<RecordingInterrupt>) {
         let mut rng = Rng::new().unwrap();
-        let int = Arc::new(RecordingInterrupt::default());
-        rng.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![queue],
-            acked_features: rng.features(),
-            interrupt: int.clone(),
-        })
-        .unwrap();
+        let int = activate(&mut rng, mem, vec![queue], FEATURES);
         (rng, int)
     }
 

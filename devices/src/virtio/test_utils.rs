@@ -2,7 +2,7 @@
 //! what it is asked, and hostile queue layouts.
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
@@ -10,7 +10,7 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use super::{GuestMemoryMmap, InterruptKind, VirtioInterrupt};
+use super::{ActivateContext, GuestMemoryMmap, InterruptKind, VirtioDevice, VirtioInterrupt};
 
 /// Size of the guest memory [`mem`] gives.
 pub(crate) const MEM_SIZE: usize = 0x10_0000;
@@ -63,6 +63,36 @@ impl RecordingInterrupt {
     pub(crate) fn count(&self) -> usize {
         self.0.lock().unwrap().len()
     }
+}
+
+/// Activates `dev` on `queues` with the features `acked`, interrupting through `int`.
+/// Panics if the device refuses.
+pub(crate) fn activate_with(
+    dev: &mut impl VirtioDevice,
+    mem: &GuestMemoryMmap,
+    queues: Vec<Queue>,
+    acked: u64,
+    int: Arc<RecordingInterrupt>,
+) {
+    dev.activate(ActivateContext {
+        mem: mem.clone(),
+        queues,
+        acked_features: acked,
+        interrupt: int,
+    })
+    .unwrap();
+}
+
+/// [`activate_with`] a new [`RecordingInterrupt`], which it returns.
+pub(crate) fn activate(
+    dev: &mut impl VirtioDevice,
+    mem: &GuestMemoryMmap,
+    queues: Vec<Queue>,
+    acked: u64,
+) -> Arc<RecordingInterrupt> {
+    let int = Arc::new(RecordingInterrupt::default());
+    activate_with(dev, mem, queues, acked, int.clone());
+    int
 }
 
 /// Whether the device wants notifications on the split queue whose used ring is at `used`

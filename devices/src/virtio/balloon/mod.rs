@@ -375,6 +375,10 @@ fn nonblocking_timer() -> io::Result<TimerFd> {
 }
 
 impl VirtioDevice for Balloon {
+    fn queues(&self) -> Option<&DeviceQueues> {
+        Some(&self.queues)
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut space = [0u8; CONFIG_SPACE_SIZE as usize];
         space[..4].copy_from_slice(&self.num_pages.to_le_bytes());
@@ -431,10 +435,6 @@ impl VirtioDevice for Balloon {
                 error!("{DEVICE}: cannot disarm the stats timer: {e}");
             }
         }
-    }
-
-    fn queues(&self) -> Option<&DeviceQueues> {
-        Some(&self.queues)
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {

@@ -8,7 +8,9 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use crate::virtio::test_utils::{desc, mem, read_guest, used, RecordingInterrupt, MEM_SIZE, N, W};
+use crate::virtio::test_utils::{
+    activate, desc, mem, read_guest, used, RecordingInterrupt, MEM_SIZE, N, W,
+};
 use crate::virtio::MAX_CHAINS_PER_TURN;
 
 const QUEUE_ADDRS: [u64; 3] = [0, 0x1_0000, 0x2_0000];
@@ -40,18 +42,12 @@ fn activated(
     cfg: BalloonConfig,
 ) -> (Balloon, Arc<RecordingInterrupt>) {
     let mut b = Balloon::new(cfg, MEM_SIZE as u64).unwrap();
-    let int = Arc::new(RecordingInterrupt::default());
     let queues = vqs[..b.queue_max_sizes().len()]
         .iter()
         .map(|vq| vq.create_queue().unwrap())
         .collect();
-    b.activate(ActivateContext {
-        mem: m.clone(),
-        queues,
-        acked_features: b.features(),
-        interrupt: int.clone(),
-    })
-    .unwrap();
+    let features = b.features();
+    let int = activate(&mut b, m, queues, features);
     (b, int)
 }
 
@@ -454,16 +450,12 @@ fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
     let m = mem();
     let vqs = vqs(&m);
     let mut b = Balloon::new(config(0), MEM_SIZE as u64).unwrap();
-    b.activate(ActivateContext {
-        mem: m.clone(),
-        queues: vec![
-            aliased_rings_queue(&m, &vqs[INFLATE], 100),
-            aliased_rings_queue(&m, &vqs[DEFLATE], 1),
-        ],
-        acked_features: b.features(),
-        interrupt: Arc::new(RecordingInterrupt::default()),
-    })
-    .unwrap();
+    let queues = vec![
+        aliased_rings_queue(&m, &vqs[INFLATE], 100),
+        aliased_rings_queue(&m, &vqs[DEFLATE], 1),
+    ];
+    let features = b.features();
+    activate(&mut b, &m, queues, features);
     for evt in b.queue_events() {
         evt.read().unwrap(); // The activation kicks.
     }
@@ -478,18 +470,14 @@ fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
     assert_eq!((c.inflated_pages, c.deflated_pages), (0, 0));
 }
 
-/// A balloon without stats activated on `inflate` (and a normal deflate queue).
+/// A balloon without stats activated on `inflate` (and a normal deflate queue), its
+/// activation kicks drained.
 fn activated_on(m: &GuestMemoryMmap, inflate: Queue) -> (Balloon, Arc<RecordingInterrupt>) {
     let mut b = Balloon::new(config(0), MEM_SIZE as u64).unwrap();
-    let int = Arc::new(RecordingInterrupt::default());
     let deflate = MockSplitQueue::create(m, GuestAddress(QUEUE_ADDRS[1]), QUEUE_SIZE);
-    b.activate(ActivateContext {
-        mem: m.clone(),
-        queues: vec![inflate, deflate.create_queue().unwrap()],
-        acked_features: b.features(),
-        interrupt: int.clone(),
-    })
-    .unwrap();
+    let queues = vec![inflate, deflate.create_queue().unwrap()];
+    let features = b.features();
+    let int = activate(&mut b, m, queues, features);
     for evt in b.queue_events() {
         evt.read().unwrap(); // The activation kicks.
     }

@@ -453,6 +453,10 @@ fn execute(
 }
 
 impl VirtioDevice for Block {
+    fn queues(&self) -> Option<&DeviceQueues> {
+        Some(&self.queues)
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_space(&self.config_space, offset, data);
     }
@@ -471,10 +475,6 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.queues.reset();
-    }
-
-    fn queues(&self) -> Option<&DeviceQueues> {
-        Some(&self.queues)
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {

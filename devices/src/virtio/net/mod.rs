@@ -353,6 +353,10 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
+    fn queues(&self) -> Option<&DeviceQueues> {
+        Some(&self.queues)
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_space(&self.config_space, offset, data);
     }
@@ -390,10 +394,6 @@ impl VirtioDevice for Net {
         if let Err(e) = self.tap.set_offload(0) {
             warn!("virtio-net {}: cannot clear tap offloads: {e}", self.id);
         }
-    }
-
-    fn queues(&self) -> Option<&DeviceQueues> {
-        Some(&self.queues)
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {

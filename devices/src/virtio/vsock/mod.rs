@@ -329,6 +329,10 @@ impl ChainHandler for TxTurn<'_> {
 }
 
 impl VirtioDevice for Vsock {
+    fn queues(&self) -> Option<&DeviceQueues> {
+        Some(&self.queues)
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_space(&self.cfg.guest_cid.to_le_bytes(), offset, data);
     }
@@ -356,10 +360,6 @@ impl VirtioDevice for Vsock {
         if let Err(e) = self.kick.write(1) {
             warn!("{DEVICE}: cannot kick the event loop: {e}");
         }
-    }
-
-    fn queues(&self) -> Option<&DeviceQueues> {
-        Some(&self.queues)
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {

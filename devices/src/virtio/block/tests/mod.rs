@@ -19,7 +19,7 @@ use vmm_sys_util::tempfile::TempFile;
 use super::*;
 use crate::rate_limiter::tests::ManualClock;
 use crate::rate_limiter::{TokenBucketConfig, TokenKind};
-use crate::virtio::test_utils::{mem, read_guest, RecordingInterrupt, MEM_SIZE, W};
+use crate::virtio::test_utils::{activate, mem, read_guest, RecordingInterrupt, MEM_SIZE, W};
 use crate::virtio::MAX_CHAINS_PER_TURN;
 
 const HDR: u64 = 0x1_0000;
@@ -96,16 +96,7 @@ impl Rig {
 
     /// Activates the device on `queue` with the features `acked`.
     fn activate_on(&mut self, queue: Queue, acked: u64) -> Arc<RecordingInterrupt> {
-        let int = Arc::new(RecordingInterrupt::default());
-        self.blk
-            .activate(ActivateContext {
-                mem: self.mem.clone(),
-                queues: vec![queue],
-                acked_features: acked,
-                interrupt: int.clone(),
-            })
-            .unwrap();
-        int
+        activate(&mut self.blk, &self.mem, vec![queue], acked)
     }
 
     /// Adds a chain of (addr, len, flags) descriptors; NEXT links are filled in.

@@ -137,14 +137,14 @@ fn activation_kicks_both_queues_once() {
     rig.add_chain(TX_QUEUE, &[(BUF, 72, R)]);
     let (_, rxq) = DriverQueue::new(&rig.mem, RX_RING);
     let (_, txq) = DriverQueue::new(&rig.mem, TX_RING);
-    rig.net
-        .activate(ActivateContext {
-            mem: rig.mem.clone(),
-            queues: vec![rxq, txq],
-            acked_features: FEATURES_NO_MERGE,
-            interrupt: rig.int.clone(),
-        })
-        .unwrap();
+    let int = rig.int.clone();
+    activate_with(
+        &mut rig.net,
+        &rig.mem,
+        vec![rxq, txq],
+        FEATURES_NO_MERGE,
+        int,
+    );
     for evt in rig.net.queue_events() {
         assert_eq!(evt.read().unwrap(), 1);
     }

@@ -15,7 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::virtio::test_utils::{RecordingInterrupt, W};
+use crate::virtio::test_utils::{activate_with, RecordingInterrupt, W};
 use crate::virtio::{ActivateContext, GuestMemoryMmap, InterruptKind};
 
 const MEM_SIZE: usize = 0x40_0000;
@@ -132,14 +132,8 @@ impl Rig {
         let (_, mut txq) = DriverQueue::new(&self.mem, TX_RING);
         rxq.set_event_idx(event_idx);
         txq.set_event_idx(event_idx);
-        self.net
-            .activate(ActivateContext {
-                mem: self.mem.clone(),
-                queues: vec![rxq, txq],
-                acked_features: features,
-                interrupt: self.int.clone(),
-            })
-            .unwrap();
+        let int = self.int.clone();
+        activate_with(&mut self.net, &self.mem, vec![rxq, txq], features, int);
         // Consume the activation self-kicks.
         for evt in self.net.queue_events() {
             evt.read().unwrap();

@@ -275,13 +275,7 @@ fn device_on(
     })
     .unwrap();
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    dev.activate(ActivateContext {
-        mem: mem.clone(),
-        queues: queues(&mem),
-        acked_features: dev.features(),
-        interrupt: Arc::new(RecordingInterrupt::default()),
-    })
-    .unwrap();
+    activate(&mut dev, &mem, queues(&mem), FEATURES);
     (dir, mem, dev)
 }
 

@@ -18,7 +18,7 @@ use vmm_sys_util::tempdir::TempDir;
 
 use super::packet::{op, Header, HDR_SIZE, SHUTDOWN_BOTH, SHUTDOWN_SEND, TYPE_STREAM};
 use super::*;
-use crate::virtio::test_utils::RecordingInterrupt;
+use crate::virtio::test_utils::{activate, RecordingInterrupt};
 use crate::virtio::{ActivateContext, GuestMemoryMmap, MAX_CHAINS_PER_TURN};
 use virtio_queue::{Queue, QueueT};
 
@@ -162,13 +162,8 @@ impl Rig {
         let rx = GuestQueue::new(0);
         let tx = GuestQueue::new(0x4000);
         let event = GuestQueue::new(0x8000);
-        dev.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![rx.queue(), tx.queue(), event.queue()],
-            acked_features: dev.features(),
-            interrupt: Arc::new(RecordingInterrupt::default()),
-        })
-        .unwrap();
+        let queues = vec![rx.queue(), tx.queue(), event.queue()];
+        activate(&mut dev, &mem, queues, FEATURES);
         let dev = Arc::new(Mutex::new(dev));
         let mut manager = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
         manager.add_subscriber(dev.clone());
