@@ -136,6 +136,7 @@ impl BalloonCounters {
 }
 
 /// A virtio-balloon device.
+#[derive(Debug)]
 pub struct Balloon {
     id: String,
     guest_mib: u64,
@@ -150,18 +151,6 @@ pub struct Balloon {
     stats_head: Option<u16>,
     stats: BalloonStats,
     counters: BalloonCounters,
-}
-
-impl std::fmt::Debug for Balloon {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Balloon")
-            .field("id", &self.id)
-            .field("num_pages", &self.num_pages)
-            .field("actual", &self.actual)
-            .field("queues", &self.queues)
-            .field("counters", &self.counters)
-            .finish()
-    }
 }
 
 impl Balloon {

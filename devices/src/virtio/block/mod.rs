@@ -147,6 +147,7 @@ impl BlockCounters {
 const DEVICE: &str = "virtio-blk";
 
 /// A virtio-blk device.
+#[derive(Debug)]
 pub struct Block {
     disk: DiskFile,
     readonly: bool,
@@ -155,17 +156,6 @@ pub struct Block {
     queues: DeviceQueues,
     rate_limiter: Option<RateLimiter>,
     counters: BlockCounters,
-}
-
-impl std::fmt::Debug for Block {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Block")
-            .field("disk", &self.disk)
-            .field("readonly", &self.readonly)
-            .field("queues", &self.queues)
-            .field("counters", &self.counters)
-            .finish()
-    }
 }
 
 impl Block {
