@@ -352,3 +352,35 @@ fn tx_chain_made_available_in_an_empty_round_is_served() {
     assert_eq!((c.tx_packets, c.errors), (1, 0));
     assert!(notifications_on(&mem, tx.used()), "notifications off");
 }
+
+/// RX goes through the shared routine: with a packet owed and no buffer the device turns
+/// notifications on (so the driver's next buffer is kicked), and a buffer that comes later is
+/// filled; with nothing left to send, the device wants no kicks.
+#[test]
+fn rx_waits_for_a_buffer_with_notifications_on() {
+    use crate::virtio::test_utils::notifications_on;
+    let (_dir, mem, mut dev) = device_on(|_| normal_queues());
+    let (mut rx, mut tx) = (GuestQueue::new(0), GuestQueue::new(0x4000));
+    // A connection to a port nobody listens on: the device owes the guest an RST.
+    let hdr = guest_hdr(5000, 999, op::REQUEST).to_bytes();
+    mem.write_slice(&hdr, GuestAddress(TX_BUFS)).unwrap();
+    tx.add(&mem, &[(TX_BUFS, HDR_SIZE as u32, 0)]);
+    dev.process_tx();
+    assert!(rx.take_used(&mem).is_empty());
+    assert!(
+        notifications_on(&mem, rx.used()),
+        "the driver would not kick"
+    );
+    // The driver posts a buffer and kicks.
+    let head = rx.add(&mem, &[(RX_BUFS, RX_BUF_SIZE, VRING_DESC_F_WRITE)]);
+    dev.process_rx();
+    assert_eq!(rx.take_used(&mem), vec![(head, HDR_SIZE as u32)]);
+    let mut raw = [0u8; HDR_SIZE];
+    mem.read_slice(&mut raw, GuestAddress(RX_BUFS)).unwrap();
+    assert_eq!(Header::from_bytes(&raw).op, op::RST);
+    assert!(
+        !notifications_on(&mem, rx.used()),
+        "nothing owed: no kicks wanted"
+    );
+    assert_eq!(dev.counters().errors, 0);
+}
