@@ -89,7 +89,7 @@ fn petreld_bin(petrel: &Path) -> Result<PathBuf, String> {
         Ok(bin)
     } else {
         Err(format!(
-            "{} not found (cargo build --release -p api, or set PETRELD_BIN)",
+            "{} not found (cargo build --release -p petreld, or set PETRELD_BIN)",
             bin.display()
         ))
     }

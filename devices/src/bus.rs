@@ -93,27 +93,24 @@ impl Bus {
     /// Reads from the device at `addr`. Returns false (and leaves `data` alone) if no device
     /// covers the whole access.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.find(addr, data.len()) {
-            Some((range, offset)) => {
-                // A poisoned lock means a device panicked earlier; keep serving the guest.
-                let mut dev = range.device.lock().unwrap_or_else(|e| e.into_inner());
-                dev.read(offset, data);
-                true
-            }
-            None => false,
-        }
+        self.access(addr, data.len(), |dev, offset| dev.read(offset, data))
     }
 
     /// Writes to the device at `addr`. Returns false if no device covers the whole access.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.find(addr, data.len()) {
-            Some((range, offset)) => {
-                let mut dev = range.device.lock().unwrap_or_else(|e| e.into_inner());
-                dev.write(offset, data);
-                true
-            }
-            None => false,
-        }
+        self.access(addr, data.len(), |dev, offset| dev.write(offset, data))
+    }
+
+    /// Runs `f` on the device covering `len` bytes at `addr` with the offset into it; false
+    /// if there is none.
+    fn access(&self, addr: u64, len: usize, f: impl FnOnce(&mut dyn BusDevice, u64)) -> bool {
+        let Some((range, offset)) = self.find(addr, len) else {
+            return false;
+        };
+        // A poisoned lock means a device panicked earlier; keep serving the guest.
+        let mut dev = range.device.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut *dev, offset);
+        true
     }
 }
 

@@ -1,4 +1,5 @@
-//! Devices petrel emulates: the buses, the legacy x86 devices, and (later) virtio.
+//! Devices petrel emulates: the buses, the legacy x86 devices, and the virtio devices with their
+//! virtio-mmio transport.
 //! This crate knows nothing of KVM or MSHV: devices raise interrupts through eventfds and
 //! signal lifecycle events (poweroff, reset) through eventfds the VMM watches.
 #![deny(missing_docs)]

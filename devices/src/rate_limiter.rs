@@ -331,6 +331,35 @@ impl AsRawFd for RateLimiter {
     }
 }
 
+/// Whether an optional limiter is blocked (no limiter never is).
+pub(crate) fn is_blocked(limiter: Option<&RateLimiter>) -> bool {
+    limiter.is_some_and(|rl| rl.is_blocked())
+}
+
+/// Asks an optional limiter for one operation of `bytes` bytes; takes nothing when it says
+/// no (no limiter always says yes).
+pub(crate) fn admit(limiter: Option<&mut RateLimiter>, bytes: u64) -> bool {
+    let Some(rl) = limiter else {
+        return true;
+    };
+    if !rl.consume(1, TokenKind::Ops) {
+        return false;
+    }
+    if bytes > 0 && !rl.consume(bytes, TokenKind::Bytes) {
+        rl.manual_replenish(1, TokenKind::Ops);
+        return false;
+    }
+    true
+}
+
+/// Gives back what [`admit`] took.
+pub(crate) fn refund(limiter: Option<&mut RateLimiter>, bytes: u64) {
+    if let Some(rl) = limiter {
+        rl.manual_replenish(1, TokenKind::Ops);
+        rl.manual_replenish(bytes, TokenKind::Bytes);
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -1,5 +1,5 @@
-//! The hypervisor layer: `Hypervisor`, `Vm` and `Vcpu` traits with hypervisor-neutral types, a
-//! KVM backend, and the run-time choice of backend (`select`).
+//! The hypervisor layer: `Hypervisor`, `Vm` and `Vcpu` traits with hypervisor-neutral types, the
+//! KVM and MSHV backends, and the run-time choice of backend (`select`).
 //!
 //! No KVM or MSHV type crosses these traits: the VMM programs against them only, and port I/O
 //! and MMIO are dispatched inside the backend through an [`IoHandler`].

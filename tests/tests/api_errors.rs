@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use api::http::Method;
 use api_support::{assert_error, guest_config, ApiVm};
+use petrel_http::Method;
 use petrel_tests::require_kvm;
 use serde_json::json;
 

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::http::{Client, Method};
 use api_support::{guest_config, median, tail, ApiVm, ScratchDir, STATE_TIMEOUT};
+use petrel_http::{Client, Method};
 use petrel_tests::guest_actions::{
     count_values, expect_power_button_ack, wait_power_button_armed, GUEST_BOOT_TIMEOUT,
 };

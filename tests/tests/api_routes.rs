@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use api::http::{Client, Method};
+use petrel_http::{Client, Method};
 use petrel_tests::{require_kvm, scratch_path, Petrel};
 
 /// (method, path) → documented response statuses.

@@ -21,8 +21,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use api::http::{parse_response, Client, Method, Response};
 use ch_support::{vcpu_threads, ScratchDir, VmmProcess, Which};
+use petrel_http::{parse_response, Client, Method, Response};
 use petrel_tests::host_net::TapFd;
 use petrel_tests::{guest_image, petrel_bin, require_kvm, GuestKind};
 use serde_json::{json, Value};

@@ -307,6 +307,10 @@ fn check_triple_fault(kind: GuestKind) {
     assert!(line.starts_with("petrel: error:"), "{}", run.dump());
     assert!(line.contains("triple fault"), "{}", run.dump());
     assert!(line.to_lowercase().contains("vcpu"), "{}", run.dump());
+    // On AMD SVM the faulting rip is lost (KVM resets the vCPU on shutdown): petrel says so.
+    if line.contains("rip unknown: the hypervisor reset the vCPU on shutdown") {
+        return;
+    }
     let rip = line
         .split_once("rip 0x")
         .map(|(_, r)| r.split(|c: char| !c.is_ascii_hexdigit()).next())

@@ -3,7 +3,7 @@
 //! petrel (failed, or restarted per policy); a guest that powers itself off; templates,
 //! console, metrics; bad requests answered 4xx with the database unchanged.
 //!
-//! Needs the binaries built first (`cargo build -p api -p vmm`): petreld is found next to
+//! Needs the binaries built first (`cargo build -p petreld -p vmm`): petreld is found next to
 //! petrel, or at `$PETRELD_BIN`.
 
 mod petreld_support;
@@ -11,7 +11,7 @@ mod petreld_support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use api::http::{Client, Method};
+use petrel_http::{Client, Method};
 use petrel_tests::require_kvm;
 use petreld_support::{guest_config, names, pid_alive, Petreld};
 use serde_json::json;

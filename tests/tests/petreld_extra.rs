@@ -2,7 +2,7 @@
 //! petreld makes for a VM's interfaces (root only), `/v1/events` (server-sent events), and,
 //! as root, petrel's cgroup.
 //!
-//! Needs the binaries built first (`cargo build -p api -p vmm`).
+//! Needs the binaries built first (`cargo build -p petreld -p vmm`).
 
 mod petreld_support;
 
@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use api::http::{Client, Method};
+use petrel_http::{Client, Method};
 use petrel_tests::require_kvm;
 use petreld_support::{guest_config, Petreld};
 use serde_json::{json, Value};

@@ -11,7 +11,7 @@
 //!
 //! Seeded xorshift: `PETRELD_PROPS_SEED` (printed) reproduces a run, `PETRELD_PROPS_CASES`
 //! sets the count (default 400); the run also stops after 90 s. Needs the binaries built
-//! first (`cargo build -p api -p vmm`), as `petreld.rs`.
+//! first (`cargo build -p petreld -p vmm`), as `petreld.rs`.
 
 #[path = "petreld_support/openapi.rs"]
 mod openapi;
@@ -22,8 +22,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use api::http::Method;
 use openapi::{parse_yaml, Doc};
+use petrel_http::Method;
 use petrel_tests::require_kvm;
 use petreld_support::{guest_config, Petreld};
 use serde_json::{json, Map, Value};

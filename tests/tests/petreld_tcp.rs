@@ -3,7 +3,7 @@
 //! Unix socket keeps working without one, and a token file readable by others stops petreld
 //! from starting. Loopback only.
 //!
-//! Needs the binaries built first (`cargo build -p api -p vmm`): petreld is found next to
+//! Needs the binaries built first (`cargo build -p petreld -p vmm`): petreld is found next to
 //! petrel, or at `$PETRELD_BIN`.
 
 mod petreld_support;
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::http::{parse_response, Response};
+use petrel_http::{parse_response, Response};
 use petreld_support::{petreld_bin, Petreld};
 use serde_json::json;
 

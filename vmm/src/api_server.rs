@@ -1,36 +1,36 @@
-//! The per-VM control API: Cloud Hypervisor's HTTP routes (`/api/v1/…`) mapped onto the
-//! [`Vmm`] state machine. The HTTP server runs on its own thread and forwards each request
-//! over a channel; this module answers it on the event-loop thread, so requests are
-//! serialized and the API thread never touches the VM.
+//! The per-VM control API: Cloud Hypervisor's HTTP routes (`/api/v1/…`, the table in
+//! [`api::request::ROUTES`]) in front of the [`Vmm`] state machine. The HTTP server runs on its
+//! own thread and forwards each request over a channel; this module answers it on the
+//! event-loop thread, so requests are serialized and the API thread never touches the VM.
+//!
+//! HTTP stays here: a request is parsed into a typed [`VmmRequest`] (its body through the
+//! Cloud Hypervisor schemas of [`api::compat`]), the `Vmm` answers a typed [`Reply`] or
+//! [`OpError`], and this module turns them into status codes and JSON.
 
-use api::compat::{self, VmRemoveDevice};
-use api::http::{Request, Response};
+use api::compat;
+use api::request::{Endpoint, VmmRequest};
 use api::{ConfigError, RngConfig, SerialConfig, SerialMode, VmConfig};
+use petrel_http::{Request, Response};
 use serde_json::json;
 
 use crate::event_loop::EventLoop;
-use crate::vmm::{Next, OpError, VmState, Vmm};
+use crate::lifecycle::{ErrorKind, Next, OpError, Reply, Vmm};
 
-/// Every route the server answers: (method, path).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/api/v1/vmm.ping"),
-    ("PUT", "/api/v1/vmm.shutdown"),
-    ("PUT", "/api/v1/vm.create"),
-    ("PUT", "/api/v1/vm.boot"),
-    ("GET", "/api/v1/vm.info"),
-    ("PUT", "/api/v1/vm.pause"),
-    ("PUT", "/api/v1/vm.resume"),
-    ("PUT", "/api/v1/vm.reboot"),
-    ("PUT", "/api/v1/vm.shutdown"),
-    ("PUT", "/api/v1/vm.power-button"),
-    ("PUT", "/api/v1/vm.delete"),
-    ("GET", "/api/v1/vm.counters"),
-    ("PUT", "/api/v1/vm.resize"),
-    ("PUT", "/api/v1/vm.add-disk"),
-    ("PUT", "/api/v1/vm.add-net"),
-    ("PUT", "/api/v1/vm.add-vsock"),
-    ("PUT", "/api/v1/vm.remove-device"),
-];
+/// The status an error is answered with.
+fn status(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::NotFound => 404,
+        ErrorKind::Conflict => 409,
+        ErrorKind::Invalid => 400,
+        ErrorKind::Internal => 500,
+    }
+}
+
+/// An error answer in Cloud Hypervisor's shape: a JSON array of messages (ch-remote prints
+/// them one per line; petrel's message names the field or the state).
+fn error(e: OpError) -> Response {
+    Response::error_list(status(e.kind()), &[crate::error_chain(&e)])
+}
 
 /// Cloud Hypervisor's routes petrel does not serve yet, with what is missing. They answer 404
 /// (as any unknown path) with a message naming it.
@@ -60,18 +60,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("vm.nmi", "petrel cannot inject an NMI yet"),
 ];
 
-/// An error answer in Cloud Hypervisor's shape: a JSON array of messages.
-pub fn error(e: OpError) -> Response {
-    Response::error_list(e.status, &[e.message])
-}
-
-fn done(r: std::result::Result<(), OpError>) -> Response {
-    match r {
-        Ok(()) => Response::no_content(),
-        Err(e) => error(e),
-    }
-}
-
 /// Parses a body with one of the Cloud Hypervisor schema readers of `api::compat` (which
 /// accept CH's unsupported fields only at their defaults and name any other).
 fn parse<T>(
@@ -80,9 +68,9 @@ fn parse<T>(
     from_ch: fn(&[u8]) -> Result<T, ConfigError>,
 ) -> Result<T, OpError> {
     if req.body.is_empty() {
-        return Err(OpError::bad(format!("{what}: a JSON body is required")));
+        return Err(OpError::invalid(format!("{what}: a JSON body is required")));
     }
-    from_ch(&req.body).map_err(|e| OpError::bad(format!("{what}: {e}")))
+    from_ch(&req.body).map_err(|e| OpError::invalid(format!("{what}: {e}")))
 }
 
 /// `vm.create`'s body: Cloud Hypervisor's defaults for the sections it leaves out (no serial
@@ -100,273 +88,133 @@ fn vm_config(req: &Request) -> Result<VmConfig, OpError> {
         cfg.rng = Some(RngConfig::default());
     }
     cfg.validate()
-        .map_err(|e| OpError::bad(format!("vm.create: {e}")))?;
+        .map_err(|e| OpError::invalid(format!("vm.create: {e}")))?;
     Ok(cfg)
+}
+
+/// The typed request for `endpoint`, with its body parsed.
+fn request(endpoint: Endpoint, mut req: Request) -> Result<VmmRequest, OpError> {
+    Ok(match endpoint {
+        Endpoint::VmmPing => VmmRequest::Ping,
+        Endpoint::VmmShutdown => VmmRequest::ShutdownVmm,
+        Endpoint::VmCreate => VmmRequest::Create(Box::new(vm_config(&req)?)),
+        Endpoint::VmBoot => VmmRequest::Boot,
+        Endpoint::VmInfo => VmmRequest::Info,
+        Endpoint::VmPause => VmmRequest::Pause,
+        Endpoint::VmResume => VmmRequest::Resume,
+        Endpoint::VmReboot => VmmRequest::Reboot,
+        Endpoint::VmShutdown => VmmRequest::Shutdown,
+        Endpoint::VmPowerButton => VmmRequest::PowerButton,
+        Endpoint::VmDelete => VmmRequest::Delete,
+        Endpoint::VmCounters => VmmRequest::Counters,
+        Endpoint::VmResize => VmmRequest::Resize(parse(&req, "vm.resize", compat::resize_from_ch)?),
+        Endpoint::VmAddDisk => {
+            VmmRequest::AddDisk(parse(&req, "vm.add-disk", compat::disk_config_from_ch)?)
+        }
+        Endpoint::VmAddNet => {
+            // With a tap fd the host side is the caller's: Kata's `ip`/`mask` (the address
+            // Cloud Hypervisor would give a tap it creates) do not apply and are ignored.
+            if !req.fds.is_empty() {
+                if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(&req.body) {
+                    m.remove("ip");
+                    m.remove("mask");
+                    req.body = serde_json::Value::Object(m).to_string().into_bytes();
+                }
+            }
+            let mut net = parse(&req, "vm.add-net", compat::net_config_from_ch)?;
+            // Tap fds passed with SCM_RIGHTS (as Kata does) replace the numbers in the body.
+            let fds = req.take_fds();
+            if !fds.is_empty() {
+                use std::os::fd::AsRawFd;
+                net.fds = Some(fds.iter().map(|fd| fd.as_raw_fd()).collect());
+            }
+            VmmRequest::AddNet { net, fds }
+        }
+        Endpoint::VmAddVsock => {
+            VmmRequest::AddVsock(parse(&req, "vm.add-vsock", compat::vsock_config_from_ch)?)
+        }
+        Endpoint::VmRemoveDevice => VmmRequest::RemoveDevice(parse(
+            &req,
+            "vm.remove-device",
+            compat::remove_device_from_ch,
+        )?),
+    })
+}
+
+/// The response to a reply.
+fn response(reply: Reply) -> Response {
+    match reply {
+        Reply::Done => Response::no_content(),
+        // Cloud Hypervisor answers vmm.shutdown 200 with an empty body (ch-remote prints an
+        // empty line).
+        Reply::Exit(_) => Response::new(200),
+        Reply::Ping(sel) => Response::json(
+            200,
+            &json!({
+                "build_version": env!("CARGO_PKG_VERSION"),
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "features": ["kvm", "virtio-mmio"],
+                "hypervisor": sel.kind.to_string(),
+                "hypervisor_reason": sel.reason,
+            }),
+        ),
+        Reply::Info(mut info) => {
+            // Cloud Hypervisor's clients read cpus.max_vcpus (Kata caps vm.resize with it).
+            let cpus = &mut info.config.cpus;
+            cpus.max_vcpus = Some(cpus.max_vcpus.unwrap_or(cpus.boot_vcpus));
+            Response::json(
+                200,
+                &json!({
+                    "config": info.config,
+                    "state": info.state.to_string(),
+                    "memory_actual_size": info.memory_actual_size,
+                    "hypervisor": info.hypervisor.to_string(),
+                }),
+            )
+        }
+        Reply::Counters(devices) => {
+            let mut out = serde_json::Map::new();
+            for (name, counters) in devices {
+                let values: serde_json::Map<String, serde_json::Value> = counters
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect();
+                out.insert(name, serde_json::Value::Object(values));
+            }
+            Response::json(200, &serde_json::Value::Object(out))
+        }
+        // Added to the config of a VM not booted yet: 204, as Cloud Hypervisor (which answers
+        // 200 with the device's PCI address only for a hotplug).
+        Reply::Added(_) => Response::no_content(),
+    }
 }
 
 /// Answers one API request. Returns the response and whether the process should end.
 pub fn handle(vmm: &mut Vmm, event_loop: &mut EventLoop, req: Request) -> (Response, Next) {
     let path = req.path().to_string();
-    let Some(&(method, _)) = ROUTES.iter().find(|(_, p)| *p == path) else {
+    let Some(endpoint) = Endpoint::from_path(&path) else {
         let op = path.trim_start_matches("/api/v1/");
         let message = match UNSUPPORTED.iter().find(|(name, _)| *name == op) {
             Some((name, why)) => format!("{name}: not supported: {why}"),
             None => format!("no such endpoint: {path}"),
         };
-        return (
-            error(OpError {
-                status: 404,
-                message,
-            }),
-            Next::Continue,
-        );
+        return (Response::error_list(404, &[message]), Next::Continue);
     };
+    let method = endpoint.verb().as_str();
     if req.method.as_str() != method {
         let message = format!("{path} takes {method}, not {}", req.method.as_str());
-        return (
-            error(OpError {
-                status: 405,
-                message,
-            }),
-            Next::Continue,
-        );
+        return (Response::error_list(405, &[message]), Next::Continue);
     }
-    let op = path.trim_start_matches("/api/v1/");
+    let op = endpoint.name();
     log::info!("api: {} {op}", req.method.as_str());
-    let response = match op {
-        "vmm.ping" => Response::json(200, &ping(vmm)),
-        "vmm.shutdown" => {
-            vmm.teardown();
-            log::info!("exiting: vmm.shutdown");
-            // Cloud Hypervisor answers 200 with an empty body (ch-remote prints an empty line).
-            return (Response::new(200), Next::Exit(0));
-        }
-        "vm.create" => done(vm_config(&req).and_then(|cfg| vmm.create(cfg))),
-        "vm.boot" => done(vmm.boot(event_loop)),
-        "vm.info" => info(vmm),
-        "vm.pause" => done(vmm.pause()),
-        "vm.resume" => done(vmm.resume()),
-        "vm.reboot" => done(vmm.reboot(event_loop)),
-        "vm.shutdown" => done(vmm.shutdown()),
-        "vm.power-button" => done(vmm.power_button()),
-        "vm.delete" => done(vmm.delete(event_loop)),
-        "vm.counters" => counters(vmm),
-        "vm.resize" => resize(vmm, &req),
-        "vm.add-disk" => add_disk(vmm, &req),
-        "vm.add-net" => add_net(vmm, req),
-        "vm.add-vsock" => add_vsock(vmm, &req),
-        "vm.remove-device" => remove_device(vmm, &req),
-        _ => error(OpError {
-            status: 404,
-            message: format!("no such endpoint: {path}"),
-        }),
+    let (response, next) = match request(endpoint, req).and_then(|r| vmm.handle(r, event_loop)) {
+        Ok(Reply::Exit(code)) => (response(Reply::Exit(code)), Next::Exit(code)),
+        Ok(reply) => (response(reply), Next::Continue),
+        Err(e) => (error(e), Next::Continue),
     };
     if !response.is_success() {
         log::warn!("api: {op} refused: {}", response.error_message());
     }
-    (response, Next::Continue)
-}
-
-fn ping(vmm: &Vmm) -> serde_json::Value {
-    let sel = vmm.selection();
-    json!({
-        "build_version": env!("CARGO_PKG_VERSION"),
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "features": ["kvm", "virtio-mmio"],
-        "hypervisor": sel.kind.to_string(),
-        "hypervisor_reason": sel.reason,
-    })
-}
-
-fn info(vmm: &Vmm) -> Response {
-    let Some(cfg) = vmm.config() else {
-        return error(OpError::state("vm.info", VmState::NotCreated));
-    };
-    let balloon = vmm
-        .machine()
-        .and_then(|m| m.virtio.balloon.as_ref())
-        .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).actual_mib() << 20)
-        .unwrap_or(0);
-    // Cloud Hypervisor's clients read cpus.max_vcpus (Kata caps vm.resize with it).
-    let mut config = cfg.clone();
-    config.cpus.max_vcpus = Some(cfg.cpus.max_vcpus.unwrap_or(cfg.cpus.boot_vcpus));
-    Response::json(
-        200,
-        &json!({
-            "config": config,
-            "state": vmm.state().to_string(),
-            "memory_actual_size": cfg.memory.size.saturating_sub(balloon),
-            "hypervisor": vmm.selection().kind.to_string(),
-        }),
-    )
-}
-
-fn counters(vmm: &Vmm) -> Response {
-    if vmm.config().is_none() {
-        return error(OpError::state("vm.counters", VmState::NotCreated));
-    }
-    let mut out = serde_json::Map::new();
-    if let Some(machine) = vmm.machine() {
-        for slot in machine.virtio.slots() {
-            let device = slot.device.lock().unwrap_or_else(|e| e.into_inner());
-            let values: serde_json::Map<String, serde_json::Value> = device
-                .counter_values()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect();
-            out.insert(slot.name.clone(), serde_json::Value::Object(values));
-        }
-    }
-    Response::json(200, &serde_json::Value::Object(out))
-}
-
-fn resize(vmm: &mut Vmm, req: &Request) -> Response {
-    let r = match parse(req, "vm.resize", compat::resize_from_ch) {
-        Ok(r) => r,
-        Err(e) => return error(e),
-    };
-    let Some(cfg) = vmm.config() else {
-        return error(OpError::state("vm.resize", VmState::NotCreated));
-    };
-    match r.balloon_target(cfg) {
-        Ok(Some(target)) => done(vmm.set_balloon(target)),
-        Ok(None) => Response::no_content(),
-        Err(e) => error(OpError::bad(format!("vm.resize: {e}"))),
-    }
-}
-
-fn add_disk(vmm: &mut Vmm, req: &Request) -> Response {
-    let disk = match parse(req, "vm.add-disk", compat::disk_config_from_ch) {
-        Ok(d) => d,
-        Err(e) => return error(e),
-    };
-    let r = vmm.edit_config("vm.add-disk", |cfg| {
-        cfg.disks.get_or_insert_with(Vec::new).push(disk);
-        Ok(())
-    });
-    added(r)
-}
-
-fn add_net(vmm: &mut Vmm, mut req: Request) -> Response {
-    // With a tap fd the host side is the caller's: Kata's `ip`/`mask` (the address Cloud
-    // Hypervisor would give a tap it creates) do not apply and are ignored.
-    if !req.fds.is_empty() {
-        if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(&req.body) {
-            m.remove("ip");
-            m.remove("mask");
-            req.body = serde_json::Value::Object(m).to_string().into_bytes();
-        }
-    }
-    let mut net = match parse(&req, "vm.add-net", compat::net_config_from_ch) {
-        Ok(n) => n,
-        Err(e) => return error(e),
-    };
-    // Tap fds passed with SCM_RIGHTS (as Kata does) replace the numbers in the body. They stay
-    // open (owned by the Vmm) only if the device is added; otherwise dropping them closes them.
-    let fds = req.take_fds();
-    if !fds.is_empty() {
-        use std::os::fd::AsRawFd;
-        net.fds = Some(fds.iter().map(|fd| fd.as_raw_fd()).collect());
-    }
-    let r = vmm.edit_config("vm.add-net", |cfg| {
-        cfg.net.get_or_insert_with(Vec::new).push(net);
-        Ok(())
-    });
-    if r.is_ok() {
-        vmm.keep_fds(fds);
-    }
-    added(r)
-}
-
-fn add_vsock(vmm: &mut Vmm, req: &Request) -> Response {
-    let vsock = match parse(req, "vm.add-vsock", compat::vsock_config_from_ch) {
-        Ok(v) => v,
-        Err(e) => return error(e),
-    };
-    let r = vmm.edit_config("vm.add-vsock", |cfg| {
-        if cfg.vsock.is_some() {
-            return Err(OpError::bad(
-                "vm.add-vsock: the VM already has a vsock device",
-            ));
-        }
-        cfg.vsock = Some(vsock);
-        Ok(())
-    });
-    added(r)
-}
-
-/// A device added to the config of a VM not booted yet: 204, as Cloud Hypervisor (which
-/// answers 200 with the device's PCI address only for a hotplug).
-fn added(r: std::result::Result<(), OpError>) -> Response {
-    done(r)
-}
-
-fn remove_device(vmm: &mut Vmm, req: &Request) -> Response {
-    let VmRemoveDevice { id } = match parse(req, "vm.remove-device", compat::remove_device_from_ch)
-    {
-        Ok(r) => r,
-        Err(e) => return error(e),
-    };
-    done(vmm.edit_config("vm.remove-device", |cfg| {
-        let before = (
-            cfg.disks.as_ref().map_or(0, Vec::len),
-            cfg.net.as_ref().map_or(0, Vec::len),
-            cfg.vsock.is_some(),
-        );
-        if let Some(d) = cfg.disks.as_mut() {
-            d.retain(|d| d.id.as_deref() != Some(id.as_str()));
-        }
-        if let Some(n) = cfg.net.as_mut() {
-            n.retain(|n| n.id.as_deref() != Some(id.as_str()));
-        }
-        if cfg
-            .vsock
-            .as_ref()
-            .is_some_and(|v| v.id.as_deref() == Some(id.as_str()))
-        {
-            cfg.vsock = None;
-        }
-        let after = (
-            cfg.disks.as_ref().map_or(0, Vec::len),
-            cfg.net.as_ref().map_or(0, Vec::len),
-            cfg.vsock.is_some(),
-        );
-        if before == after {
-            return Err(OpError {
-                status: 404,
-                message: format!("vm.remove-device: no device with id '{id}'"),
-            });
-        }
-        Ok(())
-    }))
-}
-
-/// The methods the Vmm needs for the API beyond its lifecycle.
-impl Vmm {
-    /// `vm.resize` with `desired_balloon`: sets the balloon target.
-    pub fn set_balloon(&mut self, bytes: u64) -> std::result::Result<(), OpError> {
-        let Some(balloon) = self.machine().and_then(|m| m.virtio.balloon.clone()) else {
-            return Err(OpError::bad(
-                "desired_balloon: the VM has no balloon (or has not been booted)",
-            ));
-        };
-        let mut b = balloon.lock().unwrap_or_else(|e| e.into_inner());
-        b.set_target_mib(bytes >> 20)
-            .map_err(|e| OpError::bad(format!("desired_balloon: {e}")))
-    }
-
-    /// `vm.power-button`: presses the ACPI power button; the guest shuts itself down.
-    pub fn power_button(&mut self) -> std::result::Result<(), OpError> {
-        if !matches!(self.state(), VmState::Running) {
-            return Err(OpError::state("vm.power-button", self.state()));
-        }
-        let Some(machine) = self.machine() else {
-            return Err(OpError::state("vm.power-button", self.state()));
-        };
-        machine.legacy.power_button.press().map_err(|e| OpError {
-            status: 500,
-            message: format!("vm.power-button: {e}"),
-        })
-    }
+    (response, next)
 }

@@ -1,23 +1,24 @@
-//! The event loop of a running VM (the main thread): guest poweroff and reset, vCPU failures,
-//! SIGTERM/SIGINT, and standard input for the serial port, all as events on one
-//! event-manager loop.
+//! The event loop of the process (the main thread): one event-manager loop serving the
+//! lifecycle [`Controller`] (guest poweroff and reset, vCPU failures, SIGTERM/SIGINT, API
+//! requests waiting), the serial input ([`SerialInput`]) and every virtio device.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use devices::serial::{Error as SerialError, Serial};
+use devices::serial::Serial;
 use event_manager::{
     EventManager, EventOps, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::serial_input::SerialInput;
 use crate::signals::SignalFd;
-use crate::vcpu::{VcpuEvent, VcpuShared};
+use crate::vcpu::{VcpuEvent, VcpuFailure, VcpuShared};
 use crate::{Error, Result};
 
 /// How a boot of the guest ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
     /// The guest powered off.
     PowerOff,
@@ -26,16 +27,14 @@ pub enum Outcome {
     /// petrel got SIGTERM or SIGINT (the signal number).
     Signal(i32),
     /// A vCPU failed.
-    Failed(String),
+    Failed(VcpuFailure),
 }
 
 const EXIT: u32 = 1;
 const RESET: u32 = 2;
 const VCPU: u32 = 3;
 const SIGNAL: u32 = 4;
-const STDIN: u32 = 5;
-const DRAINED: u32 = 6;
-const API: u32 = 7;
+const API: u32 = 5;
 
 /// The lifecycle subscriber.
 pub struct Controller {
@@ -43,78 +42,9 @@ pub struct Controller {
     reset_evt: EventFd,
     signals: SignalFd,
     shared: Arc<VcpuShared>,
-    stdin: Option<StdinInput>,
     api_evt: Option<EventFd>,
     outcome: Option<Outcome>,
     api_pending: bool,
-}
-
-/// Standard input forwarded to the serial port, with back-pressure: when the receive FIFO is
-/// full, stdin is not read until the guest drains it. A terminal or pipe is watched by epoll;
-/// a regular file (which epoll refuses) is read a chunk at a time as the guest drains the FIFO.
-struct StdinInput {
-    fd: RawFd,
-    /// The UART of the current VM, if one is built.
-    serial: Option<Arc<Mutex<Serial>>>,
-    drained: EventFd,
-    pending: Vec<u8>,
-    /// Registered with epoll right now.
-    reading: bool,
-    /// epoll accepts the descriptor.
-    pollable: bool,
-    /// End of input seen.
-    eof: bool,
-}
-
-impl StdinInput {
-    /// Offers pending bytes to the UART; returns true when all were taken.
-    fn flush(&mut self) -> bool {
-        if self.pending.is_empty() {
-            return true;
-        }
-        let Some(serial) = &self.serial else {
-            // No VM yet: hold the input (and stop reading) until there is one.
-            return false;
-        };
-        let mut serial = serial.lock().unwrap_or_else(|e| e.into_inner());
-        match serial.enqueue_input(&self.pending) {
-            Ok(n) => {
-                self.pending.drain(..n.min(self.pending.len()));
-            }
-            Err(SerialError::FifoFull) => {}
-            Err(e) => {
-                log::warn!("serial input: {e}");
-                self.pending.clear();
-            }
-        }
-        self.pending.is_empty()
-    }
-
-    fn read(&mut self) -> std::io::Result<usize> {
-        let mut buf = [0u8; 64];
-        // SAFETY: reads into a local buffer of the given length from a file descriptor we
-        // hold open for the loop's lifetime.
-        let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let n = n as usize;
-        self.eof = n == 0;
-        self.pending.extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-
-    /// For input epoll cannot watch: reads and offers chunks until the FIFO is full or the
-    /// input ends.
-    fn pump_unpollable(&mut self) {
-        while !self.pollable && !self.eof && self.flush() {
-            if let Err(e) = self.read() {
-                log::warn!("standard input: {e}; no more serial input");
-                self.eof = true;
-            }
-        }
-        self.flush();
-    }
 }
 
 impl Controller {
@@ -123,49 +53,10 @@ impl Controller {
             self.outcome = Some(outcome);
         }
     }
-
-    fn on_stdin(&mut self, ops: &mut EventOps) {
-        let Some(input) = self.stdin.as_mut() else {
-            return;
-        };
-        match input.read() {
-            Ok(0) => {
-                // End of input: stop watching it; the guest keeps running.
-                let _ = ops.remove(Events::empty_raw(input.fd));
-                input.reading = false;
-            }
-            Ok(_) => {
-                if !input.flush() && input.reading {
-                    let _ = ops.remove(Events::empty_raw(input.fd));
-                    input.reading = false;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                log::warn!("standard input: {e}; no more serial input");
-                let _ = ops.remove(Events::empty_raw(input.fd));
-                input.reading = false;
-            }
-        }
-    }
-
-    fn on_drained(&mut self, ops: &mut EventOps) {
-        let Some(input) = self.stdin.as_mut() else {
-            return;
-        };
-        let _ = input.drained.read();
-        if !input.pollable {
-            input.pump_unpollable();
-        } else if input.flush() && !input.reading && !input.eof {
-            input.reading = ops
-                .add(Events::with_data_raw(input.fd, STDIN, EventSet::IN))
-                .is_ok();
-        }
-    }
 }
 
 impl MutEventSubscriber for Controller {
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
         match events.data() {
             EXIT => {
                 let _ = self.exit_evt.read();
@@ -183,7 +74,7 @@ impl MutEventSubscriber for Controller {
                     match event {
                         VcpuEvent::PowerOff => self.finish(Outcome::PowerOff),
                         VcpuEvent::Reset => self.finish(Outcome::Reset),
-                        VcpuEvent::Failed(msg) => self.finish(Outcome::Failed(msg)),
+                        VcpuEvent::Failed(failure) => self.finish(Outcome::Failed(failure)),
                     }
                 }
             }
@@ -198,8 +89,6 @@ impl MutEventSubscriber for Controller {
                 }
                 self.api_pending = true;
             }
-            STDIN => self.on_stdin(ops),
-            DRAINED => self.on_drained(ops),
             _ => {}
         }
     }
@@ -219,21 +108,6 @@ impl MutEventSubscriber for Controller {
                 log::error!("event loop: cannot watch fd {fd}: {e}");
             }
         }
-        if let Some(input) = self.stdin.as_mut() {
-            // epoll refuses regular files and /dev/null: those are read as the guest drains.
-            input.reading = ops
-                .add(Events::with_data_raw(input.fd, STDIN, EventSet::IN))
-                .is_ok();
-            input.pollable = input.reading;
-            if let Err(e) = ops.add(Events::with_data_raw(
-                input.drained.as_raw_fd(),
-                DRAINED,
-                EventSet::IN,
-            )) {
-                log::warn!("event loop: serial input back-pressure unavailable: {e}");
-            }
-            input.pump_unpollable();
-        }
     }
 }
 
@@ -245,9 +119,6 @@ pub struct LoopInputs {
     pub reset_evt: EventFd,
     /// SIGTERM/SIGINT.
     pub signals: SignalFd,
-    /// Serial input from standard input: the UART's drained event (the UART itself is set
-    /// with [`EventLoop::set_serial`] once a VM exists).
-    pub stdin: Option<EventFd>,
     /// Written by the API thread when a request is waiting.
     pub api_evt: Option<EventFd>,
 }
@@ -260,15 +131,6 @@ impl Controller {
             reset_evt: inputs.reset_evt,
             signals: inputs.signals,
             shared,
-            stdin: inputs.stdin.map(|drained| StdinInput {
-                fd: libc::STDIN_FILENO,
-                serial: None,
-                drained,
-                pending: Vec::new(),
-                reading: false,
-                pollable: false,
-                eof: false,
-            }),
             api_evt: inputs.api_evt,
             outcome: None,
             api_pending: false,
@@ -292,18 +154,24 @@ pub struct Turn {
 pub struct EventLoop {
     manager: EventManager<Subscriber>,
     controller: Arc<Mutex<Controller>>,
+    serial_input: Option<Arc<Mutex<SerialInput>>>,
 }
 
 impl EventLoop {
-    /// Creates the loop with its controller.
-    pub fn new(controller: Controller) -> Result<Self> {
-        let mut manager: EventManager<Subscriber> = EventManager::new()
-            .map_err(|e| Error::Guest(format!("cannot create the event loop: {e}")))?;
+    /// Creates the loop with its controller and, with `--serial stdout`, the serial input.
+    pub fn new(controller: Controller, serial_input: Option<SerialInput>) -> Result<Self> {
+        let mut manager: EventManager<Subscriber> =
+            EventManager::new().map_err(Error::EventLoop)?;
         let controller = Arc::new(Mutex::new(controller));
         manager.add_subscriber(controller.clone());
+        let serial_input = serial_input.map(|input| Arc::new(Mutex::new(input)));
+        if let Some(input) = &serial_input {
+            manager.add_subscriber(input.clone());
+        }
         Ok(EventLoop {
             manager,
             controller,
+            serial_input,
         })
     }
 
@@ -330,11 +198,11 @@ impl EventLoop {
 
     /// Points serial input at the current VM's UART (or none).
     pub fn set_serial(&mut self, serial: Option<Arc<Mutex<Serial>>>) {
-        let mut c = self.controller();
-        if let Some(input) = c.stdin.as_mut() {
-            input.serial = serial;
-            // Let the loop offer held input to the new UART.
-            let _ = input.drained.write(1);
+        if let Some(input) = &self.serial_input {
+            input
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_serial(serial);
         }
     }
 
@@ -342,9 +210,7 @@ impl EventLoop {
     /// Devices are served all along.
     pub fn run_turn(&mut self) -> Result<Turn> {
         loop {
-            self.manager
-                .run()
-                .map_err(|e| Error::Guest(format!("event loop failed: {e}")))?;
+            self.manager.run().map_err(Error::EventLoop)?;
             let mut c = self.controller();
             let turn = Turn {
                 outcome: c.outcome.take(),

@@ -4,17 +4,19 @@
 
 pub mod api_server;
 pub mod cli;
-pub mod devices;
+pub mod device_manager;
 pub mod event_loop;
+pub mod legacy;
+pub mod lifecycle;
 pub mod logger;
+pub mod machine;
 pub mod memory;
+pub mod preflight;
 pub mod run;
 pub mod seccomp;
+pub mod serial_input;
 pub mod signals;
 pub mod vcpu;
-pub mod virtio;
-pub mod vm;
-pub mod vmm;
 
 /// Errors of the VMM, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,18 +31,51 @@ pub enum Error {
     #[error(transparent)]
     Boot(#[from] arch::Error),
     /// Guest memory could not be allocated.
-    #[error("cannot allocate {size} bytes of guest memory: {reason}")]
+    #[error("cannot allocate {size} bytes of guest memory")]
     Memory {
         /// Requested size.
         size: u64,
         /// Why.
-        reason: String,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
     },
-    /// Device setup failed.
-    #[error("device setup: {0}")]
-    Device(String),
+    /// A virtio device could not be created or placed.
+    #[error("{device}")]
+    Device {
+        /// Which device (`disks[0] (/path)`, `net[1]`, `rng`, …).
+        device: String,
+        /// Why.
+        #[source]
+        source: device_manager::DeviceError,
+    },
+    /// More virtio devices than there are GSIs for them.
+    #[error("{device}: too many virtio devices (at most {max})")]
+    TooManyDevices {
+        /// The first device that did not fit.
+        device: String,
+        /// How many fit.
+        max: u32,
+    },
+    /// A legacy device could not be put on its bus.
+    #[error("legacy devices")]
+    Bus(#[from] devices::bus::Error),
+    /// A thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    /// The API socket could not be served.
+    #[error("api socket")]
+    ApiSocket(#[source] petrel_http::Error),
+    /// The event loop could not be created or run.
+    #[error("event loop")]
+    EventLoop(#[source] event_manager::Error),
+    /// An operation on the VM was refused or failed (the VM given on the command line).
+    #[error(transparent)]
+    Refused(#[from] lifecycle::OpError),
+    /// A vCPU failed; the guest is stopped.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuFailure),
     /// An OS call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was attempted.
         what: String,
@@ -48,9 +83,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The guest or a vCPU failed at run time.
-    #[error("{0}")]
-    Guest(String),
 }
 
 impl Error {

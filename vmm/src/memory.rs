@@ -3,6 +3,7 @@
 
 use api::MemoryConfig;
 use arch::GuestMemoryMmap;
+use vm_memory::mmap::FromRangesError;
 use vm_memory::{GuestAddress, GuestRegionMmap, MmapRegion};
 
 use crate::{Error, Result};
@@ -37,17 +38,17 @@ fn advise(addr: *mut u8, len: usize, advice: i32, what: &str) -> Result<()> {
 /// kernel and boot structures are loaded again; like a real machine, RAM is not cleared).
 pub fn create_memory(cfg: &MemoryConfig) -> Result<GuestMemoryMmap> {
     let size = cfg.size;
-    let failed = |reason: String| Error::Memory { size, reason };
+    let failed = |source: FromRangesError| Error::Memory { size, source };
     let mut regions = Vec::new();
     for (start, len) in arch::ram_ranges(size) {
-        let len = usize::try_from(len).map_err(|e| failed(e.to_string()))?;
+        let len = usize::try_from(len).map_err(|_| failed(FromRangesError::InvalidGuestRegion))?;
         let mapping = MmapRegion::build(
             None,
             len,
             libc::PROT_READ | libc::PROT_WRITE,
             map_flags(cfg),
         )
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(e.into()))?;
         if cfg.thp {
             advise(mapping.as_ptr(), len, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
         }
@@ -60,10 +61,10 @@ pub fn create_memory(cfg: &MemoryConfig) -> Result<GuestMemoryMmap> {
             )?;
         }
         let region = GuestRegionMmap::new(mapping, GuestAddress(start))
-            .ok_or_else(|| failed(format!("RAM range at {start:#x} overflows")))?;
+            .ok_or_else(|| failed(FromRangesError::InvalidGuestRegion))?;
         regions.push(region);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| failed(e.to_string()))
+    GuestMemoryMmap::from_regions(regions).map_err(|e| failed(e.into()))
 }
 
 #[cfg(test)]

@@ -1,24 +1,23 @@
 //! A VM's whole life in this process: checks, hypervisor choice, boots and reboots, and how
 //! it ends.
 
-use std::fs::File;
-
 use api::{SerialMode, VmConfig};
 use hypervisor::Request;
 
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
-use api::http::{Dialect, Exchange, Forwarder, Server, ServerConfig, SocketSpec};
+use petrel_http::{Dialect, Exchange, Forwarder, Server, ServerConfig, SocketSpec};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api_server;
-use crate::devices::{clone_eventfd, LifecycleEvents};
 use crate::event_loop::{Controller, EventLoop, LoopInputs};
+use crate::legacy::{clone_eventfd, LifecycleEvents};
+use crate::lifecycle::{Next, Vmm};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
+use crate::serial_input::SerialInput;
 use crate::signals::SignalFd;
 use crate::vcpu::VcpuShared;
-use crate::vmm::{Next, Vmm};
 use crate::{Error, Result};
 
 /// Process-level options besides the VM config.
@@ -46,58 +45,13 @@ pub struct Options {
     pub seccomp: SeccompMode,
 }
 
-/// Total host RAM in bytes, from /proc/meminfo.
-pub fn host_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-fn check_readable(path: &std::path::Path, what: &str) -> Result<()> {
-    let f = File::open(path).map_err(|e| Error::io(format!("{what} {}", path.display()), e))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| Error::io(format!("{what} {}", path.display()), e))?;
-    if meta.is_dir() {
-        return Err(Error::io(
-            format!("{what} {}", path.display()),
-            std::io::Error::other("is a directory"),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks the config against this host before anything is created.
-pub fn preflight(cfg: &VmConfig) -> Result<()> {
-    cfg.validate()?;
-    check_readable(&cfg.payload.kernel, "kernel")?;
-    if let Some(initramfs) = &cfg.payload.initramfs {
-        check_readable(initramfs, "initramfs")?;
-    }
-    if let Some(host) = host_memory() {
-        if cfg.memory.size > host {
-            return Err(api::ConfigError::new(
-                "memory.size",
-                format!(
-                    "{} MiB is more than the host's {} MiB",
-                    cfg.memory.size >> 20,
-                    host >> 20
-                ),
-            )
-            .into());
-        }
-    }
-    Ok(())
-}
-
 /// Runs the VMM: boots the VM given on the command line, serves the API if asked, and
 /// returns the process exit status when it is time to end.
 pub fn run(opts: &Options) -> Result<i32> {
     crate::logger::configure(opts.log_level, opts.log_file.as_deref(), opts.id.as_deref())
         .map_err(|e| Error::io("opening the log file", e))?;
     if let Some(cfg) = &opts.config {
-        preflight(cfg)?;
+        crate::preflight::check(cfg)?;
     }
     let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT])
         .map_err(|e| Error::io("setting up signal handling", e))?;
@@ -131,16 +85,19 @@ pub fn run(opts: &Options) -> Result<i32> {
             exit_evt: clone_eventfd(&events.exit_evt, "poweroff")?,
             reset_evt: clone_eventfd(&events.reset_evt, "reset")?,
             signals,
-            stdin: match serial_mode {
-                SerialMode::Tty => Some(clone_eventfd(&events.serial_drained, "serial input")?),
-                _ => None,
-            },
             api_evt,
         },
         shared.clone(),
     );
-    let mut event_loop = EventLoop::new(controller)?;
-    seccomp::apply(ThreadKind::Vmm, seccomp_mode).map_err(|e| Error::Device(e.to_string()))?;
+    let serial_input = match serial_mode {
+        SerialMode::Tty => Some(SerialInput::stdin(clone_eventfd(
+            &events.serial_drained,
+            "serial input",
+        )?)),
+        _ => None,
+    };
+    let mut event_loop = EventLoop::new(controller, serial_input)?;
+    seccomp::apply(ThreadKind::Vmm, seccomp_mode)?;
     seccomp::selftest_if_requested(ThreadKind::Vmm);
     let mut vmm = Vmm::new(
         hv,
@@ -151,10 +108,8 @@ pub fn run(opts: &Options) -> Result<i32> {
         opts.api_socket.is_none(),
     );
     if let Some(cfg) = &opts.config {
-        vmm.create(cfg.clone())
-            .map_err(|e| Error::Guest(e.message))?;
-        vmm.boot(&mut event_loop)
-            .map_err(|e| Error::Guest(e.message))?;
+        vmm.create(cfg.clone())?;
+        vmm.boot(&mut event_loop)?;
     }
     loop {
         let turn = event_loop.run_turn()?;
@@ -215,7 +170,7 @@ fn start_api(
             .listen()
             .and_then(|listener| Server::start_with_init(listener, config, forwarder, init)),
     }
-    .map_err(|e| Error::Guest(format!("api socket: {e}")))?;
+    .map_err(Error::ApiSocket)?;
     log::info!("api: listening on {spec:?}");
     Ok((evt, rx, server))
 }

@@ -18,14 +18,63 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 /// What a vCPU thread reports to the event loop when it ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuEvent {
     /// The guest asked for a reset.
     Reset,
     /// The guest asked to power off.
     PowerOff,
-    /// The vCPU failed; the message names the cause and the instruction pointer.
-    Failed(String),
+    /// The vCPU failed.
+    Failed(VcpuFailure),
+}
+
+/// Why a vCPU thread stopped the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuFailure {
+    /// The thread could not be prepared to run the vCPU.
+    #[error("vCPU {id}")]
+    Prepare {
+        /// vCPU index.
+        id: u32,
+        /// Why.
+        #[source]
+        source: hypervisor::Error,
+    },
+    /// The thread's seccomp filter could not be installed.
+    #[error("vCPU {id}")]
+    Seccomp {
+        /// vCPU index.
+        id: u32,
+        /// Why.
+        #[source]
+        source: seccomp::SeccompError,
+    },
+    /// The guest triple-faulted, and the hypervisor reset the vCPU (AMD SVM): rip is lost.
+    #[error(
+        "vCPU {id}: guest triple fault (shutdown); rip unknown: the hypervisor reset the vCPU on \
+         shutdown"
+    )]
+    TripleFaultRipLost {
+        /// vCPU index.
+        id: u32,
+    },
+    /// The guest triple-faulted.
+    #[error("vCPU {id}: guest triple fault (shutdown) at rip {rip:#x}")]
+    TripleFault {
+        /// vCPU index.
+        id: u32,
+        /// Instruction pointer (0 if it could not be read).
+        rip: u64,
+    },
+    /// Running the vCPU failed.
+    #[error("vCPU {id}")]
+    Run {
+        /// vCPU index.
+        id: u32,
+        /// Why.
+        #[source]
+        source: hypervisor::Error,
+    },
 }
 
 /// State shared between the vCPU threads and the event loop.
@@ -118,18 +167,12 @@ pub fn run_vcpu(
     shared: Arc<VcpuShared>,
 ) {
     if let Err(e) = vcpu.prepare_thread() {
-        shared.report(VcpuEvent::Failed(format!(
-            "vCPU {id}: {}",
-            crate::error_chain(&e)
-        )));
+        shared.report(VcpuEvent::Failed(VcpuFailure::Prepare { id, source: e }));
         return;
     }
     shared.prepared.fetch_add(1, Ordering::AcqRel);
     if let Err(e) = seccomp::apply(ThreadKind::Vcpu, shared.seccomp) {
-        shared.report(VcpuEvent::Failed(format!(
-            "vCPU {id}: {}",
-            crate::error_chain(&e)
-        )));
+        shared.report(VcpuEvent::Failed(VcpuFailure::Seccomp { id, source: e }));
         return;
     }
     seccomp::selftest_if_requested(ThreadKind::Vcpu);
@@ -148,16 +191,25 @@ pub fn run_vcpu(
             }
             Ok(VcpuExit::Reset) => VcpuEvent::Reset,
             Ok(VcpuExit::PowerOff) => VcpuEvent::PowerOff,
-            Ok(VcpuExit::TripleFault) => {
-                let rip = vcpu.regs().map(|r| r.rip).unwrap_or(0);
-                VcpuEvent::Failed(format!(
-                    "vCPU {id}: guest triple fault (shutdown) at rip {rip:#x}"
-                ))
-            }
-            Err(e) => VcpuEvent::Failed(format!("vCPU {id}: {}", crate::error_chain(&e))),
+            Ok(VcpuExit::TripleFault) => VcpuEvent::Failed(triple_fault(id, &*vcpu)),
+            Err(e) => VcpuEvent::Failed(VcpuFailure::Run { id, source: e }),
         };
         shared.report(event);
         return;
+    }
+}
+
+/// What petrel can truly say about a triple fault. On Intel (and PVM) KVM leaves the vCPU
+/// where it faulted, so its rip is named; on AMD SVM, KVM re-initialises the VMCB on a shutdown
+/// intercept, so the registers read afterwards are the reset state (cs f000, rip fff0) and the
+/// faulting rip is lost: the message says so instead of naming a wrong address.
+fn triple_fault(id: u32, vcpu: &dyn Vcpu) -> VcpuFailure {
+    let rip = vcpu.regs().map(|r| r.rip).unwrap_or(0);
+    let cs = vcpu.sregs().map(|s| s.cs.selector).ok();
+    if rip == 0xfff0 && cs == Some(0xf000) {
+        VcpuFailure::TripleFaultRipLost { id }
+    } else {
+        VcpuFailure::TripleFault { id, rip }
     }
 }
 

@@ -13,27 +13,32 @@
 //!
 //! All devices share one event-loop thread, so no queue may hold it for long: a device
 //! serves at most [`MAX_CHAINS_PER_TURN`] chains of a queue per call, and if the driver has
-//! made more available it writes that queue's own eventfd (`yield_queue`) so the event
+//! made more available it writes that queue's own eventfd so the event
 //! loop comes back to the queue after serving everything else that is ready. Without the
 //! bound a guest could keep a device busy forever: by refilling the available ring from a
 //! second vCPU, or by laying the used ring over the available ring so that every returned
 //! chain makes a new one appear (the transport refuses such a layout, but devices do not
-//! rely on it).
+//! rely on it). That turn is written once, in `serve` ([`DeviceQueues`] runs it for a device).
 
 pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
+mod queues;
 pub mod rng;
+mod serve;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
 
 use std::sync::Arc;
 
 use event_manager::MutEventSubscriber;
-use log::error;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
+
+pub use queues::DeviceQueues;
 
 /// Guest memory as devices see it (cheap to clone: the regions are shared).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -61,15 +66,6 @@ const _: () = {
     }
 };
 
-/// Ends a queue's turn early, its budget spent with work left: writes the queue's own eventfd
-/// `evt` (the one in [`VirtioDevice::queue_events`]) so that the event loop, which watches it
-/// level-triggered, comes back to the queue after serving the other ready sources.
-pub(crate) fn yield_queue(evt: &EventFd, device: &str) {
-    if let Err(e) = evt.write(1) {
-        error!("{device}: cannot re-kick a queue: {e}");
-    }
-}
-
 /// Device type numbers (virtio spec 5).
 pub mod device_type {
     /// Network card.
@@ -82,6 +78,18 @@ pub mod device_type {
     pub const BALLOON: u32 = 5;
     /// Socket device.
     pub const VSOCK: u32 = 19;
+
+    /// The name of device type `t` in logs.
+    pub fn name(t: u32) -> &'static str {
+        match t {
+            NET => "virtio-net",
+            BLOCK => "virtio-blk",
+            RNG => "virtio-rng",
+            BALLOON => "virtio-balloon",
+            VSOCK => "virtio-vsock",
+            _ => "virtio",
+        }
+    }
 }
 
 /// What a device tells the driver.
@@ -127,12 +135,25 @@ pub struct ActivateContext {
 /// A virtio device. Its `MutEventSubscriber` side runs on the event loop and serves the
 /// queues; the transport calls the other methods from vCPU threads.
 pub trait VirtioDevice: MutEventSubscriber + Send {
+    /// The device's type, features, queues, their eventfds and its activation, when it keeps
+    /// them in a [`DeviceQueues`] (every petrel device does; the accessors below read
+    /// it). A device that keeps them otherwise returns `None` and provides those
+    /// methods itself.
+    fn queues(&self) -> Option<&DeviceQueues> {
+        None
+    }
     /// The virtio device type (see [`device_type`]).
-    fn device_type(&self) -> u32;
+    fn device_type(&self) -> u32 {
+        self.queues().map_or(0, |q| q.device_type())
+    }
     /// Maximum size of each queue; the number of entries is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.queues().map_or(&[], |q| q.sizes())
+    }
     /// Features offered to the driver (including [`VIRTIO_F_VERSION_1`]).
-    fn features(&self) -> u64;
+    fn features(&self) -> u64 {
+        self.queues().map_or(0, |q| q.features())
+    }
     /// Reads the device-specific configuration space at `offset`.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space at `offset`.
@@ -142,59 +163,55 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     /// Stops serving (driver reset): drops the queues and returns to the unactivated state.
     fn reset(&mut self);
     /// One eventfd per queue, written when the driver notifies that queue.
-    fn queue_events(&self) -> &[EventFd];
+    fn queue_events(&self) -> &[EventFd] {
+        self.queues().map_or(&[], |q| q.events())
+    }
     /// Whether `activate` succeeded and no `reset` followed.
-    fn is_activated(&self) -> bool;
+    fn is_activated(&self) -> bool {
+        self.queues().is_some_and(|q| q.is_activated())
+    }
+    /// The features the driver accepted at the last activation (0 if not activated).
+    fn acked_features(&self) -> u64 {
+        self.queues().map_or(0, |q| q.acked_features())
+    }
     /// The queues the device is serving, as (queue index, state): their ring positions move
     /// on as it works, so a snapshot takes them from here. Empty when not activated.
-    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)>;
+    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
+        self.queues().map_or_else(Vec::new, |q| q.states())
+    }
     /// The device's counters (requests, bytes, errors, throttling …) by name, for the API.
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
 }
 
-/// Helpers shared by the devices' tests.
-#[cfg(test)]
-pub(crate) mod test_utils {
-    use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::{Queue, QueueState, QueueT};
-    use vm_memory::{Address, Bytes};
+/// Defines a device's counters: a struct of `u64` fields (each documented) and `values()`,
+/// every counter with its name, which is what [`VirtioDevice::counter_values`] reports.
+macro_rules! device_counters {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$doc:meta])* $field:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct $name {
+            $($(#[$doc])* pub $field: u64,)*
+        }
 
-    use super::GuestMemoryMmap;
+        impl $name {
+            /// Every counter with its name.
+            pub fn values(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field)),*]
+            }
+        }
+    };
+}
+pub(crate) use device_counters;
 
-    /// The device's available index in [`aliased_rings_queue`] (close to wrapping).
-    const ALIASED_NEXT_AVAIL: u16 = 0xfff0;
-
-    /// A ready queue on `vq`'s descriptor table and available ring whose used ring lies on
-    /// top of the available ring, with the device's used index `lead` ahead of its available
-    /// index: the state a guest reaches by returning chains with heads beyond the queue
-    /// (popped, never used) and then laying the rings over each other. Every `add_used` then
-    /// advances `avail.idx` too, so a device that serves until the ring is empty never stops.
-    /// The slots it reads hold the low and high halves of used elements: with used lengths
-    /// below the queue size, every head is a valid (all-zero) descriptor.
-    pub(crate) fn aliased_rings_queue(
-        mem: &GuestMemoryMmap,
-        vq: &MockSplitQueue<GuestMemoryMmap>,
-        lead: u16,
-    ) -> Queue {
-        let mut queue: Queue = vq.create_queue().unwrap();
-        let avail = vq.avail_addr();
-        queue
-            .try_set_used_ring_address(avail)
-            .expect("aligned avail ring");
-        let next_avail = ALIASED_NEXT_AVAIL;
-        queue.set_next_avail(next_avail);
-        queue.set_next_used(next_avail.wrapping_add(lead));
-        // `avail.idx` is `used.idx`: what the device last published.
-        mem.write_obj(next_avail.wrapping_add(lead), avail.unchecked_add(2))
-            .unwrap();
-        queue
-    }
-
-    /// How many chains the device took from an [`aliased_rings_queue`] whose state is now
-    /// `state`.
-    pub(crate) fn taken(state: &QueueState) -> u16 {
-        state.next_avail.wrapping_sub(ALIASED_NEXT_AVAIL)
-    }
+/// Answers a read of a device's configuration space `space` at `offset`: the bytes there,
+/// zeros past its end.
+pub(crate) fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(src) = usize::try_from(offset).ok().and_then(|o| space.get(o..)) else {
+        return;
+    };
+    let n = src.len().min(data.len());
+    data[..n].copy_from_slice(&src[..n]);
 }

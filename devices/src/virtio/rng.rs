@@ -7,19 +7,16 @@
 //! memory, is returned with length 0 and counted as an error.
 
 use std::io;
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use log::{error, warn};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use log::warn;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::virtio::serve::{count_error, Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
-    device_type, yield_queue, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind,
-    VirtioDevice, VirtioInterrupt, MAX_CHAINS_PER_TURN, VIRTIO_F_VERSION_1,
+    device_counters, device_type, ActivateContext, ActivateError, DeviceQueues, GuestMemoryMmap,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Size of the request queue.
@@ -28,19 +25,21 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 
 const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+const FEATURES: u64 = VIRTIO_F_VERSION_1 | (1 << VIRTIO_RING_F_EVENT_IDX);
 /// Bytes fetched from getrandom(2) at a time.
 const CHUNK: usize = 4096;
 
-/// What the device has done, for the API.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RngCounters {
-    /// Requests (descriptor chains) served.
-    pub requests: u64,
-    /// Random bytes written to the guest.
-    pub bytes: u64,
-    /// Requests refused (no writable buffer, buffer outside guest memory, getrandom failure)
-    /// and queue errors.
-    pub errors: u64,
+device_counters! {
+    /// What the device has done, for the API.
+    pub struct RngCounters {
+        /// Requests (descriptor chains) served.
+        requests,
+        /// Random bytes written to the guest.
+        bytes,
+        /// Requests refused (no writable buffer, buffer outside guest memory, getrandom failure)
+        /// and queue errors.
+        errors,
+    }
 }
 
 /// Why a request could not be served.
@@ -56,18 +55,11 @@ enum RequestError {
     Memory(#[source] vm_memory::GuestMemoryError),
 }
 
-/// The state of an activated device.
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<dyn VirtioInterrupt>,
-}
+const DEVICE: &str = "virtio-rng";
 
 /// A virtio-rng device.
 pub struct Rng {
-    queue_events: Vec<EventFd>,
-    active: Option<Active>,
-    acked_features: u64,
+    queues: DeviceQueues,
     counters: RngCounters,
 }
 
@@ -75,9 +67,7 @@ impl Rng {
     /// A new, unactivated device.
     pub fn new() -> io::Result<Self> {
         Ok(Self {
-            queue_events: vec![EventFd::new(EFD_NONBLOCK)?],
-            active: None,
-            acked_features: 0,
+            queues: DeviceQueues::new(device_type::RNG, QUEUE_SIZES, FEATURES)?,
             counters: RngCounters::default(),
         })
     }
@@ -87,124 +77,48 @@ impl Rng {
         self.counters
     }
 
-    /// The features the driver accepted at the last activation (0 if not activated).
-    pub fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    /// Counts an error and logs it, rate-limited (the 1st, 2nd, 4th, 8th, ... one).
-    fn count_error(counters: &mut RngCounters, what: std::fmt::Arguments<'_>) {
-        counters.errors += 1;
-        if counters.errors.is_power_of_two() {
-            warn!("virtio-rng: {what} ({} errors so far)", counters.errors);
-        }
-    }
-
-    /// Serves every available chain, at most [`MAX_CHAINS_PER_TURN`] (then, with more
-    /// available, writes the queue eventfd so the event loop comes back), then interrupts the
-    /// driver if it wants to know.
+    /// Serves every available chain, at most [`MAX_CHAINS_PER_TURN`](crate::virtio::MAX_CHAINS_PER_TURN)
+    /// (then, with more available, writes the queue eventfd so the event loop comes back),
+    /// then interrupts the driver if it wants to know.
     fn process_queue(&mut self) {
         self.process_queue_with(|| {});
     }
 
     /// [`Self::process_queue`], calling `before_enable` after each round's last chain and
     /// before notifications are re-enabled (tests use it to play a driver racing the device).
-    fn process_queue_with(&mut self, mut before_enable: impl FnMut()) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mem = &active.mem;
-        let queue = &mut active.queue;
-        let counters = &mut self.counters;
-        let mut served = 0u64;
-        let mut empty_rounds = 0u32;
-        'rounds: loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                Self::count_error(counters, format_args!("queue error: {e}"));
-                break;
+    fn process_queue_with(&mut self, before_enable: impl FnMut()) {
+        let mut fill = Fill(&mut self.counters);
+        self.queues.serve_with(0, &mut fill, before_enable);
+    }
+}
+
+/// Serves the request queue: fills each chain.
+struct Fill<'a>(&'a mut RngCounters);
+
+impl ChainHandler for Fill<'_> {
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Disposition {
+        let head = chain.head_index();
+        match fill_chain(mem, chain) {
+            Ok(len) => {
+                self.0.requests += 1;
+                self.0.bytes += u64::from(len);
+                Disposition::Used(len)
             }
-            let served_before = served;
-            while served < u64::from(MAX_CHAINS_PER_TURN) {
-                let chain = match queue.iter(mem) {
-                    Ok(mut iter) => iter.next(),
-                    Err(e) => {
-                        Self::count_error(counters, format_args!("queue error: {e}"));
-                        break 'rounds;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                let len = match fill_chain(mem, chain) {
-                    Ok(len) => {
-                        counters.requests += 1;
-                        counters.bytes += u64::from(len);
-                        len
-                    }
-                    Err(e) => {
-                        Self::count_error(counters, format_args!("request {head}: {e}"));
-                        0
-                    }
-                };
-                if let Err(e) = queue.add_used(mem, head, len) {
-                    Self::count_error(counters, format_args!("cannot return {head}: {e}"));
-                    break 'rounds;
-                }
-                served += 1;
-            }
-            before_enable();
-            match queue.enable_notification(mem) {
-                // The budget ran out with chains left: let the event loop serve everything
-                // else first.
-                Ok(true) if served >= u64::from(MAX_CHAINS_PER_TURN) => {
-                    yield_queue(&self.queue_events[0], "virtio-rng");
-                    break;
-                }
-                // More chains arrived meanwhile. A round may legitimately serve nothing: the
-                // driver can make a chain available after the round found the ring empty and
-                // before notifications came back on, and it does not notify then (they were
-                // off), so that chain must be served now. The next round then serves it; two
-                // empty rounds in a row mean the ring itself is bad, so stop rather than spin.
-                Ok(true) => {
-                    empty_rounds = if served > served_before {
-                        0
-                    } else {
-                        empty_rounds + 1
-                    };
-                    if empty_rounds >= 2 {
-                        Self::count_error(
-                            counters,
-                            format_args!("avail ring has chains that cannot be read"),
-                        );
-                        break;
-                    }
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    Self::count_error(counters, format_args!("queue error: {e}"));
-                    break;
-                }
+            Err(e) => {
+                let what = format_args!("request {head}: {e}");
+                count_error(&mut self.0.errors, DEVICE, what);
+                Disposition::Used(0)
             }
         }
-        if served == 0 {
-            return;
-        }
-        match queue.needs_notification(mem) {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = active.interrupt.trigger(InterruptKind::Queue(0)) {
-                    error!("virtio-rng: cannot raise interrupt: {e}");
-                }
-            }
-            Err(e) => Self::count_error(counters, format_args!("queue error: {e}")),
-        }
+    }
+
+    fn queue_error(&mut self, error: QueueError) {
+        count_error(&mut self.0.errors, DEVICE, format_args!("{error}"));
     }
 }
 
 /// Fills the writable buffers of `chain` with random bytes; returns the number written.
-fn fill_chain(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-) -> Result<u32, RequestError> {
+fn fill_chain(mem: &GuestMemoryMmap, chain: Chain<'_>) -> Result<u32, RequestError> {
     // The chain iterator stops after queue-size descriptors, so a looping chain ends.
     let buffers: Vec<_> = chain.writable().collect();
     if buffers.is_empty() {
@@ -261,16 +175,8 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
 }
 
 impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        device_type::RNG
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | (1 << VIRTIO_RING_F_EVENT_IDX)
+    fn queues(&self) -> Option<&DeviceQueues> {
+        Some(&self.queues)
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
@@ -279,110 +185,59 @@ impl VirtioDevice for Rng {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        Self::count_error(
-            &mut self.counters,
-            format_args!("{}-byte config write at {offset:#x} ignored", data.len()),
-        );
+        let what = format_args!("{}-byte config write at {offset:#x} ignored", data.len());
+        count_error(&mut self.counters.errors, DEVICE, what);
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let Some(queue) = ctx.queues.into_iter().next().filter(|q| q.ready()) else {
-            return Err(ActivateError::BadQueue("request queue not enabled".into()));
-        };
-        self.acked_features = ctx.acked_features;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-            interrupt: ctx.interrupt,
-        });
-        Ok(())
+        self.queues.activate(ctx, &[0])
     }
 
     fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
-        self.active.iter().map(|a| (0, a.queue.state())).collect()
+        self.queues.reset();
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counters;
-        vec![
-            ("requests", c.requests),
-            ("bytes", c.bytes),
-            ("errors", c.errors),
-        ]
+        self.counters.values()
     }
 }
 
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_events {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                error!("virtio-rng: cannot register the queue eventfd: {e}");
-            }
-        }
+        self.queues.register(ops);
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let Some(evt) = self
-            .queue_events
-            .iter()
-            .find(|e| e.as_raw_fd() == events.fd())
-        else {
-            warn!("virtio-rng: event on unknown fd {}", events.fd());
-            return;
-        };
-        // Drain the counter; EAGAIN only means another path already drained it.
-        let _ = evt.read();
-        self.process_queue();
+        match self.queues.take_event(events.fd()) {
+            Some(_) => self.process_queue(),
+            None => warn!("{DEVICE}: event on unknown fd {}", events.fd()),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use event_manager::{EventManager, SubscriberOps};
-    use virtio_bindings::virtio_ring::{
-        VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
-    };
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Address, GuestAddress};
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::Address;
 
-    const MEM_SIZE: usize = 0x10_0000;
+    use crate::virtio::test_utils::{
+        activate, desc, mem, notifications_on, read_guest, used, LateChain, RecordingInterrupt,
+        MEM_SIZE, N, W,
+    };
+    use crate::virtio::{ActivateContext, InterruptKind, MAX_CHAINS_PER_TURN};
+
     const BUF: u64 = 0x8_0000;
-    const W: u32 = VRING_DESC_F_WRITE;
-    const N: u32 = VRING_DESC_F_NEXT;
 
-    #[derive(Default)]
-    struct RecordingInterrupt(Mutex<Vec<InterruptKind>>);
-
-    impl VirtioInterrupt for RecordingInterrupt {
-        fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-            self.0.lock().unwrap().push(kind);
-            Ok(())
-        }
-    }
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), MEM_SIZE)]).unwrap()
-    }
-
-    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+    /// An rng activated on `queue`.
+    fn activated_on(mem: &GuestMemoryMmap, queue: Queue) -> (Rng, Arc<RecordingInterrupt>) {
+        let mut rng = Rng::new().unwrap();
+        let int = activate(&mut rng, mem, vec![queue], FEATURES);
+        (rng, int)
     }
 
     fn activated(
@@ -390,30 +245,9 @@ mod tests {
         vq: &MockSplitQueue<GuestMemoryMmap>,
         event_idx: bool,
     ) -> (Rng, Arc<RecordingInterrupt>) {
-        let mut rng = Rng::new().unwrap();
-        let int = Arc::new(RecordingInterrupt::default());
         let mut queue: Queue = vq.create_queue().unwrap();
         queue.set_event_idx(event_idx);
-        rng.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![queue],
-            acked_features: rng.features(),
-            interrupt: int.clone(),
-        })
-        .unwrap();
-        (rng, int)
-    }
-
-    /// (used ring index, (head, len) of used entry `i`).
-    fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u16, (u32, u32)) {
-        let e = vq.used().ring().ref_at(i).unwrap().load();
-        (vq.used().idx().load(), (e.id(), e.len()))
-    }
-
-    fn read_buf(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-        v
+        activated_on(mem, queue)
     }
 
     #[test]
@@ -424,11 +258,11 @@ mod tests {
         let (mut rng, int) = activated(&m, &vq, false);
         rng.process_queue();
         assert_eq!(used(&vq, 0), (1, (0, 64)));
-        assert!(read_buf(&m, BUF, 64).iter().any(|&b| b != 0));
-        assert!(read_buf(&m, BUF + 64, 64).iter().all(|&b| b == 0));
+        assert!(read_guest(&m, BUF, 64).iter().any(|&b| b != 0));
+        assert!(read_guest(&m, BUF + 64, 64).iter().all(|&b| b == 0));
         let c = rng.counters();
         assert_eq!((c.requests, c.bytes, c.errors), (1, 64, 0));
-        assert_eq!(*int.0.lock().unwrap(), vec![InterruptKind::Queue(0)]);
+        assert_eq!(int.take(), vec![InterruptKind::Queue(0)]);
     }
 
     #[test]
@@ -444,7 +278,7 @@ mod tests {
         let (mut rng, _) = activated(&m, &vq, true);
         rng.process_queue();
         assert_eq!(used(&vq, 0), (1, (0, 32)));
-        assert!(read_buf(&m, BUF, 32).iter().all(|&b| b == 0));
+        assert!(read_guest(&m, BUF, 32).iter().all(|&b| b == 0));
     }
 
     #[test]
@@ -455,7 +289,7 @@ mod tests {
         let (mut rng, _) = activated(&m, &vq, false);
         rng.process_queue();
         assert_eq!(used(&vq, 0), (1, (0, 0)));
-        assert!(read_buf(&m, BUF, 64).iter().all(|&b| b == 0));
+        assert!(read_guest(&m, BUF, 64).iter().all(|&b| b == 0));
         assert_eq!(rng.counters().errors, 1);
         assert_eq!(rng.counters().requests, 0);
     }
@@ -474,8 +308,8 @@ mod tests {
         rng.process_queue();
         assert_eq!(used(&vq, 0), (2, (0, 0)));
         assert_eq!(used(&vq, 1), (2, (2, 0)));
-        assert!(read_buf(&m, BUF, 16).iter().all(|&b| b == 0));
-        assert!(read_buf(&m, end - 16, 16).iter().all(|&b| b == 0));
+        assert!(read_guest(&m, BUF, 16).iter().all(|&b| b == 0));
+        assert!(read_guest(&m, end - 16, 16).iter().all(|&b| b == 0));
         assert_eq!(rng.counters().errors, 2);
     }
 
@@ -514,7 +348,7 @@ mod tests {
         rng.process_queue();
         assert_eq!(vq.used().idx().load(), 0);
         assert_eq!(rng.counters().errors, 1);
-        assert!(int.0.lock().unwrap().is_empty());
+        assert_eq!(int.count(), 0);
     }
 
     #[test]
@@ -522,22 +356,14 @@ mod tests {
         use crate::virtio::test_utils::{aliased_rings_queue, taken};
         let m = mem();
         let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
-        let mut rng = Rng::new().unwrap();
-        let int = Arc::new(RecordingInterrupt::default());
-        rng.activate(ActivateContext {
-            mem: m.clone(),
-            queues: vec![aliased_rings_queue(&m, &vq, 100)],
-            acked_features: rng.features(),
-            interrupt: int.clone(),
-        })
-        .unwrap();
+        let (mut rng, int) = activated_on(&m, aliased_rings_queue(&m, &vq, 100));
         rng.process_queue();
         let (_, state) = rng.active_queue_states()[0];
         assert_eq!(u32::from(taken(&state)), MAX_CHAINS_PER_TURN);
         // Every chain is a zero-length read-only descriptor: an error.
         assert_eq!(rng.counters().errors, u64::from(MAX_CHAINS_PER_TURN));
         assert_eq!(rng.queue_events()[0].read().unwrap(), 1);
-        assert_eq!(int.0.lock().unwrap().len(), 1);
+        assert_eq!(int.count(), 1);
     }
 
     /// The driver makes a chain available after a round found the ring empty but before
@@ -548,30 +374,19 @@ mod tests {
         let m = mem();
         let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
         let (mut rng, int) = activated(&m, &vq, false);
-        let mut raced = false;
-        // A turn started by a stale kick: nothing is available yet.
-        rng.process_queue_with(|| {
-            if !raced {
-                raced = true;
-                let flags: u16 = m.read_obj(vq.used_addr()).unwrap();
-                assert_ne!(
-                    flags & VRING_USED_F_NO_NOTIFY as u16,
-                    0,
-                    "driver would notify"
-                );
-                vq.add_desc_chains(&[desc(BUF, 64, W, 0)], 0).unwrap();
-            }
-        });
-        assert!(raced);
+        // Written but not published yet; a turn started by a stale kick finds nothing.
+        vq.add_desc_chains(&[desc(BUF, 64, W, 0)], 0).unwrap();
+        m.write_obj(0u16, vq.avail_addr().unchecked_add(2)).unwrap();
+        let mut late = LateChain::new(&m, vq.avail_addr().0, vq.used_addr().0);
+        rng.process_queue_with(|| late.publish());
+        assert!(late.published);
         assert_eq!(used(&vq, 0), (1, (0, 64)));
         assert_eq!(rng.counters().errors, 0);
-        let flags: u16 = m.read_obj(vq.used_addr()).unwrap();
-        assert_eq!(
-            flags & VRING_USED_F_NO_NOTIFY as u16,
-            0,
+        assert!(
+            notifications_on(&m, vq.used_addr().0),
             "notifications left off"
         );
-        assert_eq!(int.0.lock().unwrap().len(), 1);
+        assert_eq!(int.count(), 1);
     }
 
     /// Chains announced by the avail index that cannot be read (the ring runs off the end of
@@ -580,25 +395,14 @@ mod tests {
     fn unreadable_avail_ring_ends_the_turn() {
         let m = mem();
         let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
-        let avail = MEM_SIZE as u64 - 4; // flags and idx fit, ring[0] does not
-        m.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-        let mut queue: Queue = vq.create_queue().unwrap();
-        queue.set_avail_ring_address(Some(avail as u32), Some(0));
-        let mut rng = Rng::new().unwrap();
-        let int = Arc::new(RecordingInterrupt::default());
-        rng.activate(ActivateContext {
-            mem: m.clone(),
-            queues: vec![queue],
-            acked_features: VIRTIO_F_VERSION_1,
-            interrupt: int.clone(),
-        })
-        .unwrap();
+        let queue = crate::virtio::test_utils::unreadable_avail_queue(&m, &vq);
+        let (mut rng, int) = activated_on(&m, queue);
         let mut rounds = 0;
         rng.process_queue_with(|| rounds += 1);
         assert_eq!(rounds, 2);
         assert_eq!(rng.counters().errors, 1);
         assert_eq!(vq.used().idx().load(), 0);
-        assert!(int.0.lock().unwrap().is_empty());
+        assert_eq!(int.count(), 0);
     }
 
     #[test]
@@ -642,7 +446,7 @@ mod tests {
         assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
         assert_eq!(used(&vq, 0), (1, (0, 64)));
         assert!(evt.read().is_err(), "eventfd drained");
-        assert_eq!(int.0.lock().unwrap().len(), 1);
+        assert_eq!(int.count(), 1);
         assert_eq!(rng.lock().unwrap().counters().bytes, 64);
     }
 }

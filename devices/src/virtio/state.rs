@@ -28,37 +28,34 @@ pub struct QueueSnapshot {
     pub event_idx_enabled: bool,
 }
 
-impl From<QueueState> for QueueSnapshot {
-    fn from(s: QueueState) -> Self {
-        QueueSnapshot {
-            max_size: s.max_size,
-            size: s.size,
-            ready: s.ready,
-            desc_table: s.desc_table,
-            avail_ring: s.avail_ring,
-            used_ring: s.used_ring,
-            next_avail: s.next_avail,
-            next_used: s.next_used,
-            event_idx_enabled: s.event_idx_enabled,
+/// `From` both ways between two structs with the same fields.
+macro_rules! same_fields {
+    ($a:ident <-> $b:ident { $($field:ident),* $(,)? }) => {
+        impl From<$a> for $b {
+            fn from(s: $a) -> Self {
+                $b { $($field: s.$field),* }
+            }
         }
-    }
+
+        impl From<$b> for $a {
+            fn from(s: $b) -> Self {
+                $a { $($field: s.$field),* }
+            }
+        }
+    };
 }
 
-impl From<QueueSnapshot> for QueueState {
-    fn from(s: QueueSnapshot) -> Self {
-        QueueState {
-            max_size: s.max_size,
-            size: s.size,
-            ready: s.ready,
-            desc_table: s.desc_table,
-            avail_ring: s.avail_ring,
-            used_ring: s.used_ring,
-            next_avail: s.next_avail,
-            next_used: s.next_used,
-            event_idx_enabled: s.event_idx_enabled,
-        }
-    }
-}
+same_fields!(QueueState <-> QueueSnapshot {
+    max_size,
+    size,
+    ready,
+    desc_table,
+    avail_ring,
+    used_ring,
+    next_avail,
+    next_used,
+    event_idx_enabled,
+});
 
 /// A virtio-mmio device's whole state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

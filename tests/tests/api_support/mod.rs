@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use api::http::{Client, Method, Response};
+use petrel_http::{Client, Method, Response};
 use petrel_tests::Petrel;
 use serde_json::{json, Value};
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::http::{Client, Method, Response};
+use petrel_http::{Client, Method, Response};
 use petrel_tests::{guest_image, petrel_bin, GuestKind};
 use serde_json::{json, Value};
 
@@ -21,7 +21,7 @@ pub fn petreld_bin() -> PathBuf {
     let p = petrel_bin().with_file_name("petreld");
     assert!(
         p.is_file(),
-        "{} not built (cargo build -p api)",
+        "{} not built (cargo build -p petreld)",
         p.display()
     );
     p

@@ -15,19 +15,18 @@ mod tests;
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_queue::QueueT;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::virtio::serve::{count_error, Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
-    device_type, yield_queue, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind,
-    VirtioDevice, VirtioInterrupt, MAX_CHAINS_PER_TURN, VIRTIO_F_VERSION_1,
+    device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
+    GuestMemoryMmap, InterruptKind, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 pub use pages::PAGE_SIZE;
 pub use stats::BalloonStats;
@@ -51,6 +50,7 @@ const QUEUE_SIZES_STATS: &[u16] = &[QUEUE_SIZE; 3];
 const ACTUAL_OFFSET: u64 = 4;
 /// 4 KiB pages per MiB.
 const PAGES_PER_MIB: u64 = (1 << 20) / PAGE_SIZE;
+const DEVICE: &str = "virtio-balloon";
 
 /// How to build a [`Balloon`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,29 +95,38 @@ pub enum BalloonError {
 /// Result of balloon operations.
 pub type Result<T> = std::result::Result<T, BalloonError>;
 
-/// What the device has done, for the API.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BalloonCounters {
-    /// Pages the guest gave up (and the host released).
-    pub inflated_pages: u64,
-    /// Pages the guest took back.
-    pub deflated_pages: u64,
-    /// PFNs outside guest memory, skipped.
-    pub bad_pfns: u64,
-    /// Stats buffers read.
-    pub stats_updates: u64,
-    /// Malformed buffers, failed releases, bad config writes and queue errors.
-    pub errors: u64,
+device_counters! {
+    /// What the device has done, for the API.
+    pub struct BalloonCounters {
+        /// Pages the guest gave up (and the host released).
+        inflated_pages,
+        /// Pages the guest took back.
+        deflated_pages,
+        /// PFNs outside guest memory, skipped.
+        bad_pfns,
+        /// Stats buffers read.
+        stats_updates,
+        /// Malformed buffers, failed releases, bad config writes and queue errors.
+        errors,
+    }
 }
 
 impl BalloonCounters {
-    /// Counts a malformed buffer or a queue error and logs it, rate-limited (the 1st, 2nd,
-    /// 4th, 8th, ... one).
+    /// Counts a malformed buffer or a queue error and logs it, rate-limited.
     fn malformed(&mut self, what: std::fmt::Arguments<'_>) {
-        self.errors += 1;
-        if self.errors.is_power_of_two() {
-            warn!("virtio-balloon: {what} ({} errors so far)", self.errors);
+        count_error(&mut self.errors, DEVICE, what);
+    }
+
+    /// Whether the device may read `desc`; a write-only one in a `kind` buffer is counted.
+    fn readable(&mut self, desc: &virtio_queue::desc::split::Descriptor, kind: &str) -> bool {
+        if desc.is_write_only() {
+            self.malformed(format_args!(
+                "write-only descriptor {:#x}+{:#x} in a {kind} buffer",
+                desc.addr().0,
+                desc.len()
+            ));
         }
+        !desc.is_write_only()
     }
 
     /// Counts a host-side failure to release pages.
@@ -126,44 +135,22 @@ impl BalloonCounters {
     }
 }
 
-/// The state of an activated device.
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    /// The stats queue is served (negotiated and enabled).
-    stats_enabled: bool,
-    /// The stats buffer held until the next poll.
-    stats_head: Option<u16>,
-}
-
 /// A virtio-balloon device.
+#[derive(Debug)]
 pub struct Balloon {
     id: String,
-    features: u64,
     guest_mib: u64,
     num_pages: u32,
     actual: u32,
     stats_interval: Duration,
-    queue_events: Vec<EventFd>,
+    queues: DeviceQueues,
     stats_timer: Option<TimerFd>,
-    active: Option<Active>,
-    acked_features: u64,
+    /// The stats queue is served (negotiated and enabled at the last activation).
+    stats_enabled: bool,
+    /// The stats buffer held until the next poll.
+    stats_head: Option<u16>,
     stats: BalloonStats,
     counters: BalloonCounters,
-}
-
-impl std::fmt::Debug for Balloon {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Balloon")
-            .field("id", &self.id)
-            .field("features", &self.features)
-            .field("num_pages", &self.num_pages)
-            .field("actual", &self.actual)
-            .field("activated", &self.active.is_some())
-            .field("counters", &self.counters)
-            .finish()
-    }
 }
 
 impl Balloon {
@@ -181,22 +168,23 @@ impl Balloon {
         } else {
             None
         };
-        let queues = if stats_timer.is_some() { 3 } else { 2 };
-        let queue_events = (0..queues)
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<io::Result<Vec<_>>>()
+        let sizes = if stats_timer.is_some() {
+            QUEUE_SIZES_STATS
+        } else {
+            QUEUE_SIZES_NO_STATS
+        };
+        let queues = DeviceQueues::new(device_type::BALLOON, sizes, features)
             .map_err(BalloonError::Events)?;
         Ok(Self {
             id: cfg.id,
-            features,
             guest_mib,
             num_pages,
             actual: 0,
             stats_interval: Duration::from_secs(u64::from(cfg.stats_polling_interval_s)),
-            queue_events,
+            queues,
             stats_timer,
-            active: None,
-            acked_features: 0,
+            stats_enabled: false,
+            stats_head: None,
             stats: BalloonStats::default(),
             counters: BalloonCounters::default(),
         })
@@ -211,9 +199,8 @@ impl Balloon {
     /// running. A target larger than guest memory is refused and changes nothing.
     pub fn set_target_mib(&mut self, mib: u64) -> Result<()> {
         self.num_pages = target_pages(mib, self.guest_mib)?;
-        if let Some(active) = &self.active {
-            active
-                .interrupt
+        if let Some(interrupt) = self.queues.interrupt() {
+            interrupt
                 .trigger(InterruptKind::Config)
                 .map_err(BalloonError::Interrupt)?;
         }
@@ -240,58 +227,39 @@ impl Balloon {
         self.counters
     }
 
-    /// The features the driver accepted at the last activation (0 if not activated).
-    pub fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
     /// Serves queue `index`; the queue event does this. Does nothing before activation or for
     /// a queue that is not served.
     fn process_queue(&mut self, index: usize) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
+        self.process_queue_with(index, || {});
+    }
+
+    /// [`Self::process_queue`], calling `before_enable` after each round's last chain and
+    /// before notifications are re-enabled (tests use it to play a driver racing the device).
+    fn process_queue_with(&mut self, index: usize, before_enable: impl FnMut()) {
         let counters = &mut self.counters;
-        let mem = &active.mem;
-        let evt = &self.queue_events[index];
-        let returned = match index {
-            INFLATE | DEFLATE => {
-                let op = if index == INFLATE {
-                    pages::PageOp::Inflate
-                } else {
-                    pages::PageOp::Deflate
+        let op = match index {
+            INFLATE => pages::PageOp::Inflate,
+            DEFLATE => pages::PageOp::Deflate,
+            STATS if self.stats_enabled => {
+                let mut turn = StatsTurn {
+                    stats: &mut self.stats,
+                    counters,
+                    heads: Vec::new(),
                 };
-                let queue = &mut active.queues[index];
-                drain(queue, mem, evt, counters, |chain, counters| {
-                    pages::handle_chain(mem, chain, op, counters);
-                    true
-                })
-            }
-            STATS if active.stats_enabled => {
-                let stats = &mut self.stats;
-                let mut heads = Vec::new();
-                let queue = &mut active.queues[STATS];
-                drain(queue, mem, evt, counters, |chain, counters| {
-                    heads.push(chain.head_index());
-                    stats::read_chain(mem, chain, stats, counters);
-                    false
-                });
+                self.queues.serve_with(STATS, &mut turn, before_enable);
                 // Keep the newest buffer for the next poll; return any older one (a driver
                 // should have only one queued).
-                let mut returned = false;
+                let mut heads = turn.heads;
                 if let Some(newest) = heads.pop() {
-                    let older = active.stats_head.replace(newest).into_iter().chain(heads);
-                    for head in older {
-                        returned |= add_used(queue, mem, head, counters);
-                    }
+                    let older = self.stats_head.replace(newest).into_iter().chain(heads);
+                    self.return_stats_buffers(older.collect());
                 }
-                returned
+                return;
             }
-            _ => false,
+            _ => return,
         };
-        if returned {
-            notify(active, index, counters);
-        }
+        self.queues
+            .serve_with(index, &mut PagesTurn { op, counters }, before_enable);
     }
 
     /// The stats timer fired: returns the held stats buffer, asking the guest for new values.
@@ -300,21 +268,66 @@ impl Balloon {
             // Drain the expiry count; EAGAIN only means nothing expired yet.
             let _ = timer.wait();
         }
-        let Some(active) = self.active.as_mut().filter(|a| a.stats_enabled) else {
+        if !self.stats_enabled || !self.queues.is_activated() {
             return;
-        };
-        let Some(head) = active.stats_head.take() else {
-            // The guest has not sent its buffer back yet.
-            return;
-        };
-        if add_used(
-            &mut active.queues[STATS],
-            &active.mem,
-            head,
-            &mut self.counters,
-        ) {
-            notify(active, STATS, &mut self.counters);
         }
+        // None: the guest has not sent its buffer back yet.
+        if let Some(head) = self.stats_head.take() {
+            self.return_stats_buffers(vec![head]);
+        }
+    }
+
+    /// Returns stats buffers `heads` to the driver (empty) and interrupts it if it wants to know.
+    fn return_stats_buffers(&mut self, heads: Vec<u16>) {
+        let mut returned = false;
+        for head in heads {
+            match self.queues.add_used(STATS, head, 0) {
+                Ok(()) => returned = true,
+                Err(e) => self.counters.malformed(format_args!("{e}")),
+            }
+        }
+        if returned {
+            if let Err(e) = self.queues.notify(STATS) {
+                self.counters.malformed(format_args!("{e}"));
+            }
+        }
+    }
+}
+
+/// Serves the inflate or deflate queue: each chain is a list of PFNs.
+struct PagesTurn<'a> {
+    op: pages::PageOp,
+    counters: &'a mut BalloonCounters,
+}
+
+impl ChainHandler for PagesTurn<'_> {
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Disposition {
+        pages::handle_chain(mem, chain, self.op, self.counters);
+        Disposition::Used(0)
+    }
+
+    fn queue_error(&mut self, error: QueueError) {
+        self.counters.malformed(format_args!("{error}"));
+    }
+}
+
+/// Serves the stats queue: reads each buffer and keeps it (the device returns it at the next
+/// poll).
+struct StatsTurn<'a> {
+    stats: &'a mut BalloonStats,
+    counters: &'a mut BalloonCounters,
+    heads: Vec<u16>,
+}
+
+impl ChainHandler for StatsTurn<'_> {
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Disposition {
+        self.heads.push(chain.head_index());
+        stats::read_chain(mem, chain, self.stats, self.counters);
+        Disposition::Kept
+    }
+
+    fn queue_error(&mut self, error: QueueError) {
+        self.counters.malformed(format_args!("{error}"));
     }
 }
 
@@ -350,147 +363,16 @@ fn nonblocking_timer() -> io::Result<TimerFd> {
     Ok(timer)
 }
 
-/// Pops every available chain and hands it to `serve`; a chain `serve` answers `true` for is
-/// returned to the driver at once (used length 0), one it answers `false` for is kept by the
-/// caller. Pops at most [`MAX_CHAINS_PER_TURN`]; with more available it then writes the
-/// queue's eventfd `evt` so the event loop comes back. Returns whether any chain was returned.
-fn drain(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    evt: &EventFd,
-    counters: &mut BalloonCounters,
-    serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>, &mut BalloonCounters) -> bool,
-) -> bool {
-    drain_with(queue, mem, evt, counters, serve, || {})
-}
-
-/// [`drain`], calling `before_enable` after each round's last chain and before notifications
-/// are re-enabled (tests use it to play a driver racing the device).
-fn drain_with(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    evt: &EventFd,
-    counters: &mut BalloonCounters,
-    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>, &mut BalloonCounters) -> bool,
-    mut before_enable: impl FnMut(),
-) -> bool {
-    let mut popped = 0u64;
-    let mut returned = false;
-    let mut empty_rounds = 0u32;
-    'rounds: loop {
-        if let Err(e) = queue.disable_notification(mem) {
-            counters.malformed(format_args!("queue error: {e}"));
-            break;
-        }
-        let popped_before = popped;
-        while popped < u64::from(MAX_CHAINS_PER_TURN) {
-            let chain = match queue.iter(mem) {
-                Ok(mut iter) => iter.next(),
-                Err(e) => {
-                    counters.malformed(format_args!("queue error: {e}"));
-                    break 'rounds;
-                }
-            };
-            let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            popped += 1;
-            if serve(chain, counters) {
-                if !add_used(queue, mem, head, counters) {
-                    break 'rounds;
-                }
-                returned = true;
-            }
-        }
-        before_enable();
-        match queue.enable_notification(mem) {
-            // The budget ran out with chains left: let the event loop serve everything else
-            // first.
-            Ok(true) if popped >= u64::from(MAX_CHAINS_PER_TURN) => {
-                yield_queue(evt, "virtio-balloon");
-                break;
-            }
-            // More chains arrived meanwhile. A round may legitimately pop nothing: the driver
-            // can make a chain available after the round found the ring empty and before
-            // notifications came back on, and it does not notify then (they were off), so that
-            // chain must be served now. The next round then pops it; two empty rounds in a row
-            // mean the ring itself is bad, so stop rather than spin.
-            Ok(true) => {
-                empty_rounds = if popped > popped_before {
-                    0
-                } else {
-                    empty_rounds + 1
-                };
-                if empty_rounds >= 2 {
-                    counters.malformed(format_args!("avail ring has chains that cannot be read"));
-                    break;
-                }
-            }
-            Ok(false) => break,
-            Err(e) => {
-                counters.malformed(format_args!("queue error: {e}"));
-                break;
-            }
-        }
-    }
-    returned
-}
-
-/// Returns chain `head` with used length 0 (the device writes nothing); false on failure.
-fn add_used(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    head: u16,
-    counters: &mut BalloonCounters,
-) -> bool {
-    match queue.add_used(mem, head, 0) {
-        Ok(()) => true,
-        Err(e) => {
-            counters.malformed(format_args!("cannot return {head}: {e}"));
-            false
-        }
-    }
-}
-
-/// Interrupts the driver for queue `index` if it wants to know.
-fn notify(active: &mut Active, index: usize, counters: &mut BalloonCounters) {
-    match active.queues[index].needs_notification(&active.mem) {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = active.interrupt.trigger(InterruptKind::Queue(index as u16)) {
-                error!("virtio-balloon: cannot raise interrupt: {e}");
-            }
-        }
-        Err(e) => counters.malformed(format_args!("queue error: {e}")),
-    }
-}
-
 impl VirtioDevice for Balloon {
-    fn device_type(&self) -> u32 {
-        device_type::BALLOON
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        if self.stats_timer.is_some() {
-            QUEUE_SIZES_STATS
-        } else {
-            QUEUE_SIZES_NO_STATS
-        }
-    }
-
-    fn features(&self) -> u64 {
-        self.features
+    fn queues(&self) -> Option<&DeviceQueues> {
+        Some(&self.queues)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut space = [0u8; CONFIG_SPACE_SIZE as usize];
         space[..4].copy_from_slice(&self.num_pages.to_le_bytes());
         space[4..].copy_from_slice(&self.actual.to_le_bytes());
-        data.fill(0);
-        let Some(src) = usize::try_from(offset).ok().and_then(|o| space.get(o..)) else {
-            return;
-        };
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
+        read_config_space(&space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -511,97 +393,57 @@ impl VirtioDevice for Balloon {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> std::result::Result<(), ActivateError> {
-        let ready = |i: usize| ctx.queues.get(i).is_some_and(|q| q.ready());
-        if !ready(INFLATE) || !ready(DEFLATE) {
-            return Err(ActivateError::BadQueue(
-                "inflate and deflate queues must be enabled".into(),
-            ));
-        }
+        DeviceQueues::check_ready(&ctx.queues, &[INFLATE, DEFLATE])?;
         let stats_acked = ctx.acked_features & VIRTIO_BALLOON_F_STATS_VQ != 0;
-        let stats_enabled = stats_acked && self.stats_timer.is_some() && ready(STATS);
+        let stats_ready = ctx.queues.get(STATS).is_some_and(|q| q.ready());
+        let stats_enabled = stats_acked && self.stats_timer.is_some() && stats_ready;
         if stats_acked && !stats_enabled {
-            warn!("virtio-balloon: stats negotiated but the stats queue is not enabled");
+            warn!("{DEVICE}: stats negotiated but the stats queue is not enabled");
         }
         if let (true, Some(timer)) = (stats_enabled, self.stats_timer.as_mut()) {
             timer
                 .reset(self.stats_interval, Some(self.stats_interval))
                 .map_err(|e| ActivateError::Device(format!("cannot arm the stats timer: {e}")))?;
         }
-        self.acked_features = ctx.acked_features;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            interrupt: ctx.interrupt,
-            stats_enabled,
-            stats_head: None,
-        });
+        self.queues.activate(ctx, &[INFLATE, DEFLATE])?;
+        self.stats_enabled = stats_enabled;
+        self.stats_head = None;
         // The driver may have queued buffers (its first stats buffer) and notified before
         // DRIVER_OK, when those notifications were drained unserved: look at every queue.
-        for evt in &self.queue_events {
-            if let Err(e) = evt.write(1) {
-                error!("virtio-balloon: cannot kick own queue event: {e}");
-            }
-        }
+        self.queues.kick_all();
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+        self.queues.reset();
+        self.stats_enabled = false;
+        self.stats_head = None;
         self.actual = 0;
         if let Some(timer) = self.stats_timer.as_mut() {
             if let Err(e) = timer.clear() {
-                error!("virtio-balloon: cannot disarm the stats timer: {e}");
+                error!("{DEVICE}: cannot disarm the stats timer: {e}");
             }
         }
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
-        self.active
-            .iter()
-            .flat_map(|a| a.queues.iter().map(|q| q.state()).enumerate())
-            .collect()
-    }
-
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counters;
-        vec![
-            ("inflated_pages", c.inflated_pages),
-            ("deflated_pages", c.deflated_pages),
-            ("bad_pfns", c.bad_pfns),
-            ("stats_updates", c.stats_updates),
-            ("errors", c.errors),
-        ]
+        self.counters.values()
     }
 }
 
 impl MutEventSubscriber for Balloon {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_events {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                error!("virtio-balloon: cannot register a queue eventfd: {e}");
-            }
-        }
+        self.queues.register(ops);
         if let Some(timer) = &self.stats_timer {
             if let Err(e) = ops.add(Events::new(timer, EventSet::IN)) {
-                error!("virtio-balloon: cannot register the stats timer: {e}");
+                error!("{DEVICE}: cannot register the stats timer: {e}");
             }
         }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let fd = events.fd();
-        if let Some(index) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
-            // Drain the counter; EAGAIN only means another path already drained it.
-            let _ = self.queue_events[index].read();
+        if let Some(index) = self.queues.take_event(fd) {
             self.process_queue(index);
         } else if self
             .stats_timer
@@ -610,7 +452,7 @@ impl MutEventSubscriber for Balloon {
         {
             self.poll_stats();
         } else {
-            warn!("virtio-balloon: event on unknown fd {fd}");
+            warn!("{DEVICE}: event on unknown fd {fd}");
         }
     }
 }

@@ -44,12 +44,7 @@ pub(super) fn handle_chain(
     let mut buf = [0u8; PFN_CHUNK * PFN_BYTES];
     // The chain iterator stops after queue-size descriptors, so a looping chain ends.
     for desc in chain {
-        if desc.is_write_only() {
-            counters.malformed(format_args!(
-                "write-only descriptor {:#x}+{:#x} in a page buffer",
-                desc.addr().0,
-                desc.len()
-            ));
+        if !counters.readable(&desc, "page") {
             continue;
         }
         let len = desc.len() as usize;

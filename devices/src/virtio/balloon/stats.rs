@@ -79,12 +79,7 @@ pub(super) fn read_chain(
 ) {
     let mut bytes = Vec::new();
     for desc in chain {
-        if desc.is_write_only() {
-            counters.malformed(format_args!(
-                "write-only descriptor {:#x}+{:#x} in a stats buffer",
-                desc.addr().0,
-                desc.len()
-            ));
+        if !counters.readable(&desc, "stats") {
             continue;
         }
         let room = MAX_STATS_BYTES - bytes.len();

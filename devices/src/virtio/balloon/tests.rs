@@ -1,42 +1,23 @@
 //! Tests of the balloon with virtio-queue mock queues on real (anonymous private) guest memory.
 
 use super::*;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
-const MEM_SIZE: usize = 0x10_0000;
+use crate::virtio::test_utils::{
+    activate, desc, mem, read_guest, used, RecordingInterrupt, MEM_SIZE, N, W,
+};
+use crate::virtio::MAX_CHAINS_PER_TURN;
+
 const QUEUE_ADDRS: [u64; 3] = [0, 0x1_0000, 0x2_0000];
 /// Where the PFN and stats arrays go.
 const BUF: u64 = 0x4_0000;
 /// First guest page the tests balloon.
 const PAGE: u64 = 0x8_0000;
-const W: u32 = VRING_DESC_F_WRITE;
-const N: u32 = VRING_DESC_F_NEXT;
-
-#[derive(Default)]
-struct RecordingInterrupt(Mutex<Vec<InterruptKind>>);
-
-impl VirtioInterrupt for RecordingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        self.0.lock().unwrap().push(kind);
-        Ok(())
-    }
-}
-
-impl RecordingInterrupt {
-    fn take(&self) -> Vec<InterruptKind> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-}
 
 fn config(stats_interval_s: u16) -> BalloonConfig {
     BalloonConfig {
@@ -45,10 +26,6 @@ fn config(stats_interval_s: u16) -> BalloonConfig {
         stats_polling_interval_s: stats_interval_s,
         id: "balloon0".into(),
     }
-}
-
-fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-    RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
 }
 
 fn vqs(m: &GuestMemoryMmap) -> Vec<MockSplitQueue<'_, GuestMemoryMmap>> {
@@ -65,18 +42,12 @@ fn activated(
     cfg: BalloonConfig,
 ) -> (Balloon, Arc<RecordingInterrupt>) {
     let mut b = Balloon::new(cfg, MEM_SIZE as u64).unwrap();
-    let int = Arc::new(RecordingInterrupt::default());
     let queues = vqs[..b.queue_max_sizes().len()]
         .iter()
         .map(|vq| vq.create_queue().unwrap())
         .collect();
-    b.activate(ActivateContext {
-        mem: m.clone(),
-        queues,
-        acked_features: b.features(),
-        interrupt: int.clone(),
-    })
-    .unwrap();
+    let features = b.features();
+    let int = activate(&mut b, m, queues, features);
     (b, int)
 }
 
@@ -95,16 +66,8 @@ fn stats_buf(m: &GuestMemoryMmap, addr: u64, entries: &[(u16, u64)]) -> u32 {
     bytes.len() as u32
 }
 
-/// (used ring index, (head, len) of used entry `i`).
-fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u16, (u32, u32)) {
-    let e = vq.used().ring().ref_at(i).unwrap().load();
-    (vq.used().idx().load(), (e.id(), e.len()))
-}
-
 fn page_bytes(m: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
-    let mut v = vec![0u8; PAGE_SIZE as usize];
-    m.read_slice(&mut v, GuestAddress(addr)).unwrap();
-    v
+    read_guest(m, addr, PAGE_SIZE as usize)
 }
 
 #[test]
@@ -487,16 +450,12 @@ fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
     let m = mem();
     let vqs = vqs(&m);
     let mut b = Balloon::new(config(0), MEM_SIZE as u64).unwrap();
-    b.activate(ActivateContext {
-        mem: m.clone(),
-        queues: vec![
-            aliased_rings_queue(&m, &vqs[INFLATE], 100),
-            aliased_rings_queue(&m, &vqs[DEFLATE], 1),
-        ],
-        acked_features: b.features(),
-        interrupt: Arc::new(RecordingInterrupt::default()),
-    })
-    .unwrap();
+    let queues = vec![
+        aliased_rings_queue(&m, &vqs[INFLATE], 100),
+        aliased_rings_queue(&m, &vqs[DEFLATE], 1),
+    ];
+    let features = b.features();
+    activate(&mut b, &m, queues, features);
     for evt in b.queue_events() {
         evt.read().unwrap(); // The activation kicks.
     }
@@ -511,47 +470,42 @@ fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
     assert_eq!((c.inflated_pages, c.deflated_pages), (0, 0));
 }
 
+/// A balloon without stats activated on `inflate` (and a normal deflate queue), its
+/// activation kicks drained.
+fn activated_on(m: &GuestMemoryMmap, inflate: Queue) -> (Balloon, Arc<RecordingInterrupt>) {
+    let mut b = Balloon::new(config(0), MEM_SIZE as u64).unwrap();
+    let deflate = MockSplitQueue::create(m, GuestAddress(QUEUE_ADDRS[1]), QUEUE_SIZE);
+    let queues = vec![inflate, deflate.create_queue().unwrap()];
+    let features = b.features();
+    let int = activate(&mut b, m, queues, features);
+    for evt in b.queue_events() {
+        evt.read().unwrap(); // The activation kicks.
+    }
+    (b, int)
+}
+
 /// The driver makes a chain available after a round found the ring empty but before
 /// notifications are back on: it sees NO_NOTIFY and does not notify, so the device must take
 /// the chain in the same turn.
 #[test]
 fn chain_made_available_in_an_empty_round_is_served() {
-    use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
+    use crate::virtio::test_utils::{notifications_on, LateChain};
     let m = mem();
     let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
-    let mut queue: Queue = vq.create_queue().unwrap();
-    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-    let mut counters = BalloonCounters::default();
-    let (mut served, mut raced) = (0, false);
-    let returned = drain_with(
-        &mut queue,
-        &m,
-        &evt,
-        &mut counters,
-        |_, _| {
-            served += 1;
-            true
-        },
-        || {
-            if !raced {
-                raced = true;
-                let flags: u16 = m.read_obj(vq.used_addr()).unwrap();
-                let no_notify = flags & VRING_USED_F_NO_NOTIFY as u16 != 0;
-                assert!(no_notify, "driver would notify");
-                vq.add_desc_chains(&[desc(BUF, 4, 0, 0)], 0).unwrap();
-            }
-        },
-    );
-    assert!(raced && returned);
-    assert_eq!((served, used(&vq, 0)), (1, (1, (0, 0))));
-    assert_eq!(counters.errors, 0);
-    let flags: u16 = m.read_obj(vq.used_addr()).unwrap();
-    assert_eq!(
-        flags & VRING_USED_F_NO_NOTIFY as u16,
-        0,
-        "notifications off"
-    );
-    assert!(evt.read().is_err(), "no self-kick");
+    let (mut b, int) = activated_on(&m, vq.create_queue().unwrap());
+    // Written but not published yet; a turn started by a stale kick finds nothing.
+    let n = pfns(&m, BUF, &[(PAGE / PAGE_SIZE) as u32]);
+    vq.add_desc_chains(&[desc(BUF, n, 0, 0)], 0).unwrap();
+    m.write_obj(0u16, vq.avail_addr().unchecked_add(2)).unwrap();
+    let mut late = LateChain::new(&m, vq.avail_addr().0, vq.used_addr().0);
+    b.process_queue_with(INFLATE, || late.publish());
+    assert!(late.published);
+    assert_eq!(used(&vq, 0), (1, (0, 0)));
+    let c = b.counters();
+    assert_eq!((c.inflated_pages, c.errors), (1, 0));
+    assert!(notifications_on(&m, vq.used_addr().0), "notifications off");
+    assert_eq!(int.take(), [InterruptKind::Queue(0)]);
+    assert!(b.queue_events()[INFLATE].read().is_err(), "no self-kick");
 }
 
 /// Chains announced by the avail index that cannot be read (the ring runs off the end of
@@ -560,22 +514,11 @@ fn chain_made_available_in_an_empty_round_is_served() {
 fn unreadable_avail_ring_ends_the_turn() {
     let m = mem();
     let vq = MockSplitQueue::new(&m, QUEUE_SIZE);
-    let avail = MEM_SIZE as u64 - 4; // flags and idx fit, ring[0] does not
-    m.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-    let mut queue: Queue = vq.create_queue().unwrap();
-    queue.set_avail_ring_address(Some(avail as u32), Some(0));
-    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-    let mut counters = BalloonCounters::default();
+    let queue = crate::virtio::test_utils::unreadable_avail_queue(&m, &vq);
+    let (mut b, int) = activated_on(&m, queue);
     let mut rounds = 0;
-    let returned = drain_with(
-        &mut queue,
-        &m,
-        &evt,
-        &mut counters,
-        |_, _| true,
-        || rounds += 1,
-    );
-    assert!(!returned);
-    assert_eq!((rounds, counters.errors), (2, 1));
+    b.process_queue_with(INFLATE, || rounds += 1);
+    assert_eq!((rounds, b.counters().errors), (2, 1));
     assert_eq!(vq.used().idx().load(), 0);
+    assert!(int.take().is_empty());
 }

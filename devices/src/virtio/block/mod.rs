@@ -16,7 +16,6 @@ mod tests;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
@@ -26,14 +25,13 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_OK,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::rate_limiter::{RateLimiter, RateLimiterConfig, TokenKind};
+use crate::rate_limiter::{admit, is_blocked, RateLimiter, RateLimiterConfig};
+use crate::virtio::serve::{count_error, Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
-    device_type, yield_queue, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind,
-    VirtioDevice, VirtioInterrupt, MAX_CHAINS_PER_TURN, VIRTIO_F_VERSION_1,
+    device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
+    GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use disk::DiskFile;
 pub use disk::{SECTOR_SHIFT, SECTOR_SIZE};
@@ -114,28 +112,29 @@ pub enum BlockError {
     Events(#[source] io::Error),
 }
 
-/// What the device has done, for the API.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BlockCounters {
-    /// Read requests served.
-    pub read_requests: u64,
-    /// Bytes read into the guest.
-    pub read_bytes: u64,
-    /// Write requests served.
-    pub write_requests: u64,
-    /// Bytes written to the disk.
-    pub write_bytes: u64,
-    /// Flush requests served.
-    pub flushes: u64,
-    /// Discard and write-zeroes requests served.
-    pub discards: u64,
-    /// Requests refused as malformed or not allowed (including writes to a read-only disk)
-    /// and unsupported request types.
-    pub invalid_requests: u64,
-    /// Requests that failed on the host (I/O errors), and queue errors.
-    pub io_errors: u64,
-    /// Times the rate limiter made the device wait.
-    pub throttled: u64,
+device_counters! {
+    /// What the device has done, for the API.
+    pub struct BlockCounters {
+        /// Read requests served.
+        read_requests,
+        /// Bytes read into the guest.
+        read_bytes,
+        /// Write requests served.
+        write_requests,
+        /// Bytes written to the disk.
+        write_bytes,
+        /// Flush requests served.
+        flushes,
+        /// Discard and write-zeroes requests served.
+        discards,
+        /// Requests refused as malformed or not allowed (including writes to a read-only disk)
+        /// and unsupported request types.
+        invalid_requests,
+        /// Requests that failed on the host (I/O errors), and queue errors.
+        io_errors,
+        /// Times the rate limiter made the device wait.
+        throttled,
+    }
 }
 
 impl BlockCounters {
@@ -145,37 +144,18 @@ impl BlockCounters {
     }
 }
 
-/// The state of an activated device.
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<dyn VirtioInterrupt>,
-}
+const DEVICE: &str = "virtio-blk";
 
 /// A virtio-blk device.
+#[derive(Debug)]
 pub struct Block {
     disk: DiskFile,
     readonly: bool,
     id: [u8; ID_BYTES],
     config_space: [u8; CONFIG_SPACE_SIZE],
-    features: u64,
-    queue_events: Vec<EventFd>,
+    queues: DeviceQueues,
     rate_limiter: Option<RateLimiter>,
-    active: Option<Active>,
-    acked_features: u64,
     counters: BlockCounters,
-}
-
-impl std::fmt::Debug for Block {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Block")
-            .field("disk", &self.disk)
-            .field("readonly", &self.readonly)
-            .field("features", &self.features)
-            .field("activated", &self.active.is_some())
-            .field("counters", &self.counters)
-            .finish()
-    }
 }
 
 impl Block {
@@ -214,11 +194,9 @@ impl Block {
             readonly: cfg.readonly,
             id,
             config_space,
-            features,
-            queue_events: vec![EventFd::new(EFD_NONBLOCK).map_err(BlockError::Events)?],
+            queues: DeviceQueues::new(device_type::BLOCK, QUEUE_SIZES, features)
+                .map_err(BlockError::Events)?,
             rate_limiter,
-            active: None,
-            acked_features: 0,
             counters: BlockCounters::default(),
         })
     }
@@ -233,11 +211,6 @@ impl Block {
         self.disk.size() >> SECTOR_SHIFT
     }
 
-    /// The features the driver accepted at the last activation (0 if not activated).
-    pub fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
     /// Replaces the rate limiter (tests use one on a manual clock). Register the device
     /// with the event loop after this, so that the limiter's timerfd is watched.
     pub fn set_rate_limiter(&mut self, limiter: Option<RateLimiter>) {
@@ -248,15 +221,15 @@ impl Block {
         DiskLimits {
             size: self.disk.size(),
             readonly: self.readonly,
-            discard: self.features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
-            write_zeroes: self.features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
+            discard: self.queues.features() & (1 << VIRTIO_BLK_F_DISCARD) != 0,
+            write_zeroes: self.queues.features() & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
             max_range_sectors: MAX_DISCARD_SECTORS,
             max_ranges: MAX_DISCARD_SEG,
         }
     }
 
     /// Serves available chains until the queue is empty, the rate limiter blocks or
-    /// [`MAX_CHAINS_PER_TURN`] were served (then, with more available, the queue eventfd is
+    /// [`MAX_CHAINS_PER_TURN`](crate::virtio::MAX_CHAINS_PER_TURN) were served (then, with more available, the queue eventfd is
     /// written so the event loop comes back), then interrupts the driver if it wants to know.
     /// The queue event does this; it is public for fuzzing and benchmarks. Does nothing
     /// before activation.
@@ -266,100 +239,54 @@ impl Block {
 
     /// [`Self::process_queue`], calling `before_enable` after each round's last chain and
     /// before notifications are re-enabled (tests use it to play a driver racing the device).
-    fn process_queue_with(&mut self, mut before_enable: impl FnMut()) {
-        let limits = self.limits();
-        let Some(active) = self.active.as_mut() else {
-            return;
+    fn process_queue_with(&mut self, before_enable: impl FnMut()) {
+        let mut turn = Requests {
+            disk: &self.disk,
+            id: &self.id,
+            limits: self.limits(),
+            // Without FLUSH the driver cannot ask for durability, so every write is made
+            // durable before it completes (write-through), as the virtio spec asks.
+            write_through: !self.queues.acked(1 << VIRTIO_BLK_F_FLUSH),
+            rate_limiter: self.rate_limiter.as_mut(),
+            counters: &mut self.counters,
         };
-        let mem = &active.mem;
-        let queue = &mut active.queue;
-        let counters = &mut self.counters;
-        // Without FLUSH the driver cannot ask for durability, so every write is made durable
-        // before it completes (write-through), as the virtio spec asks.
-        let write_through = self.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
-        let mut served_any = false;
-        let mut budget = MAX_CHAINS_PER_TURN;
-        let mut empty_rounds = 0u32;
-        'rounds: loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                count_io_error(counters, format_args!("queue error: {e}"));
-                break;
+        self.queues.serve_with(0, &mut turn, before_enable);
+    }
+}
+
+/// Serves the request queue: parses, admits (rate limiter) and runs each request.
+struct Requests<'a> {
+    disk: &'a DiskFile,
+    id: &'a [u8; ID_BYTES],
+    limits: DiskLimits,
+    write_through: bool,
+    rate_limiter: Option<&'a mut RateLimiter>,
+    counters: &'a mut BlockCounters,
+}
+
+impl ChainHandler for Requests<'_> {
+    fn can_take(&mut self) -> bool {
+        // While the limiter is blocked its timer, not the guest, restarts the queue.
+        !is_blocked(self.rate_limiter.as_deref())
+    }
+
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Disposition {
+        let head = chain.head_index();
+        match request::parse(chain, mem, &self.limits) {
+            Ok(req) => {
+                if !admit(self.rate_limiter.as_deref_mut(), req.kind.data_len()) {
+                    self.counters.throttled += 1;
+                    return Disposition::Later;
+                }
+                let c = &mut *self.counters;
+                Disposition::Used(serve(self.disk, mem, self.id, &req, self.write_through, c))
             }
-            let mut served = 0u32;
-            while budget > 0 {
-                if self.rate_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
-                    break 'rounds;
-                }
-                let chain = match queue.iter(mem) {
-                    Ok(mut iter) => iter.next(),
-                    Err(e) => {
-                        count_io_error(counters, format_args!("queue error: {e}"));
-                        break 'rounds;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                let len = match request::parse(chain, mem, &limits) {
-                    Ok(req) => {
-                        if !admit(self.rate_limiter.as_mut(), &req.kind) {
-                            counters.throttled += 1;
-                            queue.go_to_previous_position();
-                            break 'rounds;
-                        }
-                        serve(&self.disk, mem, &self.id, &req, write_through, counters)
-                    }
-                    Err(refusal) => refuse(mem, head, &refusal, counters),
-                };
-                if let Err(e) = queue.add_used(mem, head, len) {
-                    count_io_error(counters, format_args!("cannot return {head}: {e}"));
-                    break 'rounds;
-                }
-                served += 1;
-                budget -= 1;
-                served_any = true;
-            }
-            before_enable();
-            match queue.enable_notification(mem) {
-                // The budget ran out with chains left: let the event loop serve everything
-                // else first.
-                Ok(true) if budget == 0 => {
-                    yield_queue(&self.queue_events[0], "virtio-blk");
-                    break;
-                }
-                // More chains arrived meanwhile. A round may legitimately serve nothing: the
-                // driver can make a chain available after the round found the ring empty and
-                // before notifications came back on, and it does not notify then (they were
-                // off), so that chain must be served now. The next round then serves it; two
-                // empty rounds in a row mean the ring itself is bad, so stop rather than spin.
-                Ok(true) => {
-                    empty_rounds = if served > 0 { 0 } else { empty_rounds + 1 };
-                    if empty_rounds >= 2 {
-                        count_io_error(
-                            counters,
-                            format_args!("avail ring has chains that cannot be read"),
-                        );
-                        break;
-                    }
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    count_io_error(counters, format_args!("queue error: {e}"));
-                    break;
-                }
-            }
+            Err(refusal) => Disposition::Used(refuse(mem, head, &refusal, self.counters)),
         }
-        if !served_any {
-            return;
-        }
-        match queue.needs_notification(mem) {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = active.interrupt.trigger(InterruptKind::Queue(0)) {
-                    error!("virtio-blk: cannot raise interrupt: {e}");
-                }
-            }
-            Err(e) => count_io_error(counters, format_args!("queue error: {e}")),
-        }
+    }
+
+    fn queue_error(&mut self, error: QueueError) {
+        count_io_error(self.counters, format_args!("{error}"));
     }
 }
 
@@ -386,42 +313,15 @@ fn build_config_space(size: u64, discard: bool, write_zeroes: bool) -> [u8; CONF
     c
 }
 
-/// Counts an I/O error and logs it, rate-limited (the 1st, 2nd, 4th, 8th, ... one).
+/// Counts an I/O error and logs it, rate-limited.
 fn count_io_error(counters: &mut BlockCounters, what: std::fmt::Arguments<'_>) {
-    counters.io_errors += 1;
-    if counters.io_errors.is_power_of_two() {
-        warn!(
-            "virtio-blk: {what} ({} I/O errors so far)",
-            counters.io_errors
-        );
-    }
-}
-
-/// Asks the rate limiter for one operation and the request's bytes.
-fn admit(limiter: Option<&mut RateLimiter>, kind: &RequestKind) -> bool {
-    let Some(rl) = limiter else {
-        return true;
-    };
-    if !rl.consume(1, TokenKind::Ops) {
-        return false;
-    }
-    let bytes = kind.data_len();
-    if bytes > 0 && !rl.consume(bytes, TokenKind::Bytes) {
-        rl.manual_replenish(1, TokenKind::Ops);
-        return false;
-    }
-    true
+    count_error(&mut counters.io_errors, DEVICE, what);
 }
 
 /// Answers a refused chain; returns the used length.
 fn refuse(mem: &GuestMemoryMmap, head: u16, r: &Refusal, counters: &mut BlockCounters) -> u32 {
-    counters.invalid_requests += 1;
-    if counters.invalid_requests.is_power_of_two() {
-        warn!(
-            "virtio-blk: request {head} refused: {} ({} refused so far)",
-            r.reason, counters.invalid_requests
-        );
-    }
+    let what = format_args!("request {head} refused: {}", r.reason);
+    count_error(&mut counters.invalid_requests, DEVICE, what);
     match r.status {
         Some(addr) if mem.write_obj(r.code, addr).is_ok() => 1,
         _ => 0,
@@ -543,111 +443,57 @@ fn execute(
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        device_type::BLOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        self.features
+    fn queues(&self) -> Option<&DeviceQueues> {
+        Some(&self.queues)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = self.config_space.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config_space(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Nothing in the configuration space is writable (no CONFIG_WCE).
         warn!(
-            "virtio-blk: {}-byte config write at {offset:#x} ignored",
+            "{DEVICE}: {}-byte config write at {offset:#x} ignored",
             data.len()
         );
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let Some(queue) = ctx.queues.into_iter().next().filter(|q| q.ready()) else {
-            return Err(ActivateError::BadQueue("request queue not enabled".into()));
-        };
-        self.acked_features = ctx.acked_features;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-            interrupt: ctx.interrupt,
-        });
-        Ok(())
+        self.queues.activate(ctx, &[0])
     }
 
     fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
-        self.active.iter().map(|a| (0, a.queue.state())).collect()
+        self.queues.reset();
     }
 
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counters;
-        vec![
-            ("read_requests", c.read_requests),
-            ("read_bytes", c.read_bytes),
-            ("write_requests", c.write_requests),
-            ("write_bytes", c.write_bytes),
-            ("flushes", c.flushes),
-            ("discards", c.discards),
-            ("invalid_requests", c.invalid_requests),
-            ("io_errors", c.io_errors),
-            ("throttled", c.throttled),
-        ]
+        self.counters.values()
     }
 }
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_events {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                error!("virtio-blk: cannot register the queue eventfd: {e}");
-            }
-        }
+        self.queues.register(ops);
         if let Some(rl) = &self.rate_limiter {
             if let Err(e) = ops.add(Events::new(rl, EventSet::IN)) {
-                error!("virtio-blk: cannot register the rate limiter timer: {e}");
+                error!("{DEVICE}: cannot register the rate limiter timer: {e}");
             }
         }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let fd = events.fd();
-        if let Some(evt) = self.queue_events.iter().find(|e| e.as_raw_fd() == fd) {
-            // Drain the counter; EAGAIN only means another path already drained it.
-            let _ = evt.read();
+        if self.queues.take_event(fd).is_some() {
             // While the limiter is blocked the timer, not the guest, restarts the queue.
             self.process_queue();
         } else if let Some(rl) = self.rate_limiter.as_mut().filter(|rl| rl.as_raw_fd() == fd) {
             if let Err(e) = rl.event_handler() {
-                error!("virtio-blk: rate limiter timer: {e}");
+                error!("{DEVICE}: rate limiter timer: {e}");
             }
             self.process_queue();
         } else {
-            warn!("virtio-blk: event on unknown fd {fd}");
+            warn!("{DEVICE}: event on unknown fd {fd}");
         }
     }
 }

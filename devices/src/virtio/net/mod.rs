@@ -31,7 +31,6 @@ mod tx;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
@@ -41,13 +40,12 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::rate_limiter::{RateLimiter, RateLimiterConfig, TokenKind};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
+use crate::virtio::serve::count_error;
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind, VirtioDevice,
-    VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 pub use tap::{Tap, TapError};
 
@@ -74,6 +72,7 @@ const NUM_BUFFERS_OFFSET: usize = 10;
 /// Most descriptors accepted in one chain (indirect tables can be longer than the queue).
 const MAX_DESCRIPTORS: usize = 1024;
 const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE, QUEUE_SIZE];
+const DEVICE: &str = "virtio-net";
 
 /// Where the device's tap comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,30 +129,31 @@ pub enum NetError {
     },
 }
 
-/// What the device has done, for the API.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct NetCounters {
-    /// Frames delivered to the guest.
-    pub rx_packets: u64,
-    /// Frame bytes (without vnet headers) delivered to the guest.
-    pub rx_bytes: u64,
-    /// Bad RX chains (returned with length 0), tap read errors and RX queue errors.
-    pub rx_errors: u64,
-    /// Frames read from the tap and not delivered (too large for a buffer without mergeable
-    /// buffers, shorter than a vnet header, or pending at a reset).
-    pub rx_dropped: u64,
-    /// Times the RX rate limiter made the device wait.
-    pub rx_throttled: u64,
-    /// Frames the guest sent that the tap took.
-    pub tx_packets: u64,
-    /// Frame bytes (without vnet headers) the tap took.
-    pub tx_bytes: u64,
-    /// Bad TX chains (returned unsent) and TX queue errors.
-    pub tx_errors: u64,
-    /// Well-formed frames the tap refused (write errors).
-    pub tx_dropped: u64,
-    /// Times the TX rate limiter made the device wait.
-    pub tx_throttled: u64,
+device_counters! {
+    /// What the device has done, for the API.
+    pub struct NetCounters {
+        /// Frames delivered to the guest.
+        rx_packets,
+        /// Frame bytes (without vnet headers) delivered to the guest.
+        rx_bytes,
+        /// Bad RX chains (returned with length 0), tap read errors and RX queue errors.
+        rx_errors,
+        /// Frames read from the tap and not delivered (too large for a buffer without mergeable
+        /// buffers, shorter than a vnet header, or pending at a reset).
+        rx_dropped,
+        /// Times the RX rate limiter made the device wait.
+        rx_throttled,
+        /// Frames the guest sent that the tap took.
+        tx_packets,
+        /// Frame bytes (without vnet headers) the tap took.
+        tx_bytes,
+        /// Bad TX chains (returned unsent) and TX queue errors.
+        tx_errors,
+        /// Well-formed frames the tap refused (write errors).
+        tx_dropped,
+        /// Times the TX rate limiter made the device wait.
+        tx_throttled,
+    }
 }
 
 /// Why a descriptor chain is bad.
@@ -217,25 +217,15 @@ pub fn tap_offload_flags(acked_features: u64) -> u32 {
     flags
 }
 
-/// The state of an activated device.
-struct Active {
-    mem: GuestMemoryMmap,
-    rx: Queue,
-    tx: Queue,
-    interrupt: Arc<dyn VirtioInterrupt>,
-}
-
 /// A virtio-net device.
 pub struct Net {
     id: String,
     tap: Tap,
     mac: [u8; 6],
     config_space: [u8; CONFIG_SPACE_SIZE],
-    queue_events: Vec<EventFd>,
+    queues: DeviceQueues,
     rx_limiter: Option<RateLimiter>,
     tx_limiter: Option<RateLimiter>,
-    active: Option<Active>,
-    acked_features: u64,
     /// The packet read from the tap and not yet delivered is `rx_buf[..rx_len]` (none if 0).
     rx_buf: Vec<u8>,
     rx_len: usize,
@@ -252,56 +242,15 @@ impl std::fmt::Debug for Net {
             .field("id", &self.id)
             .field("tap", &self.tap.name())
             .field("mac", &format_mac(&self.mac))
-            .field("activated", &self.active.is_some())
+            .field("queues", &self.queues)
             .field("counters", &self.counters)
             .finish()
     }
 }
 
-/// Counts an error in `counter` and logs it, rate-limited (the 1st, 2nd, 4th, 8th, ... one).
+/// Counts an error in `counter` and logs it, rate-limited.
 fn count(counter: &mut u64, id: &str, what: std::fmt::Arguments<'_>) {
-    *counter += 1;
-    if counter.is_power_of_two() {
-        warn!("virtio-net {id}: {what} ({counter} so far)");
-    }
-}
-
-/// Asks a limiter for one operation and `bytes` bytes; takes nothing when it says no.
-fn admit(limiter: Option<&mut RateLimiter>, bytes: u64) -> bool {
-    let Some(rl) = limiter else {
-        return true;
-    };
-    if !rl.consume(1, TokenKind::Ops) {
-        return false;
-    }
-    if !rl.consume(bytes, TokenKind::Bytes) {
-        rl.manual_replenish(1, TokenKind::Ops);
-        return false;
-    }
-    true
-}
-
-/// Gives back what [`admit`] took.
-fn refund(limiter: Option<&mut RateLimiter>, bytes: u64) {
-    if let Some(rl) = limiter {
-        rl.manual_replenish(1, TokenKind::Ops);
-        rl.manual_replenish(bytes, TokenKind::Bytes);
-    }
-}
-
-fn notify(queue: &mut Queue, mem: &GuestMemoryMmap, int: &dyn VirtioInterrupt, index: u16) {
-    match queue.needs_notification(mem) {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = int.trigger(InterruptKind::Queue(index)) {
-                error!("virtio-net: cannot raise interrupt: {e}");
-            }
-        }
-        // Raise it anyway: a spurious interrupt is harmless, a missing one stalls the guest.
-        Err(_) => {
-            let _ = int.trigger(InterruptKind::Queue(index));
-        }
-    }
+    count_error(counter, DEVICE, format_args!("{id}: {what}"));
 }
 
 impl Net {
@@ -344,14 +293,10 @@ impl Net {
             tap,
             mac,
             config_space,
-            queue_events: vec![
-                EventFd::new(EFD_NONBLOCK).map_err(events)?,
-                EventFd::new(EFD_NONBLOCK).map_err(events)?,
-            ],
+            queues: DeviceQueues::new(device_type::NET, QUEUE_SIZES, Self::features_offered())
+                .map_err(events)?,
             rx_limiter: limiter(&cfg.rate_limiter_rx)?,
             tx_limiter: limiter(&cfg.rate_limiter_tx)?,
-            active: None,
-            acked_features: 0,
             rx_buf: vec![0; MAX_PACKET_LEN],
             rx_len: 0,
             tap_readable: true,
@@ -381,11 +326,6 @@ impl Net {
         &self.tap
     }
 
-    /// The features the driver accepted at the last activation (0 if not activated).
-    pub fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
     /// Replaces the rate limiters (tests use ones on a manual clock). Register the device
     /// with the event loop after this, so that their timerfds are watched.
     pub fn set_rate_limiters(&mut self, rx: Option<RateLimiter>, tx: Option<RateLimiter>) {
@@ -413,27 +353,12 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        device_type::NET
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        Self::features_offered()
+    fn queues(&self) -> Option<&DeviceQueues> {
+        Some(&self.queues)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = self.config_space.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config_space(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -443,15 +368,8 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let mut queues = ctx.queues.into_iter();
-        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return Err(ActivateError::BadQueue(
-                "net needs an RX and a TX queue".into(),
-            ));
-        };
-        if !rx.ready() || !tx.ready() {
-            return Err(ActivateError::BadQueue("RX or TX queue not enabled".into()));
-        }
+        const BOTH: [usize; 2] = [RX_QUEUE as usize, TX_QUEUE as usize];
+        DeviceQueues::check_ready(&ctx.queues, &BOTH)?;
         let offload = tap_offload_flags(ctx.acked_features);
         self.tap.set_offload(offload).map_err(|e| {
             ActivateError::Device(format!(
@@ -459,27 +377,16 @@ impl VirtioDevice for Net {
                 self.tap.name()
             ))
         })?;
-        self.acked_features = ctx.acked_features;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            rx,
-            tx,
-            interrupt: ctx.interrupt,
-        });
+        self.queues.activate(ctx, &BOTH)?;
         // Kicks that came before activation were drained unserved; look at both queues (and
         // the tap) once on the event loop.
         self.tap_readable = true;
-        for evt in &self.queue_events {
-            if let Err(e) = evt.write(1) {
-                error!("virtio-net {}: cannot self-kick a queue: {e}", self.id);
-            }
-        }
+        self.queues.kick_all();
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+        self.queues.reset();
         if self.rx_len != 0 {
             self.counters.rx_dropped += 1;
             self.rx_len = 0;
@@ -489,48 +396,14 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
-        self.active
-            .iter()
-            .flat_map(|a| [(0, a.rx.state()), (1, a.tx.state())])
-            .collect()
-    }
-
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counters;
-        vec![
-            ("rx_packets", c.rx_packets),
-            ("rx_bytes", c.rx_bytes),
-            ("rx_errors", c.rx_errors),
-            ("rx_dropped", c.rx_dropped),
-            ("rx_throttled", c.rx_throttled),
-            ("tx_packets", c.tx_packets),
-            ("tx_bytes", c.tx_bytes),
-            ("tx_errors", c.tx_errors),
-            ("tx_dropped", c.tx_dropped),
-            ("tx_throttled", c.tx_throttled),
-        ]
+        self.counters.values()
     }
 }
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_events {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                error!(
-                    "virtio-net {}: cannot register a queue eventfd: {e}",
-                    self.id
-                );
-            }
-        }
+        self.queues.register(ops);
         let tap = Events::new(&self.tap, EventSet::IN | EventSet::EDGE_TRIGGERED);
         if let Err(e) = ops.add(tap) {
             error!("virtio-net {}: cannot register the tap: {e}", self.id);
@@ -548,13 +421,12 @@ impl MutEventSubscriber for Net {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let fd = events.fd();
         let is = |rl: &Option<RateLimiter>| rl.as_ref().is_some_and(|rl| rl.as_raw_fd() == fd);
-        if fd == self.queue_events[usize::from(RX_QUEUE)].as_raw_fd() {
-            // Drain the counter; EAGAIN only means another path already drained it.
-            let _ = self.queue_events[usize::from(RX_QUEUE)].read();
-            self.process_rx();
-        } else if fd == self.queue_events[usize::from(TX_QUEUE)].as_raw_fd() {
-            let _ = self.queue_events[usize::from(TX_QUEUE)].read();
-            self.process_tx();
+        if let Some(index) = self.queues.take_event(fd) {
+            if index == usize::from(RX_QUEUE) {
+                self.process_rx();
+            } else {
+                self.process_tx();
+            }
         } else if fd == self.tap.as_raw_fd() {
             // Any readiness (even an error) is worth a read: the read reports what is wrong.
             self.tap_readable = true;

@@ -13,14 +13,13 @@
 use std::io;
 
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::{
-    admit, count, notify, refund, ChainError, Net, MAX_DESCRIPTORS, NUM_BUFFERS_OFFSET, RX_QUEUE,
-    VNET_HDR_LEN,
-};
-use crate::virtio::{yield_queue, GuestMemoryMmap, MAX_CHAINS_PER_TURN};
+use super::{count, ChainError, Net, MAX_DESCRIPTORS, NUM_BUFFERS_OFFSET, RX_QUEUE, VNET_HDR_LEN};
+use crate::rate_limiter::{admit, is_blocked, refund};
+use crate::virtio::serve::Chain;
+use crate::virtio::{GuestMemoryMmap, MAX_CHAINS_PER_TURN};
 
 /// How often the available ring is re-read for one packet after notifications were
 /// re-enabled and new buffers reported.
@@ -60,7 +59,7 @@ struct Span {
 /// The device-writable spans of a chain and their total length.
 fn writable_spans(
     mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: Chain<'_>,
 ) -> Result<(Vec<Span>, usize), ChainError> {
     let mut spans = Vec::new();
     let mut total = 0usize;
@@ -191,11 +190,11 @@ impl Net {
     /// it wants to know. The tap, RX-queue and RX-limiter events do this; public for fuzzing
     /// and benchmarks. Does nothing before activation.
     pub fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let mergeable = self.queues.acked(1 << VIRTIO_NET_F_MRG_RXBUF);
+        let index = usize::from(RX_QUEUE);
+        let Some((mem, queue)) = self.queues.ring(index) else {
             return;
         };
-        let (mem, queue) = (&active.mem, &mut active.rx);
-        let mergeable = self.acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         let c = &mut self.counters;
         let id = self.id.as_str();
         // Kicks are wanted only while waiting for buffers; `deliver` re-enables them then.
@@ -205,16 +204,14 @@ impl Net {
         }
         let mut used_any = false;
         let mut spent = 0u32;
+        let mut more = false;
         loop {
             if spent >= MAX_CHAINS_PER_TURN {
-                if self.rx_len != 0 || self.tap_readable {
-                    let evt = &self.queue_events[usize::from(RX_QUEUE)];
-                    yield_queue(evt, "virtio-net");
-                }
+                more = self.rx_len != 0 || self.tap_readable;
                 break;
             }
             spent += 1;
-            if self.rx_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
+            if is_blocked(self.rx_limiter.as_ref()) {
                 break;
             }
             if self.rx_len == 0 {
@@ -298,8 +295,13 @@ impl Net {
                 }
             }
         }
+        if more {
+            self.queues.yield_queue(index);
+        }
         if used_any {
-            notify(queue, mem, active.interrupt.as_ref(), RX_QUEUE);
+            if let Err(e) = self.queues.notify(index) {
+                count(&mut c.rx_errors, id, format_args!("RX {e}"));
+            }
         }
     }
 }

@@ -320,32 +320,18 @@ impl Tap {
     /// Reads one frame (vnet header first) into `buf`; a longer frame is truncated by the
     /// kernel. `WouldBlock` when no frame is queued.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
+        retry_interrupted(|| {
             // SAFETY: buf is valid for writes of buf.len() bytes for the whole call.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+            unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
+        })
     }
 
     /// Sends one frame (vnet header first).
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        loop {
+        retry_interrupted(|| {
             // SAFETY: buf is valid for reads of buf.len() bytes for the whole call.
-            let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+            unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) }
+        })
     }
 }
 
@@ -358,5 +344,20 @@ impl AsRawFd for Tap {
 impl AsFd for Tap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// Runs a read(2)- or write(2)-like call until a signal does not interrupt it; its byte count
+/// or the error.
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }

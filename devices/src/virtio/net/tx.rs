@@ -6,20 +6,21 @@
 //! most [`MAX_PACKET_LEN`] bytes in all. Anything else is a bad chain: it is returned to the
 //! guest unsent and counted.
 
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::{
-    admit, count, notify, ChainError, Net, ETH_HLEN, MAX_DESCRIPTORS, MAX_PACKET_LEN, TX_QUEUE,
+    count, ChainError, Net, NetCounters, Tap, ETH_HLEN, MAX_DESCRIPTORS, MAX_PACKET_LEN, TX_QUEUE,
     VNET_HDR_LEN,
 };
-use crate::virtio::{yield_queue, GuestMemoryMmap, MAX_CHAINS_PER_TURN};
+use crate::rate_limiter::{admit, is_blocked, RateLimiter};
+use crate::virtio::serve::{Chain, ChainHandler, Disposition, QueueError};
+use crate::virtio::GuestMemoryMmap;
 
 /// Copies the chain's bytes into `buf` (cleared first). On success `buf` holds a vnet header
 /// followed by a frame of at least an Ethernet header.
 pub(crate) fn gather(
     mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: Chain<'_>,
     buf: &mut Vec<u8>,
 ) -> Result<(), ChainError> {
     buf.clear();
@@ -62,7 +63,7 @@ pub(crate) fn gather(
 
 impl Net {
     /// Sends every available TX chain to the tap until the queue is empty, the TX limiter
-    /// blocks or [`MAX_CHAINS_PER_TURN`] chains were served (then, with more available, the
+    /// blocks or [`MAX_CHAINS_PER_TURN`](crate::virtio::MAX_CHAINS_PER_TURN) chains were served (then, with more available, the
     /// TX queue eventfd is written so the event loop comes back), then interrupts the driver
     /// if it wants to know. The TX-queue and TX-limiter events do this; public for fuzzing
     /// and benchmarks. Does nothing before activation.
@@ -72,93 +73,60 @@ impl Net {
 
     /// [`Self::process_tx`], calling `before_enable` after each round's last chain and before
     /// notifications are re-enabled (tests use it to play a driver racing the device).
-    pub(super) fn process_tx_with(&mut self, mut before_enable: impl FnMut()) {
-        let Some(active) = self.active.as_mut() else {
-            return;
+    pub(super) fn process_tx_with(&mut self, before_enable: impl FnMut()) {
+        let mut frames = Frames {
+            id: &self.id,
+            tap: &self.tap,
+            buf: &mut self.tx_buf,
+            limiter: self.tx_limiter.as_mut(),
+            counters: &mut self.counters,
         };
-        let (mem, queue) = (&active.mem, &mut active.tx);
-        let c = &mut self.counters;
-        let id = self.id.as_str();
-        let mut used_any = false;
-        let mut budget = MAX_CHAINS_PER_TURN;
-        let mut empty_rounds = 0u32;
-        'rounds: loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                count(&mut c.tx_errors, id, format_args!("TX queue error: {e}"));
-                break;
-            }
-            let mut served = 0u32;
-            while budget > 0 {
-                if self.tx_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
-                    break 'rounds;
-                }
-                let chain = match queue.iter(mem) {
-                    Ok(mut iter) => iter.next(),
-                    Err(e) => {
-                        count(&mut c.tx_errors, id, format_args!("TX queue error: {e}"));
-                        break 'rounds;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                match gather(mem, chain, &mut self.tx_buf) {
-                    Ok(()) => {
-                        let frame_bytes = (self.tx_buf.len() - VNET_HDR_LEN) as u64;
-                        if !admit(self.tx_limiter.as_mut(), frame_bytes) {
-                            c.tx_throttled += 1;
-                            queue.go_to_previous_position();
-                            break 'rounds;
-                        }
-                        match self.tap.write(&self.tx_buf) {
-                            Ok(_) => {
-                                c.tx_packets += 1;
-                                c.tx_bytes += frame_bytes;
-                            }
-                            Err(e) => count(&mut c.tx_dropped, id, format_args!("tap write: {e}")),
-                        }
-                    }
-                    Err(e) => count(&mut c.tx_errors, id, format_args!("TX chain {head}: {e}")),
-                }
-                if let Err(e) = queue.add_used(mem, head, 0) {
-                    let what = format_args!("cannot return TX chain {head}: {e}");
-                    count(&mut c.tx_errors, id, what);
-                    break 'rounds;
-                }
-                served += 1;
-                budget -= 1;
-                used_any = true;
-            }
-            before_enable();
-            match queue.enable_notification(mem) {
-                // The budget ran out with chains left: let the event loop serve everything
-                // else first.
-                Ok(true) if budget == 0 => {
-                    let evt = &self.queue_events[usize::from(TX_QUEUE)];
-                    yield_queue(evt, "virtio-net");
-                    break;
-                }
-                // More chains arrived meanwhile. A round may legitimately serve nothing: the
-                // driver can make a chain available after the round found the ring empty and
-                // before notifications came back on, and it does not notify then (they were
-                // off), so that chain must be served now. The next round then serves it; two
-                // empty rounds in a row mean the ring itself is bad, so stop rather than spin.
-                Ok(true) => {
-                    empty_rounds = if served > 0 { 0 } else { empty_rounds + 1 };
-                    if empty_rounds >= 2 {
-                        let what = format_args!("TX avail ring has chains that cannot be read");
-                        count(&mut c.tx_errors, id, what);
-                        break;
-                    }
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    count(&mut c.tx_errors, id, format_args!("TX queue error: {e}"));
-                    break;
-                }
-            }
+        let index = usize::from(TX_QUEUE);
+        self.queues.serve_with(index, &mut frames, before_enable);
+    }
+}
+
+/// Serves the TX queue: gathers each chain and writes it to the tap.
+struct Frames<'a> {
+    id: &'a str,
+    tap: &'a Tap,
+    buf: &'a mut Vec<u8>,
+    limiter: Option<&'a mut RateLimiter>,
+    counters: &'a mut NetCounters,
+}
+
+impl ChainHandler for Frames<'_> {
+    fn can_take(&mut self) -> bool {
+        !is_blocked(self.limiter.as_deref())
+    }
+
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Disposition {
+        let (c, id) = (&mut *self.counters, self.id);
+        let head = chain.head_index();
+        if let Err(e) = gather(mem, chain, self.buf) {
+            count(&mut c.tx_errors, id, format_args!("TX chain {head}: {e}"));
+            return Disposition::Used(0);
         }
-        if used_any {
-            notify(queue, mem, active.interrupt.as_ref(), TX_QUEUE);
+        let frame_bytes = (self.buf.len() - VNET_HDR_LEN) as u64;
+        if !admit(self.limiter.as_deref_mut(), frame_bytes) {
+            c.tx_throttled += 1;
+            return Disposition::Later;
         }
+        match self.tap.write(self.buf) {
+            Ok(_) => {
+                c.tx_packets += 1;
+                c.tx_bytes += frame_bytes;
+            }
+            Err(e) => count(&mut c.tx_dropped, id, format_args!("tap write: {e}")),
+        }
+        Disposition::Used(0)
+    }
+
+    fn queue_error(&mut self, error: QueueError) {
+        count(
+            &mut self.counters.tx_errors,
+            self.id,
+            format_args!("TX {error}"),
+        );
     }
 }

@@ -33,17 +33,16 @@ mod timer;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::virtio::serve::{Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
-    device_type, yield_queue, ActivateContext, ActivateError, GuestMemoryMmap, InterruptKind,
-    VirtioDevice, VirtioInterrupt, MAX_CHAINS_PER_TURN, VIRTIO_F_VERSION_1,
+    device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
+    GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 pub use connection::BUF_ALLOC;
 use muxer::Muxer;
@@ -69,6 +68,8 @@ pub const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
 pub const CONFIG_SPACE_SIZE: usize = 8;
 
 const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE; 3];
+const FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_VSOCK_F_STREAM;
+const DEVICE: &str = "virtio-vsock";
 
 /// How to build a [`Vsock`] device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -108,48 +109,39 @@ pub enum VsockError {
     Events(#[source] io::Error),
 }
 
-/// What the device has done, for the API.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct VsockCounters {
-    /// Connections opened (both directions).
-    pub connections: u64,
-    /// Connections refused: guest connects with no host listener, failed host handshakes.
-    pub refused: u64,
-    /// Packets given to the guest.
-    pub rx_packets: u64,
-    /// Payload bytes given to the guest.
-    pub rx_bytes: u64,
-    /// Packets taken from the guest.
-    pub tx_packets: u64,
-    /// Payload bytes taken from the guest.
-    pub tx_bytes: u64,
-    /// RSTs sent to the guest.
-    pub resets: u64,
-    /// Malformed packets and chains, protocol violations, limits hit, queue errors, failed
-    /// `accept`s.
-    pub errors: u64,
-    /// Host connections closed for taking too long: no `CONNECT` line, or no answer from the
-    /// guest to their REQUEST, within [`HOST_CONN_TIMEOUT`].
-    pub timeouts: u64,
-}
-
-/// The state of an activated device.
-struct Active {
-    mem: GuestMemoryMmap,
-    rx: Queue,
-    tx: Queue,
-    interrupt: Arc<dyn VirtioInterrupt>,
+device_counters! {
+    /// What the device has done, for the API.
+    pub struct VsockCounters {
+        /// Connections opened (both directions).
+        connections,
+        /// Connections refused: guest connects with no host listener, failed host handshakes.
+        refused,
+        /// Packets given to the guest.
+        rx_packets,
+        /// Payload bytes given to the guest.
+        rx_bytes,
+        /// Packets taken from the guest.
+        tx_packets,
+        /// Payload bytes taken from the guest.
+        tx_bytes,
+        /// RSTs sent to the guest.
+        resets,
+        /// Malformed packets and chains, protocol violations, limits hit, queue errors, failed
+        /// `accept`s.
+        errors,
+        /// Host connections closed for taking too long: no `CONNECT` line, or no answer from the
+        /// guest to their REQUEST, within [`HOST_CONN_TIMEOUT`].
+        timeouts,
+    }
 }
 
 /// A virtio-vsock device.
 pub struct Vsock {
     cfg: VsockConfig,
     muxer: Muxer,
-    queue_events: Vec<EventFd>,
+    queues: DeviceQueues,
     kick: EventFd,
     timer: HostTimer,
-    active: Option<Active>,
-    acked_features: u64,
     payload: Vec<u8>,
 }
 
@@ -157,7 +149,7 @@ impl std::fmt::Debug for Vsock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vsock")
             .field("cfg", &self.cfg)
-            .field("activated", &self.active.is_some())
+            .field("queues", &self.queues)
             .field("connections", &self.muxer.connection_count())
             .field("counters", &self.muxer.counters)
             .field("timer_period", &self.timer.period())
@@ -187,15 +179,13 @@ impl Vsock {
                 path: cfg.uds_path.clone(),
                 source,
             })?;
-        let evt = || EventFd::new(EFD_NONBLOCK).map_err(VsockError::Events);
         Ok(Self {
-            queue_events: vec![evt()?, evt()?, evt()?],
-            kick: evt()?,
+            queues: DeviceQueues::new(device_type::VSOCK, QUEUE_SIZES, FEATURES)
+                .map_err(VsockError::Events)?,
+            kick: EventFd::new(EFD_NONBLOCK).map_err(VsockError::Events)?,
             timer: HostTimer::new().map_err(VsockError::Events)?,
             muxer,
             cfg,
-            active: None,
-            acked_features: 0,
             payload: Vec::new(),
         })
     }
@@ -243,203 +233,108 @@ impl Vsock {
         }
     }
 
-    /// The features the driver accepted at the last activation (0 if not activated).
-    pub fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
     /// Fills the guest's RX buffers with pending packets, then interrupts the driver if it
     /// wants to know. Stops when there is nothing to send or no buffer (the guest's RX
-    /// notification resumes it), or after [`MAX_CHAINS_PER_TURN`] passes (each takes at most
-    /// one buffer; the RX queue eventfd is then written so the event loop comes back). Public
-    /// for fuzzing and benchmarks; nothing before activation.
+    /// notification resumes it), or after [`MAX_CHAINS_PER_TURN`](crate::virtio::MAX_CHAINS_PER_TURN)
+    /// buffers (the RX queue eventfd is then written so the event loop comes back). Public for
+    /// fuzzing and benchmarks; nothing before activation.
     pub fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
+        let mut rx = RxTurn {
+            muxer: &mut self.muxer,
+            payload: &mut self.payload,
         };
-        let (mem, queue, muxer) = (&active.mem, &mut active.rx, &mut self.muxer);
-        let mut used_any = false;
-        let mut passes = 0u32;
-        while muxer.has_rx() {
-            if passes >= MAX_CHAINS_PER_TURN {
-                yield_queue(&self.queue_events[RX_QUEUE], "virtio-vsock");
-                break;
-            }
-            passes += 1;
-            let chain = match queue.iter(mem) {
-                Ok(mut iter) => iter.next(),
-                Err(e) => {
-                    muxer.error(format_args!("RX queue error: {e}"));
-                    break;
-                }
-            };
-            let Some(chain) = chain else {
-                // No buffer: ask for a notification, and look again in case one just came.
-                match queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => {
-                        muxer.error(format_args!("RX queue error: {e}"));
-                        break;
-                    }
-                }
-            };
-            let head = chain.head_index();
-            let len = match RxBuffer::new(mem, chain) {
-                Err(e) => {
-                    muxer.error(format_args!("RX buffer {head}: {e}"));
-                    0
-                }
-                Ok(buf) => {
-                    let Some(hdr) = muxer.next_rx(buf.payload_capacity(), &mut self.payload) else {
-                        queue.go_to_previous_position();
-                        break;
-                    };
-                    match buf.write(mem, &hdr, &self.payload) {
-                        Ok(n) => {
-                            muxer.counters.rx_packets += 1;
-                            n
-                        }
-                        Err(e) => {
-                            muxer.error(format_args!("RX buffer {head}: packet lost: {e}"));
-                            0
-                        }
-                    }
-                }
-            };
-            if let Err(e) = queue.add_used(mem, head, len) {
-                muxer.error(format_args!("cannot return RX buffer {head}: {e}"));
-                break;
-            }
-            used_any = true;
-        }
-        if used_any {
-            notify(queue, mem, &*active.interrupt, RX_QUEUE as u16, muxer);
-        }
+        self.queues.serve(RX_QUEUE, &mut rx);
     }
 
-    /// Takes every packet the guest sent, at most [`MAX_CHAINS_PER_TURN`] (then, with more
-    /// available, writes the TX queue eventfd so the event loop comes back), then interrupts
-    /// the driver if it wants to know and sends the guest what the packets called for. Public
-    /// for fuzzing and benchmarks.
+    /// Takes every packet the guest sent, at most [`MAX_CHAINS_PER_TURN`](crate::virtio::MAX_CHAINS_PER_TURN)
+    /// (then, with more available, writes the TX queue eventfd so the event loop comes back),
+    /// then interrupts the driver if it wants to know and sends the guest what the packets
+    /// called for. Public for fuzzing and benchmarks.
     pub fn process_tx(&mut self) {
         self.process_tx_with(|| {});
     }
 
     /// [`Self::process_tx`], calling `before_enable` after each round's last chain and before
     /// notifications are re-enabled (tests use it to play a driver racing the device).
-    fn process_tx_with(&mut self, mut before_enable: impl FnMut()) {
-        let Some(active) = self.active.as_mut() else {
-            return;
+    fn process_tx_with(&mut self, before_enable: impl FnMut()) {
+        let mut tx = TxTurn {
+            muxer: &mut self.muxer,
+            payload: &mut self.payload,
         };
-        let (mem, queue, muxer) = (&active.mem, &mut active.tx, &mut self.muxer);
-        let mut used_any = false;
-        let mut budget = MAX_CHAINS_PER_TURN;
-        let mut empty_rounds = 0u32;
-        'rounds: loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                muxer.error(format_args!("TX queue error: {e}"));
-                break;
-            }
-            let mut served = 0u32;
-            while budget > 0 {
-                let chain = match queue.iter(mem) {
-                    Ok(mut iter) => iter.next(),
-                    Err(e) => {
-                        muxer.error(format_args!("TX queue error: {e}"));
-                        break 'rounds;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                match packet::read_tx(mem, chain, &mut self.payload) {
-                    Ok(hdr) => muxer.handle_tx(&hdr, &self.payload),
-                    Err((hdr, e)) => muxer.reject(hdr.as_ref(), format_args!("{head}: {e}")),
-                }
-                if let Err(e) = queue.add_used(mem, head, 0) {
-                    muxer.error(format_args!("cannot return TX buffer {head}: {e}"));
-                    break 'rounds;
-                }
-                served += 1;
-                budget -= 1;
-                used_any = true;
-            }
-            before_enable();
-            match queue.enable_notification(mem) {
-                // The budget ran out with chains left: let the event loop serve everything
-                // else first.
-                Ok(true) if budget == 0 => {
-                    yield_queue(&self.queue_events[TX_QUEUE], "virtio-vsock");
-                    break;
-                }
-                // More chains arrived meanwhile. A round may legitimately serve nothing: the
-                // driver can make a chain available after the round found the ring empty and
-                // before notifications came back on, and it does not notify then (they were
-                // off), so that chain must be served now. The next round then serves it; two
-                // empty rounds in a row mean the ring itself is bad, so stop rather than spin.
-                Ok(true) => {
-                    empty_rounds = if served > 0 { 0 } else { empty_rounds + 1 };
-                    if empty_rounds >= 2 {
-                        muxer.error(format_args!("TX avail ring has chains that cannot be read"));
-                        break;
-                    }
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    muxer.error(format_args!("TX queue error: {e}"));
-                    break;
-                }
-            }
-        }
-        if used_any {
-            notify(queue, mem, &*active.interrupt, TX_QUEUE as u16, muxer);
-        }
+        self.queues.serve_with(TX_QUEUE, &mut tx, before_enable);
         self.process_rx();
     }
 }
 
-/// Interrupts the driver for `queue` if it asked to be.
-fn notify(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    interrupt: &dyn VirtioInterrupt,
-    index: u16,
-    muxer: &mut Muxer,
-) {
-    match queue.needs_notification(mem) {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = interrupt.trigger(InterruptKind::Queue(index)) {
-                error!("virtio-vsock: cannot raise interrupt: {e}");
+/// Serves the RX queue: puts the next pending packet in each buffer.
+struct RxTurn<'a> {
+    muxer: &'a mut Muxer,
+    payload: &'a mut Vec<u8>,
+}
+
+impl ChainHandler for RxTurn<'_> {
+    fn can_take(&mut self) -> bool {
+        self.muxer.has_rx()
+    }
+
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Disposition {
+        let head = chain.head_index();
+        let buf = match RxBuffer::new(mem, chain) {
+            Ok(buf) => buf,
+            Err(e) => {
+                self.muxer.error(format_args!("RX buffer {head}: {e}"));
+                return Disposition::Used(0);
+            }
+        };
+        let Some(hdr) = self.muxer.next_rx(buf.payload_capacity(), self.payload) else {
+            return Disposition::Later;
+        };
+        match buf.write(mem, &hdr, self.payload) {
+            Ok(n) => {
+                self.muxer.counters.rx_packets += 1;
+                Disposition::Used(n)
+            }
+            Err(e) => {
+                let what = format_args!("RX buffer {head}: packet lost: {e}");
+                self.muxer.error(what);
+                Disposition::Used(0)
             }
         }
-        Err(e) => muxer.error(format_args!("queue {index} error: {e}")),
+    }
+
+    fn queue_error(&mut self, error: QueueError) {
+        self.muxer.error(format_args!("RX {error}"));
+    }
+}
+
+/// Serves the TX queue: hands each packet to the muxer.
+struct TxTurn<'a> {
+    muxer: &'a mut Muxer,
+    payload: &'a mut Vec<u8>,
+}
+
+impl ChainHandler for TxTurn<'_> {
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Disposition {
+        let head = chain.head_index();
+        match packet::read_tx(mem, chain, self.payload) {
+            Ok(hdr) => self.muxer.handle_tx(&hdr, self.payload),
+            Err((hdr, e)) => self.muxer.reject(hdr.as_ref(), format_args!("{head}: {e}")),
+        }
+        Disposition::Used(0)
+    }
+
+    fn queue_error(&mut self, error: QueueError) {
+        self.muxer.error(format_args!("TX {error}"));
     }
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        device_type::VSOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_VSOCK_F_STREAM
+    fn queues(&self) -> Option<&DeviceQueues> {
+        Some(&self.queues)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let config = self.cfg.guest_cid.to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config_space(&self.cfg.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -450,79 +345,42 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let mut queues = ctx.queues.into_iter();
-        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return Err(ActivateError::BadQueue("RX and TX queues missing".into()));
-        };
-        if !rx.ready() || !tx.ready() {
-            return Err(ActivateError::BadQueue("RX or TX queue not enabled".into()));
-        }
-        self.acked_features = ctx.acked_features;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            rx,
-            tx,
-            interrupt: ctx.interrupt,
-        });
+        self.queues.activate(ctx, &[RX_QUEUE, TX_QUEUE])?;
         // Host connections may have queued REQUESTs before the driver was ready.
         if let Err(e) = self.kick.write(1) {
-            warn!("virtio-vsock: cannot kick the event loop: {e}");
+            warn!("{DEVICE}: cannot kick the event loop: {e}");
         }
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+        self.queues.reset();
         self.muxer.reset();
         // The event loop closes the host sockets.
         if let Err(e) = self.kick.write(1) {
-            warn!("virtio-vsock: cannot kick the event loop: {e}");
+            warn!("{DEVICE}: cannot kick the event loop: {e}");
         }
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn active_queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
-        self.active
-            .iter()
-            .flat_map(|a| [(0, a.rx.state()), (1, a.tx.state())])
-            .collect()
-    }
-
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.muxer.counters;
-        vec![
-            ("connections", c.connections),
-            ("active_connections", self.muxer.connection_count() as u64),
-            ("refused", c.refused),
-            ("rx_packets", c.rx_packets),
-            ("rx_bytes", c.rx_bytes),
-            ("tx_packets", c.tx_packets),
-            ("tx_bytes", c.tx_bytes),
-            ("resets", c.resets),
-            ("errors", c.errors),
-            ("timeouts", c.timeouts),
-        ]
+        let mut values = self.muxer.counters.values();
+        let open = self.muxer.connection_count() as u64;
+        values.insert(1, ("active_connections", open));
+        values
     }
 }
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        let fds = self.queue_events.iter().map(|e| e.as_raw_fd()).chain([
+        self.queues.register(ops);
+        let fds = [
             self.kick.as_raw_fd(),
             self.timer.as_raw_fd(),
             self.muxer.listener().as_raw_fd(),
-        ]);
+        ];
         for fd in fds {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
-                error!("virtio-vsock: cannot register fd {fd}: {e:?}");
+                error!("{DEVICE}: cannot register fd {fd}: {e:?}");
             }
         }
         self.muxer.apply_fd_ops(ops);
@@ -531,9 +389,7 @@ impl MutEventSubscriber for Vsock {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if let Some(i) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
-            // Drain the counter; EAGAIN only means another path already drained it.
-            let _ = self.queue_events[i].read();
+        if let Some(i) = self.queues.take_event(fd) {
             match i {
                 RX_QUEUE => self.process_rx(),
                 TX_QUEUE => self.process_tx(),

@@ -214,16 +214,10 @@ fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
     use crate::virtio::test_utils::{aliased_rings_queue, taken};
     // The fuzzer's hang: every returned chain makes another one available.
     let mut rig = Rig::new(|_| {});
-    let vq = MockSplitQueue::new(&rig.mem, QUEUE_SIZE);
-    let queue = aliased_rings_queue(&rig.mem, &vq, 224);
-    let int = Arc::new(RecordingInterrupt::default());
-    let ctx = ActivateContext {
-        mem: rig.mem.clone(),
-        queues: vec![queue],
-        acked_features: rig.blk.features(),
-        interrupt: int.clone(),
-    };
-    rig.blk.activate(ctx).unwrap();
+    let mem = rig.mem.clone();
+    let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+    let queue = aliased_rings_queue(&mem, &vq, 224);
+    let int = rig.activate_on(queue, rig.blk.features());
     let evt = rig.blk.queue_events()[0].try_clone().unwrap();
     for turn in 1..=2u64 {
         rig.blk.process_queue();
@@ -234,7 +228,7 @@ fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
         assert_eq!(rig.blk.counters().invalid_requests, turn * budget);
         assert_eq!(evt.read().unwrap(), 1, "the queue asks to be served again");
     }
-    assert_eq!(int.0.lock().unwrap().len(), 2);
+    assert_eq!(int.count(), 2);
 }
 
 /// The driver makes a chain available after a round found the ring empty but before
@@ -242,33 +236,23 @@ fn used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
 /// the chain in the same turn.
 #[test]
 fn chain_made_available_in_an_empty_round_is_served() {
-    use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
+    use crate::virtio::test_utils::{notifications_on, LateChain};
     let mut rig = Rig::new(|_| {});
     let int = rig.activate();
     // The chain is written but not published yet (avail idx back to 0).
     rig.request(VIRTIO_BLK_T_IN, 0, Some((512, W)));
-    let (mem, avail, used) = (rig.mem.clone(), rig.avail, rig.used);
-    mem.write_obj(0u16, GuestAddress(avail + 2)).unwrap();
-    let mut raced = false;
+    let mem = rig.mem.clone();
+    mem.write_obj(0u16, GuestAddress(rig.avail + 2)).unwrap();
+    let mut late = LateChain::new(&mem, rig.avail, rig.used);
     // A turn started by a stale kick: nothing is available yet.
-    rig.blk.process_queue_with(|| {
-        if !raced {
-            raced = true;
-            let flags: u16 = mem.read_obj(GuestAddress(used)).unwrap();
-            let no_notify = flags & VRING_USED_F_NO_NOTIFY as u16 != 0;
-            assert!(no_notify, "driver would notify");
-            mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-        }
-    });
-    assert!(raced);
+    rig.blk.process_queue_with(|| late.publish());
+    assert!(late.published);
     assert_eq!(rig.used(0), (1, 513));
     assert_eq!(rig.status(), 0);
     assert_eq!(rig.guest(DATA, 512), rig.disk()[..512]);
     assert_eq!(rig.blk.counters().io_errors, 0);
-    let flags: u16 = rig.mem.read_obj(GuestAddress(rig.used)).unwrap();
-    let no_notify = flags & VRING_USED_F_NO_NOTIFY as u16 != 0;
-    assert!(!no_notify, "notifications left off");
-    assert_eq!(int.0.lock().unwrap().len(), 1);
+    assert!(notifications_on(&mem, rig.used), "notifications left off");
+    assert_eq!(int.count(), 1);
 }
 
 /// Chains announced by the avail index that cannot be read (the ring runs off the end of
@@ -276,25 +260,16 @@ fn chain_made_available_in_an_empty_round_is_served() {
 #[test]
 fn unreadable_avail_ring_ends_the_turn() {
     let mut rig = Rig::new(|_| {});
-    let vq = MockSplitQueue::new(&rig.mem, QUEUE_SIZE);
-    let avail = MEM_SIZE as u64 - 4; // flags and idx fit, ring[0] does not
-    rig.mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-    let mut queue: Queue = vq.create_queue().unwrap();
-    queue.set_avail_ring_address(Some(avail as u32), Some(0));
-    let int = Arc::new(RecordingInterrupt::default());
-    let ctx = ActivateContext {
-        mem: rig.mem.clone(),
-        queues: vec![queue],
-        acked_features: VIRTIO_F_VERSION_1,
-        interrupt: int.clone(),
-    };
-    rig.blk.activate(ctx).unwrap();
+    let mem = rig.mem.clone();
+    let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+    let queue = crate::virtio::test_utils::unreadable_avail_queue(&mem, &vq);
+    let int = rig.activate_on(queue, VIRTIO_F_VERSION_1);
     let mut rounds = 0;
     rig.blk.process_queue_with(|| rounds += 1);
     assert_eq!(rounds, 2);
     assert_eq!(rig.blk.counters().io_errors, 1);
     assert_eq!(vq.used().idx().load(), 0);
-    assert!(int.0.lock().unwrap().is_empty());
+    assert_eq!(int.count(), 0);
 }
 
 #[test]

@@ -9,35 +9,26 @@ use std::time::Duration;
 
 use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::virtio_blk::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
 use crate::rate_limiter::tests::ManualClock;
-use crate::rate_limiter::TokenBucketConfig;
+use crate::rate_limiter::{TokenBucketConfig, TokenKind};
+use crate::virtio::test_utils::{activate, mem, read_guest, RecordingInterrupt, MEM_SIZE, W};
+use crate::virtio::MAX_CHAINS_PER_TURN;
 
-const MEM_SIZE: usize = 0x10_0000;
 const HDR: u64 = 0x1_0000;
 const DATA: u64 = 0x2_0000;
 const STATUS: u64 = 0x8_0000;
 const R: u32 = 0;
-const W: u32 = VRING_DESC_F_WRITE;
 const DISK_SECTORS: u64 = 64;
 /// What the status byte holds before the device writes it.
 const UNTOUCHED: u8 = 0xee;
-
-#[derive(Default)]
-struct RecordingInterrupt(Mutex<Vec<InterruptKind>>);
-
-impl VirtioInterrupt for RecordingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        self.0.lock().unwrap().push(kind);
-        Ok(())
-    }
-}
 
 /// A disk image filled with a pattern, guest memory, a queue and an activated device.
 struct Rig {
@@ -78,10 +69,9 @@ impl Rig {
         let mut cfg = config(&file);
         tweak(&mut cfg);
         let blk = Block::new(cfg).unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         Self {
             file,
-            mem,
+            mem: mem(),
             blk,
             next_desc: 0,
             chains: 0,
@@ -101,16 +91,12 @@ impl Rig {
         queue.set_event_idx(event_idx);
         self.avail = vq.avail_addr().0;
         self.used = vq.used_addr().0;
-        let int = Arc::new(RecordingInterrupt::default());
-        self.blk
-            .activate(ActivateContext {
-                mem: self.mem.clone(),
-                queues: vec![queue],
-                acked_features: self.blk.features(),
-                interrupt: int.clone(),
-            })
-            .unwrap();
-        int
+        self.activate_on(queue, self.blk.features())
+    }
+
+    /// Activates the device on `queue` with the features `acked`.
+    fn activate_on(&mut self, queue: Queue, acked: u64) -> Arc<RecordingInterrupt> {
+        activate(&mut self.blk, &self.mem, vec![queue], acked)
     }
 
     /// Adds a chain of (addr, len, flags) descriptors; NEXT links are filled in.
@@ -187,9 +173,7 @@ impl Rig {
     }
 
     fn guest(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-        v
+        read_guest(&self.mem, addr, len)
     }
 
     fn disk(&self) -> Vec<u8> {

@@ -189,7 +189,7 @@ fn looping_chain() {
     rig.header(HDR, VIRTIO_BLK_T_IN, 0);
     rig.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
     let n = VRING_DESC_F_NEXT as u16;
-    let w = VRING_DESC_F_WRITE as u16;
+    let w = W as u16;
     rig.add_raw(&[
         RawDescriptor::from(Descriptor::new(HDR, 16, n, 1)),
         RawDescriptor::from(Descriptor::new(STATUS, 1, n | w, 0)),

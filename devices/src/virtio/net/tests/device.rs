@@ -137,14 +137,14 @@ fn activation_kicks_both_queues_once() {
     rig.add_chain(TX_QUEUE, &[(BUF, 72, R)]);
     let (_, rxq) = DriverQueue::new(&rig.mem, RX_RING);
     let (_, txq) = DriverQueue::new(&rig.mem, TX_RING);
-    rig.net
-        .activate(ActivateContext {
-            mem: rig.mem.clone(),
-            queues: vec![rxq, txq],
-            acked_features: FEATURES_NO_MERGE,
-            interrupt: rig.int.clone(),
-        })
-        .unwrap();
+    let int = rig.int.clone();
+    activate_with(
+        &mut rig.net,
+        &rig.mem,
+        vec![rxq, txq],
+        FEATURES_NO_MERGE,
+        int,
+    );
     for evt in rig.net.queue_events() {
         assert_eq!(evt.read().unwrap(), 1);
     }
@@ -203,7 +203,7 @@ fn tap_errors_say_what_is_wrong() {
 /// the frame in the same turn.
 #[test]
 fn tx_chain_made_available_in_an_empty_round_is_served() {
-    use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
+    use crate::virtio::test_utils::{notifications_on, LateChain};
     let mut rig = Rig::new();
     rig.activate(FEATURES_NO_MERGE);
     let p = packet(60, 3);
@@ -212,26 +212,13 @@ fn tx_chain_made_available_in_an_empty_round_is_served() {
     // The chain is written but not published yet (avail idx back to 0).
     let (mem, avail, used) = (rig.mem.clone(), rig.tx.avail, rig.tx.used);
     mem.write_obj(0u16, GuestAddress(avail + 2)).unwrap();
-    let mut raced = false;
+    let mut late = LateChain::new(&mem, avail, used);
     // A turn started by a stale kick: nothing is available yet.
-    rig.net.process_tx_with(|| {
-        if !raced {
-            raced = true;
-            let flags: u16 = mem.read_obj(GuestAddress(used)).unwrap();
-            let no_notify = flags & VRING_USED_F_NO_NOTIFY as u16 != 0;
-            assert!(no_notify, "driver would notify");
-            mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-        }
-    });
-    assert!(raced);
+    rig.net.process_tx_with(|| late.publish());
+    assert!(late.published);
     assert_eq!(rig.recv().unwrap(), p);
     assert_eq!(rig.used_idx(TX_QUEUE), 1);
     assert_eq!(rig.net.counters().tx_errors, 0);
-    let flags: u16 = rig.mem.read_obj(GuestAddress(used)).unwrap();
-    assert_eq!(
-        flags & VRING_USED_F_NO_NOTIFY as u16,
-        0,
-        "notifications off"
-    );
+    assert!(notifications_on(&mem, used), "notifications off");
     assert_eq!(rig.int.take(), vec![InterruptKind::Queue(TX_QUEUE)]);
 }

@@ -8,12 +8,15 @@ mod traffic;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
+use crate::virtio::test_utils::{activate_with, RecordingInterrupt, W};
+use crate::virtio::{ActivateContext, GuestMemoryMmap, InterruptKind};
 
 const MEM_SIZE: usize = 0x40_0000;
 /// Where the RX and TX queues live.
@@ -22,23 +25,6 @@ const TX_RING: u64 = 0x1_0000;
 /// Guest buffers.
 const BUF: u64 = 0x10_0000;
 const R: u32 = 0;
-const W: u32 = VRING_DESC_F_WRITE;
-
-#[derive(Default)]
-struct RecordingInterrupt(Mutex<Vec<InterruptKind>>);
-
-impl VirtioInterrupt for RecordingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        self.0.lock().unwrap().push(kind);
-        Ok(())
-    }
-}
-
-impl RecordingInterrupt {
-    fn take(&self) -> Vec<InterruptKind> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
 
 /// One driver-side queue: where its rings are and what was added.
 struct DriverQueue {
@@ -146,14 +132,8 @@ impl Rig {
         let (_, mut txq) = DriverQueue::new(&self.mem, TX_RING);
         rxq.set_event_idx(event_idx);
         txq.set_event_idx(event_idx);
-        self.net
-            .activate(ActivateContext {
-                mem: self.mem.clone(),
-                queues: vec![rxq, txq],
-                acked_features: features,
-                interrupt: self.int.clone(),
-            })
-            .unwrap();
+        let int = self.int.clone();
+        activate_with(&mut self.net, &self.mem, vec![rxq, txq], features, int);
         // Consume the activation self-kicks.
         for evt in self.net.queue_events() {
             evt.read().unwrap();

@@ -370,13 +370,8 @@ fn activate_aliased(rig: &mut Rig, aliased: u16) {
     } else {
         vec![good, bad]
     };
-    let ctx = ActivateContext {
-        mem: rig.mem.clone(),
-        queues,
-        acked_features: FEATURES_NO_MERGE,
-        interrupt: rig.int.clone(),
-    };
-    rig.net.activate(ctx).unwrap();
+    let int = rig.int.clone();
+    activate_with(&mut rig.net, &rig.mem, queues, FEATURES_NO_MERGE, int);
     for evt in rig.net.queue_events() {
         evt.read().unwrap();
     }

@@ -7,20 +7,12 @@ use super::*;
 fn host_initiated_exchange_and_shutdown() {
     let mut rig = Rig::new(16);
     let (host, port) = rig.host_connect(52);
-    // Guest → host.
-    rig.send(guest_hdr(52, port, op::RW), b"ping");
-    let mut buf = [0u8; 4];
-    (&host).read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ping");
-    // Host → guest.
-    (&host).write_all(b"pong").unwrap();
-    let (hdr, data) = rig.recv();
-    assert_eq!(hdr.op, op::RW);
+    // Guest → host, host → guest.
+    let hdr = rig.round_trip(&host, (52, port), b"ping", b"pong");
     assert_eq!(
         (hdr.src_port, hdr.dst_port, hdr.dst_cid),
         (port, 52, GUEST_CID)
     );
-    assert_eq!(data, b"pong");
     assert_eq!(hdr.fwd_cnt, 4, "petrel forwarded the guest's 4 bytes");
     // The host closes: the guest is told that the host sends no more.
     drop(host);
@@ -73,13 +65,7 @@ fn guest_initiated_connection_to_a_listener() {
     assert_eq!(hdr.buf_alloc, BUF_ALLOC);
     let (peer, _) = listener.accept().unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    rig.send(guest_hdr(5000, 1234, op::RW), b"hello");
-    let mut buf = [0u8; 5];
-    (&peer).read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"hello");
-    (&peer).write_all(b"world").unwrap();
-    let (hdr, data) = rig.recv();
-    assert_eq!((hdr.op, data.as_slice()), (op::RW, &b"world"[..]));
+    rig.round_trip(&peer, (5000, 1234), b"hello", b"world");
     // The guest resets: the host side sees EOF.
     rig.send(guest_hdr(5000, 1234, op::RST), &[]);
     let mut rest = Vec::new();

@@ -263,9 +263,10 @@ fn activation_needs_rx_and_tx() {
     dev.process_tx();
 }
 
-/// A device on fresh guest memory whose queue `aliased` (RX or TX) is laid as
-/// [`aliased_rings_queue`]; the other queues are normal. Returns the driver's TX queue too.
-fn aliased_device(aliased: usize) -> (TempDir, GuestMemoryMmap, Vsock, GuestQueue) {
+/// A device on fresh guest memory, activated on the queues `queues` gives.
+fn device_on(
+    queues: impl FnOnce(&GuestMemoryMmap) -> Vec<Queue>,
+) -> (TempDir, GuestMemoryMmap, Vsock) {
     let dir = TempDir::new().unwrap();
     let mut dev = Vsock::new(VsockConfig {
         guest_cid: GUEST_CID,
@@ -274,20 +275,26 @@ fn aliased_device(aliased: usize) -> (TempDir, GuestMemoryMmap, Vsock, GuestQueu
     })
     .unwrap();
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let vq = MockSplitQueue::create(&mem, GuestAddress(0x2_0000), QUEUE_SIZE);
-    let mut queues = vec![
-        GuestQueue::new(0).queue(),
-        GuestQueue::new(0x4000).queue(),
-        GuestQueue::new(0x8000).queue(),
-    ];
-    queues[aliased] = aliased_rings_queue(&mem, &vq, 100);
-    dev.activate(ActivateContext {
-        mem: mem.clone(),
-        queues,
-        acked_features: dev.features(),
-        interrupt: Arc::new(RecordingInterrupt::default()),
-    })
-    .unwrap();
+    activate(&mut dev, &mem, queues(&mem), FEATURES);
+    (dir, mem, dev)
+}
+
+/// The normal RX (at 0), TX (at 0x4000) and event (at 0x8000) queues.
+fn normal_queues() -> Vec<Queue> {
+    [0, 0x4000, 0x8000]
+        .map(|base| GuestQueue::new(base).queue())
+        .into()
+}
+
+/// A device whose queue `aliased` (RX or TX) is laid as [`aliased_rings_queue`]; the other
+/// queues are normal. Returns the driver's TX queue too.
+fn aliased_device(aliased: usize) -> (TempDir, GuestMemoryMmap, Vsock, GuestQueue) {
+    let (dir, mem, dev) = device_on(|mem| {
+        let vq = MockSplitQueue::create(mem, GuestAddress(0x2_0000), QUEUE_SIZE);
+        let mut queues = normal_queues();
+        queues[aliased] = aliased_rings_queue(mem, &vq, 100);
+        queues
+    });
     (dir, mem, dev, GuestQueue::new(0x4000))
 }
 
@@ -328,53 +335,52 @@ fn rx_used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
 /// the packet in the same turn.
 #[test]
 fn tx_chain_made_available_in_an_empty_round_is_served() {
-    use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
-    let dir = TempDir::new().unwrap();
-    let mut dev = Vsock::new(VsockConfig {
-        guest_cid: GUEST_CID,
-        uds_path: dir.as_path().join("v.sock"),
-        id: "vsock0".into(),
-    })
-    .unwrap();
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    use crate::virtio::test_utils::{notifications_on, LateChain};
+    let (_dir, mem, mut dev) = device_on(|_| normal_queues());
     let mut tx = GuestQueue::new(0x4000);
-    let queues = vec![
-        GuestQueue::new(0).queue(),
-        tx.queue(),
-        GuestQueue::new(0x8000).queue(),
-    ];
-    dev.activate(ActivateContext {
-        mem: mem.clone(),
-        queues,
-        acked_features: VIRTIO_F_VERSION_1,
-        interrupt: Arc::new(RecordingInterrupt::default()),
-    })
-    .unwrap();
     // A connection to a port nobody listens on, written but not published yet.
     let hdr = guest_hdr(5000, 999, op::REQUEST).to_bytes();
     mem.write_slice(&hdr, GuestAddress(TX_BUFS)).unwrap();
     let head = tx.add(&mem, &[(TX_BUFS, HDR_SIZE as u32, 0)]);
     mem.write_obj(0u16, GuestAddress(tx.avail() + 2)).unwrap();
-    let (avail, used) = (tx.avail(), tx.used());
-    let mut raced = false;
+    let mut late = LateChain::new(&mem, tx.avail(), tx.used());
     // A turn started by a stale kick: nothing is available yet.
-    dev.process_tx_with(|| {
-        if !raced {
-            raced = true;
-            let flags: u16 = mem.read_obj(GuestAddress(used)).unwrap();
-            let no_notify = flags & VRING_USED_F_NO_NOTIFY as u16 != 0;
-            assert!(no_notify, "driver would notify");
-            mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-        }
-    });
-    assert!(raced);
+    dev.process_tx_with(|| late.publish());
+    assert!(late.published);
     assert_eq!(tx.take_used(&mem), vec![(head, 0)]);
     let c = dev.counters();
     assert_eq!((c.tx_packets, c.errors), (1, 0));
-    let flags: u16 = mem.read_obj(GuestAddress(used)).unwrap();
-    assert_eq!(
-        flags & VRING_USED_F_NO_NOTIFY as u16,
-        0,
-        "notifications off"
+    assert!(notifications_on(&mem, tx.used()), "notifications off");
+}
+
+/// RX goes through the shared routine: with a packet owed and no buffer the device turns
+/// notifications on (so the driver's next buffer is kicked), and a buffer that comes later is
+/// filled; with nothing left to send, the device wants no kicks.
+#[test]
+fn rx_waits_for_a_buffer_with_notifications_on() {
+    use crate::virtio::test_utils::notifications_on;
+    let (_dir, mem, mut dev) = device_on(|_| normal_queues());
+    let (mut rx, mut tx) = (GuestQueue::new(0), GuestQueue::new(0x4000));
+    // A connection to a port nobody listens on: the device owes the guest an RST.
+    let hdr = guest_hdr(5000, 999, op::REQUEST).to_bytes();
+    mem.write_slice(&hdr, GuestAddress(TX_BUFS)).unwrap();
+    tx.add(&mem, &[(TX_BUFS, HDR_SIZE as u32, 0)]);
+    dev.process_tx();
+    assert!(rx.take_used(&mem).is_empty());
+    assert!(
+        notifications_on(&mem, rx.used()),
+        "the driver would not kick"
     );
+    // The driver posts a buffer and kicks.
+    let head = rx.add(&mem, &[(RX_BUFS, RX_BUF_SIZE, VRING_DESC_F_WRITE)]);
+    dev.process_rx();
+    assert_eq!(rx.take_used(&mem), vec![(head, HDR_SIZE as u32)]);
+    let mut raw = [0u8; HDR_SIZE];
+    mem.read_slice(&mut raw, GuestAddress(RX_BUFS)).unwrap();
+    assert_eq!(Header::from_bytes(&raw).op, op::RST);
+    assert!(
+        !notifications_on(&mem, rx.used()),
+        "nothing owed: no kicks wanted"
+    );
+    assert_eq!(dev.counters().errors, 0);
 }

@@ -18,6 +18,9 @@ use vmm_sys_util::tempdir::TempDir;
 
 use super::packet::{op, Header, HDR_SIZE, SHUTDOWN_BOTH, SHUTDOWN_SEND, TYPE_STREAM};
 use super::*;
+use crate::virtio::test_utils::{activate, RecordingInterrupt};
+use crate::virtio::{ActivateContext, GuestMemoryMmap, MAX_CHAINS_PER_TURN};
+use virtio_queue::{Queue, QueueT};
 
 const MEM_SIZE: usize = 0x40_0000;
 const GUEST_CID: u64 = 3;
@@ -27,16 +30,6 @@ const RX_BUF_SIZE: u32 = 4096;
 /// TX packets: 64 KiB + header each from here.
 const TX_BUFS: u64 = 0x20_0000;
 const TX_SLOT: u64 = 0x1_1000;
-
-#[derive(Default)]
-struct RecordingInterrupt(Mutex<Vec<InterruptKind>>);
-
-impl VirtioInterrupt for RecordingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        self.0.lock().unwrap().push(kind);
-        Ok(())
-    }
-}
 
 /// The driver's side of one split queue of [`QUEUE_SIZE`] entries at `base`.
 struct GuestQueue {
@@ -169,13 +162,8 @@ impl Rig {
         let rx = GuestQueue::new(0);
         let tx = GuestQueue::new(0x4000);
         let event = GuestQueue::new(0x8000);
-        dev.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![rx.queue(), tx.queue(), event.queue()],
-            acked_features: dev.features(),
-            interrupt: Arc::new(RecordingInterrupt::default()),
-        })
-        .unwrap();
+        let queues = vec![rx.queue(), tx.queue(), event.queue()];
+        activate(&mut dev, &mem, queues, FEATURES);
         let dev = Arc::new(Mutex::new(dev));
         let mut manager = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
         manager.add_subscriber(dev.clone());
@@ -292,6 +280,26 @@ impl Rig {
     }
 
     /// The guest sends a packet (header and payload in two descriptors) and kicks.
+    /// Bytes both ways on an open connection between guest port `guest_port` and host port
+    /// `host_port`, whose host end is `host`: the guest sends `out`, the host reads it and
+    /// answers `back`, the guest receives that. Returns the header the answer came with.
+    fn round_trip(
+        &mut self,
+        host: &UnixStream,
+        (guest_port, host_port): (u32, u32),
+        out: &[u8],
+        back: &[u8],
+    ) -> Header {
+        self.send(guest_hdr(guest_port, host_port, op::RW), out);
+        let mut buf = vec![0u8; out.len()];
+        (&*host).read_exact(&mut buf).unwrap();
+        assert_eq!(buf, out);
+        (&*host).write_all(back).unwrap();
+        let (hdr, data) = self.recv();
+        assert_eq!((hdr.op, data.as_slice()), (op::RW, back));
+        hdr
+    }
+
     fn send(&mut self, mut hdr: Header, payload: &[u8]) {
         hdr.len = payload.len() as u32;
         let h = self.tx_slot(&hdr.to_bytes());

@@ -119,13 +119,7 @@ fn answered_connections_outlive_the_timeout() {
     assert_eq!(rig.timer_period(), None);
     std::thread::sleep(Duration::from_millis(100));
     rig.run();
-    rig.send(guest_hdr(52, port, op::RW), b"ping");
-    let mut buf = [0u8; 4];
-    (&host).read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ping");
-    (&host).write_all(b"pong").unwrap();
-    let (hdr, data) = rig.recv();
-    assert_eq!((hdr.op, data.as_slice()), (op::RW, &b"pong"[..]));
+    rig.round_trip(&host, (52, port), b"ping", b"pong");
     // A guest that refuses a REQUEST in time: closed as a refusal, not a timeout.
     let refused = UnixStream::connect(rig.path()).unwrap();
     (&refused).write_all(b"CONNECT 53\n").unwrap();

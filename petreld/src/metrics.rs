@@ -1,0 +1,123 @@
+//! `GET /metrics`: Prometheus text format. Per VM (labels `id`, `name`, `hypervisor`): state,
+//! vCPUs, memory, restarts, and each device counter read from the VM's petrel (`vm.counters`).
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use petrel_http::Client;
+
+use super::model::{ObservedState, VmRecord, OBSERVED_STATES};
+use super::Daemon;
+
+/// A per-VM series: name, type, help, value.
+type PerVm = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&VmRecord) -> u64,
+);
+
+/// Escapes a label value (`\`, `"` and newlines).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn labels(vm: &VmRecord) -> String {
+    format!(
+        "id=\"{}\",name=\"{}\",hypervisor=\"{}\"",
+        escape(&vm.id),
+        escape(&vm.name),
+        escape(&vm.hypervisor)
+    )
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The whole exposition.
+pub fn render(daemon: &Daemon) -> String {
+    let vms = daemon.store().all_vms().unwrap_or_default();
+    let mut out = String::new();
+    header(&mut out, "petreld_vms", "gauge", "VMs by observed state.");
+    for s in OBSERVED_STATES {
+        let n = vms.iter().filter(|v| v.state == s).count();
+        let _ = writeln!(out, "petreld_vms{{state=\"{s}\"}} {n}");
+    }
+    header(
+        &mut out,
+        "petreld_vm_state",
+        "gauge",
+        "Observed state of each VM: 1 for the current state, 0 for the others.",
+    );
+    for vm in &vms {
+        for s in OBSERVED_STATES {
+            let v = u8::from(vm.state == s);
+            let _ = writeln!(out, "petreld_vm_state{{{},state=\"{s}\"}} {v}", labels(vm));
+        }
+    }
+    let simple: [PerVm; 3] = [
+        ("petreld_vm_vcpus", "gauge", "vCPUs of the VM.", |v| {
+            u64::from(v.config.cpus.boot_vcpus)
+        }),
+        (
+            "petreld_vm_memory_bytes",
+            "gauge",
+            "Guest memory of the VM.",
+            |v| v.config.memory.size,
+        ),
+        (
+            "petreld_vm_restarts_total",
+            "counter",
+            "Times petreld restarted the VM by itself.",
+            |v| u64::from(v.restart_count),
+        ),
+    ];
+    for (name, kind, help, value) in simple {
+        header(&mut out, name, kind, help);
+        for vm in &vms {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(vm), value(vm));
+        }
+    }
+    header(
+        &mut out,
+        "petreld_vm_device_counter",
+        "counter",
+        "Device counters reported by the VM's petrel (vm.counters).",
+    );
+    for vm in &vms {
+        if !matches!(vm.state, ObservedState::Running | ObservedState::Paused) {
+            continue;
+        }
+        let Some(rt) = daemon.runtime(&vm.id) else {
+            continue;
+        };
+        let client = Client::new(&rt.socket).with_timeout(Duration::from_secs(1));
+        let Ok(r) = client.get(api::request::Endpoint::VmCounters.path()) else {
+            continue;
+        };
+        let Ok(serde_json::Value::Object(devices)) = r.json_body::<serde_json::Value>() else {
+            continue;
+        };
+        for (device, counters) in devices {
+            let Some(counters) = counters.as_object() else {
+                continue;
+            };
+            for (counter, value) in counters {
+                if let Some(v) = value.as_u64() {
+                    let _ = writeln!(
+                        out,
+                        "petreld_vm_device_counter{{{},device=\"{}\",counter=\"{}\"}} {v}",
+                        labels(vm),
+                        escape(&device),
+                        escape(counter)
+                    );
+                }
+            }
+        }
+    }
+    out
+}

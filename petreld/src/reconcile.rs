@@ -1,0 +1,198 @@
+//! Start-up reconciliation: what the database says against what runs. Live petrel processes
+//! (same pid and start time, answering `vmm.ping`) are re-attached and their VMs brought to
+//! the desired state; vanished ones are marked failed with the reason and restarted per
+//! policy; interrupted starts, stops and deletes are finished.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use petrel_http::Client;
+
+use super::launcher::{self, VmDir};
+use super::model::{DesiredState, ObservedState, VmRecord};
+use super::process::{self, ProcessId};
+use super::{ApiResult, Daemon};
+
+/// What reconciliation did, for the log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// VMs whose petrel was re-attached.
+    pub attached: usize,
+    /// VMs marked failed because their petrel vanished.
+    pub failed: usize,
+    /// VMs being started again (policy or interrupted start).
+    pub restarting: usize,
+    /// Deletes finished.
+    pub deleted: usize,
+}
+
+/// Reconciles every VM. Runs before the API serves; restarts run on their own threads.
+pub fn reconcile(daemon: &Arc<Daemon>) -> ApiResult<Summary> {
+    let mut summary = Summary::default();
+    // Not `for vm in daemon.store()…`: the guard would live through the loop.
+    let vms = daemon.store().all_vms()?;
+    for vm in vms {
+        let Some(claim) = daemon.try_claim(&vm.id) else {
+            continue;
+        };
+        if vm.desired_state == DesiredState::Deleted {
+            daemon.finish_delete(&vm.id)?;
+            summary.deleted += 1;
+            continue;
+        }
+        let dir = VmDir::new(&daemon.config.state_dir, &vm.id);
+        let recorded = vm
+            .pid
+            .zip(vm.pid_start)
+            .map(|(pid, start)| ProcessId { pid, start })
+            .filter(ProcessId::alive);
+        // A petrel started just before petreld died, before its pid was recorded.
+        let live = recorded.or_else(|| process::find_by_api_socket(&dir.socket()));
+        let outcome = match live {
+            Some(p) => reattach(daemon, &vm, p, &dir)?,
+            None => Outcome::Vanished(None),
+        };
+        drop(claim);
+        match outcome {
+            Outcome::Attached => summary.attached += 1,
+            Outcome::Restart(vm) => {
+                summary.restarting += 1;
+                daemon.maybe_restart(*vm, false);
+            }
+            Outcome::Vanished(why) => {
+                let (failed, restarting) = vanished(daemon, &vm, why)?;
+                summary.failed += usize::from(failed);
+                summary.restarting += usize::from(restarting);
+            }
+            Outcome::Done => {}
+        }
+    }
+    Ok(summary)
+}
+
+enum Outcome {
+    /// Re-attached, in its desired state.
+    Attached,
+    /// The guest had powered off; restart per policy.
+    Restart(Box<VmRecord>),
+    /// No usable process (why, when one was found and killed).
+    Vanished(Option<String>),
+    /// Nothing more to do.
+    Done,
+}
+
+/// A live process for `vm`: re-attach it if it answers, and bring the VM where it should be.
+fn reattach(daemon: &Arc<Daemon>, vm: &VmRecord, p: ProcessId, dir: &VmDir) -> ApiResult<Outcome> {
+    let socket = dir.socket();
+    let quick = Client::new(&socket).with_timeout(Duration::from_secs(2));
+    let answers = quick
+        .get(api::request::Endpoint::VmmPing.path())
+        .is_ok_and(|r| r.status == 200);
+    if !answers {
+        launcher::kill(p);
+        let why = format!(
+            "petrel (pid {}) did not answer vmm.ping after petreld restarted; killed",
+            p.pid
+        );
+        return Ok(Outcome::Vanished(Some(why)));
+    }
+    if daemon.attach(&vm.id, p, socket.clone()).is_err() {
+        return Ok(Outcome::Vanished(None));
+    }
+    let socket_text = socket.to_string_lossy().into_owned();
+    daemon.store().modify_vm(&vm.id, |v| {
+        v.pid = Some(p.pid);
+        v.pid_start = Some(p.start);
+        v.api_socket = Some(socket_text);
+    })?;
+    let client = launcher::client(&socket);
+    if vm.desired_state == DesiredState::Stopped {
+        // A stop was under way (or the VM should not run): finish it.
+        let reason = launcher::stop(&client, p, Duration::ZERO);
+        daemon.detach(&vm.id);
+        daemon.store().modify_vm(&vm.id, |v| {
+            v.state = ObservedState::Stopped;
+            v.exit_reason = Some(format!("{reason} (finished after a petreld restart)"));
+            v.pid = None;
+            v.pid_start = None;
+        })?;
+        return Ok(Outcome::Done);
+    }
+    match launcher::vm_state(&client).ok().flatten().as_deref() {
+        Some("Running") => {
+            set_state(daemon, vm, ObservedState::Running)?;
+        }
+        Some("Paused") => {
+            set_state(daemon, vm, ObservedState::Paused)?;
+        }
+        Some("Shutdown") if vm.state != ObservedState::Starting => {
+            return Ok(match daemon.handle_guest_stopped(&vm.id) {
+                Some(vm) => Outcome::Restart(Box::new(vm)),
+                None => Outcome::Done,
+            });
+        }
+        // No VM yet, Created, or a start cut short: continue the start.
+        _ => {
+            let vm = daemon.launch(vm)?;
+            if vm.state == ObservedState::Failed {
+                return Ok(Outcome::Done);
+            }
+        }
+    }
+    Ok(Outcome::Attached)
+}
+
+fn set_state(daemon: &Daemon, vm: &VmRecord, state: ObservedState) -> ApiResult<()> {
+    daemon.store().modify_vm(&vm.id, |v| v.state = state)?;
+    Ok(())
+}
+
+/// `vm` has no live petrel. Returns (marked failed, restarting).
+fn vanished(daemon: &Arc<Daemon>, vm: &VmRecord, why: Option<String>) -> ApiResult<(bool, bool)> {
+    let should_run = matches!(
+        vm.desired_state,
+        DesiredState::Running | DesiredState::Paused
+    );
+    let was_up = matches!(
+        vm.state,
+        ObservedState::Running | ObservedState::Paused | ObservedState::Stopping
+    );
+    if vm.state == ObservedState::Starting && should_run {
+        // The start was cut short by petreld's restart: the caller still wants it running.
+        daemon.store().modify_vm(&vm.id, |v| {
+            v.state = ObservedState::Failed;
+            v.exit_reason =
+                Some(why.unwrap_or_else(|| "start interrupted by a petreld restart".into()));
+            v.pid = None;
+            v.pid_start = None;
+        })?;
+        daemon.spawn_restart(&vm.id, Duration::ZERO, false);
+        return Ok((false, true));
+    }
+    if should_run && was_up {
+        let reason = why.unwrap_or_else(|| match vm.pid {
+            Some(pid) => format!("petrel (pid {pid}) vanished while petreld was not running"),
+            None => "petrel vanished while petreld was not running".into(),
+        });
+        log::warn!("VM {} ({}): {reason}", vm.name, vm.id);
+        let vm = daemon.store().modify_vm(&vm.id, |v| {
+            v.state = ObservedState::Failed;
+            v.exit_reason = Some(reason);
+            v.pid = None;
+            v.pid_start = None;
+        })?;
+        let restarting = vm.restart != super::model::RestartPolicy::Never;
+        daemon.maybe_restart(vm, true);
+        return Ok((true, restarting));
+    }
+    if !should_run
+        && (was_up || matches!(vm.state, ObservedState::Starting | ObservedState::Stopping))
+    {
+        daemon.store().modify_vm(&vm.id, |v| {
+            v.state = ObservedState::Stopped;
+            v.pid = None;
+            v.pid_start = None;
+        })?;
+    }
+    Ok((false, false))
+}

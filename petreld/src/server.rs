@@ -1,0 +1,222 @@
+//! `petreld`'s entry point: configuration, the database, reconciliation, the supervisor and
+//! the API servers (several threads accepting on one socket, and as many on the optional TCP
+//! listener, where every request needs the bearer token), until SIGTERM or SIGINT. VMs keep
+//! running when petreld exits.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use petrel_http::{self as http, Listener, Server, ServerConfig};
+
+use super::config::{self, Command, DaemonConfig};
+use super::store::Store;
+use super::{host, reconcile, routes, supervisor, Daemon};
+
+/// A logger to standard error; the level comes from `$PETRELD_LOG` (default info).
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "petreld {} {}: {}",
+                super::model::now(),
+                r.level(),
+                r.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+fn init_logger() {
+    let level = std::env::var("PETRELD_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Runs `petreld` with `args` (without the program name); returns the exit status.
+pub fn main(args: &[String]) -> i32 {
+    init_logger();
+    match config::parse(args) {
+        Ok(Command::Help) => {
+            println!("{}", config::USAGE);
+            0
+        }
+        Ok(Command::Version) => {
+            println!("petreld {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Ok(Command::Run(cfg)) => match run(*cfg) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("petreld: error: {e}");
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("petreld: {e}");
+            2
+        }
+    }
+}
+
+fn private_dir(path: &Path) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| format!("create {}: {e}", path.display()))
+}
+
+/// The signals petreld waits for, blocked in every thread (threads inherit the mask).
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: `set` is initialised by sigemptyset before use; sigaddset and pthread_sigmask
+    // only read and write it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Gives the socket to `group` (name or number) with mode 0660, else mode 0600.
+fn secure_socket(path: &Path, group: Option<&str>) -> Result<(), String> {
+    let mode = match group {
+        None => 0o600,
+        Some(g) => {
+            let gid = match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => {
+                    let name = CString::new(g).map_err(|_| format!("socket_group {g:?}"))?;
+                    // SAFETY: `name` is a NUL-terminated string; getgrnam returns a pointer to
+                    // static storage or null, read at once.
+                    let gr = unsafe { libc::getgrnam(name.as_ptr()) };
+                    if gr.is_null() {
+                        return Err(format!("socket_group: no group {g:?}"));
+                    }
+                    // SAFETY: `gr` is non-null and points to a valid group entry.
+                    unsafe { (*gr).gr_gid }
+                }
+            };
+            let cpath = CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| format!("{}: bad path", path.display()))?;
+            // SAFETY: `cpath` is NUL-terminated; uid -1 leaves the owner unchanged.
+            if unsafe { libc::chown(cpath.as_ptr(), u32::MAX, gid) } < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(format!("chown {} to group {g}: {e}", path.display()));
+            }
+            0o660
+        }
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))
+}
+
+fn run(cfg: DaemonConfig) -> Result<(), String> {
+    // Checked first: a bad token file stops petreld before it touches anything.
+    let tcp = match &cfg.tcp {
+        Some(t) => Some((t.listen, config::read_token(&t.token_file)?)),
+        None => None,
+    };
+    private_dir(&cfg.state_dir)?;
+    if let Some(parent) = cfg.socket.parent() {
+        private_dir(parent)?;
+    }
+    let db = cfg.state_dir.join("petreld.db");
+    let store = Store::open(&db)
+        .map_err(|e| format!("{}: {}", db.display(), super::launcher::chain(&e)))?;
+    let host = host::probe(&cfg.petrel, cfg.gate("mshv"));
+    if let Some(e) = host.capabilities.get("error") {
+        log::warn!("host capabilities unknown: {e}");
+    }
+    let signals = block_signals();
+    let workers = cfg.workers;
+    let socket = cfg.socket.clone();
+    let group = cfg.socket_group.clone();
+    let daemon = Daemon::new(cfg, store, host).map_err(|e| format!("set up: {e}"))?;
+    supervisor::spawn(Arc::clone(&daemon)).map_err(|e| format!("supervisor thread: {e}"))?;
+    let summary = reconcile::reconcile(&daemon).map_err(|e| format!("reconcile: {}", e.message))?;
+    log::info!(
+        "reconciled: {} re-attached, {} failed, {} restarting, {} deletes finished",
+        summary.attached,
+        summary.failed,
+        summary.restarting,
+        summary.deleted
+    );
+    // Bound before the Unix socket, so that a port in use leaves no socket file behind.
+    let tcp = match tcp {
+        Some((addr, token)) => Some((
+            Listener::bind_tcp(addr).map_err(|e| format!("tcp.listen {addr}: bind: {e}"))?,
+            Arc::new(token),
+        )),
+        None => None,
+    };
+    let listener = http::listen(&socket)
+        .map_err(|e| format!("{}: {}", socket.display(), super::launcher::chain(&e)))?;
+    secure_socket(&socket, group.as_deref())?;
+    let mut servers = Vec::new();
+    for _ in 0..workers {
+        let l = listener
+            .try_clone()
+            .map_err(|e| format!("clone listener: {e}"))?;
+        let d = Arc::clone(&daemon);
+        let server = Server::start(l, ServerConfig::default(), move |req| {
+            routes::handle(&d, req)
+        })
+        .map_err(|e| format!("API server: {e}"))?;
+        servers.push(server);
+    }
+    drop(listener);
+    log::info!("listening on {}", socket.display());
+    if let Some((listener, token)) = tcp {
+        for _ in 0..workers {
+            let l = listener
+                .try_clone()
+                .map_err(|e| format!("clone listener: {e}"))?;
+            let (d, token) = (Arc::clone(&daemon), Arc::clone(&token));
+            let server = Server::start(l, ServerConfig::default(), move |req| {
+                routes::authorize(&req, &token).unwrap_or_else(|| routes::handle(&d, req))
+            })
+            .map_err(|e| format!("TCP API server: {e}"))?;
+            servers.push(server);
+        }
+        if let Some(addr) = listener.tcp_addr() {
+            if !addr.ip().is_loopback() {
+                log::warn!(
+                    "tcp {addr}: not loopback and not encrypted (the token is sent in clear)"
+                );
+            }
+            log::info!("listening on tcp {addr} (bearer token required)");
+        }
+    }
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `signals` is an initialised set; `sig` is valid for a write.
+    unsafe { libc::sigwait(&signals, &mut sig) };
+    log::info!("signal {sig}: exiting (VMs keep running)");
+    for s in servers {
+        s.shutdown();
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

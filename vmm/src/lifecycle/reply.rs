@@ -1,0 +1,156 @@
+//! What the VM state machine answers: its states, the typed replies to requests and the typed
+//! errors. HTTP status codes are not known here: the API server maps [`ErrorKind`] to them.
+
+use std::fmt;
+
+use api::VmConfig;
+use hypervisor::{Kind, Selection};
+
+use crate::Error;
+
+/// Where the VM is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// No VM has been created.
+    NotCreated,
+    /// A config is set; not booted yet.
+    Created,
+    /// vCPUs are running.
+    Running,
+    /// vCPUs are parked; devices keep being served.
+    Paused,
+    /// Stopped by the guest or a caller; can be booted again.
+    Shutdown,
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmState::NotCreated => "NotCreated",
+            VmState::Created => "Created",
+            VmState::Running => "Running",
+            VmState::Paused => "Paused",
+            VmState::Shutdown => "Shutdown",
+        })
+    }
+}
+
+/// The kinds of refusal and failure a caller sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// What the request names does not exist (no VM, no such device).
+    NotFound,
+    /// Not allowed in the VM's current state.
+    Conflict,
+    /// The request, or the config it leads to, is invalid.
+    Invalid,
+    /// petrel failed to do what was asked.
+    Internal,
+}
+
+/// A refused or failed operation.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Not allowed in the VM's state (`NotCreated`: there is no VM).
+    #[error("{op}: not allowed while the VM is {state}")]
+    State {
+        /// The operation (`vm.pause`).
+        op: &'static str,
+        /// The VM's state.
+        state: VmState,
+    },
+    /// A config change once the VM runs, which would need device hotplug.
+    #[error(
+        "{op}: not allowed while the VM is {state} (hotplug needs virtio-pci, which petrel does \
+         not have yet)"
+    )]
+    Hotplug {
+        /// The operation (`vm.add-disk`).
+        op: &'static str,
+        /// The VM's state.
+        state: VmState,
+    },
+    /// `vm.remove-device` names an id no device has.
+    #[error("vm.remove-device: no device with id '{id}'")]
+    NoSuchDevice {
+        /// The id asked for.
+        id: String,
+    },
+    /// The request or the config it leads to is invalid; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// Building or booting the VM failed.
+    #[error(transparent)]
+    Boot(Box<Error>),
+    /// The power button could not be pressed.
+    #[error("vm.power-button")]
+    PowerButton(#[source] std::io::Error),
+}
+
+impl OpError {
+    /// The operation is not allowed in `state`.
+    pub fn state(op: &'static str, state: VmState) -> Self {
+        OpError::State { op, state }
+    }
+
+    /// A bad request.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        OpError::Invalid(message.into())
+    }
+
+    /// What kind of refusal or failure it is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            OpError::State {
+                state: VmState::NotCreated,
+                ..
+            }
+            | OpError::NoSuchDevice { .. } => ErrorKind::NotFound,
+            OpError::State { .. } | OpError::Hotplug { .. } => ErrorKind::Conflict,
+            OpError::Invalid(_) => ErrorKind::Invalid,
+            OpError::Boot(_) | OpError::PowerButton(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// `vm.info`'s answer.
+#[derive(Debug, Clone)]
+pub struct VmInfo {
+    /// The VM's config.
+    pub config: VmConfig,
+    /// Its state.
+    pub state: VmState,
+    /// Guest memory minus what the balloon holds, in bytes.
+    pub memory_actual_size: u64,
+    /// The hypervisor in use.
+    pub hypervisor: Kind,
+}
+
+/// One device's counters, by name.
+pub type DeviceCounters = (String, Vec<(&'static str, u64)>);
+
+/// What a request produced.
+#[derive(Debug)]
+pub enum Reply {
+    /// Done; nothing to report.
+    Done,
+    /// `vmm.ping`: the hypervisor in use and why.
+    Ping(Selection),
+    /// `vm.info`.
+    Info(Box<VmInfo>),
+    /// `vm.counters`: every virtio device's counters.
+    Counters(Vec<DeviceCounters>),
+    /// A device was added (its id, if it has one).
+    Added(Option<String>),
+    /// The process is to end with this status (`vmm.shutdown`).
+    Exit(i32),
+}
+
+/// What the VMM should do after handling something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Keep running.
+    Continue,
+    /// End the process with this status.
+    Exit(i32),
+}
