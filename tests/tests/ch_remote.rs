@@ -1,6 +1,7 @@
 //! Cloud Hypervisor's own client, `ch-remote`, drives petrel unchanged: one script of
 //! subcommands (create, boot, info, pause, resume, counters, resize, power-button, reboot,
-//! shutdown, delete, add-disk, add-net with a tap fd, remove-device, shutdown-vmm) run with
+//! shutdown, delete, add-disk, add-net with a tap fd, add-vsock, remove-device, resize of the
+//! vCPUs and the balloon, shutdown-vmm) run with
 //! the real binary against petrel booting the test guest, each step checked against one table
 //! of exit codes and output forms. The same script and table run against the real Cloud
 //! Hypervisor (when its binary is here) show that the table is what Cloud Hypervisor does.
@@ -75,6 +76,7 @@ const SCRIPT: &[Step] = &[
     // ch-remote's defaults (image_type "Unknown", num_queues 1, …), as a user types it.
     step(&["add-disk", "path=IMG"], Expect::Quiet),
     step(&["add-net", "fd=3,mac=52:54:00:ab:cd:01"], Expect::Quiet),
+    step(&["add-vsock", "cid=3,socket=DIR/vsock.sock"], Expect::Quiet),
     step(&["boot"], Expect::Quiet),
     step(&["info"], Expect::State("Running")),
     step(&["counters"], Expect::Json),
@@ -83,6 +85,7 @@ const SCRIPT: &[Step] = &[
     step(&["resume"], Expect::Quiet),
     step(&["resize", "--cpus", "2"], Expect::Quiet),
     step(&["resize", "--cpus", "3"], Expect::Refused(None)),
+    step(&["resize", "--balloon", "16M"], Expect::Quiet),
     step(&["power-button"], Expect::Quiet),
     step(&["reboot"], Expect::Quiet),
     step(&["info"], Expect::State("Running")),
@@ -126,6 +129,7 @@ fn run_script(
         "payload": {"kernel": kernel, "cmdline": "action=count"},
         "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
         "memory": {"size": 64u64 << 20},
+        "balloon": {"size": 0},
         "serial": {"mode": "Tty"},
         "console": {"mode": "Off"},
     });
