@@ -107,9 +107,11 @@ fn request(endpoint: Endpoint, mut req: Request) -> Result<VmmRequest, OpError> 
         Endpoint::VmPowerButton => VmmRequest::PowerButton,
         Endpoint::VmDelete => VmmRequest::Delete,
         Endpoint::VmCounters => VmmRequest::Counters,
-        Endpoint::VmResize => VmmRequest::Resize(parse(&req, "vm.resize", compat::resize_from_ch)?),
+        Endpoint::VmResize => {
+            VmmRequest::Resize(parse(&req, endpoint.name(), compat::resize_from_ch)?)
+        }
         Endpoint::VmAddDisk => {
-            VmmRequest::AddDisk(parse(&req, "vm.add-disk", compat::disk_config_from_ch)?)
+            VmmRequest::AddDisk(parse(&req, endpoint.name(), compat::disk_config_from_ch)?)
         }
         Endpoint::VmAddNet => {
             // With a tap fd the host side is the caller's: Kata's `ip`/`mask` (the address
@@ -121,7 +123,7 @@ fn request(endpoint: Endpoint, mut req: Request) -> Result<VmmRequest, OpError> 
                     req.body = serde_json::Value::Object(m).to_string().into_bytes();
                 }
             }
-            let mut net = parse(&req, "vm.add-net", compat::net_config_from_ch)?;
+            let mut net = parse(&req, endpoint.name(), compat::net_config_from_ch)?;
             // Tap fds passed with SCM_RIGHTS (as Kata does) replace the numbers in the body.
             let fds = req.take_fds();
             if !fds.is_empty() {
@@ -131,13 +133,11 @@ fn request(endpoint: Endpoint, mut req: Request) -> Result<VmmRequest, OpError> 
             VmmRequest::AddNet { net, fds }
         }
         Endpoint::VmAddVsock => {
-            VmmRequest::AddVsock(parse(&req, "vm.add-vsock", compat::vsock_config_from_ch)?)
+            VmmRequest::AddVsock(parse(&req, endpoint.name(), compat::vsock_config_from_ch)?)
         }
-        Endpoint::VmRemoveDevice => VmmRequest::RemoveDevice(parse(
-            &req,
-            "vm.remove-device",
-            compat::remove_device_from_ch,
-        )?),
+        Endpoint::VmRemoveDevice => {
+            VmmRequest::RemoveDevice(parse(&req, endpoint.name(), compat::remove_device_from_ch)?)
+        }
     })
 }
 

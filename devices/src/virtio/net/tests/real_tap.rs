@@ -126,7 +126,7 @@ fn frame(dst: [u8; 6], src: [u8; 6], text: &[u8]) -> Vec<u8> {
 #[test]
 fn frames_cross_a_real_tap_both_ways() {
     if !Path::new(tap::TUN_DEVICE).exists() {
-        eprintln!("skipped: {} is missing", tap::TUN_DEVICE);
+        test_skip::skip(format!("{} is missing", tap::TUN_DEVICE));
         return;
     }
     let name = unique_name();
@@ -136,10 +136,10 @@ fn frames_cross_a_real_tap_both_ways() {
     let net = match Net::new(cfg) {
         Ok(net) => net,
         Err(e) => {
-            eprintln!(
-                "skipped: cannot create tap {name}: {e}: {:?}",
+            test_skip::skip(format!(
+                "cannot create tap {name}: {e}: {:?}",
                 std::error::Error::source(&e)
-            );
+            ));
             return;
         }
     };
@@ -227,7 +227,7 @@ fn frames_cross_a_real_tap_both_ways() {
 #[test]
 fn inherited_descriptors_are_checked() {
     if !Path::new(tap::TUN_DEVICE).exists() {
-        eprintln!("skipped: {} is missing", tap::TUN_DEVICE);
+        test_skip::skip(format!("{} is missing", tap::TUN_DEVICE));
         return;
     }
     let name = unique_name();
@@ -235,7 +235,7 @@ fn inherited_descriptors_are_checked() {
     let owner = match Tap::open_named(&name) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("skipped: cannot create tap {name}: {e}");
+            test_skip::skip(format!("cannot create tap {name}: {e}"));
             return;
         }
     };
