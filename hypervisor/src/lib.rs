@@ -14,11 +14,15 @@ pub mod kvm;
 #[cfg(feature = "mshv")]
 pub mod mshv;
 pub mod select;
+pub mod state;
 pub mod types;
 
 use std::sync::Arc;
 
 pub use select::{capabilities, open, Capabilities, Kind, Request, Selection};
+pub use state::{
+    IoapicState, MpState, PicState, PlatformState, VcpuEvents, VcpuState, Xcr,
+};
 pub use types::*;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -62,6 +66,17 @@ pub enum Error {
         /// Instruction pointer of the vCPU.
         rip: u64,
     },
+    /// The backend cannot do this.
+    #[error("{op} is not supported by the {backend} backend")]
+    Unsupported {
+        /// What was asked.
+        op: &'static str,
+        /// The backend's name.
+        backend: &'static str,
+    },
+    /// A saved state does not fit this backend or host.
+    #[error("saved state: {0}")]
+    BadState(String),
     /// An exit petrel does not handle.
     #[error("unhandled vCPU exit {what} at rip {rip:#x}")]
     UnhandledExit {
@@ -117,6 +132,11 @@ pub trait Vm: Send + Sync {
         addr: IoEventAddress,
         datamatch: Option<u64>,
     ) -> Result<()>;
+    /// The in-kernel interrupt controllers and the guest clock (vCPUs paused).
+    fn save_platform(&self) -> Result<PlatformState>;
+    /// Sets the interrupt controllers and the guest clock (after `setup_irqchip`, before the
+    /// vCPUs run).
+    fn restore_platform(&self, state: &PlatformState) -> Result<()>;
 }
 
 /// Where port I/O and MMIO land: implemented by the VMM over its buses.
@@ -161,6 +181,11 @@ pub trait Vcpu: CpuState + Send {
     /// when it arrives just before the guest is entered. Call once on the vCPU's thread
     /// before the first `run`.
     fn prepare_thread(&mut self) -> Result<()>;
+    /// Everything the vCPU needs to continue elsewhere. Call only while it is not running
+    /// (from its own thread, between runs).
+    fn save_state(&self) -> Result<VcpuState>;
+    /// Sets a saved state on a freshly created vCPU (before its first run).
+    fn restore_state(&self, state: &VcpuState) -> Result<()>;
 }
 
 /// The signal that interrupts a vCPU thread's `run` (sent with `pthread_kill`).

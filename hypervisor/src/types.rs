@@ -1,5 +1,7 @@
 //! Hypervisor-neutral x86_64 register, CPUID and exit types.
 
+use serde::{Deserialize, Serialize};
+
 /// Why `Vcpu::run` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VcpuExit {
@@ -26,7 +28,7 @@ pub enum IoEventAddress {
 
 /// General-purpose registers.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Regs {
     pub rax: u64,
     pub rbx: u64,
@@ -50,7 +52,7 @@ pub struct Regs {
 
 /// A segment register in its unpacked (descriptor cache) form.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     pub base: u64,
     pub limit: u32,
@@ -68,7 +70,7 @@ pub struct Segment {
 
 /// A descriptor-table register (GDTR, IDTR).
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DescriptorTable {
     pub base: u64,
     pub limit: u16,
@@ -76,7 +78,7 @@ pub struct DescriptorTable {
 
 /// Segment, control and descriptor-table registers.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpecialRegs {
     pub cs: Segment,
     pub ds: Segment,
@@ -107,7 +109,7 @@ pub struct FpuState {
 }
 
 /// A model-specific register and its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Msr {
     /// MSR number.
     pub index: u32,
@@ -117,7 +119,7 @@ pub struct Msr {
 
 /// One CPUID leaf/subleaf.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuidEntry {
     pub function: u32,
     pub index: u32,

@@ -1,6 +1,7 @@
 //! The KVM backend.
 
 mod convert;
+mod state;
 mod vcpu;
 
 use std::sync::Arc;
@@ -45,7 +46,14 @@ impl Hypervisor for KvmHypervisor {
             .map_err(|e| Error::call("KVM_CREATE_VM", e))?;
         fd.set_tss_address(TSS_ADDRESS)
             .map_err(|e| Error::call("KVM_SET_TSS_ADDR", e))?;
-        Ok(Arc::new(KvmVm { fd }))
+        let msrs = self
+            .kvm
+            .get_msr_index_list()
+            .map_err(|e| Error::call("KVM_GET_MSR_INDEX_LIST", e))?;
+        Ok(Arc::new(KvmVm {
+            fd,
+            msrs: Arc::new(msrs.as_slice().to_vec()),
+        }))
     }
 
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
@@ -68,6 +76,8 @@ impl Hypervisor for KvmHypervisor {
 /// A KVM VM.
 pub struct KvmVm {
     fd: VmFd,
+    /// The MSRs KVM saves and restores on this host (KVM_GET_MSR_INDEX_LIST).
+    msrs: Arc<Vec<u32>>,
 }
 
 impl Vm for KvmVm {
@@ -95,7 +105,7 @@ impl Vm for KvmVm {
             .fd
             .create_vcpu(u64::from(id))
             .map_err(|e| Error::call("KVM_CREATE_VCPU", e))?;
-        Ok(Box::new(KvmVcpu::new(fd)))
+        Ok(Box::new(KvmVcpu::new(fd, self.msrs.clone())))
     }
 
     fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()> {
@@ -120,5 +130,13 @@ impl Vm for KvmVm {
             None => self.fd.register_ioevent(evt, &addr, NoDatamatch),
         };
         r.map_err(|e| Error::call("KVM_IOEVENTFD", e))
+    }
+
+    fn save_platform(&self) -> Result<crate::PlatformState> {
+        state::save_platform(&self.fd)
+    }
+
+    fn restore_platform(&self, s: &crate::PlatformState) -> Result<()> {
+        state::restore_platform(&self.fd, s)
     }
 }

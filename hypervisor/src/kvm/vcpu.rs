@@ -35,11 +35,13 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 /// One KVM vCPU.
 pub struct KvmVcpu {
     fd: VcpuFd,
+    /// The MSRs a saved state holds.
+    msrs: std::sync::Arc<Vec<u32>>,
 }
 
 impl KvmVcpu {
-    pub(super) fn new(fd: VcpuFd) -> Self {
-        KvmVcpu { fd }
+    pub(super) fn new(fd: VcpuFd, msrs: std::sync::Arc<Vec<u32>>) -> Self {
+        KvmVcpu { fd, msrs }
     }
 
     fn rip(&self) -> u64 {
@@ -72,6 +74,14 @@ impl Vcpu for KvmVcpu {
         let ptr = self.fd.get_kvm_run() as *mut kvm_run;
         KVM_RUN.with(|run| run.set(ptr));
         crate::kick::prepare_thread(kick_handler)
+    }
+
+    fn save_state(&self) -> Result<crate::VcpuState> {
+        super::state::save_vcpu(&self.fd, &self.msrs)
+    }
+
+    fn restore_state(&self, state: &crate::VcpuState) -> Result<()> {
+        super::state::restore_vcpu(&self.fd, state)
     }
 
     fn run(&mut self, io: &dyn IoHandler) -> Result<VcpuExit> {

@@ -82,6 +82,14 @@ impl Vcpu for MshvVcpu {
         crate::kick::prepare_thread(kick_handler)
     }
 
+    fn save_state(&self) -> Result<crate::VcpuState> {
+        Err(super::unsupported("saving a vCPU's state"))
+    }
+
+    fn restore_state(&self, _state: &crate::VcpuState) -> Result<()> {
+        Err(super::unsupported("restoring a vCPU's state"))
+    }
+
     fn run(&mut self, io: &dyn IoHandler) -> Result<VcpuExit> {
         let dispatch = Dispatch { vm: &self.vm, io };
         loop {
