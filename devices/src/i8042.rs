@@ -72,6 +72,35 @@ pub struct I8042 {
     pending: Option<u8>,
 }
 
+/// The controller's state for a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    /// The controller command byte.
+    pub ctr: u8,
+    /// The byte at the data port and whether it is AUX data.
+    pub output: Option<(u8, bool)>,
+    /// A command waiting for its parameter.
+    pub pending: Option<u8>,
+}
+
+impl I8042 {
+    /// The controller's state.
+    pub fn save(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            ctr: self.ctr,
+            output: self.output,
+            pending: self.pending,
+        }
+    }
+
+    /// Sets the controller's state.
+    pub fn restore(&mut self, s: &I8042Snapshot) {
+        self.ctr = s.ctr;
+        self.output = s.output;
+        self.pending = s.pending;
+    }
+}
+
 impl I8042 {
     /// A controller with command byte 0 that signals `reset_evt` when the guest resets the
     /// machine through it.

@@ -131,6 +131,48 @@ pub struct Rtc {
     clock: fn() -> i64,
 }
 
+/// The RTC's registers for a snapshot: the guest's clock is kept as its offset from the host's
+/// clock, so a restored guest's date is right.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RtcSnapshot {
+    /// The selected register.
+    pub index: u8,
+    /// The 128 bytes of CMOS.
+    pub nvram: Vec<u8>,
+    /// Guest time minus host time, in seconds.
+    pub offset: i64,
+    /// The time being set (status B SET on), as Unix seconds.
+    pub frozen: Option<i64>,
+}
+
+impl Rtc {
+    /// The registers and the clock offset.
+    pub fn save(&self) -> RtcSnapshot {
+        RtcSnapshot {
+            index: self.index,
+            nvram: self.nvram.to_vec(),
+            offset: self.offset,
+            frozen: self.frozen.map(DateTime::to_unix),
+        }
+    }
+
+    /// Sets the registers and the clock offset.
+    pub fn restore(&mut self, s: &RtcSnapshot) -> Result<(), String> {
+        if s.nvram.len() != self.nvram.len() {
+            return Err(format!(
+                "RTC NVRAM of {} bytes, expected {}",
+                s.nvram.len(),
+                self.nvram.len()
+            ));
+        }
+        self.nvram.copy_from_slice(&s.nvram);
+        self.index = s.index;
+        self.offset = s.offset;
+        self.frozen = s.frozen.map(DateTime::from_unix);
+        Ok(())
+    }
+}
+
 impl Default for Rtc {
     fn default() -> Self {
         Self::new()

@@ -8,7 +8,7 @@
 use std::io::{self, Write};
 
 use log::{debug, warn};
-use vm_superio::serial::{Error as SuperioError, SerialEvents};
+use vm_superio::serial::{Error as SuperioError, SerialEvents, SerialState};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
@@ -103,6 +103,87 @@ impl Serial {
             SuperioError::FullFifo => Error::FifoFull,
             SuperioError::Trigger(e) | SuperioError::IOError(e) => Error::Interrupt(e),
         })
+    }
+}
+
+/// The UART's registers and receive FIFO, for a snapshot.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    /// Bytes the guest has not read yet.
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<SerialState> for SerialSnapshot {
+    fn from(s: SerialState) -> Self {
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<SerialSnapshot> for SerialState {
+    fn from(s: SerialSnapshot) -> Self {
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl Serial {
+    /// The registers and the receive FIFO.
+    pub fn save(&self) -> SerialSnapshot {
+        self.uart.state().into()
+    }
+
+    /// Sets the registers and the receive FIFO (the output and the interrupt stay).
+    pub fn restore(&mut self, state: &SerialSnapshot) -> io::Result<()> {
+        let trigger = self.uart.interrupt_evt().try_clone()?;
+        let drained = match &self.uart.events().drained {
+            Some(e) => Some(e.try_clone()?),
+            None => None,
+        };
+        let placeholder = vm_superio::Serial::with_events(
+            trigger.try_clone()?,
+            FifoEvents { drained: None },
+            Box::new(io::sink()) as Box<dyn Write + Send>,
+        );
+        let out = std::mem::replace(&mut self.uart, placeholder).into_writer();
+        let state = SerialState::from(state.clone());
+        match Uart::from_state(&state, trigger.try_clone()?, FifoEvents { drained }, out) {
+            Ok(uart) => {
+                self.uart = uart;
+                Ok(())
+            }
+            Err(e) => Err(io::Error::other(format!("serial state: {e:?}"))),
+        }
     }
 }
 

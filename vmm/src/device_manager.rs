@@ -72,7 +72,7 @@ pub struct VirtioSlot {
     pub gsi: u32,
     /// The device.
     pub device: Arc<Mutex<dyn VirtioDevice>>,
-    transport: Arc<Mutex<MmioTransport>>,
+    pub(crate) transport: Arc<Mutex<MmioTransport>>,
     irq: EventFd,
 }
 

@@ -72,8 +72,8 @@ pub struct IrqLine {
 pub struct LegacyDevices {
     /// COM1.
     pub serial: Arc<Mutex<Serial>>,
-    rtc: Arc<Mutex<Rtc>>,
-    i8042: Arc<Mutex<I8042>>,
+    pub(crate) rtc: Arc<Mutex<Rtc>>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
     acpi_pm: Arc<Mutex<AcpiPm>>,
     debug_port: Arc<Mutex<DebugPort>>,
     /// The ACPI power button (a Generic Event Device interrupt).

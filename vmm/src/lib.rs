@@ -16,6 +16,7 @@ pub mod run;
 pub mod seccomp;
 pub mod serial_input;
 pub mod signals;
+pub mod snapshot;
 pub mod vcpu;
 
 /// Errors of the VMM, each naming what failed.

@@ -19,6 +19,7 @@ use crate::vcpu::{self, VcpuShared};
 use crate::Result;
 
 mod reply;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 

@@ -121,6 +121,16 @@ impl Machine {
         events: &LifecycleEvents,
     ) -> Result<Self> {
         let memory = crate::memory::create_memory(&cfg.memory)?;
+        Self::with_memory(cfg, memory, start, events)
+    }
+
+    /// Creates every device the config asks for around existing guest RAM (a snapshot's).
+    pub fn with_memory(
+        cfg: &VmConfig,
+        memory: GuestMemoryMmap,
+        start: std::time::Instant,
+        events: &LifecycleEvents,
+    ) -> Result<Self> {
         let legacy = LegacyDevices::new(&cfg.serial, start, events)?;
         let virtio = VirtioDevices::new(cfg, &memory)?;
         let mut buses = legacy.buses()?;
@@ -149,7 +159,6 @@ pub fn boot(
         vm.register_irqfd(&irq.evt, irq.gsi)?;
     }
     machine.virtio.wire(vm.as_ref())?;
-    let io = machine.io.clone();
     let supported = hv.supported_cpuid()?;
     let cpus = cfg.cpus.boot_vcpus;
     let mut vcpus = Vec::with_capacity(cpus as usize);
@@ -167,6 +176,17 @@ pub fn boot(
         }
         vcpus.push(vcpu);
     }
+    start_vcpus(vm, vcpus, machine, shared)
+}
+
+/// Starts one thread per vCPU.
+fn start_vcpus(
+    vm: Arc<dyn Vm>,
+    vcpus: Vec<Box<dyn hypervisor::Vcpu>>,
+    machine: &Machine,
+    shared: Arc<VcpuShared>,
+) -> Result<RunningVm> {
+    let io = machine.io.clone();
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in (0u32..).zip(vcpus) {
         let io = io.clone();
@@ -181,4 +201,31 @@ pub fn boot(
         log::warn!("a vCPU thread did not start within 5 s; boot goes on");
     }
     Ok(RunningVm { threads, vm })
+}
+
+/// Recreates a saved VM: a hypervisor VM over the (snapshot's) memory, its interrupt
+/// controllers and clock, its vCPUs in their saved states, and their threads. The threads
+/// park before entering the guest if `shared` says the VM starts paused.
+pub fn restore(
+    hv: &dyn Hypervisor,
+    machine: &Machine,
+    shared: Arc<VcpuShared>,
+    vcpu_states: &[hypervisor::VcpuState],
+    platform: &hypervisor::PlatformState,
+) -> Result<RunningVm> {
+    let vm = hv.create_vm()?;
+    map_memory(vm.as_ref(), &machine.memory)?;
+    vm.setup_irqchip()?;
+    vm.restore_platform(platform)?;
+    for irq in &machine.legacy.irqs {
+        vm.register_irqfd(&irq.evt, irq.gsi)?;
+    }
+    machine.virtio.wire(vm.as_ref())?;
+    let mut vcpus = Vec::with_capacity(vcpu_states.len());
+    for (id, state) in (0u32..).zip(vcpu_states) {
+        let vcpu = vm.create_vcpu(id)?;
+        vcpu.restore_state(state)?;
+        vcpus.push(vcpu);
+    }
+    start_vcpus(vm, vcpus, machine, shared)
 }

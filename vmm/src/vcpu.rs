@@ -6,12 +6,13 @@
 //! entry still end the run). A paused thread waits on a condition variable; the event loop
 //! keeps serving devices meanwhile.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hypervisor::{IoHandler, Vcpu, VcpuExit};
+use hypervisor::{IoHandler, Vcpu, VcpuExit, VcpuState};
 
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use vmm_sys_util::eventfd::EventFd;
@@ -96,6 +97,12 @@ pub struct VcpuShared {
     started: AtomicUsize,
     /// The seccomp mode each vCPU thread installs.
     seccomp: SeccompMode,
+    /// Bumped (under the `paused` lock) to ask every parked vCPU thread for its state.
+    save_generation: AtomicU64,
+    /// The states parked threads saved for the last request, by vCPU id.
+    saved: Mutex<BTreeMap<u32, hypervisor::Result<VcpuState>>>,
+    /// Signalled when a parked thread has put its state in `saved`.
+    saved_cond: Condvar,
 }
 
 impl VcpuShared {
@@ -111,6 +118,9 @@ impl VcpuShared {
             prepared: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
             seccomp,
+            save_generation: AtomicU64::new(0),
+            saved: Mutex::new(BTreeMap::new()),
+            saved_cond: Condvar::new(),
         })
     }
 
@@ -143,14 +153,35 @@ impl VcpuShared {
         *self.paused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Parks the calling vCPU thread while the VM is paused (and not stopping).
-    fn park_while_paused(&self) {
+    /// Parks the calling vCPU thread while the VM is paused (and not stopping). Meanwhile it
+    /// answers state requests ([`save_all`]) for its vCPU, which only its own thread holds.
+    fn park_while_paused(&self, id: u32, vcpu: &dyn Vcpu) {
         let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        let mut served = self.save_generation.load(Ordering::Acquire);
         self.parked.fetch_add(1, Ordering::AcqRel);
         while *paused && !self.stop.load(Ordering::Acquire) {
+            let asked = self.save_generation.load(Ordering::Acquire);
+            if asked != served {
+                served = asked;
+                drop(paused);
+                let state = vcpu.save_state();
+                self.saved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, state);
+                self.saved_cond.notify_all();
+                paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
             paused = self.resume.wait(paused).unwrap_or_else(|e| e.into_inner());
         }
         self.parked.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Makes the vCPU threads of the next boot park before they first enter the guest (a
+    /// restored VM starts paused).
+    pub fn start_paused(&self) {
+        self.set_paused(true);
     }
 
     fn set_paused(&self, on: bool) {
@@ -179,7 +210,7 @@ pub fn run_vcpu(
     shared.started.fetch_add(1, Ordering::AcqRel);
     while !shared.stop.load(Ordering::Acquire) {
         if shared.is_paused() {
-            shared.park_while_paused();
+            shared.park_while_paused(id, vcpu.as_ref());
             continue;
         }
         let event = match vcpu.run(io.as_ref()) {
@@ -269,6 +300,73 @@ pub fn pause_all(threads: &[VcpuThread], shared: &VcpuShared) -> bool {
         std::thread::sleep(Duration::from_millis(1));
     }
     true
+}
+
+/// Why the vCPUs' states could not be collected.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// A vCPU thread did not answer in time (it is not parked).
+    #[error("vCPU {id} did not hand over its state within {secs} s")]
+    Timeout {
+        /// vCPU index.
+        id: u32,
+        /// How long was waited.
+        secs: u64,
+    },
+    /// The hypervisor could not read a vCPU's state.
+    #[error("vCPU {id}")]
+    Hypervisor {
+        /// vCPU index.
+        id: u32,
+        /// Why.
+        #[source]
+        source: hypervisor::Error,
+    },
+}
+
+/// How long saving waits for the parked vCPU threads.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks every parked vCPU thread (the VM must be paused) for its vCPU's state; in id order.
+pub fn save_all(
+    threads: &[VcpuThread],
+    shared: &VcpuShared,
+) -> std::result::Result<Vec<VcpuState>, SaveError> {
+    shared
+        .saved
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    {
+        let _paused = shared.paused.lock().unwrap_or_else(|e| e.into_inner());
+        shared.save_generation.fetch_add(1, Ordering::AcqRel);
+        shared.resume.notify_all();
+    }
+    let start = Instant::now();
+    let mut saved = shared.saved.lock().unwrap_or_else(|e| e.into_inner());
+    while saved.len() < threads.len() {
+        let left = SAVE_TIMEOUT.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            let missing = threads
+                .iter()
+                .map(|t| t.id)
+                .find(|id| !saved.contains_key(id))
+                .unwrap_or(0);
+            return Err(SaveError::Timeout {
+                id: missing,
+                secs: SAVE_TIMEOUT.as_secs(),
+            });
+        }
+        saved = shared
+            .saved_cond
+            .wait_timeout(saved, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    std::mem::take(&mut *saved)
+        .into_iter()
+        .map(|(id, r)| r.map_err(|source| SaveError::Hypervisor { id, source }))
+        .collect()
 }
 
 /// Resumes parked vCPUs.

@@ -85,6 +85,9 @@ pub enum OpError {
     /// The power button could not be pressed.
     #[error("vm.power-button")]
     PowerButton(#[source] std::io::Error),
+    /// A snapshot could not be written or read.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 impl OpError {
@@ -108,7 +111,10 @@ impl OpError {
             | OpError::NoSuchDevice { .. } => ErrorKind::NotFound,
             OpError::State { .. } | OpError::Hotplug { .. } => ErrorKind::Conflict,
             OpError::Invalid(_) => ErrorKind::Invalid,
-            OpError::Boot(_) | OpError::PowerButton(_) => ErrorKind::Internal,
+            OpError::Snapshot(e) if e.is_bad_input() => ErrorKind::Invalid,
+            OpError::Boot(_) | OpError::PowerButton(_) | OpError::Snapshot(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }

@@ -1,0 +1,185 @@
+//! `vm.snapshot` and `vm.restore` on the [`Vmm`]: what is saved from a paused VM and how a
+//! process with no VM takes one over from a snapshot (see [`crate::snapshot`] for the files).
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::event_loop::EventLoop;
+use crate::machine::{self, Machine};
+use crate::snapshot::{self, LegacyState, SnapshotError, VirtioState, VmSnapshot};
+use crate::vcpu;
+
+use super::{Instance, OpError, VmState, Vmm};
+
+fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Vmm {
+    /// `vm.snapshot`: writes the paused VM into `destination_url` (`file:///dir`).
+    pub fn snapshot(&mut self, destination_url: &str) -> Result<(), OpError> {
+        if self.state != VmState::Paused {
+            return Err(OpError::invalid(format!(
+                "vm.snapshot: the VM must be paused first (it is {})",
+                self.state
+            )));
+        }
+        let dir = snapshot::dir_from_url("destination_url", destination_url)?;
+        let started = Instant::now();
+        let (Some(cfg), Some(instance)) = (self.config.as_ref(), self.instance.as_ref()) else {
+            return Err(OpError::state("vm.snapshot", self.state));
+        };
+        let Some(running) = instance.running.as_ref() else {
+            return Err(OpError::state("vm.snapshot", self.state));
+        };
+        let machine = &instance.machine;
+        let vcpus = vcpu::save_all(&running.threads, &self.shared).map_err(SnapshotError::Vcpus)?;
+        let platform = running
+            .vm
+            .save_platform()
+            .map_err(|source| SnapshotError::Hypervisor {
+                what: "saving the interrupt controllers and clock".into(),
+                source,
+            })?;
+        let legacy = LegacyState {
+            serial: lock(&machine.legacy.serial).save(),
+            rtc: lock(&machine.legacy.rtc).save(),
+            i8042: lock(&machine.legacy.i8042).save(),
+        };
+        let virtio = machine
+            .virtio
+            .slots()
+            .iter()
+            .map(|slot| VirtioState {
+                name: slot.name.clone(),
+                transport: lock(&slot.transport).save(),
+            })
+            .collect();
+        let state = VmSnapshot {
+            config: cfg.clone(),
+            vcpus,
+            platform,
+            legacy,
+            virtio,
+        };
+        let header = snapshot::write(&dir, &state, &machine.memory)?;
+        let data: u64 = header.memory.iter().map(|m| m.data_pages).sum();
+        log::info!(
+            "snapshot written to {} in {} ms ({} MiB of RAM, {} MiB written)",
+            dir.display(),
+            started.elapsed().as_millis(),
+            cfg.memory.size >> 20,
+            (data * snapshot::memory::PAGE as u64) >> 20
+        );
+        Ok(())
+    }
+
+    /// `vm.restore`: builds the VM saved in `source_url` (`file:///dir`) in this process,
+    /// which must have no VM. The restored VM is Paused until `vm.resume`.
+    pub fn restore(
+        &mut self,
+        source_url: &str,
+        prefault: bool,
+        event_loop: &mut EventLoop,
+    ) -> Result<(), OpError> {
+        if self.state != VmState::NotCreated {
+            return Err(OpError::invalid(format!(
+                "vm.restore: this petrel already has a VM (it is {}); restore into a petrel \
+                 started without one",
+                self.state
+            )));
+        }
+        let dir = snapshot::dir_from_url("source_url", source_url)?;
+        let started = Instant::now();
+        let loaded = snapshot::read(&dir)?;
+        let cfg = loaded.state.config.clone();
+        self.check_config(&cfg)?;
+        let memory = snapshot::memory::map(&dir, &loaded.header.memory, prefault)?;
+        let machine = Machine::with_memory(&cfg, memory, crate::logger::start_time(), &self.events)
+            .map_err(|e| OpError::Boot(Box::new(e)))?;
+        restore_devices(&machine, &loaded.state)?;
+        let subscribers = event_loop.add_subscribers(machine.virtio.subscribers());
+        self.events.clear();
+        self.shared.reset_for_boot();
+        self.shared.start_paused();
+        let running = match machine::restore(
+            self.hv.as_ref(),
+            &machine,
+            self.shared.clone(),
+            &loaded.state.vcpus,
+            &loaded.state.platform,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                event_loop.remove_subscribers(&subscribers);
+                return Err(OpError::Boot(Box::new(e)));
+            }
+        };
+        event_loop.set_serial(Some(machine.legacy.serial.clone()));
+        kick_queues(&machine);
+        self.instance = Some(Instance {
+            machine,
+            subscribers,
+            running: Some(running),
+        });
+        self.config = Some(cfg);
+        self.boots += 1;
+        self.state = VmState::Paused;
+        log::info!(
+            "snapshot {} restored in {} ms (paused; prefault {prefault})",
+            Path::new(&dir).display(),
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    }
+}
+
+/// Sets every device's saved state on the freshly built machine.
+fn restore_devices(machine: &Machine, state: &VmSnapshot) -> Result<(), SnapshotError> {
+    let device = |device: &str| {
+        let device = device.to_string();
+        move |reason: String| SnapshotError::Device { device, reason }
+    };
+    lock(&machine.legacy.serial)
+        .restore(&state.legacy.serial)
+        .map_err(|e| device("serial")(e.to_string()))?;
+    lock(&machine.legacy.rtc)
+        .restore(&state.legacy.rtc)
+        .map_err(device("rtc"))?;
+    lock(&machine.legacy.i8042).restore(&state.legacy.i8042);
+    let slots = machine.virtio.slots();
+    if slots.len() != state.virtio.len() {
+        return Err(SnapshotError::Mismatch(format!(
+            "{} virtio devices saved, the config makes {}",
+            state.virtio.len(),
+            slots.len()
+        )));
+    }
+    for (slot, saved) in slots.iter().zip(&state.virtio) {
+        if slot.name != saved.name {
+            return Err(SnapshotError::Mismatch(format!(
+                "virtio device '{}' saved where the config puts '{}'",
+                saved.name, slot.name
+            )));
+        }
+        lock(&slot.transport)
+            .restore(&saved.transport)
+            .map_err(|e| device(&slot.name)(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Kicks every queue of every active device once: a notification the guest sent just before
+/// the snapshot may not have been served yet (a spurious kick finds nothing to do).
+fn kick_queues(machine: &Machine) {
+    for slot in machine.virtio.slots() {
+        let device = lock(&slot.device);
+        if device.is_activated() {
+            for evt in device.queue_events() {
+                if let Err(e) = evt.write(1) {
+                    log::warn!("{}: cannot kick a queue after restore: {e}", slot.name);
+                }
+            }
+        }
+    }
+}
