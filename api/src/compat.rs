@@ -420,6 +420,28 @@ pub static REMOVE_DEVICE: Schema = Schema {
     fields: &[("id", Rule::Petrel)],
 };
 
+/// `vm.snapshot`'s body.
+pub static SNAPSHOT: Schema = Schema {
+    name: "VmSnapshotConfig",
+    fields: &[("destination_url", Rule::Petrel)],
+};
+
+/// `vm.restore`'s body. petrel always maps the memory files on demand (copy-on-write), which
+/// serves either memory restore mode.
+pub static RESTORE: Schema = Schema {
+    name: "RestoreConfig",
+    fields: &[
+        ("source_url", Rule::Petrel),
+        ("prefault", Rule::Petrel),
+        ("resume", Rule::Petrel),
+        (
+            "memory_restore_mode",
+            Rule::Default(&[Dv::Str("Copy"), Dv::Str("OnDemand")]),
+        ),
+        ("zone_updates", NO_LIST),
+    ],
+};
+
 /// Every schema of the table, for documentation and tests.
 pub static SCHEMAS: &[&Schema] = &[
     &VM_CONFIG,
@@ -441,6 +463,8 @@ pub static SCHEMAS: &[&Schema] = &[
     &PLATFORM,
     &RESIZE,
     &REMOVE_DEVICE,
+    &SNAPSHOT,
+    &RESTORE,
 ];
 
 /// `vm.resize`: new vCPU count, RAM size and balloon size (each optional).
@@ -491,6 +515,38 @@ impl VmResize {
 pub struct VmRemoveDevice {
     /// The device id (`disks[].id`, `net[].id`, `vsock.id`).
     pub id: String,
+}
+
+/// `vm.snapshot`: where to write the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSnapshot {
+    /// `file:///dir`.
+    pub destination_url: String,
+}
+
+/// `vm.restore`: which snapshot, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmRestore {
+    /// `file:///dir`.
+    pub source_url: String,
+    /// Fault every page of guest memory in before the VM runs.
+    #[serde(default)]
+    pub prefault: bool,
+    /// Resume the VM at once (otherwise it stays Paused until `vm.resume`).
+    #[serde(default)]
+    pub resume: bool,
+}
+
+/// Parses a `vm.snapshot` body.
+pub fn snapshot_from_ch(body: &[u8]) -> Result<VmSnapshot, ConfigError> {
+    parse_as(body, &SNAPSHOT)
+}
+
+/// Parses a `vm.restore` body.
+pub fn restore_from_ch(body: &[u8]) -> Result<VmRestore, ConfigError> {
+    parse_as(body, &RESTORE)
 }
 
 /// Parses a `vm.create` body (Cloud Hypervisor's or petrel's `VmConfig` JSON).

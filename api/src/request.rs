@@ -5,7 +5,7 @@
 
 use std::os::fd::OwnedFd;
 
-use crate::compat::{VmRemoveDevice, VmResize};
+use crate::compat::{VmRemoveDevice, VmResize, VmRestore, VmSnapshot};
 use crate::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 
 /// The prefix of every path of the per-VM API.
@@ -67,6 +67,10 @@ pub enum Endpoint {
     VmAddVsock,
     /// `vm.remove-device` (before boot).
     VmRemoveDevice,
+    /// `vm.snapshot`: write the paused VM into a directory.
+    VmSnapshot,
+    /// `vm.restore`: take over a snapshot (in a petrel with no VM).
+    VmRestore,
 }
 
 /// One route: an endpoint, its method and its path.
@@ -115,6 +119,8 @@ pub const ROUTES: &[Route] = &[
         Verb::Put,
         "/api/v1/vm.remove-device",
     ),
+    route(Endpoint::VmSnapshot, Verb::Put, "/api/v1/vm.snapshot"),
+    route(Endpoint::VmRestore, Verb::Put, "/api/v1/vm.restore"),
 ];
 
 impl Endpoint {
@@ -192,6 +198,10 @@ pub enum VmmRequest {
     AddVsock(VsockConfig),
     /// `vm.remove-device`.
     RemoveDevice(VmRemoveDevice),
+    /// `vm.snapshot`.
+    Snapshot(VmSnapshot),
+    /// `vm.restore`.
+    Restore(VmRestore),
 }
 
 impl VmmRequest {
@@ -215,6 +225,8 @@ impl VmmRequest {
             VmmRequest::AddNet { .. } => Endpoint::VmAddNet,
             VmmRequest::AddVsock(_) => Endpoint::VmAddVsock,
             VmmRequest::RemoveDevice(_) => Endpoint::VmRemoveDevice,
+            VmmRequest::Snapshot(_) => Endpoint::VmSnapshot,
+            VmmRequest::Restore(_) => Endpoint::VmRestore,
         }
     }
 }
@@ -223,7 +235,7 @@ impl VmmRequest {
 mod tests {
     use super::*;
 
-    const ALL: [Endpoint; 17] = [
+    const ALL: [Endpoint; 19] = [
         Endpoint::VmmPing,
         Endpoint::VmmShutdown,
         Endpoint::VmCreate,
@@ -241,6 +253,8 @@ mod tests {
         Endpoint::VmAddNet,
         Endpoint::VmAddVsock,
         Endpoint::VmRemoveDevice,
+        Endpoint::VmSnapshot,
+        Endpoint::VmRestore,
     ];
 
     #[test]

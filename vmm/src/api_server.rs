@@ -52,8 +52,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("vm.add-vdpa", "petrel has no vDPA support yet"),
     ("vm.resize-disk", "petrel cannot resize a disk yet"),
     ("vm.resize-zone", "petrel has no memory zones yet"),
-    ("vm.snapshot", "petrel cannot snapshot a VM yet"),
-    ("vm.restore", "petrel cannot restore a snapshot yet"),
     ("vm.coredump", "petrel cannot write a guest core dump yet"),
     ("vm.send-migration", "petrel has no live migration yet"),
     ("vm.receive-migration", "petrel has no live migration yet"),
@@ -137,6 +135,12 @@ fn request(endpoint: Endpoint, mut req: Request) -> Result<VmmRequest, OpError> 
         }
         Endpoint::VmRemoveDevice => {
             VmmRequest::RemoveDevice(parse(&req, endpoint.name(), compat::remove_device_from_ch)?)
+        }
+        Endpoint::VmSnapshot => {
+            VmmRequest::Snapshot(parse(&req, endpoint.name(), compat::snapshot_from_ch)?)
+        }
+        Endpoint::VmRestore => {
+            VmmRequest::Restore(parse(&req, endpoint.name(), compat::restore_from_ch)?)
         }
     })
 }

@@ -148,8 +148,14 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     if !source_checked {
         check_vm_source(&s)?;
     }
+    if s.restore.is_some() && s.config.is_some() {
+        return Err(CliError::Usage(
+            "--restore brings its own VM: drop --kernel/--config-file".into(),
+        ));
+    }
     let config = s.config;
     Ok(Command::Run(Box::new(Options {
+        restore: s.restore,
         serial_mode: config
             .as_ref()
             .map_or(SerialMode::default(), |c| c.serial.mode),

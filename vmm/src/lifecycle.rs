@@ -354,6 +354,14 @@ impl Vmm {
                 Ok(Reply::Added(id))
             }
             VmmRequest::RemoveDevice(r) => self.remove_device(&r.id).map(done),
+            VmmRequest::Snapshot(s) => self.snapshot(&s.destination_url).map(done),
+            VmmRequest::Restore(r) => {
+                self.restore(&r.source_url, r.prefault, event_loop)?;
+                if r.resume {
+                    self.resume()?;
+                }
+                Ok(Reply::Done)
+            }
         }
     }
 

@@ -43,6 +43,8 @@ pub struct Options {
     pub id: Option<String>,
     /// `--seccomp`.
     pub seccomp: SeccompMode,
+    /// `--restore`: the snapshot to restore at start (the VM stays Paused until `vm.resume`).
+    pub restore: Option<api::compat::VmRestore>,
 }
 
 /// Runs the VMM: boots the VM given on the command line, serves the API if asked, and
@@ -110,6 +112,12 @@ pub fn run(opts: &Options) -> Result<i32> {
     if let Some(cfg) = &opts.config {
         vmm.create(cfg.clone())?;
         vmm.boot(&mut event_loop)?;
+    }
+    if let Some(r) = &opts.restore {
+        vmm.restore(&r.source_url, r.prefault, &mut event_loop)?;
+        if r.resume {
+            vmm.resume()?;
+        }
     }
     loop {
         let turn = event_loop.run_turn()?;

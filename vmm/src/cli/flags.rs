@@ -48,6 +48,41 @@ fn parse_serial(v: &str, cfg: &mut VmConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// `--restore source_url=file:///dir[,prefault=on|off][,resume=on|off]` (Cloud Hypervisor's
+/// form).
+fn parse_restore(v: &str) -> Result<api::compat::VmRestore, String> {
+    let mut r = api::compat::VmRestore {
+        source_url: String::new(),
+        prefault: false,
+        resume: false,
+    };
+    let on_off = |key: &str, value: &str| match value {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(field_err(
+            "--restore",
+            format!("{key}='{value}' (expected on or off)"),
+        )),
+    };
+    for part in v.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some(("source_url", url)) => r.source_url = url.to_string(),
+            Some(("prefault", value)) => r.prefault = on_off("prefault", value)?,
+            Some(("resume", value)) => r.resume = on_off("resume", value)?,
+            _ => {
+                return Err(field_err(
+                    "--restore",
+                    format!("'{part}' (expected source_url=, prefault= or resume=)"),
+                ))
+            }
+        }
+    }
+    if r.source_url.is_empty() {
+        return Err(field_err("--restore", "source_url=file:///dir is required"));
+    }
+    Ok(r)
+}
+
 fn read_config_file(path: &str) -> Result<VmConfig, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::Input(format!("config file {path}: {e}")))?;
@@ -115,6 +150,7 @@ pub(super) struct Settings {
     pub(super) log_file: Option<PathBuf>,
     pub(super) id: Option<String>,
     pub(super) seccomp: crate::seccomp::SeccompMode,
+    pub(super) restore: Option<api::compat::VmRestore>,
 }
 
 impl Settings {
@@ -341,6 +377,17 @@ pub(super) const FLAGS: &[Flag] = &[
                 v.parse::<SocketSpec>()
                     .map_err(|e| field_err("--api-socket", e.to_string()))?,
             );
+            Ok(())
+        }),
+    },
+    Flag {
+        name: "--restore",
+        takes: Takes::Value,
+        stage: Stage::Process,
+        once: true,
+        usage: "[--restore source_url=file:///DIR[,prefault=on][,resume=on]]",
+        action: Action::Set(|s, v| {
+            s.restore = Some(parse_restore(v)?);
             Ok(())
         }),
     },
