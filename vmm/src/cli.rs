@@ -113,7 +113,7 @@ fn tokenize(args: &[String]) -> Result<Vec<(&'static Flag, String)>, CliError> {
 
 /// Without a VM flag, the process needs a VM source or an API socket to wait on.
 fn check_vm_source(s: &Settings) -> Result<(), CliError> {
-    if s.config.is_none() && s.api_socket.is_none() {
+    if s.config.is_none() && s.api_socket.is_none() && s.restore.is_none() {
         return Err(CliError::Usage(format!(
             "missing --kernel (or --config-file, or --api-socket)\n{}",
             usage()

@@ -117,6 +117,18 @@ pub(super) mod kvm {
     pub const SET_MP_STATE: u64 = iow(0x99, 4);
     pub const ENABLE_CAP: u64 = iow(0xa3, 104);
     pub const SIGNAL_MSI: u64 = iow(0xa5, 32);
+    // Snapshots. sizeof: kvm_vcpu_events 64, kvm_xsave 4096, kvm_xcrs 392, kvm_irqchip 520,
+    // kvm_clock_data 48.
+    pub const GET_VCPU_EVENTS: u64 = ior(0x9f, 64);
+    pub const SET_VCPU_EVENTS: u64 = iow(0xa0, 64);
+    pub const GET_XSAVE: u64 = ior(0xa4, 4096);
+    pub const SET_XSAVE: u64 = iow(0xa5, 4096);
+    pub const GET_XCRS: u64 = ior(0xa6, 392);
+    pub const SET_XCRS: u64 = iow(0xa7, 392);
+    pub const GET_IRQCHIP: u64 = iowr(0x62, 520);
+    pub const SET_IRQCHIP: u64 = ior(0x63, 520);
+    pub const SET_CLOCK: u64 = iow(0x7b, 48);
+    pub const GET_CLOCK: u64 = ior(0x7c, 48);
 }
 
 const FIONBIO: u64 = libc::FIONBIO;
@@ -184,7 +196,20 @@ fn runtime() -> Vec<Allow> {
 /// the instruction pointer for failure reports.
 fn vcpu() -> Vec<Allow> {
     vec![
-        ioctls(&[kvm::RUN, kvm::GET_REGS, kvm::GET_SREGS, libc::TUNSETOFFLOAD]),
+        ioctls(&[
+            kvm::RUN,
+            kvm::GET_REGS,
+            kvm::GET_SREGS,
+            libc::TUNSETOFFLOAD,
+            // vm.snapshot: a parked vCPU thread saves its own vCPU.
+            kvm::GET_XSAVE,
+            kvm::GET_XCRS,
+            kvm::GET_LAPIC,
+            kvm::GET_VCPU_EVENTS,
+            kvm::GET_MP_STATE,
+            kvm::GET_CPUID2,
+            kvm::GET_MSRS,
+        ]),
         Allow {
             nr: libc::SYS_timerfd_settime,
             when: When::Always,
@@ -256,6 +281,13 @@ fn vmm(kick_signal: libc::c_int) -> Vec<Allow> {
         libc::SYS_fallocate,
         libc::SYS_unlink,
         libc::SYS_unlinkat,
+        // vm.snapshot: its directory, sparse memory files, the header renamed into place.
+        libc::SYS_mkdir,
+        libc::SYS_mkdirat,
+        libc::SYS_ftruncate,
+        libc::SYS_rename,
+        libc::SYS_renameat,
+        libc::SYS_renameat2,
         // Descriptors of the event loop: eventfds (irqfds, ioeventfds, lifecycle events),
         // timerfds (rate limiters, balloon statistics), the SIGTERM/SIGINT signalfd, epoll.
         libc::SYS_fcntl,
@@ -367,6 +399,16 @@ fn vmm(kick_signal: libc::c_int) -> Vec<Allow> {
         kvm::GET_LAPIC,
         kvm::GET_MP_STATE,
         kvm::SET_MP_STATE,
+        // vm.snapshot (the interrupt controllers and clock) and vm.restore (and every vCPU's
+        // saved state).
+        kvm::GET_SREGS,
+        kvm::GET_IRQCHIP,
+        kvm::SET_IRQCHIP,
+        kvm::GET_CLOCK,
+        kvm::SET_CLOCK,
+        kvm::SET_XSAVE,
+        kvm::SET_XCRS,
+        kvm::SET_VCPU_EVENTS,
         // Taps: open by name or adopt a passed descriptor, vnet header size, bring it up.
         libc::TUNSETIFF,
         libc::TUNGETIFF,
