@@ -20,9 +20,7 @@ pub mod types;
 use std::sync::Arc;
 
 pub use select::{capabilities, open, Capabilities, Kind, Request, Selection};
-pub use state::{
-    IoapicState, MpState, PicState, PlatformState, VcpuEvents, VcpuState, Xcr,
-};
+pub use state::{IoapicState, MpState, PicState, PlatformState, VcpuEvents, VcpuState, Xcr};
 pub use types::*;
 use vmm_sys_util::eventfd::EventFd;
 

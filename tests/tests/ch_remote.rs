@@ -1,12 +1,13 @@
 //! Cloud Hypervisor's own client, `ch-remote`, drives petrel unchanged: one script of
 //! subcommands (create, boot, info, pause, resume, counters, resize, power-button, reboot,
 //! shutdown, delete, add-disk, add-net with a tap fd, add-vsock, remove-device, resize of the
-//! vCPUs and the balloon, shutdown-vmm) run with
+//! vCPUs and the balloon, snapshot, restore refused while a VM exists, shutdown-vmm) run with
 //! the real binary against petrel booting the test guest, each step checked against one table
 //! of exit codes and output forms. The same script and table run against the real Cloud
 //! Hypervisor (when its binary is here) show that the table is what Cloud Hypervisor does.
-//! Subcommands for what petrel lacks (add-fs, snapshot, nmi, …) must fail readably, naming
-//! what is missing.
+//! Subcommands for what petrel lacks (add-fs, nmi, …) must fail readably, naming what is
+//! missing. (`snapshot` is in the script; `restore` into a fresh petrel is in
+//! `tests/snapshot.rs`.)
 //!
 //! The binaries: `PETREL_CH_REMOTE` / `PETREL_CLOUD_HYPERVISOR`, else on PATH, else
 //! `../shared/peers/bin/` next to the workspace (see the README). Absent, the tests say so
@@ -45,6 +46,10 @@ enum Expect {
     /// Exit 1 with the server's error read and printed (`Server responded with <status>`,
     /// then its messages); the status word when given.
     Refused(Option<&'static str>),
+    /// Against petrel: exit 0 and nothing on stdout. Cloud Hypervisor's outcome is printed, not
+    /// checked: on this host's PVM `/dev/kvm` its snapshot fails (`KVM_GET_NESTED_STATE`
+    /// answers EINVAL), which says nothing about the wire form.
+    QuietPetrel,
     /// Only against petrel: exit 1, the server's 404 naming this route as not supported.
     /// (Cloud Hypervisor serves it; its outcome is printed, not checked.)
     Lacking(&'static str),
@@ -82,6 +87,13 @@ const SCRIPT: &[Step] = &[
     step(&["counters"], Expect::Json),
     step(&["pause"], Expect::Quiet),
     step(&["info"], Expect::State("Paused")),
+    step(&["snapshot", "file://DIR/snap"], Expect::QuietPetrel),
+    // A VMM that has a VM refuses a restore.
+    step(
+        &["restore", "source_url=file://DIR/snap"],
+        Expect::Refused(None),
+    ),
+    step(&["info"], Expect::State("Paused")),
     step(&["resume"], Expect::Quiet),
     step(&["resize", "--cpus", "2"], Expect::Quiet),
     step(&["resize", "--cpus", "3"], Expect::Refused(None)),
@@ -101,11 +113,6 @@ const SCRIPT: &[Step] = &[
         Expect::Lacking("vm.add-fs"),
     ),
     step(&["add-pmem", "file=IMG"], Expect::Lacking("vm.add-pmem")),
-    step(&["snapshot", "file://DIR"], Expect::Lacking("vm.snapshot")),
-    step(
-        &["restore", "source_url=file://DIR"],
-        Expect::Lacking("vm.restore"),
-    ),
     step(&["nmi"], Expect::Lacking("vm.nmi")),
     step(
         &["resize-zone", "--id", "z0", "--size", "1G"],
@@ -191,6 +198,8 @@ fn check(which: Which, s: &Step, out: &Outcome) -> Result<(), String> {
             (Some(want), Some(got)) if want != got => Err(format!("want {want}, got {got}")),
             _ => Ok(()),
         },
+        Expect::QuietPetrel if which == Which::CloudHypervisor => Ok(()),
+        Expect::QuietPetrel if ok && out.stdout.is_empty() => Ok(()),
         Expect::Lacking(_) if which == Which::CloudHypervisor => Ok(()),
         Expect::Lacking(route)
             if out.code == Some(1)

@@ -2,17 +2,16 @@
 //! ([`crate::state`]).
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_irqchip, kvm_msr_entry, kvm_mp_state, kvm_pic_state, kvm_vcpu_events,
+    kvm_clock_data, kvm_irqchip, kvm_mp_state, kvm_msr_entry, kvm_pic_state, kvm_vcpu_events,
     kvm_xcrs, kvm_xsave, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
-    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
+    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 
 use super::convert;
 use crate::{
-    Error, IoapicState, MpState, Msr, PicState, PlatformState, Result, VcpuEvents, VcpuState,
-    Xcr,
+    Error, IoapicState, MpState, Msr, PicState, PlatformState, Result, VcpuEvents, VcpuState, Xcr,
 };
 
 /// IA32_TSC_DEADLINE: written last, once the TSC and the LAPIC's timer mode are set (KVM
@@ -146,10 +145,16 @@ fn events_to_kvm(e: &VcpuEvents) -> kvm_vcpu_events {
 /// Saves a KVM vCPU. `msr_indices` is the host's list of MSRs KVM saves.
 pub fn save_vcpu(fd: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState> {
     let regs = fd.get_regs().map_err(|e| Error::call("KVM_GET_REGS", e))?;
-    let sregs = fd.get_sregs().map_err(|e| Error::call("KVM_GET_SREGS", e))?;
-    let xsave = fd.get_xsave().map_err(|e| Error::call("KVM_GET_XSAVE", e))?;
+    let sregs = fd
+        .get_sregs()
+        .map_err(|e| Error::call("KVM_GET_SREGS", e))?;
+    let xsave = fd
+        .get_xsave()
+        .map_err(|e| Error::call("KVM_GET_XSAVE", e))?;
     let xcrs = fd.get_xcrs().map_err(|e| Error::call("KVM_GET_XCRS", e))?;
-    let lapic = fd.get_lapic().map_err(|e| Error::call("KVM_GET_LAPIC", e))?;
+    let lapic = fd
+        .get_lapic()
+        .map_err(|e| Error::call("KVM_GET_LAPIC", e))?;
     let events = fd
         .get_vcpu_events()
         .map_err(|e| Error::call("KVM_GET_VCPU_EVENTS", e))?;
@@ -198,7 +203,9 @@ pub fn restore_vcpu(fd: &VcpuFd, s: &VcpuState) -> Result<()> {
         mp_state: mp_state_to_kvm(s.mp_state),
     })
     .map_err(|e| Error::call("KVM_SET_MP_STATE", e))?;
-    let mut base = fd.get_sregs().map_err(|e| Error::call("KVM_GET_SREGS", e))?;
+    let mut base = fd
+        .get_sregs()
+        .map_err(|e| Error::call("KVM_GET_SREGS", e))?;
     base.interrupt_bitmap = s.interrupt_bitmap;
     fd.set_sregs(&convert::sregs_to_kvm(&s.sregs, &base))
         .map_err(|e| Error::call("KVM_SET_SREGS", e))?;
@@ -316,7 +323,9 @@ pub fn save_platform(fd: &VmFd) -> Result<PlatformState> {
     let master = get_chip(fd, KVM_IRQCHIP_PIC_MASTER)?;
     let slave = get_chip(fd, KVM_IRQCHIP_PIC_SLAVE)?;
     let ioapic = get_chip(fd, KVM_IRQCHIP_IOAPIC)?;
-    let clock = fd.get_clock().map_err(|e| Error::call("KVM_GET_CLOCK", e))?;
+    let clock = fd
+        .get_clock()
+        .map_err(|e| Error::call("KVM_GET_CLOCK", e))?;
     // SAFETY: KVM filled the union member that matches each chip_id asked for.
     let (master, slave, io) = unsafe { (master.chip.pic, slave.chip.pic, ioapic.chip.ioapic) };
     Ok(PlatformState {

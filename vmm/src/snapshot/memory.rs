@@ -47,10 +47,15 @@ fn is_zero(page: &[u8]) -> bool {
 }
 
 /// Writes `region` to `path` sparse. Returns its entry for the header.
-fn write_region(region: &GuestRegionMmap, path: &Path, file: &str) -> Result<MemoryFile, SnapshotError> {
+fn write_region(
+    region: &GuestRegionMmap,
+    path: &Path,
+    file: &str,
+) -> Result<MemoryFile, SnapshotError> {
     let out = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
     let size = region.len();
-    let len = usize::try_from(size).map_err(|_| SnapshotError::Mismatch("region too big".into()))?;
+    let len =
+        usize::try_from(size).map_err(|_| SnapshotError::Mismatch("region too big".into()))?;
     let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; PAGE * RUN_PAGES];
     let mut data_pages = 0u64;
@@ -190,7 +195,11 @@ pub fn verify(dir: &Path, entry: &MemoryFile) -> Result<(), SnapshotError> {
 
 /// Guest RAM mapped from the snapshot's files: private (the guest's writes stay in this
 /// process), populated up front when `prefault`.
-pub fn map(dir: &Path, files: &[MemoryFile], prefault: bool) -> Result<GuestMemoryMmap, SnapshotError> {
+pub fn map(
+    dir: &Path,
+    files: &[MemoryFile],
+    prefault: bool,
+) -> Result<GuestMemoryMmap, SnapshotError> {
     let mut regions = Vec::with_capacity(files.len());
     for entry in files {
         let path = dir.join(&entry.file);

@@ -284,7 +284,10 @@ pub fn read(dir: &Path) -> Result<Loaded, SnapshotError> {
     if header.state.file.contains('/') {
         return Err(SnapshotError::Garbled {
             file: HEADER_FILE.into(),
-            reason: format!("state file name '{}' is not a plain name", header.state.file),
+            reason: format!(
+                "state file name '{}' is not a plain name",
+                header.state.file
+            ),
         });
     }
     let bytes = read_file(dir, &header.state.file)?;
@@ -300,11 +303,10 @@ pub fn read(dir: &Path) -> Result<Loaded, SnapshotError> {
             file: header.state.file.clone(),
         });
     }
-    let state: VmSnapshot =
-        serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Garbled {
-            file: header.state.file.clone(),
-            reason: e.to_string(),
-        })?;
+    let state: VmSnapshot = serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Garbled {
+        file: header.state.file.clone(),
+        reason: e.to_string(),
+    })?;
     let ranges = arch::ram_ranges(state.config.memory.size);
     let listed: Vec<(u64, u64)> = header.memory.iter().map(|m| (m.gpa, m.size)).collect();
     if listed != ranges {
