@@ -439,6 +439,10 @@ pub static RESTORE: Schema = Schema {
             Rule::Default(&[Dv::Str("Copy"), Dv::Str("OnDemand")]),
         ),
         ("zone_updates", NO_LIST),
+        // Sent by ch-remote (descriptors for restored devices): only without descriptors.
+        ("net_fds", NULL),
+        ("vfio_fds", NULL),
+        ("iommufd_fd", NULL),
     ],
 };
 

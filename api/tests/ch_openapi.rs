@@ -34,6 +34,21 @@ fn doc(name: &str) -> Value {
 /// Fields in petrel's table that Cloud Hypervisor's document does not list, and why.
 const NOT_IN_CH_DOCUMENT: &[(&str, &str, &str)] = &[
     (
+        "RestoreConfig",
+        "net_fds",
+        "sent by ch-remote restore (null without descriptors)",
+    ),
+    (
+        "RestoreConfig",
+        "vfio_fds",
+        "sent by ch-remote restore (null without descriptors)",
+    ),
+    (
+        "RestoreConfig",
+        "iommufd_fd",
+        "sent by ch-remote restore (null without descriptors)",
+    ),
+    (
         "VmConfig",
         "gdb",
         "in Cloud Hypervisor's VmConfig (guest_debug builds)",
