@@ -41,6 +41,7 @@ enum action {
 	ACT_BENCH_VSOCK,
 	ACT_POWER_BUTTON,
 	ACT_COUNT,
+	ACT_COUNT_BLK,
 	ACT_UNKNOWN
 };
 
@@ -348,6 +349,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_POWER_BUTTON;
 			else if (token_is(v, vl, "count"))
 				o->action = ACT_COUNT;
+			else if (token_is(v, vl, "count-blk"))
+				o->action = ACT_COUNT_BLK;
 			else if (starts_with(v, "exits=")) {
 				o->action = ACT_POWEROFF;
 				o->have_exits = 1;
@@ -505,6 +508,9 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 		break;
 	case ACT_COUNT:
 		count_forever();
+		break;
+	case ACT_COUNT_BLK:
+		virtio_action(VIRTIO_ACT_COUNT_BLK, get_cmdline());
 		break;
 	case ACT_QUICK:
 	case ACT_QUICK_RESET:

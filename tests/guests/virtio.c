@@ -531,6 +531,40 @@ void virtio_probe(const char *cmdline)
 	}
 }
 
+/* action=count-blk: `COUNT <n>` forever, n written to the disk (and completed) first, so the
+ * disk always holds the count last printed or the one about to be. */
+static void count_blk(void)
+{
+	struct vdev *d = 0;
+	for (u32 i = 0; i < nvdevs && !d; i++) {
+		u64 cap;
+		int ro;
+		if (vdevs[i].id == DEV_BLK && blk_probe(&vdevs[i], &cap, &ro) == 0 && !ro)
+			d = &vdevs[i];
+	}
+	if (!d || dev_start(d, 0, "blk")) {
+		printk("VIRTIO: error no writable virtio-blk device\n");
+		return;
+	}
+	for (u64 n = 0;; n++) {
+		memset(vq.data, 0, SECTOR);
+		vq.data[0] = 'P';
+		vq.data[1] = 'C';
+		vq.data[2] = 'N';
+		vq.data[3] = 'T';
+		for (u32 b = 0; b < 8; b++)
+			vq.data[4 + b] = (u8)(n >> (8 * b));
+		int st = blk_request(BLK_T_OUT, 2, SECTOR, "blk count");
+		if (st != 0) {
+			printk("VIRTIO: error blk count write status=%d\n", st);
+			return;
+		}
+		printk("COUNT %lu\n", n);
+		for (volatile u32 i = 0; i < 30000u; i++)
+			;
+	}
+}
+
 void virtio_action(int which, const char *cmdline)
 {
 	virtio_probe(cmdline);
@@ -542,6 +576,8 @@ void virtio_action(int which, const char *cmdline)
 		virtio_vsock();
 	else if (which == VIRTIO_ACT_VSOCK_LISTEN)
 		virtio_vsock_listen();
+	else if (which == VIRTIO_ACT_COUNT_BLK)
+		count_blk();
 	else
 		virtio_rng();
 	printk("VIRTIO: done\n");

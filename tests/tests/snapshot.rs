@@ -1,6 +1,7 @@
 //! `vm.snapshot` and `vm.restore` against the real `petrel` (default seccomp) and the counting
-//! test guest: the guest keeps counting from where it was after snapshot → kill → restore →
-//! resume; a second restore of the same snapshot starts from the same count; damaged,
+//! test guest (`action=count-blk`: each count is written to its virtio-blk disk before it is
+//! printed): the guest keeps counting from where it was after snapshot → kill → restore →
+//! resume, and its disk agrees with its console; a second restore of the same snapshot starts from the same count; damaged,
 //! truncated, missing and wrong-version snapshots and a restore into a petrel that has a VM
 //! are refused with errors naming the problem, and leave no VM behind. Snapshot size and
 //! time and restore-to-running time are printed (not asserted).
@@ -16,8 +17,11 @@ use petrel_tests::guest_actions::{count_values, GUEST_BOOT_TIMEOUT};
 use petrel_tests::require_kvm;
 use serde_json::{json, Value};
 
+/// The last `COUNT` on a whole line (a pause can cut the line being printed short).
 fn last_count(vm: &ApiVm) -> Option<u64> {
-    count_values(&vm.petrel.stdout()).last().copied()
+    let out = vm.petrel.stdout();
+    let whole = out.rfind('\n').map_or("", |end| &out[..=end]);
+    count_values(whole).last().copied()
 }
 
 /// Bytes on disk (allocated blocks) and apparent size of the files in `dir`.
@@ -39,6 +43,26 @@ fn copy_dir(from: &Path, to: &Path) {
         let e = e.unwrap();
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
+}
+
+/// The count the guest last wrote to its disk (sector 2: `PCNT` + u64 little endian).
+fn disk_count(disk: &Path) -> Option<u64> {
+    let bytes = std::fs::read(disk).ok()?;
+    let sector = bytes.get(1024..1024 + 12)?;
+    if &sector[..4] != b"PCNT" {
+        return None;
+    }
+    Some(u64::from_le_bytes(sector[4..12].try_into().ok()?))
+}
+
+/// The disk holds the count last printed or the one about to be (written, not yet printed).
+#[track_caller]
+fn assert_disk_agrees(disk: &Path, printed: u64, what: &str) {
+    let on_disk = disk_count(disk);
+    assert!(
+        on_disk == Some(printed) || on_disk == Some(printed + 1),
+        "{what}: the disk holds {on_disk:?}, the console last printed {printed}"
+    );
 }
 
 fn url(dir: &Path) -> String {
@@ -88,10 +112,12 @@ fn a_counting_guest_continues_after_snapshot_kill_and_restore() {
     require_kvm!();
     let mut vm = ApiVm::start("snap-src", &[]);
     let disk = vm.dir.0.join("disk.img");
-    std::fs::write(&disk, vec![0x5au8; 1 << 20]).unwrap();
-    let mut cfg = guest_config("action=count");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut cfg = guest_config("action=count-blk");
     cfg["rng"] = json!({"src": "/dev/urandom"});
     cfg["disks"] = json!([{"path": disk, "id": "disk0"}]);
+    // The test guest finds its virtio devices on the command line.
+    cfg["platform"] = json!({"virtio_mmio_cmdline": true});
     vm.put_ok("vm.create", Some(&cfg), 204);
     vm.put_ok("vm.boot", None, 204);
     assert!(
@@ -120,6 +146,7 @@ fn a_counting_guest_continues_after_snapshot_kill_and_restore() {
     );
     std::thread::sleep(Duration::from_millis(200));
     let last = last_count(&vm).expect("counted before the pause");
+    assert_disk_agrees(&disk, last, "paused source");
     let t = Instant::now();
     vm.put_ok("vm.snapshot", Some(&body), 204);
     let took = t.elapsed();
@@ -161,6 +188,11 @@ fn a_counting_guest_continues_after_snapshot_kill_and_restore() {
         counted.windows(2).all(|w| w[1] == w[0] + 1),
         "the count skips or repeats after restore: {counted:?}"
     );
+    b.put_ok("vm.pause", None, 204);
+    std::thread::sleep(Duration::from_millis(200));
+    let printed = last_count(&b).expect("counted after restore");
+    assert_disk_agrees(&disk, printed, "paused restored VM");
+    b.put_ok("vm.resume", None, 204);
     let info = b.get_json("vm.info");
     assert_eq!(info["config"]["disks"][0]["id"], "disk0", "{info}");
 
