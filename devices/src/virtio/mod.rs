@@ -183,6 +183,10 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// Called once after the device was restored from a snapshot (activated on its saved
+    /// queues), before the guest runs again: a device whose host side cannot be carried over
+    /// tells the driver here (vsock: a transport reset event).
+    fn restored(&mut self) {}
 }
 
 /// Defines a device's counters: a struct of `u64` fields (each documented) and `values()`,

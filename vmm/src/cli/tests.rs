@@ -90,13 +90,14 @@ fn every_flag_parses() {
             "--api-socket" => "/api.sock",
             "--log-level" => "debug",
             "--seccomp" => "log",
+            "--restore" => "source_url=file:///snap",
             _ => "x",
         };
         let mut a = vec![f.name.to_string()];
         if f.takes == Takes::Value {
             a.push(value.to_string());
         }
-        if f.name != "--kernel" && f.name != "--config-file" {
+        if f.name != "--kernel" && f.name != "--config-file" && f.name != "--restore" {
             a.extend(["--kernel".to_string(), "/k".to_string()]);
         }
         let r = parse(&a);
@@ -178,4 +179,36 @@ fn cloud_hypervisor_launch_line_as_kata_gives_it() {
     assert_eq!(o.log_level, Some(log::LevelFilter::Info));
     let e = parse(&args("--api-socket /s -x")).unwrap_err();
     assert!(e.to_string().contains("-x"), "{e}");
+}
+
+#[test]
+fn restore_takes_cloud_hypervisors_form() {
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let Ok(Command::Run(opts)) =
+        parse(&args(&["--restore", "source_url=file:///snap,prefault=on"]))
+    else {
+        panic!("--restore alone is a VM source");
+    };
+    let r = opts.restore.as_ref().unwrap();
+    assert_eq!(r.source_url, "file:///snap");
+    assert!(r.prefault);
+    assert!(!r.resume);
+    assert!(opts.config.is_none());
+    for (bad, words) in [
+        (vec!["--restore", "prefault=on"], "source_url"),
+        (
+            vec!["--restore", "source_url=file:///s,prefault=maybe"],
+            "prefault",
+        ),
+        (vec!["--restore", "source_url=file:///s,speed=9"], "speed=9"),
+        (
+            vec!["--restore", "source_url=file:///s", "--kernel", "/k"],
+            "--kernel",
+        ),
+    ] {
+        match parse(&args(&bad)) {
+            Err(CliError::Usage(m)) => assert!(m.contains(words), "{bad:?}: {m}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
 }

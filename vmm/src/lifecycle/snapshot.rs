@@ -169,12 +169,15 @@ fn restore_devices(machine: &Machine, state: &VmSnapshot) -> Result<(), Snapshot
     Ok(())
 }
 
-/// Kicks every queue of every active device once: a notification the guest sent just before
-/// the snapshot may not have been served yet (a spurious kick finds nothing to do).
+/// Tells every active device it was restored (vsock: a transport reset event, as the host
+/// side of its connections is gone), then kicks each of its queues once: a notification the
+/// guest sent just before the snapshot may not have been served yet (a spurious kick finds
+/// nothing to do).
 fn kick_queues(machine: &Machine) {
     for slot in machine.virtio.slots() {
-        let device = lock(&slot.device);
+        let mut device = lock(&slot.device);
         if device.is_activated() {
+            device.restored();
             for evt in device.queue_events() {
                 if let Err(e) = evt.write(1) {
                     log::warn!("{}: cannot kick a queue after restore: {e}", slot.name);

@@ -215,6 +215,34 @@ impl Vsock {
         self.muxer.connection_count()
     }
 
+    /// Sends `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` on the event queue (after a restore, as
+    /// Firecracker does: the host side of every connection is gone, so the driver drops its
+    /// connections and reads the CID again). False when the driver posted no event buffer.
+    pub(crate) fn transport_reset(&mut self) -> Result<bool, QueueError> {
+        let Some((mem, queue)) = self.queues.ring(EVENT_QUEUE) else {
+            return Ok(false);
+        };
+        let mem = mem.clone();
+        let chain = match virtio_queue::QueueT::pop_descriptor_chain(queue, &mem) {
+            Some(chain) => chain,
+            None => return Ok(false),
+        };
+        let head = chain.head_index();
+        let mut written = 0u32;
+        for desc in chain {
+            if desc.is_write_only() && desc.len() >= 4 {
+                // le32 id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (0).
+                if vm_memory::Bytes::write_obj(&mem, 0u32.to_le(), desc.addr()).is_ok() {
+                    written = 4;
+                }
+                break;
+            }
+        }
+        self.queues.add_used(EVENT_QUEUE, head, written)?;
+        self.queues.notify(EVENT_QUEUE)?;
+        Ok(written == 4)
+    }
+
     /// Sets the deadline for host connections (tests use short ones); before any connection.
     #[cfg(test)]
     pub(crate) fn set_host_timeout(&mut self, timeout: std::time::Duration) {
@@ -359,6 +387,14 @@ impl VirtioDevice for Vsock {
         // The event loop closes the host sockets.
         if let Err(e) = self.kick.write(1) {
             warn!("{DEVICE}: cannot kick the event loop: {e}");
+        }
+    }
+
+    fn restored(&mut self) {
+        match self.transport_reset() {
+            Ok(true) => {}
+            Ok(false) => warn!("{DEVICE}: no event buffer for the transport reset after restore"),
+            Err(e) => self.muxer.error(format_args!("event queue: {e}")),
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod exchange;
 mod hostile;
+mod restore;
 mod timeout;
 
 use std::collections::HashMap;
