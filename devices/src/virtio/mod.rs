@@ -187,6 +187,13 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     /// queues), before the guest runs again: a device whose host side cannot be carried over
     /// tells the driver here (vsock: a transport reset event).
     fn restored(&mut self) {}
+    /// Takes back what a snapshot read from the configuration space (`read_config` from
+    /// offset 0), before the device is activated on its saved queues: state the device keeps
+    /// there (the balloon's target and `actual`) is restored. Returns what is wrong if the
+    /// bytes cannot be this device's.
+    fn restore_config(&mut self, _config: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Defines a device's counters: a struct of `u64` fields (each documented) and `values()`,

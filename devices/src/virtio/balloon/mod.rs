@@ -392,6 +392,24 @@ impl VirtioDevice for Balloon {
         }
     }
 
+    fn restore_config(&mut self, config: &[u8]) -> std::result::Result<(), String> {
+        let word = |at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(config.get(at..at + 4)?.try_into().ok()?))
+        };
+        let (Some(num_pages), Some(actual)) = (word(0), word(ACTUAL_OFFSET as usize)) else {
+            return Err(format!("{}-byte balloon config space", config.len()));
+        };
+        let max = self.guest_mib * PAGES_PER_MIB;
+        if u64::from(num_pages) > max {
+            return Err(format!(
+                "balloon target of {num_pages} pages is more than the guest's {max}"
+            ));
+        }
+        self.num_pages = num_pages;
+        self.actual = actual;
+        Ok(())
+    }
+
     fn activate(&mut self, ctx: ActivateContext) -> std::result::Result<(), ActivateError> {
         DeviceQueues::check_ready(&ctx.queues, &[INFLATE, DEFLATE])?;
         let stats_acked = ctx.acked_features & VIRTIO_BALLOON_F_STATS_VQ != 0;

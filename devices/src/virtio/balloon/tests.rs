@@ -522,3 +522,25 @@ fn unreadable_avail_ring_ends_the_turn() {
     assert_eq!(vq.used().idx().load(), 0);
     assert!(int.take().is_empty());
 }
+
+#[test]
+fn target_and_actual_come_back_from_a_snapshot() {
+    let mut b = Balloon::new(config(0), 256 << 20).unwrap();
+    b.set_target_mib(32).unwrap();
+    b.write_config(ACTUAL_OFFSET, &(16 * PAGES_PER_MIB as u32).to_le_bytes());
+    let mut saved = vec![0u8; 256];
+    b.read_config(0, &mut saved);
+
+    let mut fresh = Balloon::new(config(0), 256 << 20).unwrap();
+    fresh.restore_config(&saved).unwrap();
+    assert_eq!(fresh.target_mib(), 32);
+    assert_eq!(fresh.actual_mib(), 16);
+
+    let mut too_big = saved.clone();
+    too_big[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut other = Balloon::new(config(0), 256 << 20).unwrap();
+    let e = other.restore_config(&too_big).unwrap_err();
+    assert!(e.contains("more than the guest"), "{e}");
+    assert_eq!(other.target_mib(), 0, "a refused config changes nothing");
+    assert!(other.restore_config(&saved[..6]).is_err());
+}

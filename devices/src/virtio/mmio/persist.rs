@@ -52,6 +52,9 @@ pub enum RestoreError {
     /// The device refused to activate.
     #[error("activation failed")]
     Activate,
+    /// The device refused its saved configuration space.
+    #[error("config space: {0}")]
+    Config(String),
 }
 
 impl MmioTransport {
@@ -117,6 +120,9 @@ impl MmioTransport {
             }
             queues.push(q);
         }
+        self.lock_device()
+            .restore_config(&state.config)
+            .map_err(RestoreError::Config)?;
         self.queues = queues;
         self.features.acked = state.acked_features;
         self.features.device_sel = state.device_features_sel;
