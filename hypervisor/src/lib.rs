@@ -130,6 +130,22 @@ pub trait Vm: Send + Sync {
         addr: IoEventAddress,
         datamatch: Option<u64>,
     ) -> Result<()>;
+    /// Starts (`on`) or stops recording which pages of memory slot `slot` the guest writes;
+    /// the slot is set again with the same placement.
+    ///
+    /// # Safety
+    /// As for [`Vm::map_memory`]: the same mapping as the slot's.
+    unsafe fn set_dirty_log(
+        &self,
+        slot: u32,
+        gpa: u64,
+        host_addr: u64,
+        size: u64,
+        on: bool,
+    ) -> Result<()>;
+    /// The pages of `slot` (`size` bytes) written since the last call, one bit per 4 KiB page
+    /// (bit `i` of word `i / 64`), and clears the record.
+    fn dirty_log(&self, slot: u32, size: u64) -> Result<Vec<u64>>;
     /// The in-kernel interrupt controllers and the guest clock (vCPUs paused).
     fn save_platform(&self) -> Result<PlatformState>;
     /// Sets the interrupt controllers and the guest clock (after `setup_irqchip`, before the

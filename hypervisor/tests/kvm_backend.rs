@@ -166,3 +166,32 @@ fn kick_interrupts_a_spinning_vcpu() {
     let (result, _g) = handle.join().unwrap();
     assert_eq!(result, Ok(VcpuExit::Interrupted));
 }
+
+#[test]
+fn dirty_log_names_the_pages_the_guest_wrote() {
+    let code = [
+        0xbb, 0x00, 0x03, // mov bx, 0x300
+        0x8e, 0xdb, // mov ds, bx
+        0xc6, 0x06, 0x00, 0x00, 0x01, // mov byte [0], 1   (page 3)
+        0xc6, 0x06, 0x00, 0x50, 0x01, // mov byte [0x5000], 1 (page 8)
+        0xf4, // hlt
+    ];
+    let Some(mut g) = guest(&code, None) else {
+        return;
+    };
+    // SAFETY: the guest's own mapping, as mapped in `guest()`.
+    unsafe {
+        g._vm
+            .set_dirty_log(0, 0, g.mem as u64, MEM_SIZE as u64, true)
+    }
+    .expect("dirty log on");
+    let exit = g.vcpu.run(&Recorder::default()).expect("run");
+    assert_eq!(exit, VcpuExit::Hlt);
+    let bits = g._vm.dirty_log(0, MEM_SIZE as u64).expect("dirty log");
+    let pages: Vec<usize> = (0..MEM_SIZE / 4096)
+        .filter(|p| bits[p / 64] & (1 << (p % 64)) != 0)
+        .collect();
+    assert!(pages.contains(&3) && pages.contains(&8), "{pages:?}");
+    let again = g._vm.dirty_log(0, MEM_SIZE as u64).unwrap();
+    assert!(again.iter().all(|w| *w == 0), "the record is cleared");
+}

@@ -132,6 +132,38 @@ impl Vm for KvmVm {
         r.map_err(|e| Error::call("KVM_IOEVENTFD", e))
     }
 
+    unsafe fn set_dirty_log(
+        &self,
+        slot: u32,
+        gpa: u64,
+        host_addr: u64,
+        size: u64,
+        on: bool,
+    ) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: if on {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host_addr,
+        };
+        // SAFETY: the caller guarantees the host range is the slot's live mapping.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(|e| Error::call("KVM_SET_USER_MEMORY_REGION (dirty log)", e))
+    }
+
+    fn dirty_log(&self, slot: u32, size: u64) -> Result<Vec<u64>> {
+        let size = usize::try_from(size)
+            .map_err(|_| Error::BadState(format!("slot {slot} of {size} bytes")))?;
+        self.fd
+            .get_dirty_log(slot, size)
+            .map_err(|e| Error::call("KVM_GET_DIRTY_LOG", e))
+    }
+
     fn save_platform(&self) -> Result<crate::PlatformState> {
         state::save_platform(&self.fd)
     }

@@ -413,6 +413,21 @@ impl Vm for MshvVm {
         }
     }
 
+    unsafe fn set_dirty_log(
+        &self,
+        _slot: u32,
+        _gpa: u64,
+        _host_addr: u64,
+        _size: u64,
+        _on: bool,
+    ) -> Result<()> {
+        Err(unsupported("dirty-page tracking"))
+    }
+
+    fn dirty_log(&self, _slot: u32, _size: u64) -> Result<Vec<u64>> {
+        Err(unsupported("dirty-page tracking"))
+    }
+
     fn save_platform(&self) -> Result<crate::PlatformState> {
         Err(unsupported("saving the interrupt controllers and clock"))
     }
