@@ -16,21 +16,13 @@ fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Vmm {
-    /// `vm.snapshot`: writes the paused VM into `destination_url` (`file:///dir`).
-    pub fn snapshot(&mut self, destination_url: &str) -> Result<(), OpError> {
-        if self.state != VmState::Paused {
-            return Err(OpError::invalid(format!(
-                "vm.snapshot: the VM must be paused first (it is {})",
-                self.state
-            )));
-        }
-        let dir = snapshot::dir_from_url("destination_url", destination_url)?;
-        let started = Instant::now();
+    /// Everything of the (paused) VM but its memory.
+    pub(crate) fn collect_state(&self, op: &'static str) -> Result<VmSnapshot, OpError> {
         let (Some(cfg), Some(instance)) = (self.config.as_ref(), self.instance.as_ref()) else {
-            return Err(OpError::state("vm.snapshot", self.state));
+            return Err(OpError::state(op, self.state));
         };
         let Some(running) = instance.running.as_ref() else {
-            return Err(OpError::state("vm.snapshot", self.state));
+            return Err(OpError::state(op, self.state));
         };
         let machine = &instance.machine;
         let vcpus = vcpu::save_all(&running.threads, &self.shared).map_err(SnapshotError::Vcpus)?;
@@ -55,12 +47,28 @@ impl Vmm {
                 transport: lock(&slot.transport).save(),
             })
             .collect();
-        let state = VmSnapshot {
+        Ok(VmSnapshot {
             config: cfg.clone(),
             vcpus,
             platform,
             legacy,
             virtio,
+        })
+    }
+
+    /// `vm.snapshot`: writes the paused VM into `destination_url` (`file:///dir`).
+    pub fn snapshot(&mut self, destination_url: &str) -> Result<(), OpError> {
+        if self.state != VmState::Paused {
+            return Err(OpError::invalid(format!(
+                "vm.snapshot: the VM must be paused first (it is {})",
+                self.state
+            )));
+        }
+        let dir = snapshot::dir_from_url("destination_url", destination_url)?;
+        let started = Instant::now();
+        let state = self.collect_state("vm.snapshot")?;
+        let Some(machine) = self.machine() else {
+            return Err(OpError::state("vm.snapshot", self.state));
         };
         let header = snapshot::write(&dir, &state, &machine.memory)?;
         let data: u64 = header.memory.iter().map(|m| m.data_pages).sum();
@@ -68,7 +76,7 @@ impl Vmm {
             "snapshot written to {} in {} ms ({} MiB of RAM, {} MiB written)",
             dir.display(),
             started.elapsed().as_millis(),
-            cfg.memory.size >> 20,
+            state.config.memory.size >> 20,
             (data * snapshot::memory::PAGE as u64) >> 20
         );
         Ok(())
@@ -92,12 +100,30 @@ impl Vmm {
         let dir = snapshot::dir_from_url("source_url", source_url)?;
         let started = Instant::now();
         let loaded = snapshot::read(&dir)?;
-        let cfg = loaded.state.config.clone();
-        self.check_config(&cfg)?;
+        self.check_config(&loaded.state.config)?;
         let memory = snapshot::memory::map(&dir, &loaded.header.memory, prefault)?;
+        self.install(memory, loaded.state, event_loop)?;
+        log::info!(
+            "snapshot {} restored in {} ms (paused; prefault {prefault})",
+            Path::new(&dir).display(),
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    }
+
+    /// Builds a saved VM over `memory` (already holding its RAM) in this process, which has
+    /// no VM: devices from the config with their states, the hypervisor VM, the vCPUs parked.
+    /// On failure nothing is left of it.
+    pub(crate) fn install(
+        &mut self,
+        memory: arch::GuestMemoryMmap,
+        state: VmSnapshot,
+        event_loop: &mut EventLoop,
+    ) -> Result<(), OpError> {
+        let cfg = state.config.clone();
         let machine = Machine::with_memory(&cfg, memory, crate::logger::start_time(), &self.events)
             .map_err(|e| OpError::Boot(Box::new(e)))?;
-        restore_devices(&machine, &loaded.state)?;
+        restore_devices(&machine, &state)?;
         let subscribers = event_loop.add_subscribers(machine.virtio.subscribers());
         self.events.clear();
         self.shared.reset_for_boot();
@@ -106,8 +132,8 @@ impl Vmm {
             self.hv.as_ref(),
             &machine,
             self.shared.clone(),
-            &loaded.state.vcpus,
-            &loaded.state.platform,
+            &state.vcpus,
+            &state.platform,
         ) {
             Ok(r) => r,
             Err(e) => {
@@ -125,11 +151,6 @@ impl Vmm {
         self.config = Some(cfg);
         self.boots += 1;
         self.state = VmState::Paused;
-        log::info!(
-            "snapshot {} restored in {} ms (paused; prefault {prefault})",
-            Path::new(&dir).display(),
-            started.elapsed().as_millis()
-        );
         Ok(())
     }
 }
