@@ -446,6 +446,32 @@ pub static RESTORE: Schema = Schema {
     ],
 };
 
+/// `vm.receive-migration`'s body.
+pub static RECEIVE_MIGRATION: Schema = Schema {
+    name: "ReceiveMigrationData",
+    fields: &[
+        ("receiver_url", Rule::Petrel),
+        ("tls_dir", NULL),
+        ("memory_mode", Rule::Default(&[Dv::Str("Precopy")])),
+        ("zone_updates", NO_LIST),
+    ],
+};
+
+/// `vm.send-migration`'s body. `local` is accepted and memory is copied either way.
+pub static SEND_MIGRATION: Schema = Schema {
+    name: "SendMigrationData",
+    fields: &[
+        ("destination_url", Rule::Petrel),
+        ("local", Rule::Petrel),
+        ("downtime_ms", Rule::Default(&[Dv::U64(300)])),
+        ("timeout_s", Rule::Default(&[Dv::U64(3600)])),
+        ("timeout_strategy", Rule::Default(&[Dv::Str("Cancel")])),
+        ("connections", Rule::Default(&[Dv::U64(1)])),
+        ("tls_dir", NULL),
+        ("memory_mode", Rule::Default(&[Dv::Str("Precopy")])),
+    ],
+};
+
 /// Every schema of the table, for documentation and tests.
 pub static SCHEMAS: &[&Schema] = &[
     &VM_CONFIG,
@@ -469,6 +495,8 @@ pub static SCHEMAS: &[&Schema] = &[
     &REMOVE_DEVICE,
     &SNAPSHOT,
     &RESTORE,
+    &RECEIVE_MIGRATION,
+    &SEND_MIGRATION,
 ];
 
 /// `vm.resize`: new vCPU count, RAM size and balloon size (each optional).
@@ -541,6 +569,35 @@ pub struct VmRestore {
     /// Resume the VM at once (otherwise it stays Paused until `vm.resume`).
     #[serde(default)]
     pub resume: bool,
+}
+
+/// `vm.receive-migration`: where to wait for the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmReceiveMigration {
+    /// `unix:/path`.
+    pub receiver_url: String,
+}
+
+/// `vm.send-migration`: where to send the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSendMigration {
+    /// `unix:/path`.
+    pub destination_url: String,
+    /// Same host (petrel copies memory either way).
+    #[serde(default)]
+    pub local: bool,
+}
+
+/// Parses a `vm.receive-migration` body.
+pub fn receive_migration_from_ch(body: &[u8]) -> Result<VmReceiveMigration, ConfigError> {
+    parse_as(body, &RECEIVE_MIGRATION)
+}
+
+/// Parses a `vm.send-migration` body.
+pub fn send_migration_from_ch(body: &[u8]) -> Result<VmSendMigration, ConfigError> {
+    parse_as(body, &SEND_MIGRATION)
 }
 
 /// Parses a `vm.snapshot` body.

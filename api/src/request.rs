@@ -5,7 +5,9 @@
 
 use std::os::fd::OwnedFd;
 
-use crate::compat::{VmRemoveDevice, VmResize, VmRestore, VmSnapshot};
+use crate::compat::{
+    VmReceiveMigration, VmRemoveDevice, VmResize, VmRestore, VmSendMigration, VmSnapshot,
+};
 use crate::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 
 /// The prefix of every path of the per-VM API.
@@ -71,6 +73,10 @@ pub enum Endpoint {
     VmSnapshot,
     /// `vm.restore`: take over a snapshot (in a petrel with no VM).
     VmRestore,
+    /// `vm.send-migration`: move the VM to another petrel.
+    VmSendMigration,
+    /// `vm.receive-migration`: wait for a VM (in a petrel with no VM).
+    VmReceiveMigration,
 }
 
 /// One route: an endpoint, its method and its path.
@@ -121,6 +127,16 @@ pub const ROUTES: &[Route] = &[
     ),
     route(Endpoint::VmSnapshot, Verb::Put, "/api/v1/vm.snapshot"),
     route(Endpoint::VmRestore, Verb::Put, "/api/v1/vm.restore"),
+    route(
+        Endpoint::VmSendMigration,
+        Verb::Put,
+        "/api/v1/vm.send-migration",
+    ),
+    route(
+        Endpoint::VmReceiveMigration,
+        Verb::Put,
+        "/api/v1/vm.receive-migration",
+    ),
 ];
 
 impl Endpoint {
@@ -202,6 +218,10 @@ pub enum VmmRequest {
     Snapshot(VmSnapshot),
     /// `vm.restore`.
     Restore(VmRestore),
+    /// `vm.send-migration`.
+    SendMigration(VmSendMigration),
+    /// `vm.receive-migration`.
+    ReceiveMigration(VmReceiveMigration),
 }
 
 impl VmmRequest {
@@ -227,6 +247,8 @@ impl VmmRequest {
             VmmRequest::RemoveDevice(_) => Endpoint::VmRemoveDevice,
             VmmRequest::Snapshot(_) => Endpoint::VmSnapshot,
             VmmRequest::Restore(_) => Endpoint::VmRestore,
+            VmmRequest::SendMigration(_) => Endpoint::VmSendMigration,
+            VmmRequest::ReceiveMigration(_) => Endpoint::VmReceiveMigration,
         }
     }
 }
@@ -235,7 +257,7 @@ impl VmmRequest {
 mod tests {
     use super::*;
 
-    const ALL: [Endpoint; 19] = [
+    const ALL: [Endpoint; 21] = [
         Endpoint::VmmPing,
         Endpoint::VmmShutdown,
         Endpoint::VmCreate,
@@ -255,6 +277,8 @@ mod tests {
         Endpoint::VmRemoveDevice,
         Endpoint::VmSnapshot,
         Endpoint::VmRestore,
+        Endpoint::VmSendMigration,
+        Endpoint::VmReceiveMigration,
     ];
 
     #[test]

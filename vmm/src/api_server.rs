@@ -53,8 +53,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("vm.resize-disk", "petrel cannot resize a disk yet"),
     ("vm.resize-zone", "petrel has no memory zones yet"),
     ("vm.coredump", "petrel cannot write a guest core dump yet"),
-    ("vm.send-migration", "petrel has no live migration yet"),
-    ("vm.receive-migration", "petrel has no live migration yet"),
     ("vm.nmi", "petrel cannot inject an NMI yet"),
 ];
 
@@ -142,6 +140,16 @@ fn request(endpoint: Endpoint, mut req: Request) -> Result<VmmRequest, OpError> 
         Endpoint::VmRestore => {
             VmmRequest::Restore(parse(&req, endpoint.name(), compat::restore_from_ch)?)
         }
+        Endpoint::VmSendMigration => VmmRequest::SendMigration(parse(
+            &req,
+            endpoint.name(),
+            compat::send_migration_from_ch,
+        )?),
+        Endpoint::VmReceiveMigration => VmmRequest::ReceiveMigration(parse(
+            &req,
+            endpoint.name(),
+            compat::receive_migration_from_ch,
+        )?),
     })
 }
 

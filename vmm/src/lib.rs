@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod logger;
 pub mod machine;
 pub mod memory;
+pub mod migration;
 pub mod preflight;
 pub mod run;
 pub mod seccomp;

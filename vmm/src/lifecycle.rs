@@ -18,6 +18,7 @@ use crate::machine::{self, Machine, RunningVm};
 use crate::vcpu::{self, VcpuShared};
 use crate::Result;
 
+mod migration;
 mod reply;
 mod snapshot;
 #[cfg(test)]
@@ -362,6 +363,14 @@ impl Vmm {
                 }
                 Ok(Reply::Done)
             }
+            VmmRequest::SendMigration(m) => {
+                self.send_migration(&m.destination_url)?;
+                log::info!("exiting: the VM was migrated");
+                Ok(Reply::Exit(0))
+            }
+            VmmRequest::ReceiveMigration(m) => self
+                .receive_migration(&m.receiver_url, event_loop)
+                .map(done),
         }
     }
 

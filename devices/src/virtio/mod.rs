@@ -194,6 +194,12 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn restore_config(&mut self, _config: &[u8]) -> Result<(), String> {
         Ok(())
     }
+    /// Releases (`held == false`) or takes back the locks the device holds on host resources
+    /// (a disk image's advisory lock), so that a migration destination on this host can open
+    /// them while this paused VM still exists.
+    fn set_host_locks(&mut self, _held: bool) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Defines a device's counters: a struct of `u64` fields (each documented) and `values()`,

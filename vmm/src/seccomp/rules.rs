@@ -129,6 +129,8 @@ pub(super) mod kvm {
     pub const SET_IRQCHIP: u64 = ior(0x63, 520);
     pub const SET_CLOCK: u64 = iow(0x7b, 48);
     pub const GET_CLOCK: u64 = ior(0x7c, 48);
+    // Migration: sizeof kvm_dirty_log 16.
+    pub const GET_DIRTY_LOG: u64 = iow(0x42, 16);
 }
 
 const FIONBIO: u64 = libc::FIONBIO;
@@ -409,6 +411,8 @@ fn vmm(kick_signal: libc::c_int) -> Vec<Allow> {
         kvm::SET_XSAVE,
         kvm::SET_XCRS,
         kvm::SET_VCPU_EVENTS,
+        // vm.send-migration: which pages the guest wrote.
+        kvm::GET_DIRTY_LOG,
         // Taps: open by name or adopt a passed descriptor, vnet header size, bring it up.
         libc::TUNSETIFF,
         libc::TUNGETIFF,

@@ -37,6 +37,24 @@ pub(crate) struct DiskFile {
     zero_range: bool,
 }
 
+impl DiskFile {
+    /// Releases (`held == false`) or takes again the image's advisory lock: a VM handed to
+    /// another process on this host lets it open the image before this one exits.
+    pub(crate) fn set_lock(&self, held: bool, readonly: bool) -> io::Result<()> {
+        let how = match (held, readonly) {
+            (false, _) => libc::LOCK_UN,
+            (true, true) => libc::LOCK_SH | libc::LOCK_NB,
+            (true, false) => libc::LOCK_EX | libc::LOCK_NB,
+        };
+        // SAFETY: flock takes no pointers; the descriptor is open for the call.
+        if unsafe { libc::flock(self.file.as_raw_fd(), how) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
 /// Takes an advisory lock on the image so two VMs cannot corrupt it: exclusive for a
 /// read-write disk, shared for a read-only one (several read-only users may share an image;
 /// none may while one writes). Held as long as the file is open.

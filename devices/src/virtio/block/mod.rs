@@ -459,6 +459,12 @@ impl VirtioDevice for Block {
         );
     }
 
+    fn set_host_locks(&mut self, held: bool) -> Result<(), String> {
+        self.disk
+            .set_lock(held, self.readonly)
+            .map_err(|e| format!("disk image lock: {e}"))
+    }
+
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         self.queues.activate(ctx, &[0])
     }

@@ -1,0 +1,164 @@
+//! `vm.send-migration` / `vm.receive-migration` over a Unix socket between two real `petrel`
+//! processes (default seccomp) with the counting guest (`action=count-blk`): the destination
+//! keeps counting where the source was, its disk agrees, and the source exits. A dead
+//! destination, a bad URL and a destination that already has a VM are refused with the
+//! reason, and the source keeps running. Time and downtime are in the petrel logs (printed).
+
+mod api_support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use api_support::{assert_error, guest_config, tail, ApiVm};
+use petrel_http::{Client, Method};
+use petrel_tests::guest_actions::{count_values, GUEST_BOOT_TIMEOUT};
+use petrel_tests::require_kvm;
+use serde_json::json;
+
+/// The `COUNT`s on whole lines (a line being printed may be cut short).
+fn whole_counts(out: &str) -> Vec<u64> {
+    let whole = out.rfind('\n').map_or("", |end| &out[..=end]);
+    count_values(whole)
+}
+
+/// The last `COUNT` on a whole line.
+fn last_count(out: &str) -> Option<u64> {
+    whole_counts(out).last().copied()
+}
+
+/// The count the guest last wrote to its disk (sector 2: `PCNT` + u64 little endian).
+fn disk_count(disk: &Path) -> Option<u64> {
+    let bytes = std::fs::read(disk).ok()?;
+    let sector = bytes.get(1024..1024 + 12)?;
+    (&sector[..4] == b"PCNT").then(|| u64::from_le_bytes(sector[4..12].try_into().unwrap()))
+}
+
+#[test]
+fn a_counting_guest_moves_to_another_petrel() {
+    require_kvm!();
+    let mut src = ApiVm::start("mig-src", &[]);
+    let disk = src.dir.0.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut cfg = guest_config("action=count-blk");
+    cfg["disks"] = json!([{"path": disk, "id": "disk0"}]);
+    cfg["platform"] = json!({"virtio_mmio_cmdline": true});
+    src.put_ok("vm.create", Some(&cfg), 204);
+    src.put_ok("vm.boot", None, 204);
+    assert!(
+        src.petrel
+            .wait_for_stdout(GUEST_BOOT_TIMEOUT, |out| count_values(out).len() >= 5),
+        "no COUNT lines\n{}",
+        tail(&src.petrel.stdout())
+    );
+
+    // Nobody listening: refused with the reason; the source runs on.
+    let dead = src.dir.0.join("nobody.sock");
+    let r = src.put(
+        "vm.send-migration",
+        Some(&json!({"destination_url": format!("unix:{}", dead.display())})),
+    );
+    assert_error(&r, 400, &["connecting"], "migration to a dead endpoint");
+    let r = src.put(
+        "vm.send-migration",
+        Some(&json!({"destination_url": "tcp:127.0.0.1:1"})),
+    );
+    assert_error(&r, 400, &["destination_url", "unix:"], "tcp URL");
+    src.assert_state("Running");
+    let before = last_count(&src.petrel.stdout());
+    assert!(
+        src.petrel.wait_for_stdout(Duration::from_secs(20), |out| {
+            last_count(out) > before.map(|n| n + 2)
+        }),
+        "the source stopped counting after a failed migration"
+    );
+
+    // A destination that already has a VM refuses to receive one.
+    let r = src.put(
+        "vm.receive-migration",
+        Some(&json!({"receiver_url": "unix:/tmp/x.sock"})),
+    );
+    assert_error(&r, 400, &["already has a VM"], "receive into a busy petrel");
+
+    let dst = ApiVm::start("mig-dst", &[]);
+    let sock = dst.dir.0.join("mig.sock");
+    let url = format!("unix:{}", sock.display());
+    let api = dst.socket.clone();
+    let receive_body = json!({"receiver_url": url}).to_string();
+    let receiver = std::thread::spawn(move || {
+        Client::new(&api)
+            .with_timeout(Duration::from_secs(120))
+            .request(
+                Method::Put,
+                "/api/v1/vm.receive-migration",
+                Some(receive_body.as_bytes()),
+            )
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the destination never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    let r = src.put("vm.send-migration", Some(&json!({"destination_url": url})));
+    let took = t.elapsed();
+    assert_eq!(
+        r.status,
+        200,
+        "vm.send-migration: {}\nsource stderr:\n{}\ndestination stderr:\n{}",
+        r.error_message(),
+        src.petrel.stderr(),
+        dst.petrel.stderr()
+    );
+    let answer = receiver
+        .join()
+        .unwrap()
+        .expect("vm.receive-migration answered");
+    assert_eq!(answer.status, 204, "{}", answer.error_message());
+    println!("migration of a 64 MiB counting guest: {took:?}");
+    for line in src
+        .petrel
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("migrated to"))
+    {
+        println!("source: {line}");
+    }
+
+    // The source exits 0 once the destination runs the VM.
+    let src_out = src.petrel.stdout();
+    let src_dir = src.dir.0.clone();
+    let _keep = std::mem::replace(&mut src.dir.0, std::env::temp_dir().join("petrel-none"));
+    let run = src.petrel.wait(Duration::from_secs(10));
+    assert!(run.success(), "the source did not exit 0\n{}", run.dump());
+    let last = last_count(&src_out).expect("the source counted");
+
+    let mut dst = dst;
+    dst.assert_state("Running");
+    assert!(
+        dst.petrel
+            .wait_for_stdout(Duration::from_secs(20), |out| whole_counts(out).len() >= 3),
+        "the migrated guest does not count\n{}\n{}",
+        tail(&dst.petrel.stdout()),
+        dst.petrel.stderr()
+    );
+    let counted = whole_counts(&dst.petrel.stdout());
+    assert!(
+        counted[0] == last + 1 || counted[0] == last + 2,
+        "the source printed up to {last}, the destination started at {}",
+        counted[0]
+    );
+    assert!(
+        counted.windows(2).all(|w| w[1] == w[0] + 1),
+        "the count skips or repeats after the migration: {counted:?}"
+    );
+    dst.put_ok("vm.pause", None, 204);
+    std::thread::sleep(Duration::from_millis(200));
+    let printed = last_count(&dst.petrel.stdout()).unwrap();
+    let on_disk = disk_count(&disk);
+    assert!(
+        on_disk == Some(printed) || on_disk == Some(printed + 1),
+        "the disk holds {on_disk:?}, the console last printed {printed}"
+    );
+    drop(dst);
+    let _ = std::fs::remove_dir_all(src_dir);
+}
