@@ -1,11 +1,14 @@
 //! `vm.send-migration` / `vm.receive-migration` over a Unix socket between two real `petrel`
 //! processes (default seccomp) with the counting guest (`action=count-blk`): the destination
 //! keeps counting where the source was, its disk agrees, and the source exits. A dead
-//! destination, a bad URL and a destination that already has a VM are refused with the
-//! reason, and the source keeps running. Time and downtime are in the petrel logs (printed).
+//! destination, one that dies mid-way, a bad URL, a stream of another version and a
+//! destination that already has a VM are refused with the reason; the source keeps running
+//! and the destination stays empty. Time and downtime are in the petrel logs (printed).
 
 mod api_support;
 
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -79,25 +82,79 @@ fn a_counting_guest_moves_to_another_petrel() {
     );
     assert_error(&r, 400, &["already has a VM"], "receive into a busy petrel");
 
+    // A destination that dies after taking the whole stream, before answering (the source
+    // has paused by then): the source names it, takes its disk back and runs on.
+    let fake = src.dir.0.join("fake.sock");
+    let listener = UnixListener::bind(&fake).unwrap();
+    let dying = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        drop(s);
+    });
+    let r = src.put(
+        "vm.send-migration",
+        Some(&json!({"destination_url": format!("unix:{}", fake.display())})),
+    );
+    dying.join().unwrap();
+    assert_error(
+        &r,
+        400,
+        &["destination's answer"],
+        "destination died mid-way",
+    );
+    src.assert_state("Running");
+    let before = last_count(&src.petrel.stdout());
+    assert!(
+        src.petrel.wait_for_stdout(Duration::from_secs(20), |out| {
+            last_count(out) > before.map(|n| n + 2)
+        }),
+        "the source stopped counting after the destination died"
+    );
+
     let dst = ApiVm::start("mig-dst", &[]);
     let sock = dst.dir.0.join("mig.sock");
     let url = format!("unix:{}", sock.display());
-    let api = dst.socket.clone();
-    let receive_body = json!({"receiver_url": url}).to_string();
-    let receiver = std::thread::spawn(move || {
-        Client::new(&api)
-            .with_timeout(Duration::from_secs(120))
-            .request(
-                Method::Put,
-                "/api/v1/vm.receive-migration",
-                Some(receive_body.as_bytes()),
-            )
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the destination never listened");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let receive = || {
+        let api = dst.socket.clone();
+        let sock = sock.clone();
+        let body = json!({"receiver_url": url}).to_string();
+        let _ = std::fs::remove_file(&sock);
+        let t = std::thread::spawn(move || {
+            Client::new(&api)
+                .with_timeout(Duration::from_secs(120))
+                .request(
+                    Method::Put,
+                    "/api/v1/vm.receive-migration",
+                    Some(body.as_bytes()),
+                )
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "the destination never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t
+    };
+
+    // A source of another stream version: the destination refuses it and stays empty.
+    let receiver = receive();
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"PETRELMG").unwrap();
+    s.write_all(&99u32.to_le_bytes()).unwrap();
+    let r = receiver.join().unwrap().unwrap();
+    assert_error(
+        &r,
+        400,
+        &["version 99", "version 1"],
+        "wrong stream version",
+    );
+    assert_eq!(dst.state(), None, "a refused stream left a VM behind");
+    drop(s);
+
+    let receiver = receive();
     let t = Instant::now();
     let r = src.put("vm.send-migration", Some(&json!({"destination_url": url})));
     let took = t.elapsed();
