@@ -454,6 +454,9 @@ pub static RECEIVE_MIGRATION: Schema = Schema {
         ("tls_dir", NULL),
         ("memory_mode", Rule::Default(&[Dv::Str("Precopy")])),
         ("zone_updates", NO_LIST),
+        // Sent by ch-remote: only without descriptors.
+        ("vfio_fds", NULL),
+        ("iommufd_fd", NULL),
     ],
 };
 
@@ -463,6 +466,8 @@ pub static SEND_MIGRATION: Schema = Schema {
     fields: &[
         ("destination_url", Rule::Petrel),
         ("local", Rule::Petrel),
+        // Sent by ch-remote: the source always ends once the destination runs the VM.
+        ("preserve_source", FALSE),
         ("downtime_ms", Rule::Default(&[Dv::U64(300)])),
         ("timeout_s", Rule::Default(&[Dv::U64(3600)])),
         ("timeout_strategy", Rule::Default(&[Dv::Str("Cancel")])),

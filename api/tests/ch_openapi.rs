@@ -34,6 +34,21 @@ fn doc(name: &str) -> Value {
 /// Fields in petrel's table that Cloud Hypervisor's document does not list, and why.
 const NOT_IN_CH_DOCUMENT: &[(&str, &str, &str)] = &[
     (
+        "ReceiveMigrationData",
+        "vfio_fds",
+        "sent by ch-remote receive-migration (null without descriptors)",
+    ),
+    (
+        "ReceiveMigrationData",
+        "iommufd_fd",
+        "sent by ch-remote receive-migration (null without descriptors)",
+    ),
+    (
+        "SendMigrationData",
+        "preserve_source",
+        "sent by ch-remote send-migration (false)",
+    ),
+    (
         "RestoreConfig",
         "net_fds",
         "sent by ch-remote restore (null without descriptors)",
