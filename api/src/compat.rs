@@ -23,6 +23,11 @@
 //! `Tty` (Cloud Hypervisor: `Null`), `rng` absent is no entropy device (Cloud Hypervisor:
 //! `/dev/urandom`). A body of petrel's own `VmConfig` JSON is accepted unchanged.
 
+mod persist;
+pub use persist::{
+    receive_migration_from_ch, restore_from_ch, send_migration_from_ch, snapshot_from_ch,
+    VmReceiveMigration, VmRestore, VmSendMigration, VmSnapshot,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -420,63 +425,6 @@ pub static REMOVE_DEVICE: Schema = Schema {
     fields: &[("id", Rule::Petrel)],
 };
 
-/// `vm.snapshot`'s body.
-pub static SNAPSHOT: Schema = Schema {
-    name: "VmSnapshotConfig",
-    fields: &[("destination_url", Rule::Petrel)],
-};
-
-/// `vm.restore`'s body. petrel always maps the memory files on demand (copy-on-write), which
-/// serves either memory restore mode.
-pub static RESTORE: Schema = Schema {
-    name: "RestoreConfig",
-    fields: &[
-        ("source_url", Rule::Petrel),
-        ("prefault", Rule::Petrel),
-        ("resume", Rule::Petrel),
-        (
-            "memory_restore_mode",
-            Rule::Default(&[Dv::Str("Copy"), Dv::Str("OnDemand")]),
-        ),
-        ("zone_updates", NO_LIST),
-        // Sent by ch-remote (descriptors for restored devices): only without descriptors.
-        ("net_fds", NULL),
-        ("vfio_fds", NULL),
-        ("iommufd_fd", NULL),
-    ],
-};
-
-/// `vm.receive-migration`'s body.
-pub static RECEIVE_MIGRATION: Schema = Schema {
-    name: "ReceiveMigrationData",
-    fields: &[
-        ("receiver_url", Rule::Petrel),
-        ("tls_dir", NULL),
-        ("memory_mode", Rule::Default(&[Dv::Str("Precopy")])),
-        ("zone_updates", NO_LIST),
-        // Sent by ch-remote: only without descriptors.
-        ("vfio_fds", NULL),
-        ("iommufd_fd", NULL),
-    ],
-};
-
-/// `vm.send-migration`'s body. `local` is accepted and memory is copied either way.
-pub static SEND_MIGRATION: Schema = Schema {
-    name: "SendMigrationData",
-    fields: &[
-        ("destination_url", Rule::Petrel),
-        ("local", Rule::Petrel),
-        // Sent by ch-remote: the source always ends once the destination runs the VM.
-        ("preserve_source", FALSE),
-        ("downtime_ms", Rule::Default(&[Dv::U64(300)])),
-        ("timeout_s", Rule::Default(&[Dv::U64(3600)])),
-        ("timeout_strategy", Rule::Default(&[Dv::Str("Cancel")])),
-        ("connections", Rule::Default(&[Dv::U64(1)])),
-        ("tls_dir", NULL),
-        ("memory_mode", Rule::Default(&[Dv::Str("Precopy")])),
-    ],
-};
-
 /// Every schema of the table, for documentation and tests.
 pub static SCHEMAS: &[&Schema] = &[
     &VM_CONFIG,
@@ -498,10 +446,10 @@ pub static SCHEMAS: &[&Schema] = &[
     &PLATFORM,
     &RESIZE,
     &REMOVE_DEVICE,
-    &SNAPSHOT,
-    &RESTORE,
-    &RECEIVE_MIGRATION,
-    &SEND_MIGRATION,
+    &persist::SNAPSHOT,
+    &persist::RESTORE,
+    &persist::RECEIVE_MIGRATION,
+    &persist::SEND_MIGRATION,
 ];
 
 /// `vm.resize`: new vCPU count, RAM size and balloon size (each optional).
@@ -552,67 +500,6 @@ impl VmResize {
 pub struct VmRemoveDevice {
     /// The device id (`disks[].id`, `net[].id`, `vsock.id`).
     pub id: String,
-}
-
-/// `vm.snapshot`: where to write the snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmSnapshot {
-    /// `file:///dir`.
-    pub destination_url: String,
-}
-
-/// `vm.restore`: which snapshot, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmRestore {
-    /// `file:///dir`.
-    pub source_url: String,
-    /// Fault every page of guest memory in before the VM runs.
-    #[serde(default)]
-    pub prefault: bool,
-    /// Resume the VM at once (otherwise it stays Paused until `vm.resume`).
-    #[serde(default)]
-    pub resume: bool,
-}
-
-/// `vm.receive-migration`: where to wait for the VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmReceiveMigration {
-    /// `unix:/path`.
-    pub receiver_url: String,
-}
-
-/// `vm.send-migration`: where to send the VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmSendMigration {
-    /// `unix:/path`.
-    pub destination_url: String,
-    /// Same host (petrel copies memory either way).
-    #[serde(default)]
-    pub local: bool,
-}
-
-/// Parses a `vm.receive-migration` body.
-pub fn receive_migration_from_ch(body: &[u8]) -> Result<VmReceiveMigration, ConfigError> {
-    parse_as(body, &RECEIVE_MIGRATION)
-}
-
-/// Parses a `vm.send-migration` body.
-pub fn send_migration_from_ch(body: &[u8]) -> Result<VmSendMigration, ConfigError> {
-    parse_as(body, &SEND_MIGRATION)
-}
-
-/// Parses a `vm.snapshot` body.
-pub fn snapshot_from_ch(body: &[u8]) -> Result<VmSnapshot, ConfigError> {
-    parse_as(body, &SNAPSHOT)
-}
-
-/// Parses a `vm.restore` body.
-pub fn restore_from_ch(body: &[u8]) -> Result<VmRestore, ConfigError> {
-    parse_as(body, &RESTORE)
 }
 
 /// Parses a `vm.create` body (Cloud Hypervisor's or petrel's `VmConfig` JSON).
