@@ -139,6 +139,21 @@ fn next_extent(f: &File, from: u64, size: u64) -> std::io::Result<Option<(u64, u
     Ok((start < end).then_some((start, end)))
 }
 
+/// Every data extent of a file (holes left out), page aligned.
+fn data_extents(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some((start, end)) = next_extent(f, pos, size)? {
+        let start = start - start % PAGE as u64;
+        out.push((start, end.div_ceil(PAGE as u64) * PAGE as u64));
+        pos = end;
+        if pos >= size {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Checks a memory file against its header entry: present, its size, and its checksum (read
 /// over the file's data extents only, so the cost follows what the guest wrote).
 pub fn verify(dir: &Path, entry: &MemoryFile) -> Result<(), SnapshotError> {
@@ -193,8 +208,13 @@ pub fn verify(dir: &Path, entry: &MemoryFile) -> Result<(), SnapshotError> {
     Ok(())
 }
 
+/// `MADV_POPULATE_READ` (Linux 5.14): faults pages in for reading (from the page cache; holes
+/// as the shared zero page) without the copy a write fault makes.
+const MADV_POPULATE_READ: i32 = 22;
+
 /// Guest RAM mapped from the snapshot's files: private (the guest's writes stay in this
-/// process), populated up front when `prefault`.
+/// process); with `prefault`, every page the snapshot holds data for is read in up front
+/// (page tables filled for reading; holes stay on demand, they cost a zero page either way).
 pub fn map(
     dir: &Path,
     files: &[MemoryFile],
@@ -206,18 +226,119 @@ pub fn map(
         let f = File::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
         let len = usize::try_from(entry.size)
             .map_err(|_| SnapshotError::Mismatch(format!("{}: size", entry.file)))?;
-        let populate = if prefault { libc::MAP_POPULATE } else { 0 };
+        let extents = if prefault {
+            data_extents(&f, entry.size).map_err(io_err(format!("reading {}", path.display())))?
+        } else {
+            Vec::new()
+        };
         let mapping = MmapRegion::build(
             Some(FileOffset::new(f, 0)),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_NORESERVE | populate,
+            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
         )
         .map_err(|e| SnapshotError::Mismatch(format!("mapping {}: {e}", entry.file)))?;
+        for (start, end) in extents {
+            let (Ok(offset), Ok(n)) = (usize::try_from(start), usize::try_from(end - start)) else {
+                continue;
+            };
+            if offset.checked_add(n).is_none_or(|e| e > len) {
+                continue;
+            }
+            // SAFETY: `offset..offset + n` lies inside the mapping just made (checked above);
+            // the advice only faults its pages in.
+            let rc = unsafe {
+                libc::madvise(mapping.as_ptr().add(offset).cast(), n, MADV_POPULATE_READ)
+            };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                log::warn!("prefaulting {}: {e}; pages fault in on demand", entry.file);
+                break;
+            }
+        }
         let region = GuestRegionMmap::new(mapping, GuestAddress(entry.gpa))
             .ok_or_else(|| SnapshotError::Mismatch(format!("{}: bad region", entry.file)))?;
         regions.push(region);
     }
     GuestMemoryMmap::from_regions(regions)
         .map_err(|e| SnapshotError::Mismatch(format!("memory regions: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Rss` (KiB) of the mapping that starts at `addr`.
+    fn rss_kib(addr: usize) -> u64 {
+        let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let start = line
+                .split('-')
+                .next()
+                .and_then(|s| usize::from_str_radix(s, 16).ok());
+            if start == Some(addr) {
+                for l in lines.by_ref() {
+                    if let Some(v) = l.strip_prefix("Rss:") {
+                        return v.trim().trim_end_matches("kB").trim().parse().unwrap();
+                    }
+                }
+            }
+        }
+        panic!("no mapping at {addr:#x}");
+    }
+
+    #[test]
+    fn sparse_files_verify_map_private_and_prefault_only_data() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        ram.write_slice(&[7u8; 3 * PAGE], GuestAddress(0x10_0000))
+            .unwrap();
+        ram.write_obj(0xabcd_u32, GuestAddress(0x30_0000)).unwrap();
+        let files = save(&ram, dir.as_path()).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].data_pages, 4);
+        let path = dir.as_path().join(&files[0].file);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 4 << 20);
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "not sparse: {} blocks",
+            meta.blocks()
+        );
+        verify(dir.as_path(), &files[0]).unwrap();
+
+        for prefault in [false, true] {
+            let mem = map(dir.as_path(), &files, prefault).unwrap();
+            let region = mem.iter().next().unwrap();
+            let rss = rss_kib(region.as_ptr() as usize);
+            if prefault {
+                assert!(rss >= 16, "the 4 data pages are not faulted in: {rss} KiB");
+                assert!(rss < 1024, "holes were faulted in too: {rss} KiB");
+            } else {
+                assert_eq!(rss, 0, "faulted in without prefault");
+            }
+            assert_eq!(
+                mem.read_obj::<u32>(GuestAddress(0x30_0000)).unwrap(),
+                0xabcd
+            );
+            // Private: the guest's writes do not reach the file.
+            mem.write_obj(1u8, GuestAddress(0x10_0000)).unwrap();
+        }
+        verify(dir.as_path(), &files[0]).unwrap();
+
+        // One changed byte in a data page, or a truncated file, is caught.
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[8], 0x10_0001).unwrap();
+        assert!(matches!(
+            verify(dir.as_path(), &files[0]),
+            Err(SnapshotError::Checksum { .. })
+        ));
+        f.set_len(1 << 20).unwrap();
+        assert!(matches!(
+            verify(dir.as_path(), &files[0]),
+            Err(SnapshotError::Size { .. })
+        ));
+    }
 }
