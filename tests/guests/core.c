@@ -42,6 +42,7 @@ enum action {
 	ACT_POWER_BUTTON,
 	ACT_COUNT,
 	ACT_COUNT_BLK,
+	ACT_DIRTY,
 	ACT_UNKNOWN
 };
 
@@ -351,6 +352,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_COUNT;
 			else if (token_is(v, vl, "count-blk"))
 				o->action = ACT_COUNT_BLK;
+			else if (token_is(v, vl, "dirty"))
+				o->action = ACT_DIRTY;
 			else if (starts_with(v, "exits=")) {
 				o->action = ACT_POWEROFF;
 				o->have_exits = 1;
@@ -508,6 +511,9 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 		break;
 	case ACT_COUNT:
 		count_forever();
+		break;
+	case ACT_DIRTY:
+		dirty_forever();
 		break;
 	case ACT_COUNT_BLK:
 		virtio_action(VIRTIO_ACT_COUNT_BLK, get_cmdline());

@@ -85,6 +85,29 @@ static int power_button_wait(const struct acpi_info *a)
 	return 0;
 }
 
+/* action=dirty: sweeps the 32 MiB from 16 MiB forever, writing the sweep number into the first
+ * word of every 4 KiB page after checking it holds the previous one; `COUNT <sweep>` after each
+ * sweep, `DIRTY-ERROR page=<p> want=<w> got=<g>` (then a halt loop) on a mismatch: a guest that
+ * dirties memory fast, and sees a page a migration lost. */
+static void dirty_forever(void)
+{
+	volatile u64 *base = (volatile u64 *)(16ull << 20);
+	const u64 pages = (32ull << 20) / 4096;
+	for (u64 sweep = 1;; sweep++) {
+		for (u64 p = 0; p < pages; p++) {
+			volatile u64 *w = base + p * 512;
+			u64 got = *w;
+			if (got != sweep - 1) {
+				printk("DIRTY-ERROR page=%lu want=%lu got=%lu\n", p, sweep - 1, got);
+				for (;;)
+					spin(COUNT_SPINS);
+			}
+			*w = sweep;
+		}
+		printk("COUNT %lu\n", sweep);
+	}
+}
+
 /* `COUNT <n>` forever. */
 static void count_forever(void)
 {

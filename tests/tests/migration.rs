@@ -265,3 +265,89 @@ fn a_counting_guest_moves_to_another_petrel() {
     drop(dst);
     let _ = std::fs::remove_dir_all(src_dir);
 }
+
+/// A guest rewriting 32 MiB as fast as it can: the source needs pre-copy rounds, then pauses
+/// anyway; the guest checks every page each sweep, so a page the dirty log missed shows as
+/// `DIRTY-ERROR` on the destination.
+#[test]
+fn a_guest_dirtying_memory_migrates_through_precopy_rounds() {
+    require_kvm!();
+    let mut src = ApiVm::start("mig-dirty-src", &[]);
+    src.put_ok("vm.create", Some(&guest_config("action=dirty")), 204);
+    src.put_ok("vm.boot", None, 204);
+    assert!(
+        src.petrel
+            .wait_for_stdout(GUEST_BOOT_TIMEOUT, |out| whole_counts(out).len() >= 2),
+        "the guest does not sweep\n{}",
+        tail(&src.petrel.stdout())
+    );
+    let dst = ApiVm::start("mig-dirty-dst", &[]);
+    let sock = dst.dir.0.join("mig.sock");
+    let url = format!("unix:{}", sock.display());
+    let api = dst.socket.clone();
+    let body = json!({"receiver_url": url}).to_string();
+    let receiver = std::thread::spawn(move || {
+        Client::new(&api)
+            .with_timeout(Duration::from_secs(120))
+            .request(
+                Method::Put,
+                "/api/v1/vm.receive-migration",
+                Some(body.as_bytes()),
+            )
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the destination never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = src.put("vm.send-migration", Some(&json!({"destination_url": url})));
+    assert_eq!(
+        r.status,
+        200,
+        "{}\n{}",
+        r.error_message(),
+        src.petrel.stderr()
+    );
+    let answer = receiver.join().unwrap().unwrap();
+    assert_eq!(answer.status, 204, "{}", answer.error_message());
+    let log = src.petrel.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("migrated to"))
+        .unwrap_or_else(|| panic!("no migration line\n{log}"));
+    println!("source: {line}");
+    let rounds: u32 = line
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no round count in {line:?}"));
+    assert!(
+        rounds >= 1,
+        "a guest dirtying 32 MiB per sweep needed no round: {line}"
+    );
+    let last = last_count(&src.petrel.stdout()).unwrap();
+    let run = src.petrel.wait(Duration::from_secs(10));
+    assert!(run.success(), "{}", run.dump());
+
+    let mut dst = dst;
+    assert!(
+        dst.petrel.wait_for_stdout(Duration::from_secs(60), |out| {
+            out.contains("DIRTY-ERROR") || whole_counts(out).len() >= 3
+        }),
+        "the migrated guest does not sweep\n{}",
+        tail(&dst.petrel.stdout())
+    );
+    let out = dst.petrel.stdout();
+    assert!(
+        !out.contains("DIRTY-ERROR"),
+        "a page was lost:\n{}",
+        tail(&out)
+    );
+    let counted = whole_counts(&out);
+    assert!(
+        counted[0] == last + 1 || counted[0] == last + 2,
+        "the source swept {last} times, the destination went on at {}",
+        counted[0]
+    );
+}
