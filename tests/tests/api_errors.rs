@@ -190,7 +190,7 @@ fn bad_requests_are_4xx_naming_what_is_wrong() {
 
     // Unknown paths and wrong methods.
     for path in [
-        "/api/v1/vm.snapshot",
+        "/api/v1/vm.coredump",
         "/api/v1/nope",
         "/api/v2/vmm.ping",
         "/",
