@@ -109,13 +109,13 @@ pub trait Vm: Send + Sync {
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
     /// Raises `gsi` whenever `evt` is written.
     fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()>;
-    /// Writes `evt` when the guest writes to `addr` (with `datamatch`, only that value) instead
-    /// of exiting to the VMM.
+    /// Writes `evt` when the guest writes to `addr` a value `datamatch` matches (width
+    /// included) instead of exiting to the VMM.
     fn register_ioevent(
         &self,
         evt: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: Datamatch,
     ) -> Result<()>;
 }
 

@@ -164,8 +164,7 @@ fn counters(vmm: &Vmm) -> Response {
     let mut out = serde_json::Map::new();
     if let Some(machine) = vmm.machine() {
         for slot in machine.virtio.slots() {
-            let device = slot.device.lock().unwrap_or_else(|e| e.into_inner());
-            let values: serde_json::Map<String, serde_json::Value> = device
+            let values: serde_json::Map<String, serde_json::Value> = slot
                 .counter_values()
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), json!(v)))

@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::emulator::GuestRam;
 use crate::{
-    CpuidEntry, Error, Hypervisor, IoEventAddress, IoHandler, Kind, Result, Vcpu, Vm,
+    CpuidEntry, Datamatch, Error, Hypervisor, IoEventAddress, IoHandler, Kind, Result, Vcpu, Vm,
     CPUID_FLAG_SIGNIFICANT_INDEX,
 };
 use ioapic::Ioapic;
@@ -187,7 +187,7 @@ struct RamRegion {
 /// An eventfd written instead of a port write reaching the VMM.
 struct PioEvent {
     port: u64,
-    datamatch: Option<u64>,
+    datamatch: Datamatch,
     evt: EventFd,
 }
 
@@ -272,14 +272,9 @@ impl IoHandler for Dispatch<'_> {
 
     fn pio_write(&self, port: u16, data: &[u8]) {
         if let Ok(events) = self.vm.pio_events.read() {
-            let mut b = [0u8; 8];
-            for (d, s) in b.iter_mut().zip(data) {
-                *d = *s;
-            }
-            let value = u64::from_le_bytes(b);
             let hit = events
                 .iter()
-                .find(|e| e.port == u64::from(port) && e.datamatch.is_none_or(|m| m == value));
+                .find(|e| e.port == u64::from(port) && e.datamatch.matches(data));
             if let Some(e) = hit {
                 if let Err(err) = e.evt.write(1) {
                     log::error!("mshv: port {port:#x} ioeventfd write failed: {err}");
@@ -372,7 +367,7 @@ impl Vm for MshvVm {
         &self,
         evt: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: Datamatch,
     ) -> Result<()> {
         use mshv_ioctls::{IoEventAddress as M, NoDatamatch};
         match addr {
@@ -390,13 +385,12 @@ impl Vm for MshvVm {
                 Ok(())
             }
             IoEventAddress::Mmio(a) => {
+                // mshv-ioctls takes the match width from the value's type, as kvm-ioctls does.
+                let fd = &self.shared.fd;
                 let r = match datamatch {
-                    // petrel's datamatches (virtio queue indexes) are 32-bit writes.
-                    Some(v) => self.shared.fd.register_ioevent(evt, &M::Mmio(a), v as u32),
-                    None => self
-                        .shared
-                        .fd
-                        .register_ioevent(evt, &M::Mmio(a), NoDatamatch),
+                    Datamatch::Any => fd.register_ioevent(evt, &M::Mmio(a), NoDatamatch),
+                    Datamatch::U32(v) => fd.register_ioevent(evt, &M::Mmio(a), v),
+                    Datamatch::U64(v) => fd.register_ioevent(evt, &M::Mmio(a), v),
                 };
                 r.map_err(|e| mshv_err("MSHV_IOEVENTFD", e))
             }
