@@ -196,11 +196,11 @@ fn start_api(
     let forwarder = forwarder.with_timeout(API_REPLY_TIMEOUT);
     // A socket petrel binds by path is removed again when the server stops; an inherited one
     // belongs to whoever passed it.
+    // Fails closed: without its filter the API thread serves nothing and petrel stops.
     let init = move || {
-        if let Err(e) = seccomp::apply(ThreadKind::Api, seccomp_mode) {
-            log::error!("api: {e}");
-        }
+        seccomp::apply(ThreadKind::Api, seccomp_mode).map_err(std::io::Error::other)?;
         seccomp::selftest_if_requested(ThreadKind::Api);
+        Ok(())
     };
     let server = match spec {
         SocketSpec::Path(path) => {
@@ -210,7 +210,7 @@ fn start_api(
             Server::start_with_init(listener, ServerConfig::default(), forwarder, init)
         }),
     }
-    .map_err(|e| Error::Guest(format!("api socket: {e}")))?;
+    .map_err(|e| Error::Guest(format!("api socket: {}", crate::error_chain(&e))))?;
     log::info!("api: listening on {spec:?}");
     Ok((evt, rx, server))
 }

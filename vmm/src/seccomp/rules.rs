@@ -292,15 +292,14 @@ fn vmm(kick_signal: libc::c_int) -> Vec<Allow> {
         // Signal handling: SIGTERM/SIGINT blocked for the signalfd, the vCPU kick handler
         // (installed by the first vCPU thread while it still has only this filter).
         libc::SYS_rt_sigaction,
-        // vCPU threads, at every boot: clone3 (glibc), and what a new thread does before it
-        // installs its own filter (glibc's rseq and robust list, Rust's stack size and
-        // guard page queries).
-        libc::SYS_clone3,
+        // vCPU threads, at every boot (clone3 is refused with ENOSYS, see `refused`), and
+        // what a new thread does before it installs its own filter (glibc's rseq and robust
+        // list, Rust's stack size and guard page queries).
         libc::SYS_set_robust_list,
         libc::SYS_rseq,
         libc::SYS_sched_getaffinity,
     ]);
-    // clone(2) only for threads (glibc falls back to it when clone3 is unavailable).
+    // clone(2) only for threads (glibc falls back to it because clone3 is refused).
     v.push(Allow {
         nr: libc::SYS_clone,
         when: When::AnyOf(vec![vec![Cond::MaskedEq(
@@ -381,17 +380,41 @@ fn vmm(kick_signal: libc::c_int) -> Vec<Allow> {
     v
 }
 
-/// Syscalls that `kind` is refused with `EACCES` rather than killed for (a separate filter
-/// installed first: the stricter answer of stacked filters wins, so these fail gracefully).
+/// A syscall that fails with an error number instead of being allowed or killing the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Refusal {
+    /// The syscall number (x86_64).
+    pub nr: libc::c_long,
+    /// The error it fails with.
+    pub errno: libc::c_int,
+}
+
+/// Syscalls that `kind` is refused with an error rather than killed for (separate filters
+/// installed first, one per error number: the stricter answer of stacked filters wins, so
+/// these fail gracefully). Threads a filtered thread creates inherit its refusals.
 ///
-/// `openat`: glibc's malloc opens `/proc/sys/vm/overcommit_memory` once per process, from
-/// whichever thread first shrinks a per-thread arena (seen on the API thread as it freed a
-/// connection's buffers); when the open fails it shrinks heaps with `MADV_DONTNEED`, which is
-/// what it does anyway unless overcommit is disabled. The main thread may open files.
-pub(super) fn refused(kind: ThreadKind) -> &'static [libc::c_long] {
+/// `clone3` (`ENOSYS`), on every thread: its flags live in a structure in memory, which a
+/// seccomp filter cannot read, so allowing it would let a thread fork a process whatever the
+/// `CLONE_THREAD` rule on `clone` says. glibc's `pthread_create` falls back to `clone` when
+/// `clone3` answers `ENOSYS`, as on kernels older than 5.3.
+///
+/// `openat` (`EACCES`), on vCPU and API threads: glibc's malloc opens
+/// `/proc/sys/vm/overcommit_memory` once per process, from whichever thread first shrinks a
+/// per-thread arena (seen on the API thread as it freed a connection's buffers); when the open
+/// fails it shrinks heaps with `MADV_DONTNEED`, which is what it does anyway unless overcommit
+/// is disabled. The main thread may open files.
+pub(super) fn refused(kind: ThreadKind) -> &'static [Refusal] {
+    const CLONE3: Refusal = Refusal {
+        nr: libc::SYS_clone3,
+        errno: libc::ENOSYS,
+    };
+    const OPENAT: Refusal = Refusal {
+        nr: libc::SYS_openat,
+        errno: libc::EACCES,
+    };
     match kind {
-        ThreadKind::Vcpu | ThreadKind::Api => &[libc::SYS_openat],
-        ThreadKind::Vmm => &[],
+        ThreadKind::Vcpu | ThreadKind::Api => &[CLONE3, OPENAT],
+        ThreadKind::Vmm => &[CLONE3],
     }
 }
 
