@@ -94,6 +94,12 @@ pub trait Hypervisor: Send + Sync {
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
     /// The largest number of vCPUs a VM may have.
     fn max_vcpus(&self) -> u32;
+    /// Whether the hypervisor pins guest RAM while the VM runs (MSHV does): a page the guest
+    /// gives back cannot then be released with `MADV_DONTNEED` behind the hypervisor's back,
+    /// so memory ballooning is refused.
+    fn pins_guest_memory(&self) -> bool {
+        false
+    }
 }
 
 /// A VM: memory, interrupt controller, vCPUs and eventfd wiring.

@@ -176,7 +176,7 @@ impl Vmm {
                 cfg.cpus.boot_vcpus, self.selection.kind
             )));
         }
-        Ok(())
+        check_balloon(cfg, self.hv.as_ref())
     }
 
     /// `vm.create`: sets the config.
@@ -381,5 +381,72 @@ impl Vmm {
             }
         }
         Ok(Next::Continue)
+    }
+}
+
+/// Refuses a balloon where the hypervisor pins guest memory (MSHV): releasing a page the
+/// guest gave back with `MADV_DONTNEED` would pull it from under the hypervisor.
+fn check_balloon(
+    cfg: &VmConfig,
+    hv: &dyn hypervisor::Hypervisor,
+) -> std::result::Result<(), OpError> {
+    if cfg.balloon.is_some() && hv.pins_guest_memory() {
+        return Err(OpError::bad(format!(
+            "balloon: not available with {}: it pins guest memory, so pages the guest gives \
+             back cannot be returned to the host",
+            hv.kind()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hypervisor that only answers what `check_balloon` asks.
+    struct Pinning(bool);
+
+    impl hypervisor::Hypervisor for Pinning {
+        fn kind(&self) -> hypervisor::Kind {
+            if self.0 {
+                hypervisor::Kind::Mshv
+            } else {
+                hypervisor::Kind::Kvm
+            }
+        }
+        fn create_vm(&self) -> hypervisor::Result<Arc<dyn hypervisor::Vm>> {
+            Err(hypervisor::Error::Unavailable("test".into()))
+        }
+        fn supported_cpuid(&self) -> hypervisor::Result<Vec<hypervisor::CpuidEntry>> {
+            Ok(Vec::new())
+        }
+        fn max_vcpus(&self) -> u32 {
+            1
+        }
+        fn pins_guest_memory(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_balloon_is_refused_where_guest_memory_is_pinned() {
+        let mut cfg = VmConfig::new("/kernel".into());
+        assert!(
+            check_balloon(&cfg, &Pinning(true)).is_ok(),
+            "no balloon, no refusal"
+        );
+        cfg.balloon = Some(api::BalloonConfig {
+            size: 0,
+            deflate_on_oom: false,
+            statistics_polling_interval_s: 0,
+        });
+        assert!(check_balloon(&cfg, &Pinning(false)).is_ok());
+        let e = check_balloon(&cfg, &Pinning(true)).unwrap_err();
+        assert!(
+            e.message.contains("balloon") && e.message.contains("mshv"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -2,24 +2,25 @@
 //!
 //! What MSHV does not provide the backend supplies, so the VMM sees KVM's behaviour: an IOAPIC
 //! whose redirection entries become MSI routes ([`ioapic`]), port-I/O ioeventfds (MSHV only
-//! has MMIO ones), CPUID answered from the table set per vCPU (a CPUID intercept), and MMIO
-//! instruction emulation ([`crate::emulator`]) on unmapped-GPA intercepts.
+//! has MMIO ones), CPUID from the table set per vCPU (registered as intercept results,
+//! [`cpuid`]), and MMIO instruction emulation ([`crate::emulator`]) on unmapped-GPA
+//! intercepts.
 
 mod convert;
+mod cpuid;
 pub mod intercept;
 #[cfg(test)]
 mod intercept_tests;
 pub mod ioapic;
 mod vcpu;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use mshv_bindings::{
-    hv_intercept_parameters, hv_intercept_type_HV_INTERCEPT_TYPE_X64_CPUID,
     hv_partition_property_code_HV_PARTITION_PROPERTY_UNIMPLEMENTED_MSR_ACTION,
     hv_unimplemented_msr_action_HV_UNIMPLEMENTED_MSR_ACTION_IGNORE_WRITE_READ_ZERO,
-    mshv_install_intercept, mshv_user_irq_entry, mshv_user_irq_table, mshv_user_mem_region,
-    HV_INTERCEPT_ACCESS_MASK_EXECUTE, MSHV_SET_MEM_BIT_EXECUTABLE, MSHV_SET_MEM_BIT_WRITABLE,
+    mshv_user_irq_entry, mshv_user_irq_table, mshv_user_mem_region, MSHV_SET_MEM_BIT_EXECUTABLE,
+    MSHV_SET_MEM_BIT_WRITABLE,
 };
 use mshv_ioctls::{Mshv, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -38,6 +39,9 @@ const PAGE_SHIFT: u64 = 12;
 /// Microsoft Hypervisor through /dev/mshv.
 pub struct MshvHypervisor {
     mshv: Mshv,
+    /// The hypervisor's CPUID answers, asked once per process: asking takes a partition of
+    /// its own, which must not be paid again at every boot.
+    supported_cpuid: OnceLock<Vec<CpuidEntry>>,
 }
 
 impl MshvHypervisor {
@@ -47,13 +51,17 @@ impl MshvHypervisor {
             device: crate::select::MSHV_DEVICE,
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
-        Ok(MshvHypervisor { mshv })
+        Ok(MshvHypervisor {
+            mshv,
+            supported_cpuid: OnceLock::new(),
+        })
     }
 
     /// Creates and initializes a partition with what a Linux guest needs: in-hypervisor
     /// LAPIC/x2APIC, the host's CPU and XSAVE features, Hyper-V enlightenments (mshv-ioctls'
     /// defaults), unimplemented MSRs read as zero and ignore writes (KVM with
-    /// `ignore_msrs` behaves the same for the MSRs Linux probes), and a CPUID intercept.
+    /// `ignore_msrs` behaves the same for the MSRs Linux probes). CPUID needs no intercept:
+    /// each vCPU registers its table as intercept results ([`cpuid`]).
     fn create_partition(&self) -> Result<VmFd> {
         let fd = loop {
             match self.mshv.create_vm() {
@@ -71,12 +79,6 @@ impl MshvHypervisor {
         .map_err(|e| mshv_err("setting the unimplemented-MSR action", e))?;
         fd.initialize()
             .map_err(|e| mshv_err("MSHV_INITIALIZE_PARTITION", e))?;
-        fd.install_intercept(mshv_install_intercept {
-            access_type_mask: HV_INTERCEPT_ACCESS_MASK_EXECUTE,
-            intercept_type: hv_intercept_type_HV_INTERCEPT_TYPE_X64_CPUID,
-            intercept_parameter: hv_intercept_parameters::default(),
-        })
-        .map_err(|e| mshv_err("installing the CPUID intercept", e))?;
         Ok(fd)
     }
 }
@@ -159,20 +161,27 @@ impl Hypervisor for MshvHypervisor {
         }))
     }
 
-    /// What the hypervisor would answer for each leaf on a fresh partition's vCPU 0.
+    /// What the hypervisor would answer for each leaf on a fresh partition's vCPU 0: asked
+    /// on a scratch partition the first time, then remembered.
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
+        if let Some(known) = self.supported_cpuid.get() {
+            return Ok(known.clone());
+        }
         let fd = self.create_partition()?;
         let vp = fd
             .create_vcpu(0)
             .map_err(|e| mshv_err("MSHV_CREATE_VP", e))?;
-        Ok(cpuid_leaves(&mut |eax, ecx| {
-            vp.get_cpuid_values(eax, ecx, 0, 0).ok()
-        }))
+        let leaves = cpuid_leaves(&mut |eax, ecx| vp.get_cpuid_values(eax, ecx, 0, 0).ok());
+        Ok(self.supported_cpuid.get_or_init(|| leaves).clone())
     }
 
     fn max_vcpus(&self) -> u32 {
         // mshv-ioctls 0.7 takes vCPU indexes as u8.
         256
+    }
+
+    fn pins_guest_memory(&self) -> bool {
+        true
     }
 }
 
@@ -353,7 +362,11 @@ impl Vm for MshvVm {
             .fd
             .create_vcpu(index)
             .map_err(|e| mshv_err("MSHV_CREATE_VP", e))?;
-        Ok(Box::new(MshvVcpu::new(fd, self.shared.clone())))
+        Ok(Box::new(MshvVcpu::new(
+            fd,
+            u32::from(index),
+            self.shared.clone(),
+        )))
     }
 
     fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()> {
