@@ -9,7 +9,8 @@
 //! [`rules`]); install it before spawning the vCPU threads, and install the vCPU filter in a
 //! vCPU thread after `Vcpu::prepare_thread` (which installs the kick signal handler).
 //!
-//! The lists cover the KVM backend on x86_64.
+//! The lists cover both backends on x86_64 ([`Backend`]): the hypervisor ioctls differ, the
+//! rest is the same.
 
 mod rules;
 
@@ -70,6 +71,9 @@ impl fmt::Display for SeccompMode {
         })
     }
 }
+
+/// The hypervisor backend whose ioctls the filters allow.
+pub type Backend = hypervisor::Kind;
 
 /// The kinds of thread, each with its own filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,9 +145,9 @@ fn condition(c: Cond) -> Result<SeccompCondition, BackendError> {
 
 /// The allow-list of `kind` with repeated syscalls merged: `None` means "whatever the
 /// arguments", `Some(rules)` "when one of the rules holds".
-fn merged(kind: ThreadKind) -> BTreeMap<i64, Option<Vec<Vec<Cond>>>> {
+fn merged(kind: ThreadKind, backend: Backend) -> BTreeMap<i64, Option<Vec<Vec<Cond>>>> {
     let mut map: BTreeMap<i64, Option<Vec<Vec<Cond>>>> = BTreeMap::new();
-    for allow in rules::allowed(kind, hypervisor::kick_signal()) {
+    for allow in rules::allowed(kind, hypervisor::kick_signal(), backend) {
         let entry = map.entry(allow.nr).or_insert_with(|| Some(Vec::new()));
         match (entry.as_mut(), allow.when) {
             (_, When::Always) => *entry = None,
@@ -158,7 +162,11 @@ fn merged(kind: ThreadKind) -> BTreeMap<i64, Option<Vec<Vec<Cond>>>> {
 /// [`SeccompMode::Off`]): the refusals of [`rules::refused`] (if any), then the allow-list.
 /// Stacked filters all run and the strictest answer wins (KILL over ERRNO over LOG over
 /// ALLOW).
-pub fn programs(kind: ThreadKind, mode: SeccompMode) -> Result<Vec<BpfProgram>, SeccompError> {
+pub fn programs(
+    kind: ThreadKind,
+    mode: SeccompMode,
+    backend: Backend,
+) -> Result<Vec<BpfProgram>, SeccompError> {
     let mismatch = match mode {
         SeccompMode::Enforce => SeccompAction::KillProcess,
         SeccompMode::Log => SeccompAction::Log,
@@ -182,7 +190,7 @@ pub fn programs(kind: ThreadKind, mode: SeccompMode) -> Result<Vec<BpfProgram>, 
         out.push(BpfProgram::try_from(filter).map_err(build)?);
     }
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (nr, conds) in merged(kind) {
+    for (nr, conds) in merged(kind, backend) {
         let chain = match conds {
             None => Vec::new(),
             Some(list) => list
@@ -210,10 +218,10 @@ pub fn programs(kind: ThreadKind, mode: SeccompMode) -> Result<Vec<BpfProgram>, 
     Ok(out)
 }
 
-/// Installs the filters of `kind` on the calling thread (only; threads it creates afterwards
-/// inherit them). Does nothing with [`SeccompMode::Off`].
-pub fn apply(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
-    for prog in programs(kind, mode)? {
+/// Installs the filters of `kind` for `backend` on the calling thread (only; threads it
+/// creates afterwards inherit them). Does nothing with [`SeccompMode::Off`].
+pub fn apply(kind: ThreadKind, mode: SeccompMode, backend: Backend) -> Result<(), SeccompError> {
+    for prog in programs(kind, mode, backend)? {
         seccompiler::apply_filter(&prog)
             .map_err(|source| SeccompError::Install { kind, source })?;
     }

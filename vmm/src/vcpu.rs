@@ -42,13 +42,13 @@ pub struct VcpuShared {
     /// vCPU threads that have installed the kick signal's handler (process-wide once the
     /// first one has): before that, the kick signal's default action would end the process.
     prepared: AtomicUsize,
-    /// The seccomp mode each vCPU thread installs.
-    seccomp: SeccompMode,
+    /// The seccomp mode each vCPU thread installs, and for which backend.
+    seccomp: (SeccompMode, seccomp::Backend),
 }
 
 impl VcpuShared {
     /// New shared state with its eventfd.
-    pub fn new(seccomp: SeccompMode) -> std::io::Result<Self> {
+    pub fn new(seccomp: (SeccompMode, seccomp::Backend)) -> std::io::Result<Self> {
         Ok(VcpuShared {
             stop: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
@@ -120,7 +120,7 @@ pub fn run_vcpu(
         return;
     }
     shared.prepared.fetch_add(1, Ordering::AcqRel);
-    if let Err(e) = seccomp::apply(ThreadKind::Vcpu, shared.seccomp) {
+    if let Err(e) = seccomp::apply(ThreadKind::Vcpu, shared.seccomp.0, shared.seccomp.1) {
         shared.report(VcpuEvent::Failed(format!(
             "vCPU {id}: {}",
             crate::error_chain(&e)

@@ -83,6 +83,46 @@ impl MshvHypervisor {
     }
 }
 
+/// The ioctl request numbers this backend issues, for seccomp allow-lists: on /dev/mshv and
+/// the partition (from the thread that builds the VM), and on a vCPU (from its own thread,
+/// which also reprograms MSI routes when the guest writes the emulated IOAPIC).
+/// `MSHV_ROOT_HVCALL` carries register access, CPUID queries and results and partition
+/// properties; the hypercall code is in memory, where a filter cannot look, and the kernel
+/// allows only the codes it lets a VMM make.
+pub fn seccomp_ioctls() -> (Vec<u64>, Vec<u64>) {
+    use mshv_ioctls::*;
+    let vcpu = [
+        MSHV_RUN_VP(),
+        MSHV_GET_VP_STATE(),
+        MSHV_SET_VP_STATE(),
+        MSHV_GET_VP_REGISTERS(),
+        MSHV_SET_VP_REGISTERS(),
+        MSHV_VP_TRANSLATE_GVA(),
+        MSHV_READ_GPA(),
+        MSHV_WRITE_GPA(),
+        MSHV_ROOT_HVCALL(),
+        MSHV_SET_MSI_ROUTING(),
+    ];
+    let vm = [
+        MSHV_CREATE_PARTITION(),
+        MSHV_GET_HOST_PARTITION_PROPERTY(),
+        MSHV_INITIALIZE_PARTITION(),
+        MSHV_SET_PARTITION_PROPERTY(),
+        MSHV_GET_PARTITION_PROPERTY(),
+        MSHV_CREATE_VP(),
+        MSHV_SET_GUEST_MEMORY(),
+        MSHV_IRQFD(),
+        MSHV_IOEVENTFD(),
+        MSHV_SET_MSI_ROUTING(),
+        MSHV_INSTALL_INTERCEPT(),
+        MSHV_VP_REGISTER_INTERCEPT_RESULT(),
+        MSHV_GET_VP_CPUID_VALUES(),
+        MSHV_ROOT_HVCALL(),
+    ];
+    let list = |v: &[libc::c_ulong]| v.iter().map(|&n| u64::from(n)).collect();
+    (list(&vm[..]), list(&vcpu[..]))
+}
+
 /// An mshv-ioctls error as a hypervisor-layer error.
 pub(crate) fn mshv_err(op: &'static str, e: mshv_ioctls::MshvError) -> Error {
     Error::call(op, std::io::Error::from_raw_os_error(e.errno()))
