@@ -200,3 +200,41 @@ impl Workload for GuestLife {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_life_splits_at_the_poweroff_line() {
+        let out = "PETREL-GUEST: start boot=pvh\nPETREL-GUEST: poweroff\n";
+        let at = out.find("PETREL-GUEST: poweroff").unwrap();
+        let m = Measured {
+            first_byte: Some(Duration::from_millis(10)),
+            exit: Duration::from_millis(50),
+            status: child::Exit::Code(0),
+            max_rss_kib: 1,
+            stdout: out.as_bytes().to_vec(),
+            // The start line arrives at 10 ms, the poweroff line at 40 ms.
+            chunks: vec![
+                (Duration::from_millis(10), at),
+                (Duration::from_millis(40), out.len()),
+            ],
+            timed_out: false,
+            interrupted: false,
+        };
+        assert_eq!(
+            split(&m),
+            (
+                Some(Duration::from_millis(30)),
+                Some(Duration::from_millis(10))
+            )
+        );
+        assert_eq!(GuestLife::check(&m), None);
+        let mut no_marker = m.clone();
+        no_marker.stdout.truncate(at);
+        assert_eq!(split(&no_marker), (None, None));
+        assert!(GuestLife::check(&no_marker).is_some());
+    }
+}
