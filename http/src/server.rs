@@ -274,21 +274,28 @@ impl Server {
         config: ServerConfig,
         handler: impl Handler,
     ) -> Result<Server> {
-        Server::bind_with_init(path, config, handler, || {})
+        Server::bind_with_init(path, config, handler, || Ok(()))
     }
 
     /// Like [`Server::bind`], running `init` first on the server thread (e.g. to install a
-    /// seccomp filter there).
+    /// seccomp filter there); see [`Server::start_with_init`].
     pub fn bind_with_init(
         path: impl AsRef<Path>,
         config: ServerConfig,
         handler: impl Handler,
-        init: impl FnOnce() + Send + 'static,
+        init: impl FnOnce() -> std::io::Result<()> + Send + 'static,
     ) -> Result<Server> {
         let path = path.as_ref();
         let listener = listen(path)?;
         let meta = std::fs::symlink_metadata(path).map_err(Error::Setup)?;
-        let mut server = Server::start_with_init(listener, config, handler, init)?;
+        let started = Server::start_with_init(listener, config, handler, init);
+        let mut server = match started {
+            Ok(server) => server,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
         server.bound = Some((path.to_path_buf(), meta.dev(), meta.ino()));
         Ok(server)
     }
@@ -300,26 +307,39 @@ impl Server {
         config: ServerConfig,
         handler: impl Handler,
     ) -> Result<Server> {
-        Server::start_with_init(listener, config, handler, || {})
+        Server::start_with_init(listener, config, handler, || Ok(()))
     }
 
-    /// Like [`Server::start`], running `init` first on the server thread.
+    /// Like [`Server::start`], running `init` first on the server thread. Fails closed: when
+    /// `init` fails, the thread ends without serving anything and this returns its error.
     pub fn start_with_init(
         listener: impl Into<Listener>,
         config: ServerConfig,
         handler: impl Handler,
-        init: impl FnOnce() + Send + 'static,
+        init: impl FnOnce() -> std::io::Result<()> + Send + 'static,
     ) -> Result<Server> {
         let listener = listener.into();
         listener.set_nonblocking(true).map_err(Error::Setup)?;
         let (wake, wake_rx) = UnixStream::pair().map_err(Error::Setup)?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("http-server".into())
             .spawn(move || {
-                init();
-                serve(listener, wake_rx, config, handler)
+                let ready = init();
+                let ok = ready.is_ok();
+                let _ = ready_tx.send(ready);
+                if ok {
+                    serve(listener, wake_rx, config, handler)
+                }
             })
             .map_err(Error::Setup)?;
+        let ready = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the server thread ended in init")));
+        if let Err(e) = ready {
+            let _ = thread.join();
+            return Err(Error::Setup(e));
+        }
         Ok(Server {
             wake,
             thread: Some(thread),

@@ -523,3 +523,36 @@ fn cloud_hypervisor_dialect_status_line_and_error_bodies() {
         "Error from API: The VM could not boot"
     );
 }
+
+#[test]
+fn a_failed_init_serves_nothing_and_fails_the_start() {
+    // A thread that cannot install its seccomp filter must not serve: the start fails with
+    // init's error and the socket file is gone.
+    let path = temp_socket("init-fails");
+    let r = Server::bind_with_init(&path, ServerConfig::default(), echo, || {
+        Err(std::io::Error::other("no filter"))
+    });
+    match r {
+        Err(Error::Setup(e)) => assert_eq!(e.to_string(), "no filter"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("the server started although init failed"),
+    }
+    assert!(!path.exists(), "the socket file was left behind");
+    let fd_path = temp_socket("init-fails-fd");
+    let listener = UnixListener::bind(&fd_path).unwrap();
+    let r = Server::start_with_init(listener, ServerConfig::default(), echo, || {
+        Err(std::io::Error::other("no filter"))
+    });
+    assert!(r.is_err());
+    std::fs::remove_file(&fd_path).unwrap();
+    // And a successful init runs on the server thread before it serves.
+    let path = temp_socket("init-ok");
+    let server = Server::bind_with_init(&path, ServerConfig::default(), echo, || {
+        assert_eq!(std::thread::current().name(), Some("http-server"));
+        Ok(())
+    })
+    .unwrap();
+    let client = Client::new(&path).with_timeout(Duration::from_secs(10));
+    assert_eq!(client.get("/x").unwrap().status, 200);
+    server.shutdown();
+}

@@ -108,7 +108,7 @@ impl Vmm {
                 cfg.cpus.boot_vcpus, self.selection.kind
             )));
         }
-        Ok(())
+        check_balloon(cfg, self.hv.as_ref())
     }
 
     /// `vm.create`: sets the config.
@@ -386,10 +386,7 @@ impl Vmm {
             .virtio
             .slots()
             .iter()
-            .map(|slot| {
-                let device = slot.device.lock().unwrap_or_else(|e| e.into_inner());
-                (slot.name.clone(), device.counter_values())
-            })
+            .map(|slot| (slot.name.clone(), slot.counter_values()))
             .collect())
     }
 
@@ -485,4 +482,20 @@ impl Vmm {
         }
         Ok(Next::Continue)
     }
+}
+
+/// Refuses a balloon where the hypervisor pins guest memory (MSHV): releasing a page the
+/// guest gave back with `MADV_DONTNEED` would pull it from under the hypervisor.
+fn check_balloon(
+    cfg: &VmConfig,
+    hv: &dyn hypervisor::Hypervisor,
+) -> std::result::Result<(), OpError> {
+    if cfg.balloon.is_some() && hv.pins_guest_memory() {
+        return Err(OpError::invalid(format!(
+            "balloon: not available with {}: it pins guest memory, so pages the guest gives \
+             back cannot be returned to the host",
+            hv.kind()
+        )));
+    }
+    Ok(())
 }

@@ -57,16 +57,11 @@ pub fn run(opts: &Options) -> Result<i32> {
         .map_err(|e| Error::io("setting up signal handling", e))?;
     let (hv, selection) = hypervisor::open(opts.hypervisor, opts.mshv_gate)?;
     log::info!("hypervisor: {} ({})", selection.kind, selection.reason);
-    let seccomp_mode = match (selection.kind, opts.seccomp) {
-        (hypervisor::Kind::Mshv, SeccompMode::Enforce) => {
-            log::warn!("seccomp: the filters cover the KVM backend only; off with mshv");
-            SeccompMode::Off
-        }
-        (_, mode) => mode,
-    };
+    let seccomp_mode = opts.seccomp;
+    let backend = selection.kind;
     let events = LifecycleEvents::new()?;
     let shared = Arc::new(
-        VcpuShared::new(seccomp_mode)
+        VcpuShared::new((seccomp_mode, backend))
             .map_err(|e| Error::io("creating the vCPU event eventfd", e))?,
     );
     let serial_mode = opts
@@ -75,7 +70,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         .map_or(opts.serial_mode, |c| c.serial.mode);
     let (api_evt, api_rx, _server) = match &opts.api_socket {
         Some(spec) => {
-            let (evt, rx, server) = start_api(spec, seccomp_mode)?;
+            let (evt, rx, server) = start_api(spec, seccomp_mode, backend)?;
             (Some(evt), Some(rx), Some(server))
         }
         None => (None, None, None),
@@ -97,7 +92,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         _ => None,
     };
     let mut event_loop = EventLoop::new(controller, serial_input)?;
-    seccomp::apply(ThreadKind::Vmm, seccomp_mode)?;
+    seccomp::apply(ThreadKind::Vmm, seccomp_mode, backend)?;
     seccomp::selftest_if_requested(ThreadKind::Vmm);
     let mut vmm = Vmm::new(
         hv,
@@ -139,6 +134,7 @@ const API_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 fn start_api(
     spec: &SocketSpec,
     seccomp_mode: SeccompMode,
+    backend: seccomp::Backend,
 ) -> Result<(EventFd, Receiver<Exchange>, Server)> {
     let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating the API eventfd", e))?;
     let notify = clone_eventfd(&evt, "API")?;
@@ -158,11 +154,11 @@ fn start_api(
     };
     // A socket petrel binds by path is removed again when the server stops; an inherited one
     // belongs to whoever passed it.
+    // Fails closed: without its filter the API thread serves nothing and petrel stops.
     let init = move || {
-        if let Err(e) = seccomp::apply(ThreadKind::Api, seccomp_mode) {
-            log::error!("api: {e}");
-        }
+        seccomp::apply(ThreadKind::Api, seccomp_mode, backend).map_err(std::io::Error::other)?;
         seccomp::selftest_if_requested(ThreadKind::Api);
+        Ok(())
     };
     let server = match spec {
         SocketSpec::Path(path) => Server::bind_with_init(path, config, forwarder, init),
