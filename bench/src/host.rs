@@ -21,6 +21,9 @@ pub struct HostInfo {
     pub kvm_accessible: bool,
     /// Loaded kernel modules whose name starts with `kvm` (e.g. `kvm_intel`, `kvm_pvm`).
     pub kvm_modules: Vec<String>,
+    /// Where the run happened when that is not plain hardware (`$PETREL_BENCH_ENVIRONMENT`,
+    /// set by `resources/bench-linux-boot.sh` inside the nested KVM); empty otherwise.
+    pub environment: String,
 }
 
 impl HostInfo {
@@ -55,6 +58,7 @@ impl HostInfo {
             kvm_present: fs::metadata("/dev/kvm").is_ok(),
             kvm_accessible: petrel_tests::kvm_available(),
             kvm_modules,
+            environment: std::env::var("PETREL_BENCH_ENVIRONMENT").unwrap_or_default(),
         }
     }
 
@@ -65,8 +69,13 @@ impl HostInfo {
             (true, false) => "/dev/kvm not accessible".to_string(),
             (true, true) => format!("/dev/kvm ({})", self.kvm_modules.join(", ")),
         };
+        let environment = if self.environment.is_empty() {
+            String::new()
+        } else {
+            format!(" — **{}**", self.environment)
+        };
         format!(
-            "{}, {} CPUs, Linux {}, {kvm}",
+            "{}, {} CPUs, Linux {}, {kvm}{environment}",
             self.cpu_model, self.cpus, self.kernel
         )
     }
