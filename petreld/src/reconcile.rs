@@ -55,9 +55,9 @@ pub fn reconcile(daemon: &Arc<Daemon>) -> ApiResult<Summary> {
         drop(claim);
         match outcome {
             Outcome::Attached => summary.attached += 1,
-            Outcome::Restart(vm) => {
+            Outcome::Restart(vm, failed) => {
                 summary.restarting += 1;
-                daemon.maybe_restart(*vm, false);
+                daemon.maybe_restart(*vm, failed);
             }
             Outcome::Vanished(why) => {
                 let (failed, restarting) = vanished(daemon, &vm, why)?;
@@ -73,8 +73,8 @@ pub fn reconcile(daemon: &Arc<Daemon>) -> ApiResult<Summary> {
 enum Outcome {
     /// Re-attached, in its desired state.
     Attached,
-    /// The guest had powered off; restart per policy.
-    Restart(Box<VmRecord>),
+    /// The guest had stopped (true: by failure); restart per policy.
+    Restart(Box<VmRecord>, bool),
     /// No usable process (why, when one was found and killed).
     Vanished(Option<String>),
     /// Nothing more to do.
@@ -127,7 +127,7 @@ fn reattach(daemon: &Arc<Daemon>, vm: &VmRecord, p: ProcessId, dir: &VmDir) -> A
         }
         Some("Shutdown") if vm.state != ObservedState::Starting => {
             return Ok(match daemon.handle_guest_stopped(&vm.id) {
-                Some(vm) => Outcome::Restart(Box::new(vm)),
+                Some((vm, failed)) => Outcome::Restart(Box::new(vm), failed),
                 None => Outcome::Done,
             });
         }

@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -85,6 +85,69 @@ fn private_dir(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("create {}: {e}", path.display()))
 }
 
+/// Creates the state directory 0700, or checks an existing one: it must be a directory owned
+/// by petreld's uid that nobody else can write to (a world- or group-writable one is refused:
+/// files could have been planted in it); read or search access for others is removed.
+fn state_dir(path: &Path) -> Result<(), String> {
+    private_dir(path)?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("state_dir {}: {e}", path.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("state_dir {}: not a directory", path.display()));
+    }
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if meta.uid() != uid {
+        return Err(format!(
+            "state_dir {}: owned by uid {}, not petreld's uid {uid}",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "state_dir {}: writable by {} (mode {mode:04o}); files could have been planted in \
+             it: check its contents, then `chmod 0700` it",
+            path.display(),
+            if mode & 0o002 != 0 { "everyone" } else { "its group" },
+        ));
+    }
+    if mode & 0o077 != 0 {
+        log::warn!(
+            "state_dir {}: mode {mode:04o} lets others read it; setting 0700",
+            path.display()
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Creates the database file 0600 before SQLite opens it (SQLite gives its WAL and shared
+/// memory files the database's mode), and takes group and other access away from existing
+/// ones.
+fn private_db(db: &Path) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)
+        .map_err(|e| format!("{}: {e}", db.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = Path::new(&name);
+        match std::fs::metadata(path) {
+            Ok(m) if m.mode() & 0o077 != 0 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The signals petreld waits for, blocked in every thread (threads inherit the mask).
 fn block_signals() -> libc::sigset_t {
     // SAFETY: `set` is initialised by sigemptyset before use; sigaddset and pthread_sigmask
@@ -139,11 +202,12 @@ fn run(cfg: DaemonConfig) -> Result<(), String> {
         Some(t) => Some((t.listen, config::read_token(&t.token_file)?)),
         None => None,
     };
-    private_dir(&cfg.state_dir)?;
+    state_dir(&cfg.state_dir)?;
     if let Some(parent) = cfg.socket.parent() {
         private_dir(parent)?;
     }
     let db = cfg.state_dir.join("petreld.db");
+    private_db(&db)?;
     let store = Store::open(&db)
         .map_err(|e| format!("{}: {}", db.display(), super::launcher::chain(&e)))?;
     let host = host::probe(&cfg.petrel, cfg.gate("mshv"));

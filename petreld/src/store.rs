@@ -230,9 +230,12 @@ impl Store {
         }
     }
 
-    /// The VM with this id, or else this name.
+    /// The VM with this id, or else this name (an id always wins, so a name stored before
+    /// names shaped like ids were refused cannot hide a VM).
     pub fn get_vm(&self, key: &str) -> Result<Option<VmRecord>> {
-        let sql = format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1 OR name = ?1 LIMIT 1");
+        let sql = format!(
+            "SELECT {VM_COLUMNS} FROM vms WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+        );
         Ok(self.conn.query_row(&sql, [key], vm_from_row).optional()?)
     }
 

@@ -117,15 +117,18 @@ fn response(reply: Reply) -> Response {
                 "hypervisor_reason": sel.reason,
             }),
         ),
-        Reply::Info(info) => Response::json(
-            200,
-            &json!({
+        Reply::Info(info) => {
+            let mut body = json!({
                 "config": info.config,
                 "state": info.state.to_string(),
                 "memory_actual_size": info.memory_actual_size,
                 "hypervisor": info.hypervisor.to_string(),
-            }),
-        ),
+            });
+            if let Some(reason) = info.end_reason {
+                body["end_reason"] = json!(reason.to_string());
+            }
+            Response::json(200, &body)
+        }
         Reply::Counters(devices) => {
             let mut out = serde_json::Map::new();
             for (name, counters) in devices {
@@ -161,7 +164,13 @@ pub fn handle(vmm: &mut Vmm, event_loop: &mut EventLoop, req: Request) -> (Respo
         );
     }
     let op = endpoint.name();
-    log::info!("api: {} {op}", req.method.as_str());
+    // Reads (a supervisor polls `vm.info` every few hundred ms) are not worth a line each
+    // in an idle VM's log; changes are.
+    if req.method == petrel_http::Method::Get {
+        log::debug!("api: {} {op}", req.method.as_str());
+    } else {
+        log::info!("api: {} {op}", req.method.as_str());
+    }
     let (response, next) = match request(endpoint, req).and_then(|r| vmm.handle(r, event_loop)) {
         Ok(Reply::Exit(code)) => (response(Reply::Exit(code)), Next::Exit(code)),
         Ok(reply) => (response(reply), Next::Continue),
