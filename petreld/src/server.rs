@@ -109,7 +109,11 @@ fn state_dir(path: &Path) -> Result<(), String> {
             "state_dir {}: writable by {} (mode {mode:04o}); files could have been planted in \
              it: check its contents, then `chmod 0700` it",
             path.display(),
-            if mode & 0o002 != 0 { "everyone" } else { "its group" },
+            if mode & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
         ));
     }
     if mode & 0o077 != 0 {
@@ -146,6 +150,61 @@ fn private_db(db: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The TCP listener's handler: every request needs the bearer token, and only a connection
+/// that has shown it leaves the unauthenticated slots.
+struct TcpApi {
+    daemon: Arc<super::Daemon>,
+    token: Arc<config::BearerToken>,
+}
+
+impl http::Handler for TcpApi {
+    fn handle(&mut self, req: http::Request) -> http::Response {
+        routes::authorize(&req, &self.token).unwrap_or_else(|| routes::handle(&self.daemon, req))
+    }
+
+    fn authenticates(&self, req: &http::Request) -> bool {
+        routes::authorize(req, &self.token).is_none()
+    }
+}
+
+/// The TCP listener's limits (per server thread): anyone who can reach the port can
+/// connect, so connections without the token get their own, larger, pool of slots and a
+/// short idle time; when that pool is full the longest idle of them is closed to make room.
+fn tcp_server_config() -> ServerConfig {
+    ServerConfig {
+        idle_timeout: std::time::Duration::from_secs(1),
+        max_unauthenticated: TCP_MAX_UNAUTHENTICATED,
+        ..ServerConfig::default()
+    }
+}
+
+/// Unauthenticated TCP connections per server thread.
+const TCP_MAX_UNAUTHENTICATED: usize = 128;
+
+/// Raises the soft open-files limit to the hard one (at most 65536): the TCP listener may
+/// hold hundreds of unauthenticated connections besides every VM's descriptors.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is valid for writes; getrlimit/setrlimit only read and write it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            let want = lim.rlim_max.min(65536);
+            if lim.rlim_cur < want {
+                lim.rlim_cur = want;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    log::warn!(
+                        "cannot raise the open files limit: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The signals petreld waits for, blocked in every thread (threads inherit the mask).
@@ -254,15 +313,17 @@ fn run(cfg: DaemonConfig) -> Result<(), String> {
     drop(listener);
     log::info!("listening on {}", socket.display());
     if let Some((listener, token)) = tcp {
+        raise_open_files_limit();
         for _ in 0..workers {
             let l = listener
                 .try_clone()
                 .map_err(|e| format!("clone listener: {e}"))?;
-            let (d, token) = (Arc::clone(&daemon), Arc::clone(&token));
-            let server = Server::start(l, ServerConfig::default(), move |req| {
-                routes::authorize(&req, &token).unwrap_or_else(|| routes::handle(&d, req))
-            })
-            .map_err(|e| format!("TCP API server: {e}"))?;
+            let handler = TcpApi {
+                daemon: Arc::clone(&daemon),
+                token: Arc::clone(&token),
+            };
+            let server = Server::start(l, tcp_server_config(), handler)
+                .map_err(|e| format!("TCP API server: {e}"))?;
             servers.push(server);
         }
         if let Some(addr) = listener.tcp_addr() {

@@ -197,8 +197,8 @@ fn check_socket_dir(path: &Path) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let meta =
-        std::fs::metadata(dir).map_err(|e| Error::io(format!("api socket directory {}", dir.display()), e))?;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| Error::io(format!("api socket directory {}", dir.display()), e))?;
     let mode = meta.mode();
     if mode & 0o002 != 0 && mode & 0o1000 == 0 {
         return Err(Error::io(
