@@ -94,6 +94,7 @@ impl Daemon {
     /// `POST /v1/vms`.
     pub fn create_vm(self: &Arc<Self>, req: CreateVm) -> ApiResult<VmRecord> {
         validate_vm_name(&req.name).map_err(|m| ApiError::new(400, m))?;
+        self.check_space("create")?;
         validate_labels(&req.labels).map_err(|m| ApiError::new(400, m))?;
         let (config, nets) = self.resolve_config(&req)?;
         let id = new_id();
@@ -264,6 +265,7 @@ impl Daemon {
             }
             _ => {}
         }
+        self.check_space("start")?;
         {
             let _admission = lock(&self.admission);
             let limits = self.limits(&self.host());
@@ -286,6 +288,22 @@ impl Daemon {
             return Err(ApiError::new(500, format!("start {}: {why}", vm.name)));
         }
         Ok(vm)
+    }
+
+    /// Refuses `op` (which would use space on the state disk) while that disk is full: 507,
+    /// saying what still works.
+    fn check_space(&self, op: &str) -> ApiResult<()> {
+        if self.store().space_low() {
+            return Err(ApiError::new(
+                507,
+                format!(
+                    "{op}: the state disk ({}) is full; free space (stop or delete VMs, which \
+                     still work) and try again",
+                    self.config.state_dir.display()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `POST /v1/vms/{id}/stop` (graceful for `timeout`, then forced) or `/kill` (`None`).

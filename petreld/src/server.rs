@@ -279,14 +279,18 @@ fn run(cfg: DaemonConfig) -> Result<(), String> {
     let group = cfg.socket_group.clone();
     let daemon = Daemon::new(cfg, store, host).map_err(|e| format!("set up: {e}"))?;
     supervisor::spawn(Arc::clone(&daemon)).map_err(|e| format!("supervisor thread: {e}"))?;
-    let summary = reconcile::reconcile(&daemon).map_err(|e| format!("reconcile: {}", e.message))?;
-    log::info!(
-        "reconciled: {} re-attached, {} failed, {} restarting, {} deletes finished",
-        summary.attached,
-        summary.failed,
-        summary.restarting,
-        summary.deleted
-    );
+    // A failed reconcile (e.g. the state disk full) leaves some VMs as they were recorded;
+    // petreld still serves its API rather than leaving every VM unmanaged.
+    match reconcile::reconcile(&daemon) {
+        Ok(summary) => log::info!(
+            "reconciled: {} re-attached, {} failed, {} restarting, {} deletes finished",
+            summary.attached,
+            summary.failed,
+            summary.restarting,
+            summary.deleted
+        ),
+        Err(e) => log::error!("reconcile: {} (serving anyway)", e.message),
+    }
     // Bound before the Unix socket, so that a port in use leaves no socket file behind.
     let tcp = match tcp {
         Some((addr, token)) => Some((

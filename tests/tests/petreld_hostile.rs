@@ -271,3 +271,100 @@ fn idle_tcp_clients_do_not_starve_authenticated_ones() {
     drop(d);
     std::fs::remove_dir_all(&tokens).unwrap();
 }
+
+/// A tmpfs mounted at a path for the test's lifetime (unmounted and removed on drop).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(path.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Fills the file system of `dir` with a file until it is full; returns the file.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0xa5u8; 64 << 10];
+    loop {
+        if f.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    // The last bytes a partial chunk could not take.
+    while f.write_all(&[0u8; 512]).is_ok() {}
+    path
+}
+
+/// A full state disk: stop, pause, resume and delete still work (they free space or need
+/// none), what would take space is a 507 naming the disk, and a petreld restarted while the
+/// disk is full comes up, lists its VMs and re-attaches them instead of exiting.
+#[test]
+fn a_full_state_disk_degrades_petreld_instead_of_killing_it() {
+    require_kvm!();
+    let mut d = Petreld::new("hostile-full");
+    d.kill9();
+    let state = d.dir.join("state");
+    let _ = std::fs::remove_dir_all(&state);
+    let Some(_mount) = Tmpfs::mount(&state, "24m") else {
+        petrel_tests::skip("cannot mount a tmpfs (not root?)");
+        return;
+    };
+    d.start();
+    d.create("a", "action=halt", json!({}));
+    d.create("b", "action=halt", json!({}));
+    d.wait_vm("a", "running", |v| v["state"] == "running");
+    d.wait_vm("b", "running", |v| v["state"] == "running");
+    let filler = fill(&state);
+
+    d.ok(Method::Post, "/v1/vms/a/pause", None, 200);
+    d.ok(Method::Post, "/v1/vms/a/resume", None, 200);
+    let vm = d.ok(Method::Post, "/v1/vms/a/stop?timeout=1", None, 200);
+    assert_eq!(vm["state"], "stopped", "{vm:#}");
+    let r = d.call(Method::Post, "/v1/vms/a/start", None);
+    assert_eq!(r.status, 507, "start on a full disk: {}", r.error_message());
+    assert!(r.error_message().contains("full"), "{}", r.error_message());
+    let body = json!({"name": "c", "config": petreld_support::guest_config("action=halt")});
+    let r = d.call(Method::Post, "/v1/vms", Some(&body));
+    assert_eq!(
+        r.status,
+        507,
+        "create on a full disk: {}",
+        r.error_message()
+    );
+
+    // Restarted while the disk is full: it serves, with its VMs still managed.
+    d.kill9();
+    d.start();
+    assert_eq!(d.all().len(), 2);
+    let b = d.wait_vm("b", "re-attached", |v| v["state"] == "running");
+    assert!(b["pid"].as_u64().is_some(), "{b:#}");
+    d.ok(Method::Delete, "/v1/vms/b", None, 204);
+    d.ok(Method::Delete, "/v1/vms/a", None, 204);
+    assert!(d.all().is_empty());
+
+    // Room again: creating works again.
+    std::fs::remove_file(&filler).unwrap();
+    d.create("c", "action=halt", json!({}));
+    d.ok(Method::Post, "/v1/vms/c/kill", None, 200);
+    d.kill9();
+}
