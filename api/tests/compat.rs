@@ -665,7 +665,11 @@ fn documented_bounds_are_the_servers() {
     let doc = document();
     let props = |name: &str| doc["components"]["schemas"][name]["properties"].clone();
     let (memory, payload) = (props("MemoryConfig"), props("PayloadConfig"));
-    let (disk, net, vsock) = (props("DiskConfig"), props("NetConfig"), props("VsockConfig"));
+    let (disk, net, vsock) = (
+        props("DiskConfig"),
+        props("NetConfig"),
+        props("VsockConfig"),
+    );
     assert_eq!(memory["size"]["minimum"], json!(2 << 20));
     assert_eq!(memory["size"]["multipleOf"], json!(4096));
     assert_eq!(payload["kernel"]["minLength"], json!(1));
@@ -683,10 +687,19 @@ fn documented_bounds_are_the_servers() {
     };
     let line = |n: usize| "x".repeat(n);
     assert!(vm(2 << 20, "/k", line(4095)).is_ok());
-    assert!(vm((2 << 20) - 4096, "/k", line(1)).is_err(), "under the minimum");
-    assert!(vm((2 << 20) + 512, "/k", line(1)).is_err(), "not a multiple");
+    assert!(
+        vm((2 << 20) - 4096, "/k", line(1)).is_err(),
+        "under the minimum"
+    );
+    assert!(
+        vm((2 << 20) + 512, "/k", line(1)).is_err(),
+        "not a multiple"
+    );
     assert!(vm(2 << 20, "", line(1)).is_err(), "empty kernel");
-    assert!(vm(2 << 20, "/k", line(4096)).is_err(), "command line too long");
+    assert!(
+        vm(2 << 20, "/k", line(4096)).is_err(),
+        "command line too long"
+    );
 
     let disk = |path: &str| {
         disk_config_from_ch(json!({"path": path}).to_string().as_bytes())
