@@ -215,3 +215,66 @@ fn idle_clients_do_not_starve_the_api() {
     );
     vm.shutdown_vmm();
 }
+
+/// A guest that reboots forever writes without end to its serial file and petrel's log:
+/// under the default seccomp filters both stay bounded (the log rotates on the main thread,
+/// the serial file written from vCPU threads stops at twice its cap) and petrel survives
+/// (rotating never makes a syscall a thread's filter forbids).
+#[test]
+fn endless_guest_output_and_logs_stay_bounded_under_seccomp() {
+    require_kvm!();
+    let dir = ScratchDir::new("hostile-bounded");
+    let (log, serial) = (dir.0.join("petrel.log"), dir.0.join("serial.log"));
+    let kernel = petrel_tests::guest_image(petrel_tests::GuestKind::Pvh);
+    let mut child = Command::new(petrel_bin())
+        .arg("--kernel")
+        .arg(&kernel)
+        .args([
+            "--cmdline",
+            "action=reset",
+            "--memory",
+            "size=64M",
+            "--seccomp",
+            "true",
+        ])
+        .arg("--serial")
+        .arg(format!("file={}", serial.display()))
+        .arg("--log-file")
+        .arg(&log)
+        .env("PETREL_LOG_MAX_BYTES", "4000")
+        .env("PETREL_SERIAL_MAX_BYTES", "1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let old_log = dir.0.join("petrel.log.1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(old_log.exists() && size(&serial) >= 2000) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "petrel ended ({status}) while the guest rebooted: log {}",
+                size(&log)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rotation: log {} bytes, serial {} bytes",
+            size(&log),
+            size(&serial)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "petrel died");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        size(&log) <= 4000 && size(&old_log) <= 4000,
+        "log not bounded"
+    );
+    assert_eq!(size(&serial), 2000, "serial output past twice its cap");
+    let mode = std::fs::metadata(&serial).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "serial file mode {mode:o}");
+}

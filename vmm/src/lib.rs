@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod logger;
 pub mod machine;
 pub mod preflight;
+pub mod rotating_file;
 pub mod run;
 pub mod seccomp;
 pub mod serial_input;

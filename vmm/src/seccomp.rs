@@ -212,6 +212,9 @@ pub fn apply(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
     if mode != SeccompMode::Off {
         log::debug!("seccomp: {kind} thread filtered ({mode})");
     }
+    if mode == SeccompMode::Enforce && rules::refused(kind).contains(&libc::SYS_openat) {
+        crate::rotating_file::forbid_opening_on_this_thread();
+    }
     Ok(())
 }
 
