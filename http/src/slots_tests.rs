@@ -63,7 +63,8 @@ fn idle_clients_make_room_for_clients_with_requests() {
     let idle: Vec<UnixStream> = (0..40)
         .map(|_| UnixStream::connect(&path).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
+    // Longer than the 100 ms after which an idle connection may be closed to make room.
+    std::thread::sleep(Duration::from_millis(400));
     let client = Client::new(&path).with_timeout(Duration::from_secs(2));
     for _ in 0..20 {
         assert_eq!(client.get("/").unwrap().status, 204);
@@ -155,7 +156,7 @@ fn unauthenticated_clients_cannot_take_authenticated_slots() {
     }
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     // Idle connections are closed to make room once idle for a moment (100 ms).
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(400));
     let mut fresh = UnixStream::connect(&path).unwrap();
     assert_eq!(get(&mut fresh, "ok"), 204);
     server.shutdown();
