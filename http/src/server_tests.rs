@@ -49,6 +49,7 @@ fn echo(mut req: Request) -> Response {
 fn quick_config() -> ServerConfig {
     ServerConfig {
         read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(300),
         ..ServerConfig::default()
     }
 }
@@ -247,16 +248,20 @@ fn expect_continue() {
 #[test]
 fn connection_limit() {
     let config = ServerConfig {
-        max_connections: 2,
+        max_unauthenticated: 2,
         ..ServerConfig::default()
     };
     let (server, _client) = start("limit", config);
     let path = server.path().unwrap().to_path_buf();
+    // Two connections in the middle of a request hold both slots (idle ones would not).
     let mut a = UnixStream::connect(&path).unwrap();
-    let _b = UnixStream::connect(&path).unwrap();
-    assert_eq!(raw(&mut a, b"GET / HTTP/1.1\r\n\r\n", 1)[0].status, 200);
+    let mut b = UnixStream::connect(&path).unwrap();
+    a.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    b.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
     let mut c = UnixStream::connect(&path).unwrap();
     assert_eq!(raw(&mut c, b"", 1)[0].status, 503);
+    assert_eq!(raw(&mut a, b"\r\n", 1)[0].status, 200);
 }
 
 #[test]

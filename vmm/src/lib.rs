@@ -12,6 +12,7 @@ pub mod logger;
 pub mod machine;
 pub mod memory;
 pub mod preflight;
+pub mod rotating_file;
 pub mod run;
 pub mod seccomp;
 pub mod serial_input;

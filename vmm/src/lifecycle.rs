@@ -22,7 +22,7 @@ mod reply;
 #[cfg(test)]
 mod tests;
 
-pub use reply::{DeviceCounters, ErrorKind, Next, OpError, Reply, VmInfo, VmState};
+pub use reply::{DeviceCounters, EndReason, ErrorKind, Next, OpError, Reply, VmInfo, VmState};
 
 /// A built VM: its machine (kept across guest reboots) and, while booted, its vCPUs.
 struct Instance {
@@ -44,6 +44,8 @@ pub struct Vmm {
     shared: Arc<VcpuShared>,
     events: LifecycleEvents,
     boots: u32,
+    /// Why the last boot ended (cleared by the next boot).
+    end_reason: Option<EndReason>,
     /// Descriptors received with API calls (tap fds) that the config refers to by number.
     kept_fds: Vec<std::os::fd::OwnedFd>,
 }
@@ -69,6 +71,7 @@ impl Vmm {
             shared,
             events,
             boots: 0,
+            end_reason: None,
             kept_fds: Vec::new(),
         }
     }
@@ -184,6 +187,7 @@ impl Vmm {
         instance.running = Some(running);
         self.boots += 1;
         self.state = VmState::Running;
+        self.end_reason = None;
         log::info!(
             "guest started (boot {}, {} vCPUs, {} MiB)",
             self.boots,
@@ -213,6 +217,7 @@ impl Vmm {
         }
         self.stop();
         self.state = VmState::Shutdown;
+        self.end_reason = Some(EndReason::Shutdown);
         log::info!("VM shut down by request");
         Ok(())
     }
@@ -371,6 +376,7 @@ impl Vmm {
             state: self.state,
             memory_actual_size: cfg.memory.size.saturating_sub(balloon),
             hypervisor: self.selection.kind,
+            end_reason: self.end_reason,
         })
     }
 
@@ -450,6 +456,7 @@ impl Vmm {
             Outcome::PowerOff => {
                 self.stop();
                 self.state = VmState::Shutdown;
+                self.end_reason = Some(EndReason::PowerOff);
                 log::info!("guest powered off");
                 if exit {
                     log::info!("exiting: guest powered off");
@@ -459,6 +466,7 @@ impl Vmm {
             Outcome::Reset if self.no_reboot => {
                 self.stop();
                 self.state = VmState::Shutdown;
+                self.end_reason = Some(EndReason::Reset);
                 if exit {
                     log::info!("exiting: guest reset and --no-reboot was given");
                     return Ok(Next::Exit(0));
@@ -474,6 +482,11 @@ impl Vmm {
             Outcome::Failed(failure) => {
                 self.stop();
                 self.state = VmState::Shutdown;
+                self.end_reason = Some(if failure.is_triple_fault() {
+                    EndReason::TripleFault
+                } else {
+                    EndReason::InternalError
+                });
                 if exit {
                     return Err(failure.into());
                 }

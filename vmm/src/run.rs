@@ -4,6 +4,8 @@
 use api::{SerialMode, VmConfig};
 use hypervisor::Request;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -161,12 +163,52 @@ fn start_api(
         Ok(())
     };
     let server = match spec {
-        SocketSpec::Path(path) => Server::bind_with_init(path, config, forwarder, init),
+        SocketSpec::Path(path) => {
+            check_socket_dir(path)?;
+            // Created 0600 whatever the umask (the file never exists with a wider mode), and
+            // set again after bind in case the umask was changed by someone else meanwhile.
+            let old = set_umask(0o177);
+            let server = Server::bind_with_init(path, config, forwarder, init);
+            set_umask(old);
+            let server = server.map_err(Error::ApiSocket)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(format!("chmod 0600 {}", path.display()), e))?;
+            Ok(server)
+        }
         SocketSpec::Fd(_) => spec
             .listen()
-            .and_then(|listener| Server::start_with_init(listener, config, forwarder, init)),
-    }
-    .map_err(Error::ApiSocket)?;
+            .and_then(|listener| Server::start_with_init(listener, config, forwarder, init))
+            .map_err(Error::ApiSocket),
+    }?;
     log::info!("api: listening on {spec:?}");
     Ok((evt, rx, server))
+}
+
+/// Sets the process umask, returning the previous one.
+fn set_umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask only swaps the process's file creation mask; it cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+/// Refuses to put the API socket in a directory anyone may write to without the sticky bit:
+/// there another user could replace the socket file with their own between our bind and the
+/// client's connect. (`/tmp`, world-writable but sticky, is fine.)
+fn check_socket_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| Error::io(format!("api socket directory {}", dir.display()), e))?;
+    let mode = meta.mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(Error::io(
+            format!("api socket directory {}", dir.display()),
+            std::io::Error::other(format!(
+                "is world-writable (mode {:04o}) without the sticky bit: anyone could replace the socket; use a private directory",
+                mode & 0o7777
+            )),
+        ));
+    }
+    Ok(())
 }

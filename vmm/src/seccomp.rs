@@ -228,6 +228,13 @@ pub fn apply(kind: ThreadKind, mode: SeccompMode, backend: Backend) -> Result<()
     if mode != SeccompMode::Off {
         log::debug!("seccomp: {kind} thread filtered ({mode})");
     }
+    if mode == SeccompMode::Enforce
+        && rules::refused(kind)
+            .iter()
+            .any(|r| r.nr == libc::SYS_openat)
+    {
+        crate::rotating_file::forbid_opening_on_this_thread();
+    }
     Ok(())
 }
 

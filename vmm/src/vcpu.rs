@@ -199,6 +199,16 @@ pub fn run_vcpu(
     }
 }
 
+impl VcpuFailure {
+    /// Whether the guest triple-faulted (rather than petrel failing to run it).
+    pub fn is_triple_fault(&self) -> bool {
+        matches!(
+            self,
+            VcpuFailure::TripleFault { .. } | VcpuFailure::TripleFaultRipLost { .. }
+        )
+    }
+}
+
 /// What petrel can truly say about a triple fault. On Intel (and PVM) KVM leaves the vCPU
 /// where it faulted, so its rip is named; on AMD SVM, KVM re-initialises the VMCB on a shutdown
 /// intercept, so the registers read afterwards are the reset state (cs f000, rip fff0) and the
