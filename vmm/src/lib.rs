@@ -6,6 +6,7 @@ pub mod api_server;
 pub mod cli;
 pub mod devices;
 pub mod event_loop;
+pub mod landlock;
 pub mod logger;
 pub mod run;
 pub mod seccomp;

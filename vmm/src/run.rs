@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::api_server;
 use crate::devices::{clone_eventfd, LifecycleEvents};
 use crate::event_loop::{Controller, EventLoop, LoopInputs};
+use crate::landlock;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::signals::SignalFd;
 use crate::vcpu::VcpuShared;
@@ -135,6 +136,11 @@ pub fn run(opts: &Options) -> Result<i32> {
         shared.clone(),
     );
     let mut event_loop = EventLoop::new(controller)?;
+    if seccomp_mode == SeccompMode::Enforce && opts.api_socket.is_none() {
+        if let Some(cfg) = &opts.config {
+            restrict_files(cfg)?;
+        }
+    }
     seccomp::apply(ThreadKind::Vmm, seccomp_mode, backend)
         .map_err(|e| Error::Device(e.to_string()))?;
     seccomp::selftest_if_requested(ThreadKind::Vmm);
@@ -170,6 +176,18 @@ pub fn run(opts: &Options) -> Result<i32> {
             }
         }
     }
+}
+
+/// Limits the files the main thread may open to what `cfg` needs (see [`landlock`]); every
+/// path is known because no API socket can name others later.
+fn restrict_files(cfg: &VmConfig) -> Result<()> {
+    let rules = landlock::rules(cfg);
+    match landlock::restrict(&rules) {
+        Ok(true) => log::debug!("landlock: main thread limited to {} paths", rules.len()),
+        Ok(false) => log::warn!("landlock: not in this kernel; file access is not narrowed"),
+        Err(e) => return Err(Error::Device(crate::error_chain(&e))),
+    }
+    Ok(())
 }
 
 /// How long the API thread waits for the event loop to answer a request.
