@@ -115,6 +115,11 @@ pub trait Vm: Send + Sync {
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
     /// Raises `gsi` whenever `evt` is written.
     fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()>;
+    /// Detaches `evt` from `gsi` before the VM goes away. The hypervisor releases a closed
+    /// VM's irqfds asynchronously, and Linux (6.15+) refuses (EBUSY) to attach an eventfd that
+    /// another VM's irqfd still waits on: a VMM that boots a new VM with the same eventfds
+    /// (a guest reboot, a boot after a shutdown) detaches them first.
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()>;
     /// Writes `evt` when the guest writes to `addr` a value `datamatch` matches (width
     /// included) instead of exiting to the VMM.
     fn register_ioevent(

@@ -257,6 +257,15 @@ impl VirtioDevices {
         Ok(())
     }
 
+    /// Detaches the interrupts [`VirtioDevices::wire`] attached, before `vm` is closed.
+    pub fn unwire(&self, vm: &dyn Vm) {
+        for s in &self.slots {
+            if let Err(e) = vm.unregister_irqfd(&s.irq, s.gsi) {
+                log::warn!("{}: detaching its interrupt: {e}", s.name);
+            }
+        }
+    }
+
     /// Resets every device (before a guest reboot: the new kernel starts from scratch).
     pub fn reset_all(&self) {
         for s in &self.slots {

@@ -6,6 +6,7 @@ pub mod api_server;
 pub mod cli;
 pub mod device_manager;
 pub mod event_loop;
+pub mod landlock;
 pub mod legacy;
 pub mod lifecycle;
 pub mod logger;
@@ -63,6 +64,9 @@ pub enum Error {
     /// A thread's seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// The main thread's file access could not be narrowed.
+    #[error(transparent)]
+    Landlock(#[from] landlock::LandlockError),
     /// The API socket could not be served.
     #[error("api socket")]
     ApiSocket(#[source] petrel_http::Error),

@@ -203,6 +203,7 @@ impl Vmm {
             if let Some(running) = instance.running.take() {
                 vcpu::stop_all(running.threads, &self.shared);
                 log::debug!("vCPUs stopped");
+                instance.machine.unwire(running.vm.as_ref());
                 drop(running.vm);
                 log::debug!("VM closed");
             }

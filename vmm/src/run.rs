@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api_server;
 use crate::event_loop::{Controller, EventLoop, LoopInputs};
+use crate::landlock;
 use crate::legacy::{clone_eventfd, LifecycleEvents};
 use crate::lifecycle::{Next, Vmm};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
@@ -94,6 +95,11 @@ pub fn run(opts: &Options) -> Result<i32> {
         _ => None,
     };
     let mut event_loop = EventLoop::new(controller, serial_input)?;
+    if seccomp_mode == SeccompMode::Enforce && opts.api_socket.is_none() {
+        if let Some(cfg) = &opts.config {
+            restrict_files(cfg, opts.log_file.as_deref())?;
+        }
+    }
     seccomp::apply(ThreadKind::Vmm, seccomp_mode, backend)?;
     seccomp::selftest_if_requested(ThreadKind::Vmm);
     let mut vmm = Vmm::new(
@@ -126,6 +132,18 @@ pub fn run(opts: &Options) -> Result<i32> {
             }
         }
     }
+}
+
+/// Limits the files the main thread may open to what `cfg` needs (see [`landlock`]); every
+/// path is known because no API socket can name others later.
+fn restrict_files(cfg: &VmConfig, log_file: Option<&std::path::Path>) -> Result<()> {
+    let rules = landlock::rules(cfg, log_file);
+    match landlock::restrict(&rules) {
+        Ok(true) => log::debug!("landlock: main thread limited to {} paths", rules.len()),
+        Ok(false) => log::warn!("landlock: not in this kernel; file access is not narrowed"),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// How long the API thread waits for the event loop to answer a request.

@@ -27,8 +27,8 @@ use rules::{Cond, When};
 
 /// The environment variable that makes a thread of a debug build make one forbidden syscall
 /// right after its filter is installed: `vmm`, `vcpu` or `api`; or, with `fork`, makes the
-/// main thread try to create a process with `clone3` and log the outcome (see
-/// [`selftest_if_requested`]).
+/// main thread try to create a process with `clone3`, with `open` to open `/etc/hostname`,
+/// and log the outcome (see [`selftest_if_requested`]).
 pub const SELFTEST_ENV: &str = "PETREL_SECCOMP_SELFTEST";
 
 /// The syscall the self-test makes: harmless, and on no allow-list (debug builds only).
@@ -249,6 +249,17 @@ pub fn selftest_if_requested(kind: ThreadKind) {
         // SAFETY: getpgid(0) takes no pointers and only returns the process group id.
         let rc = unsafe { libc::syscall(SELFTEST_SYSCALL, 0) };
         log::warn!("seccomp selftest: the {kind} thread survived (getpgid returned {rc})");
+    }
+    #[cfg(debug_assertions)]
+    if kind == ThreadKind::Vmm && std::env::var(SELFTEST_ENV).is_ok_and(|v| v == "open") {
+        let r = std::fs::File::open("/etc/hostname");
+        log::warn!(
+            "seccomp selftest: the vmm thread opening /etc/hostname: {}",
+            match r {
+                Ok(_) => "opened".to_string(),
+                Err(e) => e.to_string(),
+            }
+        );
     }
     #[cfg(debug_assertions)]
     if kind == ThreadKind::Vmm && std::env::var(SELFTEST_ENV).is_ok_and(|v| v == "fork") {

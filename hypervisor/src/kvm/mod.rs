@@ -104,6 +104,12 @@ impl Vm for KvmVm {
             .map_err(|e| Error::call("KVM_IRQFD", e))
     }
 
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .unregister_irqfd(evt, gsi)
+            .map_err(|e| Error::call("KVM_IRQFD (deassign)", e))
+    }
+
     fn register_ioevent(
         &self,
         evt: &EventFd,

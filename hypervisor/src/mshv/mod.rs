@@ -416,6 +416,13 @@ impl Vm for MshvVm {
             .map_err(|e| mshv_err("MSHV_IRQFD", e))
     }
 
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()> {
+        self.shared
+            .fd
+            .unregister_irqfd(evt, gsi)
+            .map_err(|e| mshv_err("MSHV_IRQFD (deassign)", e))
+    }
+
     fn register_ioevent(
         &self,
         evt: &EventFd,

@@ -329,18 +329,10 @@ fn vmm(kick_signal: libc::c_int, backend: Backend) -> Vec<Allow> {
     ));
     // Stopping vCPUs: the kick signal to a vCPU thread.
     v.push(arg_in(libc::SYS_tgkill, 2, &[c(kick_signal)]));
-    // Sockets: AF_UNIX of any type; AF_INET datagram sockets only to bring a tap up
-    // (SIOCGIFFLAGS/SIOCSIFFLAGS).
-    v.push(Allow {
-        nr: libc::SYS_socket,
-        when: When::AnyOf(vec![
-            vec![Cond::Eq(0, c(libc::AF_UNIX))],
-            vec![
-                Cond::Eq(0, c(libc::AF_INET)),
-                Cond::MaskedEq(1, 0xf, c(libc::SOCK_DGRAM)),
-            ],
-        ]),
-    });
+    // Sockets: AF_UNIX only (hybrid vsock, the API socket, and the interface ioctls that
+    // bring a tap up, which work on a socket of any family): no internet socket, so a
+    // compromised main thread cannot reach the network.
+    v.push(arg_in(libc::SYS_socket, 0, &[c(libc::AF_UNIX)]));
     v.push(ioctls(&hypervisor_ioctls(backend)));
     v.push(ioctls(&[
         // Taps: open by name or adopt a passed descriptor, vnet header size, bring it up.

@@ -152,10 +152,22 @@ fn dangerous_and_selftest_syscalls_are_on_no_list() {
     }
     let tun = libc::TUNSETIFF;
     let dgram = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
-    assert!(allows(
+    // No internet socket of any kind (the tap is brought up through a Unix socket).
+    assert!(!allows(
         ThreadKind::Vmm,
         libc::SYS_socket,
         &[libc::AF_INET as u64, dgram, 0]
+    ));
+    let stream = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
+    assert!(!allows(
+        ThreadKind::Vmm,
+        libc::SYS_socket,
+        &[libc::AF_INET as u64, stream, 0]
+    ));
+    assert!(allows(
+        ThreadKind::Vmm,
+        libc::SYS_socket,
+        &[libc::AF_UNIX as u64, dgram, 0]
     ));
     assert!(allows(ThreadKind::Vmm, libc::SYS_ioctl, &[3, tun]));
     let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
