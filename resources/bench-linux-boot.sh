@@ -39,6 +39,8 @@ if ring0_native target/release/petrel "$guest"; then
     exec target/release/petrel-bench --workloads linux-boot "${peers[@]}" "${args[@]}" --out "$dest"
 fi
 
+# Boots under TCG take tens of seconds: a longer per-run timeout unless one was given.
+case " ${args[*]:-} " in *" --timeout"*) ;; *) args+=(--timeout 300) ;; esac
 out="$(mktemp -d /tmp/petrel-bench-l1.XXXXXX)"
 env_label="nested KVM: L2 guests under L1 $(cat "$(resources/nested/build-l1-kit.sh | tail -n 1)/kernel-version") with kvm_amd, in QEMU $(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([^ ]*\).*/\1/p') TCG -cpu max on $(uname -r); timings are TCG's: compare ratios only"
 cat >"$out/run.sh" <<SCRIPT

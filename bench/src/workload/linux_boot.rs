@@ -12,9 +12,9 @@
 //! the nested KVM of the Linux tests (the report's host line says so). petrel, QEMU
 //! (`-M microvm,acpi=on`), Firecracker (the initramfs as `initrd_path`) and Cloud Hypervisor
 //! (`--initramfs`) run it. The kit's init powers off with `poweroff -f` and, where that does
-//! nothing (Firecracker has no ACPI sleep register), resets after a second (`reboot=k`: the
-//! i8042 reset Firecracker exits on), so Firecracker's `process exit` includes that second:
-//! compare its `PETREL-INIT-OK` time.
+//! Firecracker has no ACPI sleep register (its guest would only halt), so its guest gets
+//! `petrel.shutdown=reboot` and ends with `reboot -f` instead (`reboot=k`: the i8042 reset
+//! Firecracker exits on).
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -119,11 +119,15 @@ impl LinuxBoot {
     /// Arguments booting the kit on `vmm`: its usual line plus the initramfs (and, for
     /// petrel, `--no-reboot` so that a panic ends the process).
     fn args(&self, kit: &LinuxKit, vmm: &Vmm, scratch: &Path) -> io::Result<Vec<OsString>> {
+        let cmdline = match vmm.kind {
+            VmmKind::Firecracker => format!("{CMDLINE} petrel.shutdown=reboot"),
+            _ => CMDLINE.to_string(),
+        };
         let guest = GuestSpec {
             kernel: kit.vmlinux.clone(),
             cpus: self.cpus,
             memory_mib: self.memory_mib,
-            cmdline: CMDLINE.to_string(),
+            cmdline,
         };
         let mut a = vmm.args(&guest, scratch)?;
         match vmm.kind {
