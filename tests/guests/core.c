@@ -41,6 +41,7 @@ enum action {
 	ACT_BENCH_VSOCK,
 	ACT_POWER_BUTTON,
 	ACT_COUNT,
+	ACT_CTRL_ALT_DEL,
 	ACT_UNKNOWN
 };
 
@@ -348,6 +349,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_POWER_BUTTON;
 			else if (token_is(v, vl, "count"))
 				o->action = ACT_COUNT;
+			else if (token_is(v, vl, "ctrl-alt-del"))
+				o->action = ACT_CTRL_ALT_DEL;
 			else if (starts_with(v, "exits=")) {
 				o->action = ACT_POWEROFF;
 				o->have_exits = 1;
@@ -444,6 +447,12 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 		cmos_write(0x34, 0);
 		printk("PETREL-GUEST: poweroff (second boot)\n");
 		power_off(a);
+		break;
+	case ACT_CTRL_ALT_DEL:
+		count_until_ctrl_alt_del();
+		printk("PETREL-GUEST: ctrl-alt-del\n");
+		printk("PETREL-GUEST: reset\n");
+		reset();
 		break;
 	case ACT_HALT:
 		printk("PETREL-GUEST: halt\n");

@@ -216,6 +216,7 @@ pub fn start(
         fc.apply_config(cfg.clone())?;
         if boots {
             fc.instance_start(vmm, event_loop)?;
+            fc.flush_metrics(vmm)?;
         }
     }
     Ok(())

@@ -152,8 +152,6 @@ pub fn totals(
         json!({
             "process_startup_time_us": startup_us,
             "process_startup_time_cpu_us": 0,
-            "sync_response_fails": 0,
-            "sync_vmm_send_timeout_count": 0,
         }),
     );
     for section in ["block", "net", "vsock", "entropy"] {

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::event_loop::EventLoop;
-use crate::lifecycle::{Next, Reply, VmState, Vmm};
+use crate::lifecycle::{Next, VmState, Vmm};
 
 pub mod cli;
 pub mod metrics;
@@ -297,13 +297,14 @@ impl FcApi {
         Ok(())
     }
 
-    /// Writes a metrics line now (`FlushMetrics`).
+    /// Writes a metrics line now (`FlushMetrics`); nothing to do without a metrics path (as
+    /// Firecracker, which answers 204 then).
     pub fn flush_metrics(&mut self, vmm: &Vmm) -> FcResult<()> {
         let devices = vmm.counters().unwrap_or_default();
         let totals = metrics::totals(&devices, &self.api_counts, self.startup_us);
         match self.metrics.as_mut() {
             Some(sink) => sink.flush(totals),
-            None => Err("Metrics error: The metrics system is not initialized.".into()),
+            None => Ok(()),
         }
     }
 
@@ -496,6 +497,16 @@ impl FcApi {
                 if self.config.balloon.is_none() {
                     return Err("Balloon config error: No balloon device found.".into());
                 }
+                let active = vmm
+                    .machine()
+                    .and_then(|m| m.virtio.balloon.as_ref())
+                    .is_some_and(|b| {
+                        use devices::virtio::VirtioDevice;
+                        b.lock().unwrap_or_else(|e| e.into_inner()).is_activated()
+                    });
+                if !active {
+                    return Err("Balloon update error: Balloon: Device not activated yet.".into());
+                }
                 vmm.set_balloon(u64::from(p.amount_mib) << 20)
                     .map_err(|e| format!("Balloon update error: {e}"))?;
                 ok()
@@ -515,19 +526,28 @@ impl FcApi {
             }
             (Put, ["logger"]) => {
                 let l = body(req)?;
+                pre_boot(vmm)?;
                 self.put_logger(l)?;
                 ok()
             }
             (Put, ["metrics"]) => {
                 let m = body(req)?;
+                pre_boot(vmm)?;
                 self.put_metrics(m)?;
                 ok()
             }
             (Put, ["actions"]) => {
                 let a: Action = body(req)?;
                 match a.action_type {
-                    ActionType::InstanceStart => self.instance_start(vmm, event_loop)?,
-                    ActionType::FlushMetrics => self.flush_metrics(vmm)?,
+                    ActionType::InstanceStart => {
+                        self.instance_start(vmm, event_loop)?;
+                        // Firecracker writes a metrics line as the microVM starts.
+                        self.flush_metrics(vmm)?;
+                    }
+                    ActionType::FlushMetrics => {
+                        post_boot(vmm)?;
+                        self.flush_metrics(vmm)?;
+                    }
                     ActionType::SendCtrlAltDel => {
                         post_boot(vmm)?;
                         let Some(machine) = vmm.machine() else {
@@ -611,9 +631,4 @@ impl FcApi {
         }
         Ok(Response::json(200, &serde_json::Value::Object(out)))
     }
-}
-
-/// Whether a reply the `Vmm` gave is a success the dialect answers 204 to.
-pub fn is_done(reply: &Reply) -> bool {
-    matches!(reply, Reply::Done | Reply::Added(_))
 }

@@ -355,15 +355,11 @@ pub struct Balloon {
     #[serde(default)]
     pub stats_polling_interval_s: u16,
     /// Free page hinting (petrel: only off).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub free_page_hinting: bool,
     /// Free page reporting (petrel: only off).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub free_page_reporting: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !b
 }
 
 /// `PATCH /balloon`.
@@ -517,6 +513,8 @@ pub fn full_config_json(cfg: &FcConfig) -> serde_json::Value {
         "network-interfaces": cfg.network_interfaces,
         "vsock": cfg.vsock,
         "entropy": cfg.entropy,
+        "pmem": [],
+        "memory-hotplug": null,
     })
 }
 
