@@ -21,7 +21,7 @@ usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH] [--qemu PA
   --timeout SECS           per-run timeout (default 60)
   --out DIR                results directory (default: <workspace>/results/<UTC timestamp>)
   --workloads LIST         comma-separated workloads to run (default: all): guest-life,
-                           memory, exit-cost, api-ready, create-rate, blk, rng, net
+                           memory, exit-cost, api-ready, fc-start, create-rate, blk, rng, net
 ";
 
 /// Parsed options.
