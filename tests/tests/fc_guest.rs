@@ -364,3 +364,86 @@ fn patch_vm_pauses_and_resumes_the_guest() {
     let status = vmm.wait_exit(TIMEOUT);
     assert!(status.is_some_and(|s| s.success()), "{}", vmm.dump());
 }
+
+#[test]
+fn patch_drive_path_swaps_the_backing_file_under_the_guest() {
+    require_kvm!();
+    let kernel = petrel_tests::guest_image(GuestKind::Pvh);
+    for which in vmms() {
+        let dir = ScratchDir::new(&dir_name(which, "swap"));
+        let placeholder = dir.0.join("placeholder.img");
+        let real = dir.0.join("real.img");
+        std::fs::File::create(&placeholder)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        std::fs::File::create(&real)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let mut vmm = Vmm::spawn(which, &dir.0, &[]);
+        assert!(
+            vmm.wait_api(Duration::from_secs(10)),
+            "{which:?}: no API\n{}",
+            vmm.dump()
+        );
+        let calls = [
+            (
+                "/boot-source",
+                json!({"kernel_image_path": kernel, "boot_args": "action=virtio-blk-swap"}),
+            ),
+            (
+                "/machine-config",
+                json!({"vcpu_count": 1, "mem_size_mib": 64}),
+            ),
+            (
+                "/drives/ph",
+                json!({"drive_id": "ph", "path_on_host": placeholder, "is_root_device": false}),
+            ),
+            ("/actions", json!({"action_type": "InstanceStart"})),
+        ];
+        for (path, body) in calls {
+            let r = vmm.call(Put, path, Some(&body.to_string()));
+            assert_eq!(
+                r.status,
+                204,
+                "{which:?} PUT {path}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+        assert!(
+            vmm.wait_for(TIMEOUT, |o| o
+                .contains("VIRTIO: blk swap-wait capacity=2048")),
+            "{which:?}: the guest did not bind the placeholder\n{}",
+            vmm.dump()
+        );
+        let patch = json!({"drive_id": "ph", "path_on_host": real}).to_string();
+        let r = vmm.call(petrel_http::Method::Patch, "/drives/ph", Some(&patch));
+        assert_eq!(
+            r.status,
+            204,
+            "{which:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let status = vmm.wait_exit(TIMEOUT);
+        let out = vmm.stdout();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{which:?}\n{}",
+            vmm.dump()
+        );
+        has(&out, which, "VIRTIO: blk swapped capacity=8192");
+        has(&out, which, "VIRTIO: blk write-read ok");
+        let new = std::fs::read(&real).unwrap();
+        assert_eq!(
+            &new[512..523],
+            b"PETREL-BLK-",
+            "{which:?}: the write went to the new file"
+        );
+        let old = std::fs::read(&placeholder).unwrap();
+        assert!(
+            old.iter().all(|&b| b == 0),
+            "{which:?}: the placeholder was written"
+        );
+    }
+}

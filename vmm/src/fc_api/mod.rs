@@ -442,7 +442,7 @@ impl FcApi {
                     return Err("The id from the path does not match the id from the body!".into());
                 }
                 post_boot(vmm)?;
-                self.patch_drive(p)?;
+                self.patch_drive(vmm, p)?;
                 ok()
             }
             (Put, ["network-interfaces", id]) => {
@@ -588,24 +588,60 @@ impl FcApi {
         }
     }
 
-    /// `PATCH /drives/{id}` after start: only a change that leaves the drive as it is.
-    fn patch_drive(&mut self, p: DrivePatch) -> FcResult<()> {
-        let Some(drive) = self.config.drives.iter().find(|d| d.drive_id == p.drive_id) else {
+    /// `PATCH /drives/{id}` after start: a new `path_on_host` replaces the disk's backing file
+    /// (the guest gets a configuration-change interrupt with the new capacity), as Kata's
+    /// driver does to swap its placeholder drives; a rate limiter change is refused.
+    fn patch_drive(&mut self, vmm: &Vmm, p: DrivePatch) -> FcResult<()> {
+        let Some(drive) = self
+            .config
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == p.drive_id)
+        else {
             return Err(format!(
                 "Drive config error: No drive with id {} was found",
                 p.drive_id
             ));
         };
-        let same_path = p.path_on_host.is_none() || p.path_on_host == drive.path_on_host;
-        let same_limiter = p.rate_limiter.is_none() || p.rate_limiter == drive.rate_limiter;
-        if same_path && same_limiter {
-            return Ok(());
+        if p.rate_limiter.is_some() && p.rate_limiter != drive.rate_limiter {
+            return Err(format!(
+                "Drive update error: {}: petrel cannot change a drive's rate limiter after start \
+                 yet",
+                p.drive_id
+            ));
         }
-        Err(format!(
-            "Drive update error: {}: petrel cannot change a drive's path_on_host or rate limiter \
-             after start yet",
+        let Some(path) = p
+            .path_on_host
+            .filter(|new| Some(new) != drive.path_on_host.as_ref())
+        else {
+            return Ok(());
+        };
+        let Some((_, block)) = vmm
+            .machine()
+            .and_then(|m| m.virtio.disks.iter().find(|(name, _)| *name == p.drive_id))
+        else {
+            return Err(format!(
+                "Drive update error: {}: the drive has no device",
+                p.drive_id
+            ));
+        };
+        let sectors = block
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace_disk(std::path::Path::new(&path))
+            .map_err(|e| {
+                format!(
+                    "Drive update error: {}: {}",
+                    p.drive_id,
+                    crate::error_chain(&e)
+                )
+            })?;
+        log::info!(
+            "drive {}: backing file now {path} ({sectors} sectors)",
             p.drive_id
-        ))
+        );
+        drive.path_on_host = Some(path);
+        Ok(())
     }
 
     fn balloon_statistics(&self, vmm: &Vmm) -> FcResult<Response> {
