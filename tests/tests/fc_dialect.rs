@@ -464,6 +464,14 @@ fn bad_input_is_a_400_with_fault_message() {
         let r = vmm.call(*method, path, Some(body));
         assert_fault(&r, &format!("{} {path} {body}", method.as_str()));
     }
+    // A log FIFO nobody reads: refused at once (as Firecracker), not an API that hangs.
+    let fifo = dir.0.join("log.fifo");
+    let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let body = json!({"log_path": fifo, "level": "Info"}).to_string();
+    let r = vmm.call(Put, "/logger", Some(&body));
+    assert_fault(&r, "PUT /logger to a FIFO without a reader");
     // Still serving after all of them.
     assert_eq!(vmm.call(Get, "/", None).status, 200);
     assert!(!vmm.exited(), "petrel ended\n{}", vmm.dump());

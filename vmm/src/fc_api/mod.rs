@@ -264,6 +264,17 @@ impl FcApi {
             return Err("Logger error: petrel cannot filter the log by module".into());
         }
         let path = l.log_path.as_deref().map(std::path::Path::new);
+        if let Some(path) = path {
+            // As Firecracker: opened without blocking, so a FIFO with no reader is an error
+            // rather than an API that hangs; with a reader, the logger's own open returns at once.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| format!("Logger error: Failed to open the log file: {e}"))?;
+        }
         crate::logger::configure(level, path, Some(&self.id))
             .map_err(|e| format!("Logger error: Failed to open the log file: {e}"))?;
         self.config.logger = Some(l);
