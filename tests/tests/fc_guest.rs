@@ -121,8 +121,35 @@ fn config_file_entropy_reaches_the_guest() {
     require_kvm!();
     for which in vmms() {
         let dir = ScratchDir::new(&dir_name(which, "rng"));
-        let out = boot_config_file(which, &dir.0, json!({"entropy": {}}), "virtio-rng");
+        // Firecracker wants the log and metrics files to exist.
+        let log = dir.0.join("vmm.log");
+        let metrics = dir.0.join("metrics.json");
+        std::fs::File::create(&log).unwrap();
+        std::fs::File::create(&metrics).unwrap();
+        let config = json!({
+            "entropy": {},
+            "logger": {"log_path": log, "level": "Info"},
+            "metrics": {"metrics_path": metrics},
+        });
+        let out = boot_config_file(which, &dir.0, config, "virtio-rng");
         has(&out, which, "VIRTIO: rng bytes=32");
+        let log_text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !log_text.trim().is_empty(),
+            "{which:?}: nothing in the log file"
+        );
+        // A metrics line at start, in JSON, with the entropy device's section.
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("{which:?}: no metrics line"));
+        let line: Value = serde_json::from_str(first).unwrap();
+        assert!(
+            line["utc_timestamp_ms"].as_u64().is_some(),
+            "{which:?}: {line}"
+        );
+        assert!(line["entropy"].is_object(), "{which:?}: {line}");
     }
 }
 

@@ -188,6 +188,7 @@ impl FcApi {
             api::parse_mac(mac)
                 .map_err(|e| format!("Network interface config error: guest_mac: {e}"))?;
         }
+        n.rate_limiter()?;
         if let Some(other) = self
             .config
             .network_interfaces

@@ -275,8 +275,11 @@ pub struct NetIface {
     /// The tap device's name.
     pub host_dev_name: String,
     /// The guest's MAC address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub guest_mac: Option<String>,
+    /// The guest's MTU (petrel: not set, the guest's default).
+    #[serde(default)]
+    pub mtu: Option<u16>,
     /// Guest-bound traffic limiter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiter>,
@@ -300,8 +303,16 @@ pub struct NetIfacePatch {
 }
 
 impl NetIface {
-    /// petrel's net device has one limiter for both directions.
-    fn rate_limiter(&self) -> Result<Option<RateLimiterConfig>, String> {
+    /// petrel's net config has one limiter, applied to both directions: the two must be
+    /// equal (or both absent), never silently widened to the other direction.
+    pub fn rate_limiter(&self) -> Result<Option<RateLimiterConfig>, String> {
+        if self.mtu.is_some() {
+            return Err(format!(
+                "Network interface config error: {}: mtu: petrel does not set the guest's MTU \
+                 yet (leave it out)",
+                self.iface_id
+            ));
+        }
         let rx = self
             .rx_rate_limiter
             .as_ref()
@@ -310,14 +321,14 @@ impl NetIface {
             .tx_rate_limiter
             .as_ref()
             .and_then(RateLimiter::to_petrel);
-        match (rx, tx) {
-            (Some(rx), Some(tx)) if rx != tx => Err(format!(
+        if rx != tx {
+            return Err(format!(
                 "Network interface config error: {}: petrel's net rate limiter covers both \
-                 directions; rx_rate_limiter and tx_rate_limiter must be equal",
+                 directions; give rx_rate_limiter and tx_rate_limiter equal, or neither",
                 self.iface_id
-            )),
-            (rx, tx) => Ok(tx.or(rx)),
+            ));
         }
+        Ok(tx)
     }
 }
 
