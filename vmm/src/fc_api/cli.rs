@@ -29,6 +29,8 @@ pub struct FcLaunch {
     pub metrics_path: Option<String>,
     /// `--boot-timer`.
     pub boot_timer: bool,
+    /// `--no-api`: the config file must start the microVM.
+    pub no_api: bool,
 }
 
 /// Whether these arguments (program name first) select the Firecracker dialect: the program
@@ -171,9 +173,18 @@ pub fn parse(args: &[String]) -> Result<FcCommand, String> {
         }
     }
     if no_api {
-        if launch.config.is_none() {
-            return Err("--no-api needs --config-file (nothing could start the microVM)".into());
+        if !launch
+            .config
+            .as_ref()
+            .is_some_and(|c| c.boot_source.is_some())
+        {
+            return Err(
+                "--no-api needs --config-file with a boot-source (nothing else could start the \
+                 microVM)"
+                    .into(),
+            );
         }
+        launch.no_api = true;
         api_sock = None;
     }
     let log_level = logger.level.as_deref().map(parse_level).transpose()?;
