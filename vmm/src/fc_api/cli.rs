@@ -173,10 +173,10 @@ pub fn parse(args: &[String]) -> Result<FcCommand, String> {
         }
     }
     if no_api {
-        if !launch
+        if launch
             .config
             .as_ref()
-            .is_some_and(|c| c.boot_source.is_some())
+            .is_none_or(|c| c.boot_source.is_none())
         {
             return Err(
                 "--no-api needs --config-file with a boot-source (nothing else could start the \
