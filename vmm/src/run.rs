@@ -89,7 +89,10 @@ pub fn run(opts: &Options) -> Result<i32> {
     };
     // Firecracker's periodic metrics: a timer thread wakes the loop as the API does.
     let api_evt = match (&opts.firecracker, api_evt) {
-        (Some(_), evt) => Some(crate::fc_api::metrics::start_ticker(evt)?),
+        (Some(_), evt) => Some(crate::fc_api::metrics::start_ticker(
+            evt,
+            crate::fc_api::metrics::PERIOD,
+        )?),
         (None, evt) => evt,
     };
     let controller = Controller::new(

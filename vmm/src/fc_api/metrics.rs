@@ -195,10 +195,11 @@ pub fn totals(
 }
 
 /// Starts the thread that writes `evt` (the API eventfd, or a new one without an API) every
-/// [`PERIOD`], so the event loop looks whether a metrics line is due; returns the eventfd the
-/// loop watches.
+/// `period` ([`PERIOD`]), so the event loop looks whether a metrics line is due; returns the
+/// eventfd the loop watches.
 pub fn start_ticker(
     evt: Option<vmm_sys_util::eventfd::EventFd>,
+    period: Duration,
 ) -> crate::Result<vmm_sys_util::eventfd::EventFd> {
     let evt = match evt {
         Some(evt) => evt,
@@ -209,7 +210,7 @@ pub fn start_ticker(
     std::thread::Builder::new()
         .name("fc_metrics".into())
         .spawn(move || loop {
-            std::thread::sleep(PERIOD);
+            std::thread::sleep(period);
             if tick.write(1).is_err() {
                 return;
             }
@@ -253,6 +254,20 @@ mod tests {
         assert!(lines[1]["utc_timestamp_ms"].as_u64().unwrap() > 0);
         assert_eq!(lines[1]["net"]["tx_bytes_count"], 0);
         let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn the_ticker_wakes_the_loop_periodically() {
+        let evt = start_ticker(None, Duration::from_millis(20)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut wakes = 0;
+        while wakes < 2 && Instant::now() < deadline {
+            if evt.read().is_ok() {
+                wakes += 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(wakes, 2, "the ticker did not write its eventfd twice");
     }
 
     #[test]
