@@ -328,6 +328,11 @@ fn same_answers_as_firecracker_before_and_after_start() {
         }
     }
 
+    // The first line (written at InstanceStart) counts the six PUT /drives, four refused.
+    assert_eq!(plines[0]["put_api_requests"]["drive_count"], 6, "{}", plines[0]);
+    assert_eq!(plines[0]["put_api_requests"]["drive_fails"], 4, "{}", plines[0]);
+    // The second counts only what came after it.
+    assert_eq!(plines[1]["put_api_requests"]["drive_count"], 1, "{}", plines[1]);
     let Some(_) = fc_support::firecracker_bin() else {
         petrel_tests::skip("the Firecracker binary is absent: petrel checked alone, no comparison");
         return;
@@ -346,7 +351,16 @@ fn same_answers_as_firecracker_before_and_after_start() {
     let (Some(p), Some(f)) = (plines.last(), flines.last()) else {
         panic!("no metrics lines from Firecracker");
     };
-    for section in ["api_server", "block", "net", "vsock", "entropy"] {
+    for section in [
+        "api_server",
+        "block",
+        "net",
+        "vsock",
+        "entropy",
+        "get_api_requests",
+        "put_api_requests",
+        "patch_api_requests",
+    ] {
         let Some(Value::Object(pfields)) = p.get(section) else {
             continue;
         };

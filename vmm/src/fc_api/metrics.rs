@@ -8,6 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use petrel_http::Method;
 use serde_json::{json, Map, Value};
 
 use crate::lifecycle::DeviceCounters;
@@ -51,6 +52,98 @@ const ENTROPY: &[(&str, &str)] = &[
 
 /// Fields that are values, not counters: written as they are.
 const GAUGES: &[&str] = &["utc_timestamp_ms", "process_startup_time_us"];
+
+/// Firecracker's request counters: (method, first path segment) → (section, counter name,
+/// whether failures are counted too).
+const REQUESTS: &[(Method, &str, &str, &str, bool)] = &[
+    (Method::Get, "", "get_api_requests", "instance_info", false),
+    (
+        Method::Get,
+        "machine-config",
+        "get_api_requests",
+        "machine_cfg",
+        false,
+    ),
+    (Method::Get, "mmds", "get_api_requests", "mmds", false),
+    (
+        Method::Get,
+        "version",
+        "get_api_requests",
+        "vmm_version",
+        false,
+    ),
+    (Method::Put, "actions", "put_api_requests", "actions", true),
+    (
+        Method::Put,
+        "boot-source",
+        "put_api_requests",
+        "boot_source",
+        true,
+    ),
+    (
+        Method::Put,
+        "cpu-config",
+        "put_api_requests",
+        "cpu_cfg",
+        true,
+    ),
+    (Method::Put, "drives", "put_api_requests", "drive", true),
+    (Method::Put, "logger", "put_api_requests", "logger", true),
+    (
+        Method::Put,
+        "machine-config",
+        "put_api_requests",
+        "machine_cfg",
+        true,
+    ),
+    (Method::Put, "metrics", "put_api_requests", "metrics", true),
+    (Method::Put, "mmds", "put_api_requests", "mmds", true),
+    (
+        Method::Put,
+        "network-interfaces",
+        "put_api_requests",
+        "network",
+        true,
+    ),
+    (Method::Put, "vsock", "put_api_requests", "vsock", true),
+    (Method::Patch, "drives", "patch_api_requests", "drive", true),
+    (
+        Method::Patch,
+        "machine-config",
+        "patch_api_requests",
+        "machine_cfg",
+        true,
+    ),
+    (Method::Patch, "mmds", "patch_api_requests", "mmds", true),
+    (
+        Method::Patch,
+        "network-interfaces",
+        "patch_api_requests",
+        "network",
+        true,
+    ),
+];
+
+/// The counter a request counts in, if Firecracker's metrics have one.
+pub fn request_counter(method: Method, route: &str) -> Option<(&'static str, &'static str, bool)> {
+    REQUESTS
+        .iter()
+        .find(|(m, r, ..)| *m == method && *r == route)
+        .map(|&(_, _, group, key, fails)| (group, key, fails))
+}
+
+/// Every request counter at zero, so that each line has all of them.
+pub fn request_counters() -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for &(_, _, group, key, fails) in REQUESTS {
+        let counts = out.entry(group.to_string()).or_default();
+        counts.insert(format!("{key}_count"), 0);
+        if fails {
+            counts.insert(format!("{key}_fails"), 0);
+        }
+    }
+    out
+}
 
 /// The metrics destination and what was last reported.
 pub struct MetricsSink {

@@ -99,7 +99,7 @@ impl FcApi {
             id: id.to_string(),
             config: FcConfig::default(),
             metrics: None,
-            api_counts: BTreeMap::new(),
+            api_counts: metrics::request_counters(),
             startup_us: crate::logger::start_time().elapsed().as_micros() as u64,
         }
     }
@@ -333,12 +333,15 @@ impl FcApi {
         }
     }
 
+    /// Counts a request in Firecracker's request metrics (`put_api_requests.drive_count`…);
+    /// routes those metrics do not name are not counted.
     fn count(&mut self, method: Method, route: &str, ok: bool) {
-        let group = format!("{}_api_requests", method.as_str().to_ascii_lowercase());
-        let key = route.replace(['-', '/'], "_");
-        let counts = self.api_counts.entry(group).or_default();
+        let Some((group, key, fails)) = metrics::request_counter(method, route) else {
+            return;
+        };
+        let counts = self.api_counts.entry(group.to_string()).or_default();
         *counts.entry(format!("{key}_count")).or_default() += 1;
-        if !ok {
+        if fails && !ok {
             *counts.entry(format!("{key}_fails")).or_default() += 1;
         }
     }
@@ -355,15 +358,7 @@ impl FcApi {
         log::info!("api: {} /{path}", method.as_str());
         let result = self.route(vmm, event_loop, &req, &path);
         let route = path.split('/').next().unwrap_or("");
-        self.count(
-            method,
-            if route.is_empty() {
-                "instance_info"
-            } else {
-                route
-            },
-            result.is_ok(),
-        );
+        self.count(method, route, result.is_ok());
         match result {
             Ok(response) => (response, Next::Continue),
             Err(message) => {
