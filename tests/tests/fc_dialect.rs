@@ -329,10 +329,22 @@ fn same_answers_as_firecracker_before_and_after_start() {
     }
 
     // The first line (written at InstanceStart) counts the six PUT /drives, four refused.
-    assert_eq!(plines[0]["put_api_requests"]["drive_count"], 6, "{}", plines[0]);
-    assert_eq!(plines[0]["put_api_requests"]["drive_fails"], 4, "{}", plines[0]);
+    assert_eq!(
+        plines[0]["put_api_requests"]["drive_count"], 6,
+        "{}",
+        plines[0]
+    );
+    assert_eq!(
+        plines[0]["put_api_requests"]["drive_fails"], 4,
+        "{}",
+        plines[0]
+    );
     // The second counts only what came after it.
-    assert_eq!(plines[1]["put_api_requests"]["drive_count"], 1, "{}", plines[1]);
+    assert_eq!(
+        plines[1]["put_api_requests"]["drive_count"], 1,
+        "{}",
+        plines[1]
+    );
     let Some(_) = fc_support::firecracker_bin() else {
         petrel_tests::skip("the Firecracker binary is absent: petrel checked alone, no comparison");
         return;
@@ -501,6 +513,17 @@ fn bad_input_is_a_400_with_fault_message() {
     let body = json!({"log_path": fifo, "level": "Info"}).to_string();
     let r = vmm.call(Put, "/logger", Some(&body));
     assert_fault(&r, "PUT /logger to a FIFO without a reader");
+    // A logger that names where each line comes from.
+    let log = dir.0.join("vmm.log");
+    let body = json!({"log_path": log, "level": "Info", "show_log_origin": true}).to_string();
+    assert_eq!(vmm.call(Put, "/logger", Some(&body)).status, 204);
+    vmm.call(Get, "/version", None);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("fc_api/mod.rs:") && l.contains("GET /version")),
+        "no log line with its origin in\n{text}"
+    );
     // Still serving after all of them.
     assert_eq!(vmm.call(Get, "/", None).status, 200);
     assert!(!vmm.exited(), "petrel ended\n{}", vmm.dump());

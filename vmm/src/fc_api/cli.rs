@@ -31,6 +31,8 @@ pub struct FcLaunch {
     pub boot_timer: bool,
     /// `--no-api`: the config file must start the microVM.
     pub no_api: bool,
+    /// `--show-log-origin`.
+    pub show_log_origin: bool,
 }
 
 /// Whether these arguments (program name first) select the Firecracker dialect: the program
@@ -135,7 +137,8 @@ pub fn parse(args: &[String]) -> Result<FcCommand, String> {
                 logger.level = Some(level);
             }
             "--show-level" => logger.show_level = Some(true),
-            "--show-log-origin" => logger.show_log_origin = Some(true),
+            // petrel's lines always show the level.
+            "--show-log-origin" => launch.show_log_origin = true,
             "--metrics-path" => launch.metrics_path = Some(value()?),
             "--boot-timer" => launch.boot_timer = true,
             "--no-seccomp" => seccomp = SeccompMode::Off,
@@ -244,16 +247,21 @@ pub fn main(args: &[String]) -> i32 {
             println!("{}", usage());
             0
         }
-        Ok(FcCommand::Run(opts)) => match crate::run::run(&opts) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!(
-                    "petrel (firecracker dialect): error: {}",
-                    crate::error_chain(&e)
-                );
-                1
+        Ok(FcCommand::Run(opts)) => {
+            if opts.firecracker.as_ref().is_some_and(|l| l.show_log_origin) {
+                crate::logger::show_origin(true);
             }
-        },
+            match crate::run::run(&opts) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!(
+                        "petrel (firecracker dialect): error: {}",
+                        crate::error_chain(&e)
+                    );
+                    1
+                }
+            }
+        }
         Err(msg) => {
             eprintln!("petrel (firecracker dialect): {msg}");
             1

@@ -276,6 +276,9 @@ impl FcApi {
                 .open(path)
                 .map_err(|e| format!("Logger error: Failed to open the log file: {e}"))?;
         }
+        if let Some(on) = l.show_log_origin {
+            crate::logger::show_origin(on);
+        }
         crate::logger::configure(level, path, Some(&self.id))
             .map_err(|e| format!("Logger error: Failed to open the log file: {e}"))?;
         self.config.logger = Some(l);
