@@ -258,6 +258,7 @@ struct options {
 	enum action action;
 	int have_exits;
 	u64 exits;
+	u16 exit_port;
 	const char *action_name;
 	u32 action_len;
 };
@@ -292,6 +293,7 @@ static void parse_cmdline(const char *c, struct options *o)
 	o->action = ACT_POWEROFF;
 	o->have_exits = 0;
 	o->exits = 0;
+	o->exit_port = 0x80;
 	o->action_name = "poweroff";
 	o->action_len = 8;
 	for (u32 n = 0; *c && n < CMDLINE_MAX; n++) {
@@ -305,6 +307,8 @@ static void parse_cmdline(const char *c, struct options *o)
 		if (starts_with(c, "exits=")) {
 			o->have_exits = 1;
 			o->exits = parse_dec(c + 6, len - 6);
+		} else if (starts_with(c, "exitport=")) {
+			o->exit_port = (u16)parse_dec(c + 9, len - 9);
 		} else if (starts_with(c, "action=")) {
 			const char *v = c + 7;
 			u32 vl = len - 7;
@@ -368,6 +372,17 @@ static void parse_cmdline(const char *c, struct options *o)
 
 /* ---- actions ---- */
 
+static void reset(void)
+{
+	outb(0x64, 0xfe);
+	halt_forever();
+}
+
+/*
+ * ACPI S5 through the FADT sleep control register (or PM1a control). Without either
+ * (Firecracker has no ACPI sleep register), an i8042 reset instead, which such VMMs treat as
+ * the end of the VM; the `PETREL-GUEST: poweroff` line the caller printed still holds.
+ */
 static void power_off(const struct acpi_info *a)
 {
 	u32 typ = a->s5 >= 0 ? (u32)a->s5 : 0;
@@ -380,16 +395,8 @@ static void power_off(const struct acpi_info *a)
 	} else if (a->pm1a_cnt) {
 		outw((u16)a->pm1a_cnt, (u16)(((typ & 7) << 10) | (1 << 13)));
 	} else {
-		/* No ACPI sleep register (Firecracker): the i8042 reset ends such VMMs. */
-		printk("PETREL-GUEST: no ACPI sleep register, i8042 reset\n");
-		outb(0x64, 0xfe);
+		reset();
 	}
-	halt_forever();
-}
-
-static void reset(void)
-{
-	outb(0x64, 0xfe);
 	halt_forever();
 }
 
@@ -437,7 +444,7 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 {
 	if (o->have_exits) {
 		for (u64 i = 0; i < o->exits; i++)
-			outb(0x80, (u8)i);
+			outb(o->exit_port, (u8)i);
 		printk("EXITS: done n=%lu\n", o->exits);
 	}
 	switch (o->action) {

@@ -4,6 +4,8 @@
 use api::{SerialMode, VmConfig};
 use hypervisor::Request;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::api_server;
 use crate::event_loop::{Controller, EventLoop, LoopInputs};
 use crate::fc_api::FcApi;
+use crate::landlock;
 use crate::legacy::{clone_eventfd, LifecycleEvents};
 use crate::lifecycle::{Next, Vmm};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
@@ -60,16 +63,11 @@ pub fn run(opts: &Options) -> Result<i32> {
         .map_err(|e| Error::io("setting up signal handling", e))?;
     let (hv, selection) = hypervisor::open(opts.hypervisor, opts.mshv_gate)?;
     log::info!("hypervisor: {} ({})", selection.kind, selection.reason);
-    let seccomp_mode = match (selection.kind, opts.seccomp) {
-        (hypervisor::Kind::Mshv, SeccompMode::Enforce) => {
-            log::warn!("seccomp: the filters cover the KVM backend only; off with mshv");
-            SeccompMode::Off
-        }
-        (_, mode) => mode,
-    };
+    let seccomp_mode = opts.seccomp;
+    let backend = selection.kind;
     let events = LifecycleEvents::new()?;
     let shared = Arc::new(
-        VcpuShared::new(seccomp_mode)
+        VcpuShared::new((seccomp_mode, backend))
             .map_err(|e| Error::io("creating the vCPU event eventfd", e))?,
     );
     let serial_mode = opts
@@ -82,7 +80,7 @@ pub fn run(opts: &Options) -> Result<i32> {
     };
     let (api_evt, api_rx, _server) = match &opts.api_socket {
         Some(spec) => {
-            let (evt, rx, server) = start_api(spec, seccomp_mode, dialect)?;
+            let (evt, rx, server) = start_api(spec, seccomp_mode, backend, dialect)?;
             (Some(evt), Some(rx), Some(server))
         }
         None => (None, None, None),
@@ -112,7 +110,12 @@ pub fn run(opts: &Options) -> Result<i32> {
         _ => None,
     };
     let mut event_loop = EventLoop::new(controller, serial_input)?;
-    seccomp::apply(ThreadKind::Vmm, seccomp_mode)?;
+    if seccomp_mode == SeccompMode::Enforce && opts.api_socket.is_none() {
+        if let Some(cfg) = &opts.config {
+            restrict_files(cfg, opts.log_file.as_deref())?;
+        }
+    }
+    seccomp::apply(ThreadKind::Vmm, seccomp_mode, backend)?;
     seccomp::selftest_if_requested(ThreadKind::Vmm);
     let mut vmm = Vmm::new(
         hv,
@@ -158,6 +161,18 @@ pub fn run(opts: &Options) -> Result<i32> {
     }
 }
 
+/// Limits the files the main thread may open to what `cfg` needs (see [`landlock`]); every
+/// path is known because no API socket can name others later.
+fn restrict_files(cfg: &VmConfig, log_file: Option<&std::path::Path>) -> Result<()> {
+    let rules = landlock::rules(cfg, log_file);
+    match landlock::restrict(&rules) {
+        Ok(true) => log::debug!("landlock: main thread limited to {} paths", rules.len()),
+        Ok(false) => log::warn!("landlock: not in this kernel; file access is not narrowed"),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
 /// How long the API thread waits for the event loop to answer a request.
 const API_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -166,6 +181,7 @@ const API_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 fn start_api(
     spec: &SocketSpec,
     seccomp_mode: SeccompMode,
+    backend: seccomp::Backend,
     dialect: Dialect,
 ) -> Result<(EventFd, Receiver<Exchange>, Server)> {
     let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating the API eventfd", e))?;
@@ -187,19 +203,59 @@ fn start_api(
     };
     // A socket petrel binds by path is removed again when the server stops; an inherited one
     // belongs to whoever passed it.
+    // Fails closed: without its filter the API thread serves nothing and petrel stops.
     let init = move || {
-        if let Err(e) = seccomp::apply(ThreadKind::Api, seccomp_mode) {
-            log::error!("api: {e}");
-        }
+        seccomp::apply(ThreadKind::Api, seccomp_mode, backend).map_err(std::io::Error::other)?;
         seccomp::selftest_if_requested(ThreadKind::Api);
+        Ok(())
     };
     let server = match spec {
-        SocketSpec::Path(path) => Server::bind_with_init(path, config, forwarder, init),
+        SocketSpec::Path(path) => {
+            check_socket_dir(path)?;
+            // Created 0600 whatever the umask (the file never exists with a wider mode), and
+            // set again after bind in case the umask was changed by someone else meanwhile.
+            let old = set_umask(0o177);
+            let server = Server::bind_with_init(path, config, forwarder, init);
+            set_umask(old);
+            let server = server.map_err(Error::ApiSocket)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(format!("chmod 0600 {}", path.display()), e))?;
+            Ok(server)
+        }
         SocketSpec::Fd(_) => spec
             .listen()
-            .and_then(|listener| Server::start_with_init(listener, config, forwarder, init)),
-    }
-    .map_err(Error::ApiSocket)?;
+            .and_then(|listener| Server::start_with_init(listener, config, forwarder, init))
+            .map_err(Error::ApiSocket),
+    }?;
     log::info!("api: listening on {spec:?}");
     Ok((evt, rx, server))
+}
+
+/// Sets the process umask, returning the previous one.
+fn set_umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask only swaps the process's file creation mask; it cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+/// Refuses to put the API socket in a directory anyone may write to without the sticky bit:
+/// there another user could replace the socket file with their own between our bind and the
+/// client's connect. (`/tmp`, world-writable but sticky, is fine.)
+fn check_socket_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| Error::io(format!("api socket directory {}", dir.display()), e))?;
+    let mode = meta.mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(Error::io(
+            format!("api socket directory {}", dir.display()),
+            std::io::Error::other(format!(
+                "is world-writable (mode {:04o}) without the sticky bit: anyone could replace the socket; use a private directory",
+                mode & 0o7777
+            )),
+        ));
+    }
+    Ok(())
 }
