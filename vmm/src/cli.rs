@@ -61,6 +61,8 @@ pub fn usage() -> String {
     format!(
         "usage: petrel {}
        petrel --api-socket PATH|path=PATH|fd=N [--hypervisor …] [--seccomp …]  (VM created through the API)
+       petrel --api-sock PATH | --no-api --config-file FILE [...]  (Firecracker's command line and API;
+                                                                   `petrel --api-sock X --help`)
        petrel --version | --capabilities | --help",
         flags.join(" ")
     )
