@@ -25,7 +25,7 @@ usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH]
   --out DIR                results directory (default: <workspace>/results/<UTC timestamp>)
   --workloads LIST         comma-separated workloads to run (default: all but linux-boot
                            with --quick): guest-life, memory, exit-cost, api-ready,
-                           create-rate, create-rate-petreld (petrel only, needs petreld),
+                           fc-start, create-rate, create-rate-petreld (petrel only, needs petreld),
                            blk, rng, net (needs CAP_NET_ADMIN), vsock (petrel only),
                            linux-boot (needs native guest ring 0 and the guest kit)
 ";
@@ -36,6 +36,7 @@ pub const WORKLOADS: &[&str] = &[
     "memory",
     "exit-cost",
     "api-ready",
+    "fc-start",
     "create-rate",
     "blk",
     "rng",

@@ -35,12 +35,14 @@ enum action {
 	ACT_VIRTIO_NET,
 	ACT_VIRTIO_VSOCK,
 	ACT_VSOCK_LISTEN,
+	ACT_BLK_SWAP,
 	ACT_BENCH_BLK,
 	ACT_BENCH_RNG,
 	ACT_BENCH_NET,
 	ACT_BENCH_VSOCK,
 	ACT_POWER_BUTTON,
 	ACT_COUNT,
+	ACT_CTRL_ALT_DEL,
 	ACT_UNKNOWN
 };
 
@@ -340,6 +342,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_VIRTIO_VSOCK;
 			else if (token_is(v, vl, "vsock-listen"))
 				o->action = ACT_VSOCK_LISTEN;
+			else if (token_is(v, vl, "virtio-blk-swap"))
+				o->action = ACT_BLK_SWAP;
 			else if (token_is(v, vl, "bench-blk"))
 				o->action = ACT_BENCH_BLK;
 			else if (token_is(v, vl, "bench-rng"))
@@ -352,6 +356,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_POWER_BUTTON;
 			else if (token_is(v, vl, "count"))
 				o->action = ACT_COUNT;
+			else if (token_is(v, vl, "ctrl-alt-del"))
+				o->action = ACT_CTRL_ALT_DEL;
 			else if (starts_with(v, "exits=")) {
 				o->action = ACT_POWEROFF;
 				o->have_exits = 1;
@@ -456,6 +462,12 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 		printk("PETREL-GUEST: poweroff (second boot)\n");
 		power_off(a);
 		break;
+	case ACT_CTRL_ALT_DEL:
+		count_until_ctrl_alt_del();
+		printk("PETREL-GUEST: ctrl-alt-del\n");
+		printk("PETREL-GUEST: reset\n");
+		reset();
+		break;
 	case ACT_HALT:
 		printk("PETREL-GUEST: halt\n");
 		halt_forever();
@@ -488,10 +500,12 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 	case ACT_VIRTIO_NET:
 	case ACT_VIRTIO_VSOCK:
 	case ACT_VSOCK_LISTEN:
+	case ACT_BLK_SWAP:
 		virtio_action(o->action == ACT_VIRTIO_BLK     ? VIRTIO_DEV_BLK
 			      : o->action == ACT_VIRTIO_NET   ? VIRTIO_DEV_NET
 			      : o->action == ACT_VIRTIO_VSOCK ? VIRTIO_DEV_VSOCK
 			      : o->action == ACT_VSOCK_LISTEN ? VIRTIO_ACT_VSOCK_LISTEN
+			      : o->action == ACT_BLK_SWAP     ? VIRTIO_ACT_BLK_SWAP
 							      : VIRTIO_DEV_RNG,
 			      get_cmdline());
 		printk("PETREL-GUEST: poweroff\n");

@@ -73,6 +73,7 @@ int memmap_get(u32 i, u64 *addr, u64 *size, u32 *type);
 #define VIRTIO_DEV_VSOCK 19
 /* virtio_action()'s `which` for `action=vsock-listen` (not a device id). */
 #define VIRTIO_ACT_VSOCK_LISTEN 0x100
+#define VIRTIO_ACT_BLK_SWAP 0x101
 /* Runs `action=virtio-blk|virtio-rng|virtio-net|virtio-vsock` (which = VIRTIO_DEV_*) on the
  * devices named by `virtio_mmio.device=` tokens of `cmdline`; always returns. */
 void virtio_action(int which, const char *cmdline);

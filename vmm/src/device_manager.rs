@@ -113,6 +113,8 @@ pub struct VirtioDevices {
     slots: Vec<VirtioSlot>,
     /// The balloon, for runtime target changes.
     pub balloon: Option<Arc<Mutex<Balloon>>>,
+    /// The disks by name (their id), for backing-file changes while the VM runs.
+    pub disks: Vec<(String, Arc<Mutex<Block>>)>,
 }
 
 impl VirtioDevices {
@@ -131,7 +133,9 @@ impl VirtioDevices {
             })
             .map_err(|e| device_error(format!("disks[{i}] ({})", disk.path.display()))(e.into()))?;
             let name = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
-            list.add(name, Arc::new(Mutex::new(block)), mem)?;
+            let block = Arc::new(Mutex::new(block));
+            list.disks.push((name.clone(), block.clone()));
+            list.add(name, block, mem)?;
         }
         for (i, n) in cfg.net.iter().flatten().enumerate() {
             let id = n.id.clone().unwrap_or_else(|| format!("net{i}"));

@@ -192,6 +192,14 @@ impl LegacyDevices {
         })
     }
 
+    /// Presses Ctrl+Alt+Del on the i8042 keyboard (Firecracker's `SendCtrlAltDel`).
+    pub fn send_ctrl_alt_del(&self) {
+        self.i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send_ctrl_alt_del();
+    }
+
     /// Builds the buses with every device at its address.
     pub fn buses(&self) -> Result<Buses> {
         let mut buses = Buses::default();

@@ -6,6 +6,7 @@ pub mod api_server;
 pub mod cli;
 pub mod device_manager;
 pub mod event_loop;
+pub mod fc_api;
 pub mod landlock;
 pub mod legacy;
 pub mod lifecycle;

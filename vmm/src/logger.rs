@@ -35,6 +35,9 @@ struct Sink {
     file: Option<RotatingFile>,
     /// `--id`: the VM's name, in every line.
     id: Option<String>,
+    /// Each line names the source file and line it comes from (Firecracker's
+    /// `--show-log-origin`).
+    origin: bool,
 }
 
 struct Logger {
@@ -61,8 +64,12 @@ impl Log for Logger {
             .as_deref()
             .map(|id| format!(" [{id}]"))
             .unwrap_or_default();
+        let origin = match (sink.origin, record.file(), record.line()) {
+            (true, Some(file), Some(line)) => format!(" {file}:{line}"),
+            _ => String::new(),
+        };
         let line = format!(
-            "petrel {:>4}.{:06}{id} {level} {}\n",
+            "petrel {:>4}.{:06}{id} {level}{origin} {}\n",
             t.as_secs(),
             t.subsec_micros(),
             record.args()
@@ -134,4 +141,11 @@ pub fn configure(
     }
     sink.id = id.map(str::to_owned);
     Ok(())
+}
+
+/// Whether each line names its source file and line.
+pub fn show_origin(on: bool) {
+    if let Some(logger) = LOGGER.get() {
+        logger.sink.lock().unwrap_or_else(|e| e.into_inner()).origin = on;
+    }
 }

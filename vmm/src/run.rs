@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api_server;
 use crate::event_loop::{Controller, EventLoop, LoopInputs};
+use crate::fc_api::FcApi;
 use crate::landlock;
 use crate::legacy::{clone_eventfd, LifecycleEvents};
 use crate::lifecycle::{Next, Vmm};
@@ -46,6 +47,8 @@ pub struct Options {
     pub id: Option<String>,
     /// `--seccomp`.
     pub seccomp: SeccompMode,
+    /// Launched in Firecracker's dialect (its command line and API).
+    pub firecracker: Option<crate::fc_api::cli::FcLaunch>,
 }
 
 /// Runs the VMM: boots the VM given on the command line, serves the API if asked, and
@@ -71,12 +74,24 @@ pub fn run(opts: &Options) -> Result<i32> {
         .config
         .as_ref()
         .map_or(opts.serial_mode, |c| c.serial.mode);
+    let dialect = match opts.firecracker {
+        Some(_) => Dialect::Firecracker,
+        None => Dialect::CloudHypervisor,
+    };
     let (api_evt, api_rx, _server) = match &opts.api_socket {
         Some(spec) => {
-            let (evt, rx, server) = start_api(spec, seccomp_mode, backend)?;
+            let (evt, rx, server) = start_api(spec, seccomp_mode, backend, dialect)?;
             (Some(evt), Some(rx), Some(server))
         }
         None => (None, None, None),
+    };
+    // Firecracker's periodic metrics: a timer thread wakes the loop as the API does.
+    let api_evt = match (&opts.firecracker, api_evt) {
+        (Some(_), evt) => Some(crate::fc_api::metrics::start_ticker(
+            evt,
+            crate::fc_api::metrics::PERIOD,
+        )?),
+        (None, evt) => evt,
     };
     let controller = Controller::new(
         LoopInputs {
@@ -108,11 +123,17 @@ pub fn run(opts: &Options) -> Result<i32> {
         shared,
         events,
         opts.no_reboot,
-        opts.api_socket.is_none(),
+        // Firecracker's process ends with its guest, API or not.
+        opts.api_socket.is_none() || opts.firecracker.is_some(),
     );
     if let Some(cfg) = &opts.config {
         vmm.create(cfg.clone())?;
         vmm.boot(&mut event_loop)?;
+    }
+    let mut fc = opts.firecracker.as_ref().map(|l| FcApi::new(&l.id));
+    if let (Some(fc), Some(launch)) = (fc.as_mut(), &opts.firecracker) {
+        crate::fc_api::cli::start(fc, launch, &mut vmm, &mut event_loop)
+            .map_err(|e| Error::Refused(crate::lifecycle::OpError::invalid(e)))?;
     }
     loop {
         let turn = event_loop.run_turn()?;
@@ -122,9 +143,15 @@ pub fn run(opts: &Options) -> Result<i32> {
             }
         }
         if turn.api {
+            if let Some(fc) = fc.as_mut() {
+                fc.tick(&vmm);
+            }
             while let Some(exchange) = api_rx.as_ref().and_then(|rx| rx.try_recv().ok()) {
                 let (request, responder) = exchange.into_parts();
-                let (response, next) = api_server::handle(&mut vmm, &mut event_loop, request);
+                let (response, next) = match fc.as_mut() {
+                    Some(fc) => fc.handle(&mut vmm, &mut event_loop, request),
+                    None => api_server::handle(&mut vmm, &mut event_loop, request),
+                };
                 responder.reply(response);
                 if let Next::Exit(code) = next {
                     return Ok(code);
@@ -155,6 +182,7 @@ fn start_api(
     spec: &SocketSpec,
     seccomp_mode: SeccompMode,
     backend: seccomp::Backend,
+    dialect: Dialect,
 ) -> Result<(EventFd, Receiver<Exchange>, Server)> {
     let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating the API eventfd", e))?;
     let notify = clone_eventfd(&evt, "API")?;
@@ -166,10 +194,11 @@ fn start_api(
     // A stuck VMM answers 504 rather than leaving the API thread waiting forever.
     let forwarder = forwarder
         .with_timeout(API_REPLY_TIMEOUT)
-        .with_dialect(Dialect::CloudHypervisor);
-    // Cloud Hypervisor's wire form, so that its clients (ch-remote, Kata) read every answer.
+        .with_dialect(dialect);
+    // The dialect's wire form (Cloud Hypervisor's or Firecracker's), so that its clients
+    // (ch-remote, Kata, the Firecracker SDKs) read every answer.
     let config = ServerConfig {
-        dialect: Dialect::CloudHypervisor,
+        dialect,
         ..ServerConfig::default()
     };
     // A socket petrel binds by path is removed again when the server stops; an inherited one
