@@ -477,18 +477,43 @@ mod tests {
     #[test]
     fn command_lines() {
         let w = LinuxBoot::new(kit(), None);
-        assert!(w.supports(VmmKind::Petrel) && w.supports(VmmKind::Qemu));
-        assert!(!w.supports(VmmKind::Firecracker));
+        for kind in [
+            VmmKind::Petrel,
+            VmmKind::Qemu,
+            VmmKind::Firecracker,
+            VmmKind::CloudHypervisor,
+        ] {
+            assert!(w.supports(kind), "{kind:?}");
+        }
         let p = Vmm::new(VmmKind::Petrel, "/p".into());
         let line = w.command_line(&p, Path::new("/tmp")).unwrap().join(" ");
         assert!(line.starts_with("/p --kernel /kit/vmlinux --cpus 1 --memory 256M"));
-        assert!(line.contains("--cmdline console=ttyS0 panic=-1"));
+        assert!(line.contains("--cmdline console=ttyS0 reboot=k panic=-1"));
         assert!(line.ends_with("--initramfs /kit/initramfs.cpio.gz --no-reboot"));
         let q = Vmm::new(VmmKind::Qemu, "/q".into());
         let line = w.command_line(&q, Path::new("/tmp")).unwrap().join(" ");
         assert!(line.contains("-M microvm,acpi=on"));
-        assert!(line.contains("-kernel /kit/vmlinux -append console=ttyS0 panic=-1"));
+        assert!(line.contains("-kernel /kit/vmlinux -append console=ttyS0 reboot=k panic=-1"));
         assert!(line.ends_with("-initrd /kit/initramfs.cpio.gz"));
+        let c = Vmm::new(VmmKind::CloudHypervisor, "/c".into());
+        let line = w.command_line(&c, Path::new("/tmp")).unwrap().join(" ");
+        assert!(
+            line.ends_with("--initramfs /kit/initramfs.cpio.gz"),
+            "{line}"
+        );
+        // Firecracker: the initramfs and the reset at the end go into its config file.
+        let dir = std::env::temp_dir().join(format!("lb-fc-{}", std::process::id()));
+        let f = Vmm::new(VmmKind::Firecracker, "/f".into());
+        assert!(w.command_line(&f, &dir).is_some());
+        let config = std::fs::read_to_string(dir.join("firecracker-config.json")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let json: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert_eq!(json["boot-source"]["initrd_path"], "/kit/initramfs.cpio.gz");
+        assert!(json["boot-source"]["boot_args"]
+            .as_str()
+            .unwrap()
+            .ends_with("petrel.shutdown=reboot"));
+        assert!(json["drives"].is_array(), "Firecracker requires drives");
     }
 
     #[test]
