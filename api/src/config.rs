@@ -229,6 +229,9 @@ pub struct SerialConfig {
 /// Default command line when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
+/// The longest command line the guest can be given (4 KiB with its terminating NUL).
+pub const MAX_CMDLINE_LEN: usize = 4095;
+
 impl VmConfig {
     /// A config booting `kernel` with defaults for everything else.
     pub fn new(kernel: PathBuf) -> Self {
@@ -286,6 +289,20 @@ impl VmConfig {
                 "memory.size",
                 "must be a multiple of 4 KiB",
             ));
+        }
+        if let Some(cmdline) = &self.payload.cmdline {
+            if cmdline.len() > MAX_CMDLINE_LEN {
+                return Err(ConfigError::new(
+                    "payload.cmdline",
+                    format!(
+                        "is {} bytes, more than the {MAX_CMDLINE_LEN} the guest's command line holds",
+                        cmdline.len()
+                    ),
+                ));
+            }
+            if cmdline.contains('\0') {
+                return Err(ConfigError::new("payload.cmdline", "contains a NUL byte"));
+            }
         }
         if self.payload.kernel.as_os_str().is_empty() {
             return Err(ConfigError::new("payload.kernel", "is empty"));

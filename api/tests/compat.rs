@@ -553,3 +553,66 @@ fn openapi_schemas_match_the_compat_table() {
         }
     }
 }
+
+/// The constraints the server enforces on a `vm.create` body are in the document, so that
+/// schema-driven tools generate bodies the server accepts (issue 20), and each documented
+/// bound is the server's: the value at the bound is accepted, the one past it refused.
+#[test]
+fn documented_bounds_are_the_servers() {
+    let doc = document();
+    let props = |name: &str| doc["components"]["schemas"][name]["properties"].clone();
+    let (memory, payload) = (props("MemoryConfig"), props("PayloadConfig"));
+    let (disk, net, vsock) = (
+        props("DiskConfig"),
+        props("NetConfig"),
+        props("VsockConfig"),
+    );
+    assert_eq!(memory["size"]["minimum"], json!(2 << 20));
+    assert_eq!(memory["size"]["multipleOf"], json!(4096));
+    assert_eq!(payload["kernel"]["minLength"], json!(1));
+    assert_eq!(payload["cmdline"]["maxLength"], json!(4095));
+    assert_eq!(disk["path"]["minLength"], json!(1));
+    assert_eq!(net["tap"]["minLength"], json!(1));
+    assert_eq!(net["fds"]["minItems"], json!(1));
+    assert_eq!(vsock["socket"]["minLength"], json!(1));
+    assert!(net["mac"]["pattern"].is_string(), "{:#}", net["mac"]);
+
+    let vm = |memory: u64, kernel: &str, cmdline: String| {
+        parse(&json!({"payload": {"kernel": kernel, "cmdline": cmdline},
+                      "memory": {"size": memory}}))
+        .and_then(|c| c.validate())
+    };
+    let line = |n: usize| "x".repeat(n);
+    assert!(vm(2 << 20, "/k", line(4095)).is_ok());
+    assert!(
+        vm((2 << 20) - 4096, "/k", line(1)).is_err(),
+        "under the minimum"
+    );
+    assert!(
+        vm((2 << 20) + 512, "/k", line(1)).is_err(),
+        "not a multiple"
+    );
+    assert!(vm(2 << 20, "", line(1)).is_err(), "empty kernel");
+    assert!(
+        vm(2 << 20, "/k", line(4096)).is_err(),
+        "command line too long"
+    );
+
+    let disk = |path: &str| {
+        disk_config_from_ch(json!({"path": path}).to_string().as_bytes())
+            .and_then(|d| d.validate("disks[0]"))
+    };
+    assert!(disk("/d").is_ok() && disk("").is_err());
+    let net = |body: Value| {
+        net_config_from_ch(body.to_string().as_bytes()).and_then(|n| n.validate("net[0]"))
+    };
+    assert!(net(json!({"tap": "t"})).is_ok() && net(json!({"tap": ""})).is_err());
+    assert!(net(json!({"fds": [3]})).is_ok() && net(json!({"fds": []})).is_err());
+    assert!(net(json!({"tap": "t", "mac": "12:34:56:78:9a:bc"})).is_ok());
+    assert!(net(json!({"tap": "t", "mac": "12:34:56:78:9a"})).is_err());
+    let vsock = |socket: &str| {
+        vsock_config_from_ch(json!({"cid": 3, "socket": socket}).to_string().as_bytes())
+            .and_then(|v| v.validate())
+    };
+    assert!(vsock("/v").is_ok() && vsock("").is_err());
+}

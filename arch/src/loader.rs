@@ -1,7 +1,9 @@
 //! Loading the kernel (PVH ELF or bzImage) and the initramfs into guest memory.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
 
 use linux_loader::bootparam::setup_header;
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, elf::PvhBootCapability, KernelLoader};
@@ -46,6 +48,37 @@ impl LoadedKernel {
     }
 }
 
+/// Opens a payload file (kernel, initramfs) for reading without ever blocking: the open is
+/// non-blocking (a FIFO or a device would otherwise wait for a writer), and anything but a
+/// regular file is refused with its kind named.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "not a file"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("is {what}, not a regular file"),
+    ))
+}
+
 const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
 
 /// Loads the kernel at `path`: an ELF vmlinux with a PVH note, or a bzImage.
@@ -54,10 +87,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &str) -> Result<LoadedKernel> {
         path: path.to_string(),
         source,
     };
-    let mut file = File::open(path).map_err(file_err)?;
-    if file.metadata().map_err(file_err)?.is_dir() {
-        return Err(file_err(std::io::Error::other("is a directory")));
-    }
+    let mut file = open_regular(Path::new(path)).map_err(file_err)?;
     let mut magic = [0u8; 4];
     let is_elf = match file.read_exact(&mut magic) {
         Ok(()) => magic == ELF_MAGIC,
@@ -126,11 +156,8 @@ pub fn load_initramfs(
         path: path.to_string(),
         source,
     };
-    let mut file = File::open(path).map_err(file_err)?;
+    let mut file = open_regular(Path::new(path)).map_err(file_err)?;
     let meta = file.metadata().map_err(file_err)?;
-    if meta.is_dir() {
-        return Err(file_err(std::io::Error::other("is a directory")));
-    }
     let size = meta.len();
     if size == 0 {
         return Err(file_err(std::io::Error::other("is empty")));

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 /// Usage text.
 pub const USAGE: &str = "\
-usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH] [--qemu PATH]
+usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH]
+                    [--petrel-baseline PATH] [--qemu PATH]
                     [--qemu-cpu MODEL] [--firecracker PATH] [--cloud-hypervisor PATH]
                     [--guest PATH] [--timeout SECS] [--out DIR] [--workloads LIST]
 
@@ -13,6 +14,8 @@ usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH] [--qemu PA
   --quick                  3 runs, no warm-up (CI smoke mode)
   --warmup N               unrecorded warm-up rounds (default 1; 0 with --quick)
   --petrel PATH            petrel binary (default: <workspace>/target/release/petrel)
+  --petrel-baseline PATH   also run this petrel build as `petrel-baseline` (e.g. one built
+                           from main), for before/after ratios in the same run
   --qemu PATH              also run QEMU (qemu-system-x86_64, -M microvm)
   --qemu-cpu MODEL         QEMU -cpu model (default host,-arch-capabilities)
   --firecracker PATH       also run Firecracker (a release with PVH boot support)
@@ -20,9 +23,28 @@ usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH] [--qemu PA
   --guest PATH             PVH test guest (default: built from tests/guests)
   --timeout SECS           per-run timeout (default 60)
   --out DIR                results directory (default: <workspace>/results/<UTC timestamp>)
-  --workloads LIST         comma-separated workloads to run (default: all): guest-life,
-                           memory, exit-cost, api-ready, create-rate, blk, rng, net
+  --workloads LIST         comma-separated workloads to run (default: all but linux-boot
+                           with --quick): guest-life, memory, exit-cost, api-ready,
+                           fc-start, create-rate, create-rate-petreld (petrel only, needs petreld),
+                           blk, rng, net (needs CAP_NET_ADMIN), vsock (petrel only),
+                           linux-boot (needs native guest ring 0 and the guest kit)
 ";
+
+/// Every workload's name, in run order (`--workloads` accepts these).
+pub const WORKLOADS: &[&str] = &[
+    "guest-life",
+    "memory",
+    "exit-cost",
+    "api-ready",
+    "fc-start",
+    "create-rate",
+    "blk",
+    "rng",
+    "vsock",
+    "create-rate-petreld",
+    "linux-boot",
+    "net",
+];
 
 /// Parsed options.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +57,8 @@ pub struct Options {
     pub quick: bool,
     /// petrel binary, when given.
     pub petrel: Option<PathBuf>,
+    /// A second petrel build to compare with.
+    pub petrel_baseline: Option<PathBuf>,
     /// QEMU binary.
     pub qemu: Option<PathBuf>,
     /// QEMU CPU model, when given.
@@ -62,6 +86,7 @@ impl Default for Options {
             warmup: 1,
             quick: false,
             petrel: None,
+            petrel_baseline: None,
             qemu: None,
             qemu_cpu: None,
             firecracker: None,
@@ -117,6 +142,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String>
             "--runs" => runs = Some(number(&flag, &value()?)?),
             "--warmup" => warmup = Some(number(&flag, &value()?)?),
             "--petrel" => o.petrel = Some(value()?.into()),
+            "--petrel-baseline" => o.petrel_baseline = Some(value()?.into()),
             "--qemu" => o.qemu = Some(value()?.into()),
             "--qemu-cpu" => o.qemu_cpu = Some(value()?),
             "--firecracker" => o.firecracker = Some(value()?.into()),
@@ -132,6 +158,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String>
                     .collect();
                 if list.is_empty() {
                     return Err("--workloads: expected a comma-separated list".into());
+                }
+                if let Some(bad) = list.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+                    return Err(format!(
+                        "--workloads: unknown workload {bad:?} (known: {})",
+                        WORKLOADS.join(", ")
+                    ));
                 }
                 o.workloads = Some(list);
             }
@@ -179,6 +211,8 @@ mod tests {
         assert_eq!(o.qemu, Some(PathBuf::from("/usr/bin/qemu")));
         assert_eq!(o.petrel, Some(PathBuf::from("/p")));
         assert_eq!(o.timeout, Duration::from_millis(2500));
+        let o = p(&["--petrel-baseline", "/old"]).unwrap();
+        assert_eq!(o.petrel_baseline, Some(PathBuf::from("/old")));
     }
 
     #[test]
@@ -188,6 +222,15 @@ mod tests {
         let o = p(&["--workloads", "memory, exit-cost"]).unwrap();
         assert!(o.wants("memory") && o.wants("exit-cost") && !o.wants("blk"));
         assert!(p(&["--workloads", ","]).is_err());
+        let e = p(&["--workloads", "memory,bogus"]).unwrap_err();
+        assert!(e.contains("\"bogus\"") && e.contains("linux-boot"), "{e}");
+    }
+
+    #[test]
+    fn help_lists_every_workload() {
+        for w in WORKLOADS {
+            assert!(USAGE.contains(w), "--help does not list {w}");
+        }
     }
 
     #[test]

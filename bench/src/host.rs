@@ -21,6 +21,14 @@ pub struct HostInfo {
     pub kvm_accessible: bool,
     /// Loaded kernel modules whose name starts with `kvm` (e.g. `kvm_intel`, `kvm_pvm`).
     pub kvm_modules: Vec<String>,
+    /// Where the run happened when that is not plain hardware (`$PETREL_BENCH_ENVIRONMENT`,
+    /// set by `resources/bench-linux-boot.sh` inside the nested KVM); empty otherwise.
+    pub environment: String,
+    /// 1-minute load average when the run started.
+    pub load_1min: Option<f64>,
+    /// The harness's scheduling policy, which the VMMs it starts inherit (`SCHED_OTHER`, or
+    /// e.g. `SCHED_FIFO 50` under `chrt -f 50`).
+    pub scheduler: String,
 }
 
 impl HostInfo {
@@ -48,6 +56,9 @@ impl HostInfo {
             })
             .unwrap_or_default();
         kvm_modules.sort();
+        let load_1min = fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok());
         HostInfo {
             kernel,
             cpu_model,
@@ -55,6 +66,9 @@ impl HostInfo {
             kvm_present: fs::metadata("/dev/kvm").is_ok(),
             kvm_accessible: petrel_tests::kvm_available(),
             kvm_modules,
+            environment: std::env::var("PETREL_BENCH_ENVIRONMENT").unwrap_or_default(),
+            load_1min,
+            scheduler: scheduler(),
         }
     }
 
@@ -65,10 +79,39 @@ impl HostInfo {
             (true, false) => "/dev/kvm not accessible".to_string(),
             (true, true) => format!("/dev/kvm ({})", self.kvm_modules.join(", ")),
         };
+        let environment = if self.environment.is_empty() {
+            String::new()
+        } else {
+            format!(" — **{}**", self.environment)
+        };
+        let load = self
+            .load_1min
+            .map_or_else(|| "unknown".to_string(), |l| format!("{l:.2}"));
         format!(
-            "{}, {} CPUs, Linux {}, {kvm}",
-            self.cpu_model, self.cpus, self.kernel
+            "{}, {} CPUs, Linux {}, {kvm}; load {load} at the start; harness and VMMs under {}{environment}",
+            self.cpu_model, self.cpus, self.kernel, self.scheduler
         )
+    }
+}
+
+/// This process's scheduling policy and priority.
+fn scheduler() -> String {
+    // SAFETY: sched_getscheduler takes a pid (0: this thread) and reads nothing else.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_getparam writes one sched_param, which `param` is.
+    let prio = if unsafe { libc::sched_getparam(0, &mut param) } == 0 {
+        param.sched_priority
+    } else {
+        0
+    };
+    match policy {
+        libc::SCHED_OTHER => "SCHED_OTHER".to_string(),
+        libc::SCHED_FIFO => format!("SCHED_FIFO {prio}"),
+        libc::SCHED_RR => format!("SCHED_RR {prio}"),
+        libc::SCHED_BATCH => "SCHED_BATCH".to_string(),
+        libc::SCHED_IDLE => "SCHED_IDLE".to_string(),
+        other => format!("policy {other}"),
     }
 }
 
@@ -129,5 +172,8 @@ mod tests {
         assert!(!h.kernel.is_empty());
         assert!(h.cpus > 0);
         assert!(h.summary().contains(&h.kernel));
+        assert!(h.load_1min.is_some_and(|l| l >= 0.0));
+        assert!(h.scheduler.starts_with("SCHED_"), "{}", h.scheduler);
+        assert!(h.summary().contains(&h.scheduler));
     }
 }

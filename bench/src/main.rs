@@ -63,6 +63,9 @@ fn vmms(o: &cli::Options) -> Result<Vec<Vmm>, String> {
         ));
     }
     let mut list = vec![Vmm::new(VmmKind::Petrel, petrel)];
+    if let Some(path) = &o.petrel_baseline {
+        list.push(vmm(VmmKind::Petrel, path)?.labelled("petrel-baseline"));
+    }
     let peers = [
         (VmmKind::Qemu, &o.qemu),
         (VmmKind::Firecracker, &o.firecracker),
@@ -121,6 +124,7 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
         Box::new(Memory::new(guest.clone())),
         Box::new(ExitCost::new(guest.clone(), o.quick)),
         Box::new(ApiReady::new(guest.clone(), o.quick)),
+        Box::new(workload::fc_start::FcStart::new(guest.clone())),
         Box::new(CreateRate::new(guest.clone(), CREATE_RATE_VMS)),
         Box::new(DeviceBench::new(guest.clone(), Device::Blk, o.quick)),
         Box::new(DeviceBench::new(guest.clone(), Device::Rng, o.quick)),
@@ -145,16 +149,9 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
             Err(e) => eprintln!("petrel-bench: net workload skipped: cannot create a tap ({e})"),
         }
     }
+    // Names were checked against `cli::WORKLOADS` when the options were parsed.
     workloads.retain(|w| o.wants(w.name()));
-    if let Some(only) = &o.workloads {
-        let known: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
-        if let Some(bad) = only
-            .iter()
-            .find(|n| !known.contains(&n.as_str()) && *n != "net" && *n != "create-rate-petreld")
-        {
-            return Err(format!("--workloads: unknown workload {bad:?}").into());
-        }
-    }
+    debug_assert!(workloads.iter().all(|w| cli::WORKLOADS.contains(&w.name())));
     eprintln!(
         "petrel-bench: {} run(s) x {} VMM(s) [{}], results in {}",
         o.runs,

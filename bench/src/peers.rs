@@ -21,32 +21,15 @@ pub enum VmmKind {
     CloudHypervisor,
 }
 
-/// How the guest ends its life so that the VMM process exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shutdown {
-    /// ACPI S5 through the FADT sleep control register (or PM1a control).
-    AcpiPoweroff,
-    /// CPU reset through the i8042 controller (port 0x64 ← 0xfe); the VMM exits on reset.
-    I8042Reset,
-}
+/// The test guest's short action, the same for every VMM: the start line, a silent ACPI
+/// walk, [`POWEROFF_MARKER`], then ACPI S5 through the FADT sleep register; where the FADT has
+/// none (Firecracker) the guest resets through the i8042 controller instead, on which
+/// Firecracker exits.
+pub const QUICK_ACTION: &str = "quick";
 
-impl Shutdown {
-    /// The test guest's `action=` value.
-    pub fn guest_action(self) -> &'static str {
-        match self {
-            Shutdown::AcpiPoweroff => "quick",
-            Shutdown::I8042Reset => "quick-reset",
-        }
-    }
-
-    /// The line the test guest prints just before it shuts down this way.
-    pub fn guest_marker(self) -> &'static str {
-        match self {
-            Shutdown::AcpiPoweroff => "PETREL-GUEST: poweroff",
-            Shutdown::I8042Reset => "PETREL-GUEST: reset",
-        }
-    }
-}
+/// The line the test guest prints just before it powers off (by ACPI S5 or the i8042
+/// fallback).
+pub const POWEROFF_MARKER: &str = "PETREL-GUEST: poweroff";
 
 impl VmmKind {
     /// Short name used in reports and file names.
@@ -56,15 +39,6 @@ impl VmmKind {
             VmmKind::Qemu => "qemu",
             VmmKind::Firecracker => "firecracker",
             VmmKind::CloudHypervisor => "cloud-hypervisor",
-        }
-    }
-
-    /// How a guest makes this VMM exit. Firecracker has no ACPI sleep register but exits on
-    /// an i8042 reset; the others power off through ACPI.
-    pub fn shutdown(self) -> Shutdown {
-        match self {
-            VmmKind::Firecracker => Shutdown::I8042Reset,
-            _ => Shutdown::AcpiPoweroff,
         }
     }
 }
@@ -91,6 +65,8 @@ pub struct Vmm {
     pub path: PathBuf,
     /// QEMU `-cpu` model (used by [`VmmKind::Qemu`] only).
     pub qemu_cpu: String,
+    /// Name in reports: the kind's, or another for a second binary of the same kind.
+    label: String,
 }
 
 /// Default QEMU CPU model. `host` alone makes QEMU 7.2 abort on hosts whose KVM refuses
@@ -104,17 +80,41 @@ impl Vmm {
             kind,
             path,
             qemu_cpu: DEFAULT_QEMU_CPU.to_string(),
+            label: kind.name().to_string(),
         }
     }
 
-    /// Short name (see [`VmmKind::name`]).
-    pub fn name(&self) -> &'static str {
-        self.kind.name()
+    /// The same VMM named `label` in reports (a second build of petrel, say).
+    pub fn labelled(mut self, label: &str) -> Vmm {
+        self.label = label.to_string();
+        self
+    }
+
+    /// Short name: [`VmmKind::name`] unless [`Vmm::labelled`].
+    pub fn name(&self) -> &str {
+        &self.label
     }
 
     /// Arguments that boot `guest` with its serial console on stdout. May write a
-    /// configuration file (Firecracker) and create log files in `scratch`.
+    /// configuration file (Firecracker, at [`Vmm::config_file`]) and create log files in
+    /// `scratch`.
     pub fn args(&self, guest: &GuestSpec, scratch: &Path) -> io::Result<Vec<OsString>> {
+        self.args_with(guest, scratch, &FirecrackerDevices::new())
+    }
+
+    /// Where [`Vmm::args`] writes this VMM's configuration file, if it uses one.
+    pub fn config_file(&self, scratch: &Path) -> Option<PathBuf> {
+        (self.kind == VmmKind::Firecracker).then(|| scratch.join("firecracker-config.json"))
+    }
+
+    /// [`Vmm::args`] with Firecracker devices (`drives`, `entropy`, `network-interfaces`:
+    /// Firecracker takes devices in its configuration file, the others on the command line).
+    pub fn args_with(
+        &self,
+        guest: &GuestSpec,
+        scratch: &Path,
+        fc_devices: &FirecrackerDevices,
+    ) -> io::Result<Vec<OsString>> {
         let mem = format!("{}M", guest.memory_mib);
         let cpus = guest.cpus.to_string();
         let kernel = guest.kernel.as_os_str();
@@ -141,7 +141,7 @@ impl Vmm {
             VmmKind::Firecracker => {
                 fs::create_dir_all(scratch)?;
                 let config = scratch.join("firecracker-config.json");
-                fs::write(&config, firecracker_config(guest)?)?;
+                fs::write(&config, firecracker_config(guest, fc_devices)?)?;
                 // Firecracker logs to stdout unless given a log file, which would mix its
                 // log with the serial console; the file must exist beforehand.
                 let log = scratch.join("firecracker.log");
@@ -172,16 +172,37 @@ impl Vmm {
 
     /// The full command (binary and [`Vmm::args`]), stdin from /dev/null.
     pub fn command(&self, guest: &GuestSpec, scratch: &Path) -> io::Result<Command> {
+        self.command_with(guest, scratch, &FirecrackerDevices::new())
+    }
+
+    /// [`Vmm::command`] with Firecracker devices (see [`Vmm::args_with`]).
+    pub fn command_with(
+        &self,
+        guest: &GuestSpec,
+        scratch: &Path,
+        fc_devices: &FirecrackerDevices,
+    ) -> io::Result<Command> {
         let mut cmd = Command::new(&self.path);
-        cmd.args(self.args(guest, scratch)?).stdin(Stdio::null());
+        cmd.args(self.args_with(guest, scratch, fc_devices)?)
+            .stdin(Stdio::null());
         Ok(cmd)
     }
 
     /// The command line as text, for the report.
     pub fn command_line(&self, guest: &GuestSpec, scratch: &Path) -> io::Result<Vec<String>> {
+        self.command_line_with(guest, scratch, &FirecrackerDevices::new())
+    }
+
+    /// [`Vmm::command_line`] with Firecracker devices.
+    pub fn command_line_with(
+        &self,
+        guest: &GuestSpec,
+        scratch: &Path,
+        fc_devices: &FirecrackerDevices,
+    ) -> io::Result<Vec<String>> {
         let mut line = vec![self.path.to_string_lossy().into_owned()];
         line.extend(
-            self.args(guest, scratch)?
+            self.args_with(guest, scratch, fc_devices)?
                 .iter()
                 .map(|s| s.to_string_lossy().into_owned()),
         );
@@ -208,18 +229,33 @@ fn push(args: &mut Vec<OsString>, items: &[&str]) {
     args.extend(items.iter().map(OsString::from));
 }
 
-/// Firecracker's `--config-file` JSON for `guest` (boot source and machine config only).
-pub fn firecracker_config(guest: &GuestSpec) -> io::Result<String> {
-    let config = serde_json::json!({
+/// Device sections of a Firecracker configuration (`drives`, `entropy`,
+/// `network-interfaces`), by key.
+pub type FirecrackerDevices = serde_json::Map<String, serde_json::Value>;
+
+/// Firecracker's `--config-file` JSON for `guest`: boot source, machine config, and
+/// `fc_devices`. `drives` is required by Firecracker (an empty list when there is no disk):
+/// without it every boot fails with "missing field `drives`".
+pub fn firecracker_config(
+    guest: &GuestSpec,
+    fc_devices: &FirecrackerDevices,
+) -> io::Result<String> {
+    let mut config = serde_json::json!({
         "boot-source": {
             "kernel_image_path": guest.kernel,
             "boot_args": guest.cmdline,
         },
+        "drives": [],
         "machine-config": {
             "vcpu_count": guest.cpus,
             "mem_size_mib": guest.memory_mib,
         },
     });
+    if let Some(map) = config.as_object_mut() {
+        for (k, v) in fc_devices {
+            map.insert(k.clone(), v.clone());
+        }
+    }
     serde_json::to_string_pretty(&config).map_err(io::Error::other)
 }
 
@@ -266,18 +302,13 @@ mod tests {
             serde_json::from_str(&fs::read_to_string(dir.join("firecracker-config.json")).unwrap())
                 .unwrap();
         assert_eq!(cfg["machine-config"]["mem_size_mib"], 128);
+        assert_eq!(
+            cfg["drives"],
+            serde_json::json!([]),
+            "Firecracker requires `drives`"
+        );
         assert_eq!(cfg["boot-source"]["kernel_image_path"], "/g.elf");
         assert!(dir.join("firecracker.log").is_file());
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn shutdown_per_vmm() {
-        assert_eq!(
-            VmmKind::Firecracker.shutdown().guest_action(),
-            "quick-reset"
-        );
-        assert_eq!(VmmKind::Qemu.shutdown().guest_action(), "quick");
-        assert_eq!(Shutdown::I8042Reset.guest_marker(), "PETREL-GUEST: reset");
     }
 }

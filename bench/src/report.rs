@@ -57,6 +57,9 @@ pub struct VmmResult {
     pub vmm: String,
     /// The command line of a run.
     pub command: Option<Vec<String>>,
+    /// The configuration file that command line names (Firecracker's `--config-file`), as
+    /// written for it: with the command line, the VMM's exact configuration.
+    pub config: Option<serde_json::Value>,
     /// Successful runs.
     pub runs_ok: usize,
     /// Failed runs.
@@ -146,9 +149,17 @@ impl WorkloadReport {
                     })
                     .collect();
                 let runs_ok = records.iter().filter(|r| r.ok).count();
+                // `command_line` writes the configuration file it names, if any.
+                let command = w.command_line(vmm, scratch);
+                let config = vmm
+                    .config_file(scratch)
+                    .filter(|_| command.is_some())
+                    .and_then(|p| fs::read_to_string(p).ok())
+                    .and_then(|t| serde_json::from_str(&t).ok());
                 VmmResult {
                     vmm: vmm.name().to_string(),
-                    command: w.command_line(vmm, scratch),
+                    command,
+                    config,
                     runs_ok,
                     runs_failed: records.len() - runs_ok,
                     summary,
@@ -275,13 +286,13 @@ impl WorkloadReport {
         if !self.ratios.is_empty() {
             let _ = writeln!(
                 s,
-                "\npetrel / peer, per pair of runs of the same round (below 1: petrel is lower):\n"
+                "\npetrel / peer, per pair of runs of the same round where both have the metric (below 1: petrel is lower; (n) = pairs):\n"
             );
-            let _ = write!(s, "| peer | pairs |");
+            let _ = write!(s, "| peer |");
             for m in &self.metrics {
                 let _ = write!(s, " {} |", m.label);
             }
-            let _ = write!(s, "\n|---|---:|");
+            let _ = write!(s, "\n|---|");
             for _ in &self.metrics {
                 let _ = write!(s, "---:|");
             }
@@ -294,15 +305,12 @@ impl WorkloadReport {
                         .iter()
                         .find(|r| r.peer == peer && r.metric == key)
                 };
-                let pairs = self
-                    .metrics
-                    .first()
-                    .and_then(|m| of(m.key))
-                    .map_or(0, |r| r.pairs);
-                let _ = write!(s, "| {peer} | {pairs} |");
+                let _ = write!(s, "| {peer} |");
                 for m in &self.metrics {
-                    let sum = of(m.key).and_then(|r| r.summary.as_ref());
-                    let _ = write!(s, " {} |", cell(sum, ratio_fmt));
+                    let r = of(m.key);
+                    let sum = r.and_then(|r| r.summary.as_ref());
+                    let pairs = r.map_or(0, |r| r.pairs);
+                    let _ = write!(s, " {} ({pairs}) |", cell(sum, ratio_fmt));
                 }
                 s.push('\n');
             }
@@ -328,10 +336,34 @@ impl WorkloadReport {
             }
         }
         s.push('\n');
+        self.commands_into(s);
         for m in &self.metrics {
             let _ = writeln!(s, "![{} ({})]({})", m.label, m.unit, self.chart_file(m));
         }
         s.push('\n');
+    }
+}
+
+impl WorkloadReport {
+    /// Each VMM's command line and configuration file, folded away.
+    fn commands_into(&self, s: &mut String) {
+        if self.results.iter().all(|r| r.command.is_none()) {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "<details><summary>command lines and configurations</summary>\n"
+        );
+        for r in &self.results {
+            if let Some(cmd) = &r.command {
+                let _ = writeln!(s, "- {}: `{}`", r.vmm, cmd.join(" "));
+            }
+            if let Some(cfg) = &r.config {
+                let text = serde_json::to_string(cfg).unwrap_or_default();
+                let _ = writeln!(s, "  - config file: `{text}`");
+            }
+        }
+        let _ = writeln!(s, "\n</details>\n");
     }
 }
 
@@ -411,11 +443,11 @@ mod tests {
         ];
         let outcome = Outcome {
             records: vec![
-                vec![
-                    rec(0, 10.0, 5.0, true),
-                    rec(1, 20.0, 5.0, true),
-                    rec(2, 30.0, 6.0, true),
-                ],
+                vec![rec(0, 10.0, 5.0, true), rec(1, 20.0, 5.0, true), {
+                    let mut r = rec(2, 30.0, 6.0, true);
+                    r.values.insert("b_mib", None);
+                    r
+                }],
                 vec![
                     rec(0, 20.0, 50.0, true),
                     rec(1, 40.0, 40.0, false),
@@ -455,6 +487,9 @@ mod tests {
         let ra = w.ratios.iter().find(|r| r.metric == "a_ms").unwrap();
         assert_eq!(ra.pairs, 2);
         assert_eq!(ra.summary.as_ref().unwrap().samples, vec![0.5, 0.5]);
+        // petrel's round 3 has no b: one pair fewer for b than for a.
+        let rb = w.ratios.iter().find(|r| r.metric == "b_mib").unwrap();
+        assert_eq!(rb.pairs, 1);
     }
 
     #[test]
@@ -490,22 +525,28 @@ mod tests {
         assert_eq!(lines[header + 1], "|---|---:|---:|---:|");
         assert_eq!(
             lines[header + 2],
-            "| petrel | 3/3 | 20.0 [10.0 – 30.0] | 5.00 [5.00 – 6.00] |"
+            "| petrel | 3/3 | 20.0 [10.0 – 30.0] | 5.00 [5.00 – 5.00] |"
         );
         assert_eq!(
             lines[header + 3],
             "| qemu | 2/3 | 40.0 [20.0 – 60.0] | 55.0 [50.0 – 60.0] |"
         );
         assert!(
-            md.contains("| qemu | 2 | 0.50 [0.50 – 0.50] | 0.10 [0.10 – 0.10] |"),
+            md.contains("| qemu | 0.50 [0.50 – 0.50] (2) | 0.10 [0.10 – 0.10] (1) |"),
             "{md}"
         );
         assert!(md.contains("- qemu run 2: VMM ended with exit 1"));
         assert!(md.contains("![a (ms)](fake-a_ms.svg)"));
         // Every table row has as many cells as its header.
-        for l in lines.iter().filter(|l| l.starts_with('|')) {
-            assert_eq!(l.matches('|').count(), 5, "{l}");
+        let ratio_header = lines
+            .iter()
+            .position(|l| l.starts_with("| peer |"))
+            .unwrap();
+        for (i, l) in lines.iter().enumerate().filter(|(_, l)| l.starts_with('|')) {
+            let cells = if i >= ratio_header { 4 } else { 5 };
+            assert_eq!(l.matches('|').count(), cells, "{l}");
         }
+        assert!(md.contains("- petrel: `petrel`"), "{md}");
     }
 
     #[test]

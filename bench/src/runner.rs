@@ -1,6 +1,7 @@
-//! Runs a workload on every VMM, interleaved (A B C A B C …) so that drift of the machine
-//! (other load, thermal state, page cache) spreads over all VMMs alike, after optional
-//! warm-up rounds that are not recorded. Stops early when the harness is interrupted.
+//! Runs a workload on every VMM, interleaved so that drift of the machine (other load, thermal
+//! state, page cache) spreads over all VMMs alike, with the order rotated every round (A B C,
+//! B C A, C A B, …) so that no VMM always runs first or right after the same one, after
+//! optional warm-up rounds that are not recorded. Stops early when the harness is interrupted.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,12 +51,19 @@ fn brief(w: &dyn Workload, r: &RunRecord) -> String {
     }
 }
 
-/// Runs `plan.warmup` unrecorded and then `plan.runs` recorded rounds of `w` over `vmms`,
-/// printing one progress line per round on stderr.
+/// The indexes of `count` VMMs in the order round `round` runs them: rotated by one per
+/// round.
+pub fn round_order(count: usize, round: usize) -> Vec<usize> {
+    (0..count).map(|i| (i + round) % count.max(1)).collect()
+}
+
+/// Runs `plan.warmup` unrecorded and then `plan.runs` recorded rounds of `w` over `vmms`
+/// (in [`round_order`]), printing one progress line per round on stderr.
 pub fn run_interleaved(w: &dyn Workload, vmms: &[Vmm], plan: &Plan) -> Outcome {
     let mut records: Vec<Vec<RunRecord>> = vec![Vec::new(); vmms.len()];
     for round in 0..plan.warmup {
-        for vmm in vmms {
+        for v in round_order(vmms.len(), round) {
+            let vmm = &vmms[v];
             if interrupt::interrupted() {
                 return Outcome {
                     records,
@@ -76,7 +84,9 @@ pub fn run_interleaved(w: &dyn Workload, vmms: &[Vmm], plan: &Plan) -> Outcome {
     }
     for round in 0..plan.runs {
         let mut line = format!("{} run {}/{}:", w.name(), round + 1, plan.runs);
-        for (v, vmm) in vmms.iter().enumerate() {
+        // Warm-up rounds count in the rotation, so recorded round 0 need not start with A.
+        for v in round_order(vmms.len(), plan.warmup + round) {
+            let vmm = &vmms[v];
             if interrupt::interrupted() {
                 eprintln!("{line} interrupted");
                 return Outcome {
@@ -93,5 +103,20 @@ pub fn run_interleaved(w: &dyn Workload, vmms: &[Vmm], plan: &Plan) -> Outcome {
     Outcome {
         records,
         interrupted: interrupt::interrupted(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_order;
+
+    #[test]
+    fn every_round_runs_every_vmm_once_starting_one_later() {
+        assert_eq!(round_order(3, 0), vec![0, 1, 2]);
+        assert_eq!(round_order(3, 1), vec![1, 2, 0]);
+        assert_eq!(round_order(3, 2), vec![2, 0, 1]);
+        assert_eq!(round_order(3, 3), vec![0, 1, 2]);
+        assert_eq!(round_order(1, 5), vec![0]);
+        assert!(round_order(0, 2).is_empty());
     }
 }

@@ -70,6 +70,8 @@ pub struct I8042 {
     output: Option<(u8, bool)>,
     /// A command waiting for its parameter byte on the data port.
     pending: Option<u8>,
+    /// Keyboard scancodes waiting for the data port, after `output`.
+    keys: std::collections::VecDeque<u8>,
 }
 
 /// The controller's state for a snapshot.
@@ -101,6 +103,12 @@ impl I8042 {
     }
 }
 
+/// Ctrl+Alt+Del pressed and released, in scancode set 2 (what Firecracker's SendCtrlAltDel
+/// puts on the keyboard port): Ctrl, Alt, Del (extended) down, then up in reverse order.
+pub const CTRL_ALT_DEL: [u8; 11] = [
+    0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14,
+];
+
 impl I8042 {
     /// A controller with command byte 0 that signals `reset_evt` when the guest resets the
     /// machine through it.
@@ -110,7 +118,31 @@ impl I8042 {
             ctr: 0,
             output: None,
             pending: None,
+            keys: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Queues keyboard scancodes; the guest reads them one by one at the data port (OBF set
+    /// in the status register while one waits). Bounded: a guest that never reads loses the
+    /// oldest beyond 64 bytes.
+    pub fn push_keys(&mut self, codes: &[u8]) {
+        for &c in codes {
+            if self.keys.len() >= 64 {
+                self.keys.pop_front();
+            }
+            self.keys.push_back(c);
+        }
+    }
+
+    /// Presses and releases Ctrl+Alt+Del.
+    pub fn send_ctrl_alt_del(&mut self) {
+        self.push_keys(&CTRL_ALT_DEL);
+    }
+
+    fn next_output(&mut self) -> Option<(u8, bool)> {
+        self.output
+            .take()
+            .or_else(|| self.keys.pop_front().map(|k| (k, false)))
     }
 
     fn reset(&self) {
@@ -125,6 +157,9 @@ impl I8042 {
     }
 
     fn status(&self) -> u8 {
+        if self.output.is_none() && !self.keys.is_empty() {
+            return STATUS_OBF;
+        }
         match self.output {
             Some((_, true)) => STATUS_OBF | STATUS_AUXDATA,
             Some((_, false)) => STATUS_OBF,
@@ -186,7 +221,7 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match (data.len(), offset) {
-            (1, DATA_OFFSET) => self.output.take().map_or(0, |(v, _)| v),
+            (1, DATA_OFFSET) => self.next_output().map_or(0, |(v, _)| v),
             (1, COMMAND_OFFSET) => self.status(),
             _ => 0xff,
         };
@@ -297,5 +332,22 @@ mod tests {
         assert!(bus.write(0x63, &[0xfe, 0xfe]));
         assert!(evt.read().is_err());
         assert_eq!(inb(&bus, 0x61), 0xff, "offsets 1..=3 are not registers");
+    }
+
+    #[test]
+    fn ctrl_alt_del_reaches_the_data_port_in_order() {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dev = Arc::new(Mutex::new(I8042::new(evt.try_clone().unwrap())));
+        let mut bus = Bus::new();
+        bus.insert(dev.clone(), 0x60, I8042_PORT_LEN).unwrap();
+        assert_eq!(inb(&bus, CMD) & STATUS_OBF, 0);
+        dev.lock().unwrap().send_ctrl_alt_del();
+        let mut got = Vec::new();
+        while inb(&bus, CMD) & STATUS_OBF != 0 {
+            got.push(inb(&bus, DATA));
+        }
+        assert_eq!(got, CTRL_ALT_DEL);
+        // Keys do not reset the machine by themselves.
+        assert!(evt.read().is_err());
     }
 }

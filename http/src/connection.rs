@@ -32,6 +32,10 @@ pub(crate) struct Connection {
     peer_closed: bool,
     /// Finished: drop it.
     pub closed: bool,
+    /// One of its requests showed it may use the server ([`Handler::authenticates`]).
+    pub authenticated: bool,
+    /// Since when it has been waiting for a request with nothing of one received.
+    idle_start: Instant,
     /// When the current wait (for a request, or for the peer to take a response) times out.
     pub deadline: Instant,
 }
@@ -40,6 +44,7 @@ impl Connection {
     /// Takes over an accepted stream.
     pub fn new(stream: UnixStream, config: &ServerConfig) -> io::Result<Connection> {
         stream.set_nonblocking(true)?;
+        let now = Instant::now();
         Ok(Connection {
             stream,
             inbuf: Vec::new(),
@@ -51,8 +56,15 @@ impl Connection {
             close_after_write: false,
             peer_closed: false,
             closed: false,
-            deadline: Instant::now() + config.read_timeout,
+            authenticated: false,
+            idle_start: now,
+            deadline: now + config.idle_timeout,
         })
+    }
+
+    /// Gives up the stream (to close it in an orderly way).
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
     }
 
     /// The stream, to poll.
@@ -71,6 +83,16 @@ impl Connection {
 
     fn writing(&self) -> bool {
         self.out_pos < self.out.len()
+    }
+
+    /// When it became idle, if it is: waiting for a request with nothing of one received.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let idle = !self.closed
+            && !self.writing()
+            && !self.close_after_write
+            && self.inbuf.is_empty()
+            && self.head.is_none();
+        idle.then_some(self.idle_start)
     }
 
     /// Reacts to poll `revents`.
@@ -108,6 +130,7 @@ impl Connection {
 
     fn read(&mut self, config: &ServerConfig) {
         let start = self.inbuf.len();
+        let was_idle = self.idle_since().is_some();
         self.inbuf.resize(start + READ_CHUNK, 0);
         let result = fds::recv(self.stream.as_fd(), &mut self.inbuf[start..], &mut self.fds);
         match result {
@@ -115,6 +138,9 @@ impl Connection {
                 self.inbuf.truncate(start + received.bytes);
                 if received.bytes == 0 {
                     self.peer_closed = true;
+                } else if was_idle {
+                    // A request has begun: it has the read timeout to arrive whole.
+                    self.deadline = Instant::now() + config.read_timeout;
                 }
                 let max = config.limits.max_fds.min(fds::MAX_FDS);
                 if received.truncated || self.fds.len() > max {
@@ -166,6 +192,9 @@ impl Connection {
             let version = head.version;
             let head_only = head.method == Method::Head;
             let request = head.into_request(body, fds);
+            if !self.authenticated && handler.authenticates(&request) {
+                self.authenticated = true;
+            }
             let keep_alive = request.keep_alive();
             let response = handler.handle(request);
             if response.is_stream() {
@@ -252,6 +281,9 @@ impl Connection {
         if self.close_after_write {
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
             self.closed = true;
+        } else if self.inbuf.is_empty() {
+            self.idle_start = Instant::now();
+            self.deadline = self.idle_start + config.idle_timeout;
         } else {
             self.deadline = Instant::now() + config.read_timeout;
         }

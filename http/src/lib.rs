@@ -22,6 +22,8 @@ mod server;
 mod parse_tests;
 #[cfg(test)]
 mod server_tests;
+#[cfg(test)]
+mod slots_tests;
 
 use std::io;
 use std::path::PathBuf;

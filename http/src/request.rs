@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 use super::headers::{content_length, is_token, scan_head, Scan};
 use super::{Headers, Limits, ParseError};
 
-/// Request methods petrel serves; other valid tokens get 501.
+/// Request methods petrel knows: those it serves, and standard ones it never serves (405 on a
+/// known path); other valid tokens get 501.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     /// GET
@@ -25,6 +26,12 @@ pub enum Method {
     Delete,
     /// OPTIONS
     Options,
+    /// TRACE (never served: a known path answers 405)
+    Trace,
+    /// CONNECT (never served: a known path answers 405)
+    Connect,
+    /// QUERY (never served: a known path answers 405)
+    Query,
 }
 
 impl Method {
@@ -38,6 +45,9 @@ impl Method {
             Method::Patch => "PATCH",
             Method::Delete => "DELETE",
             Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Connect => "CONNECT",
+            Method::Query => "QUERY",
         }
     }
 
@@ -51,6 +61,9 @@ impl Method {
             b"PATCH" => Method::Patch,
             b"DELETE" => Method::Delete,
             b"OPTIONS" => Method::Options,
+            b"TRACE" => Method::Trace,
+            b"CONNECT" => Method::Connect,
+            b"QUERY" => Method::Query,
             _ => return None,
         })
     }

@@ -36,6 +36,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
+        507 => "Insufficient Storage",
         _ => "",
     }
 }
@@ -52,6 +53,9 @@ pub enum Dialect {
     /// the number) and error bodies that are a JSON array of messages, from the top error
     /// to its root cause.
     CloudHypervisor,
+    /// Firecracker's API server: the status code with an empty reason phrase, as Cloud
+    /// Hypervisor's, and error bodies `{"fault_message": message}`.
+    Firecracker,
 }
 
 impl Dialect {
@@ -60,13 +64,16 @@ impl Dialect {
         match self {
             Dialect::Petrel => Response::error(status, message),
             Dialect::CloudHypervisor => Response::error_list(status, &[message]),
+            Dialect::Firecracker => {
+                Response::json(status, &serde_json::json!({ "fault_message": message }))
+            }
         }
     }
 
     /// `response` as this dialect writes it (the reason phrase dropped for Cloud Hypervisor).
     pub fn adapt<'a>(self, response: &'a Response) -> std::borrow::Cow<'a, Response> {
         match self {
-            Dialect::CloudHypervisor if !response.reason.is_empty() => {
+            Dialect::CloudHypervisor | Dialect::Firecracker if !response.reason.is_empty() => {
                 let mut r = response.clone();
                 r.reason.clear();
                 std::borrow::Cow::Owned(r)
@@ -239,7 +246,11 @@ impl Response {
                     let lines: Option<Vec<&str>> = items.iter().map(|i| i.as_str()).collect();
                     lines.map(|l| l.join(": "))
                 }
-                v => v.get("error")?.as_str().map(str::to_string),
+                v => v
+                    .get("error")
+                    .or_else(|| v.get("fault_message"))?
+                    .as_str()
+                    .map(str::to_string),
             });
         from_json.unwrap_or_else(|| String::from_utf8_lossy(&self.body).trim().to_string())
     }

@@ -6,8 +6,10 @@
 //! One thread runs a `poll(2)` loop over the listener, a wake-up socket and every open
 //! connection. Requests are handled one at a time on that thread (the API is serialized by
 //! construction); a connection waiting for a request or for its peer to read a response has a
-//! deadline, so slow or half-open clients are closed instead of blocking anyone. Beyond
-//! `max_connections` a new connection gets a 503 and is closed at once.
+//! deadline, so slow or half-open clients are closed instead of blocking anyone. Connections
+//! that have not yet shown they may use the server ([`Handler::authenticates`]) have their
+//! own slots; when those are full, a new connection closes the longest idle one, or gets a
+//! 503 and a lingering close (never a reset).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -28,6 +30,15 @@ use super::{fds, Error, Limits, Request, Response, Result, Version};
 pub trait Handler: Send + 'static {
     /// The response to `request`.
     fn handle(&mut self, request: Request) -> Response;
+
+    /// Whether `request` proves its sender may use the server (e.g. carries the bearer
+    /// token). Until one of its requests does, a connection holds one of the
+    /// [`ServerConfig::max_unauthenticated`] slots; after, one of the
+    /// [`ServerConfig::max_connections`]. Everyone is trusted by default (a Unix socket's
+    /// file mode already decided who may connect).
+    fn authenticates(&self, _request: &Request) -> bool {
+        true
+    }
 }
 
 impl<F: FnMut(Request) -> Response + Send + 'static> Handler for F {
@@ -41,15 +52,20 @@ impl<F: FnMut(Request) -> Response + Send + 'static> Handler for F {
 pub struct ServerConfig {
     /// Request size limits.
     pub limits: Limits,
-    /// Time a connection has to deliver a whole request, counted from its accept or from the
-    /// previous response (idle keep-alive connections close after it too).
+    /// Time a connection has to deliver a whole request, counted from its first byte.
     pub read_timeout: Duration,
+    /// Time a connection may stay open with nothing of a request received, after its accept
+    /// or the previous response.
+    pub idle_timeout: Duration,
     /// Time a peer has to take a whole response.
     pub write_timeout: Duration,
-    /// Open connections at once; more get a 503.
+    /// Connections that have shown they may use the server ([`Handler::authenticates`]).
     pub max_connections: usize,
     /// The status lines and error bodies the transport writes.
     pub dialect: super::Dialect,
+    /// Connections that have not yet: a new one over this first closes the longest idle of
+    /// them (nothing received), else it gets a 503. Idle clients cannot starve anyone.
+    pub max_unauthenticated: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,9 +73,11 @@ impl Default for ServerConfig {
         ServerConfig {
             limits: Limits::default(),
             read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(5),
             max_connections: 16,
             dialect: super::Dialect::default(),
+            max_unauthenticated: 16,
         }
     }
 }
@@ -274,21 +292,28 @@ impl Server {
         config: ServerConfig,
         handler: impl Handler,
     ) -> Result<Server> {
-        Server::bind_with_init(path, config, handler, || {})
+        Server::bind_with_init(path, config, handler, || Ok(()))
     }
 
     /// Like [`Server::bind`], running `init` first on the server thread (e.g. to install a
-    /// seccomp filter there).
+    /// seccomp filter there); see [`Server::start_with_init`].
     pub fn bind_with_init(
         path: impl AsRef<Path>,
         config: ServerConfig,
         handler: impl Handler,
-        init: impl FnOnce() + Send + 'static,
+        init: impl FnOnce() -> std::io::Result<()> + Send + 'static,
     ) -> Result<Server> {
         let path = path.as_ref();
         let listener = listen(path)?;
         let meta = std::fs::symlink_metadata(path).map_err(Error::Setup)?;
-        let mut server = Server::start_with_init(listener, config, handler, init)?;
+        let started = Server::start_with_init(listener, config, handler, init);
+        let mut server = match started {
+            Ok(server) => server,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
         server.bound = Some((path.to_path_buf(), meta.dev(), meta.ino()));
         Ok(server)
     }
@@ -300,26 +325,39 @@ impl Server {
         config: ServerConfig,
         handler: impl Handler,
     ) -> Result<Server> {
-        Server::start_with_init(listener, config, handler, || {})
+        Server::start_with_init(listener, config, handler, || Ok(()))
     }
 
-    /// Like [`Server::start`], running `init` first on the server thread.
+    /// Like [`Server::start`], running `init` first on the server thread. Fails closed: when
+    /// `init` fails, the thread ends without serving anything and this returns its error.
     pub fn start_with_init(
         listener: impl Into<Listener>,
         config: ServerConfig,
         handler: impl Handler,
-        init: impl FnOnce() + Send + 'static,
+        init: impl FnOnce() -> std::io::Result<()> + Send + 'static,
     ) -> Result<Server> {
         let listener = listener.into();
         listener.set_nonblocking(true).map_err(Error::Setup)?;
         let (wake, wake_rx) = UnixStream::pair().map_err(Error::Setup)?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("http-server".into())
             .spawn(move || {
-                init();
-                serve(listener, wake_rx, config, handler)
+                let ready = init();
+                let ok = ready.is_ok();
+                let _ = ready_tx.send(ready);
+                if ok {
+                    serve(listener, wake_rx, config, handler)
+                }
             })
             .map_err(Error::Setup)?;
+        let ready = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the server thread ended in init")));
+        if let Err(e) = ready {
+            let _ = thread.join();
+            return Err(Error::Setup(e));
+        }
         Ok(Server {
             wake,
             thread: Some(thread),
@@ -370,6 +408,10 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
 /// The server thread.
 fn serve(listener: Listener, wake: UnixStream, config: ServerConfig, mut handler: impl Handler) {
     let mut conns: Vec<Connection> = Vec::new();
+    let mut refused = Refused {
+        streams: Vec::new(),
+        dialect: config.dialect,
+    };
     let mut accept_paused_until: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -377,6 +419,7 @@ fn serve(listener: Listener, wake: UnixStream, config: ServerConfig, mut handler
             conn.time_out(&config);
         }
         conns.retain(|c| !c.closed);
+        refused.expire(now);
         if accept_paused_until.is_some_and(|t| t <= now) {
             accept_paused_until = None;
         }
@@ -394,10 +437,12 @@ fn serve(listener: Listener, wake: UnixStream, config: ServerConfig, mut handler
                 .iter()
                 .map(|c| pollfd(c.fd().as_raw_fd(), c.interest())),
         );
+        pfds.extend(refused.pollfds());
         let next = conns
             .iter()
             .map(|c| c.deadline)
             .chain(accept_paused_until)
+            .chain(refused.next_deadline())
             .min();
         let timeout = next.map_or(-1, |t| {
             let ms = t.saturating_duration_since(now).as_micros().div_ceil(1000);
@@ -416,15 +461,56 @@ fn serve(listener: Listener, wake: UnixStream, config: ServerConfig, mut handler
         if pfds[0].revents != 0 {
             return;
         }
-        for (conn, pfd) in conns.iter_mut().zip(&pfds[2..]) {
+        let n = conns.len();
+        for (conn, pfd) in conns.iter_mut().zip(&pfds[2..2 + n]) {
             if pfd.revents != 0 {
                 conn.ready(pfd.revents, &mut handler, &config);
             }
         }
+        refused.ready(&pfds[2 + n..]);
         conns.retain(|c| !c.closed);
+        close_idle_over(&mut conns, &mut refused, true, config.max_connections);
         if pfds[1].revents != 0 {
-            accept_paused_until = accept_all(&listener, &mut conns, &config);
+            accept_paused_until = accept_all(&listener, &mut conns, &mut refused, &config);
         }
+    }
+}
+
+/// A connection is closed to make room only after it has been idle this long, so that a
+/// client that has just connected has its request read first.
+const EVICT_AFTER: Duration = Duration::from_millis(100);
+
+/// Closes the longest idle connections (nothing of a request received for [`EVICT_AFTER`])
+/// of one kind (authenticated or not) while there are more than `max` of that kind. Returns
+/// whether it got under the limit.
+fn close_idle_over(
+    conns: &mut Vec<Connection>,
+    refused: &mut Refused,
+    authenticated: bool,
+    max: usize,
+) -> bool {
+    let Some(old) = Instant::now().checked_sub(EVICT_AFTER) else {
+        return false;
+    };
+    loop {
+        let count = conns
+            .iter()
+            .filter(|c| c.authenticated == authenticated)
+            .count();
+        if count <= max {
+            return true;
+        }
+        let oldest = conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.authenticated == authenticated)
+            .filter_map(|(i, c)| c.idle_since().filter(|&t| t <= old).map(|t| (t, i)))
+            .min();
+        let Some((_, i)) = oldest else {
+            return false;
+        };
+        log::debug!("api server: closing an idle connection to make room");
+        refused.close(conns.swap_remove(i).into_stream(), false);
     }
 }
 
@@ -432,15 +518,24 @@ fn serve(listener: Listener, wake: UnixStream, config: ServerConfig, mut handler
 fn accept_all(
     listener: &Listener,
     conns: &mut Vec<Connection>,
+    refused: &mut Refused,
     config: &ServerConfig,
 ) -> Option<Instant> {
     loop {
         match listener.accept() {
-            Ok(stream) if conns.len() >= config.max_connections => reject(stream, config.dialect),
-            Ok(stream) => match Connection::new(stream, config) {
-                Ok(conn) => conns.push(conn),
-                Err(e) => log::warn!("api server: set up connection: {e}"),
-            },
+            Ok(stream) => {
+                // Room for one more unauthenticated connection: close an idle one if needed.
+                let room = config.max_unauthenticated > 0
+                    && close_idle_over(conns, refused, false, config.max_unauthenticated - 1);
+                if !room {
+                    refused.close(stream, true);
+                    continue;
+                }
+                match Connection::new(stream, config) {
+                    Ok(conn) => conns.push(conn),
+                    Err(e) => log::warn!("api server: set up connection: {e}"),
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -451,14 +546,98 @@ fn accept_all(
     }
 }
 
-/// Best-effort 503 to a connection over the limit.
-fn reject(stream: UnixStream, dialect: super::Dialect) {
-    let mut out = Vec::new();
-    let response = dialect.error(503, "too many connections");
-    dialect
-        .adapt(&response)
-        .write_to(&mut out, Version::Http11, false, false);
-    if stream.set_nonblocking(true).is_ok() {
-        let _ = fds::send(stream.as_fd(), &out, &[]);
+/// How long a refused connection is kept to read (and drop) what its peer sends, so that it
+/// closes with the 503 delivered rather than with a reset.
+const LINGER: Duration = Duration::from_secs(1);
+/// Refused connections kept lingering at once; beyond, they are drained once and closed.
+const MAX_LINGERING: usize = 64;
+
+/// Connections being closed (refused over the limit with a 503, or idle ones closed to make
+/// room): the write side is shut down, and what the peer sends is read and dropped until it
+/// closes or [`LINGER`] passes. Closing a socket with unread input makes the kernel send a
+/// reset, which loses the 503 on TCP.
+struct Refused {
+    streams: Vec<(UnixStream, Instant)>,
+    /// The status line and error body form of the 503.
+    dialect: super::Dialect,
+}
+
+impl Refused {
+    fn close(&mut self, stream: UnixStream, with_503: bool) {
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        if with_503 {
+            let mut out = Vec::new();
+            let response = self.dialect.error(503, "too many connections");
+            self.dialect
+                .adapt(&response)
+                .write_to(&mut out, Version::Http11, false, false);
+            let _ = fds::send(stream.as_fd(), &out, &[]);
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        if drain(&stream) || self.streams.len() >= MAX_LINGERING {
+            return;
+        }
+        self.streams.push((stream, Instant::now() + LINGER));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.streams.retain(|(s, deadline)| {
+            if *deadline <= now {
+                drain(s);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn pollfds(&self) -> impl Iterator<Item = libc::pollfd> + '_ {
+        self.streams
+            .iter()
+            .map(|(s, _)| pollfd(s.as_raw_fd(), libc::POLLIN))
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.streams.iter().map(|(_, d)| *d).min()
+    }
+
+    /// Reads what arrived; drops the streams whose peer closed.
+    fn ready(&mut self, pfds: &[libc::pollfd]) {
+        let mut i = 0;
+        self.streams.retain(|(s, _)| {
+            let revents = pfds.get(i).map_or(0, |p| p.revents);
+            i += 1;
+            revents == 0 || !drain(s)
+        });
+    }
+}
+
+/// Reads and drops everything readable on `stream`; true when the peer closed (or failed).
+fn drain(stream: &UnixStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: `buf` is valid for writes of its length; the descriptor is open.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return true;
+        }
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => false,
+            io::ErrorKind::Interrupted => continue,
+            _ => true,
+        };
     }
 }

@@ -49,6 +49,7 @@ fn echo(mut req: Request) -> Response {
 fn quick_config() -> ServerConfig {
     ServerConfig {
         read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(300),
         ..ServerConfig::default()
     }
 }
@@ -247,16 +248,20 @@ fn expect_continue() {
 #[test]
 fn connection_limit() {
     let config = ServerConfig {
-        max_connections: 2,
+        max_unauthenticated: 2,
         ..ServerConfig::default()
     };
     let (server, _client) = start("limit", config);
     let path = server.path().unwrap().to_path_buf();
+    // Two connections in the middle of a request hold both slots (idle ones would not).
     let mut a = UnixStream::connect(&path).unwrap();
-    let _b = UnixStream::connect(&path).unwrap();
-    assert_eq!(raw(&mut a, b"GET / HTTP/1.1\r\n\r\n", 1)[0].status, 200);
+    let mut b = UnixStream::connect(&path).unwrap();
+    a.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    b.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
     let mut c = UnixStream::connect(&path).unwrap();
     assert_eq!(raw(&mut c, b"", 1)[0].status, 503);
+    assert_eq!(raw(&mut a, b"\r\n", 1)[0].status, 200);
 }
 
 #[test]
@@ -522,4 +527,37 @@ fn cloud_hypervisor_dialect_status_line_and_error_bodies() {
         chain.error_message(),
         "Error from API: The VM could not boot"
     );
+}
+
+#[test]
+fn a_failed_init_serves_nothing_and_fails_the_start() {
+    // A thread that cannot install its seccomp filter must not serve: the start fails with
+    // init's error and the socket file is gone.
+    let path = temp_socket("init-fails");
+    let r = Server::bind_with_init(&path, ServerConfig::default(), echo, || {
+        Err(std::io::Error::other("no filter"))
+    });
+    match r {
+        Err(Error::Setup(e)) => assert_eq!(e.to_string(), "no filter"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("the server started although init failed"),
+    }
+    assert!(!path.exists(), "the socket file was left behind");
+    let fd_path = temp_socket("init-fails-fd");
+    let listener = UnixListener::bind(&fd_path).unwrap();
+    let r = Server::start_with_init(listener, ServerConfig::default(), echo, || {
+        Err(std::io::Error::other("no filter"))
+    });
+    assert!(r.is_err());
+    std::fs::remove_file(&fd_path).unwrap();
+    // And a successful init runs on the server thread before it serves.
+    let path = temp_socket("init-ok");
+    let server = Server::bind_with_init(&path, ServerConfig::default(), echo, || {
+        assert_eq!(std::thread::current().name(), Some("http-server"));
+        Ok(())
+    })
+    .unwrap();
+    let client = Client::new(&path).with_timeout(Duration::from_secs(10));
+    assert_eq!(client.get("/x").unwrap().status, 200);
+    server.shutdown();
 }

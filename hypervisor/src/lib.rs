@@ -107,6 +107,12 @@ pub trait Hypervisor: Send + Sync {
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
     /// The largest number of vCPUs a VM may have.
     fn max_vcpus(&self) -> u32;
+    /// Whether the hypervisor pins guest RAM while the VM runs (MSHV does): a page the guest
+    /// gives back cannot then be released with `MADV_DONTNEED` behind the hypervisor's back,
+    /// so memory ballooning is refused.
+    fn pins_guest_memory(&self) -> bool {
+        false
+    }
 }
 
 /// A VM: memory, interrupt controller, vCPUs and eventfd wiring.
@@ -122,13 +128,18 @@ pub trait Vm: Send + Sync {
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
     /// Raises `gsi` whenever `evt` is written.
     fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()>;
-    /// Writes `evt` when the guest writes to `addr` (with `datamatch`, only that value) instead
-    /// of exiting to the VMM.
+    /// Detaches `evt` from `gsi` before the VM goes away. The hypervisor releases a closed
+    /// VM's irqfds asynchronously, and Linux (6.15+) refuses (EBUSY) to attach an eventfd that
+    /// another VM's irqfd still waits on: a VMM that boots a new VM with the same eventfds
+    /// (a guest reboot, a boot after a shutdown) detaches them first.
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()>;
+    /// Writes `evt` when the guest writes to `addr` a value `datamatch` matches (width
+    /// included) instead of exiting to the VMM.
     fn register_ioevent(
         &self,
         evt: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: Datamatch,
     ) -> Result<()>;
     /// Starts (`on`) or stops recording which pages of memory slot `slot` the guest writes;
     /// the slot is set again with the same placement.

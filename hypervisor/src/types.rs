@@ -26,6 +26,30 @@ pub enum IoEventAddress {
     Mmio(u64),
 }
 
+/// Which guest writes to an ioeventfd's address signal it. The width is part of the match:
+/// a `U32` datamatch only matches 4-byte writes of that value, a `U64` one only 8-byte writes
+/// (a virtio-mmio QueueNotify is a 4-byte write, so it needs `U32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datamatch {
+    /// Every write, whatever its width and value.
+    Any,
+    /// 4-byte writes of this value.
+    U32(u32),
+    /// 8-byte writes of this value.
+    U64(u64),
+}
+
+impl Datamatch {
+    /// Whether a guest write of `data` (little-endian, `data.len()` bytes wide) matches.
+    pub fn matches(&self, data: &[u8]) -> bool {
+        match *self {
+            Datamatch::Any => true,
+            Datamatch::U32(v) => data == v.to_le_bytes(),
+            Datamatch::U64(v) => data == v.to_le_bytes(),
+        }
+    }
+}
+
 /// General-purpose registers.
 #[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,5 +189,22 @@ impl LapicState {
         if let Some(s) = self.0.get_mut(reg..reg + 4) {
             s.copy_from_slice(&value.to_le_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Datamatch;
+
+    #[test]
+    fn datamatch_compares_width_and_value() {
+        assert!(Datamatch::Any.matches(&[1]));
+        assert!(Datamatch::Any.matches(&[1, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(Datamatch::U32(1).matches(&[1, 0, 0, 0]));
+        assert!(!Datamatch::U32(1).matches(&[2, 0, 0, 0]));
+        assert!(!Datamatch::U32(1).matches(&[1, 0]));
+        assert!(!Datamatch::U32(1).matches(&[1, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(Datamatch::U64(1).matches(&[1, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(!Datamatch::U64(1).matches(&[1, 0, 0, 0]));
     }
 }

@@ -1,12 +1,14 @@
 //! The KVM backend against the real /dev/kvm: a few bytes of real-mode guest code exercise
 //! memory slots, port I/O and MMIO dispatch through `IoHandler`, ioeventfd, HLT, and the kick
-//! that interrupts `run` from another thread. Skips (saying why) where /dev/kvm is missing.
+//! that interrupts `run` from another thread, and that an ioeventfd's datamatch width decides
+//! whether a write takes the fast path. Skips (printing SKIPPED and why) where /dev/kvm is
+//! missing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hypervisor::{IoEventAddress, IoHandler, Request, Vcpu, VcpuExit};
+use hypervisor::{Datamatch, IoEventAddress, IoHandler, Request, Vcpu, VcpuExit};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MEM_SIZE: usize = 0x10000;
@@ -15,7 +17,7 @@ const CODE_AT: u64 = 0x1000;
 #[derive(Default)]
 struct Recorder {
     pio_writes: Mutex<Vec<(u16, u8)>>,
-    mmio_writes: Mutex<Vec<(u64, u8)>>,
+    mmio_writes: Mutex<Vec<(u64, Vec<u8>)>>,
     mmio_reads: Mutex<Vec<u64>>,
     done: AtomicBool,
 }
@@ -35,7 +37,7 @@ impl IoHandler for Recorder {
         data.fill(0x5a);
     }
     fn mmio_write(&self, addr: u64, data: &[u8]) {
-        self.mmio_writes.lock().unwrap().push((addr, data[0]));
+        self.mmio_writes.lock().unwrap().push((addr, data.to_vec()));
     }
 }
 
@@ -55,8 +57,11 @@ impl Drop for Guest {
     }
 }
 
+/// An ioeventfd to register before the vCPU starts.
+type IoEvent<'a> = (&'a EventFd, IoEventAddress, Datamatch);
+
 /// A 1-vCPU VM with 64 KiB of RAM whose vCPU starts in real mode at CODE_AT running `code`.
-fn guest(code: &[u8], ioevent: Option<&EventFd>) -> Option<Guest> {
+fn guest(code: &[u8], ioevents: &[IoEvent<'_>]) -> Option<Guest> {
     if !std::path::Path::new("/dev/kvm").exists() {
         test_skip::skip("/dev/kvm does not exist");
         return None;
@@ -85,8 +90,8 @@ fn guest(code: &[u8], ioevent: Option<&EventFd>) -> Option<Guest> {
     };
     // SAFETY: the mapping lives as long as `Guest`, which owns the VM.
     unsafe { vm.map_memory(0, 0, mem as u64, MEM_SIZE as u64) }.expect("map memory");
-    if let Some(evt) = ioevent {
-        vm.register_ioevent(evt, IoEventAddress::Pio(0x20), None)
+    for (evt, addr, datamatch) in ioevents {
+        vm.register_ioevent(evt, *addr, *datamatch)
             .expect("ioeventfd");
     }
     let vcpu = vm.create_vcpu(0).expect("create vcpu");
@@ -117,7 +122,7 @@ fn port_io_mmio_ioeventfd_and_hlt() {
         0xf4, // hlt
     ];
     let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-    let Some(mut g) = guest(&code, Some(&evt)) else {
+    let Some(mut g) = guest(&code, &[(&evt, IoEventAddress::Pio(0x20), Datamatch::Any)]) else {
         return;
     };
     let io = Recorder::default();
@@ -128,7 +133,7 @@ fn port_io_mmio_ioeventfd_and_hlt() {
         vec![(0x10, 0x42), (0x12, 0x07), (0x13, 0x5a)]
     );
     assert_eq!(evt.read().expect("ioeventfd fired"), 1);
-    assert_eq!(*io.mmio_writes.lock().unwrap(), vec![(0x12000, 0x07)]);
+    assert_eq!(*io.mmio_writes.lock().unwrap(), vec![(0x12000, vec![0x07])]);
     assert_eq!(*io.mmio_reads.lock().unwrap(), vec![0x12004]);
 }
 
@@ -138,7 +143,7 @@ fn kick_interrupts_a_spinning_vcpu() {
         0xe6, 0x14, // out 0x14, al  (tells the test the guest runs)
         0xeb, 0xfe, // jmp $
     ];
-    let Some(g) = guest(&code, None) else {
+    let Some(g) = guest(&code, &[]) else {
         return;
     };
     let io = Arc::new(Recorder::default());
@@ -167,6 +172,69 @@ fn kick_interrupts_a_spinning_vcpu() {
     assert_eq!(result, Ok(VcpuExit::Interrupted));
 }
 
+/// Real-mode code writing the 4-byte values 1 then 2 to guest physical 0x12000 (the way a
+/// virtio driver writes QueueNotify), then halting.
+const NOTIFY_WRITES: [u8; 21] = [
+    0xbb, 0x00, 0x10, // mov bx, 0x1000
+    0x8e, 0xdb, // mov ds, bx
+    0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
+    0x66, 0xa3, 0x00, 0x20, // mov [0x2000], eax   (4-byte MMIO write at 0x12000)
+    0x66, 0x40, // inc eax
+    0x66, 0xa3, 0x00, 0x20, // mov [0x2000], eax
+          // (hlt appended by the tests)
+];
+
+fn notify_code() -> Vec<u8> {
+    let mut code = NOTIFY_WRITES.to_vec();
+    code.push(0xf4); // hlt
+    code
+}
+
+#[test]
+fn four_byte_datamatch_write_signals_the_eventfd_without_an_exit() {
+    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+    let Some(mut g) = guest(
+        &notify_code(),
+        &[(&evt, IoEventAddress::Mmio(0x12000), Datamatch::U32(1))],
+    ) else {
+        return;
+    };
+    let io = Recorder::default();
+    assert_eq!(g.vcpu.run(&io).expect("run"), VcpuExit::Hlt);
+    assert_eq!(evt.read().expect("ioeventfd fired"), 1);
+    // Only the write that does not match (value 2) reaches the handler.
+    assert_eq!(
+        *io.mmio_writes.lock().unwrap(),
+        vec![(0x12000, 2u32.to_le_bytes().to_vec())]
+    );
+}
+
+#[test]
+fn eight_byte_datamatch_never_matches_a_four_byte_write() {
+    // The width is part of the match: this is what every virtio kick did when the seam
+    // carried only an `Option<u64>`.
+    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+    let Some(mut g) = guest(
+        &notify_code(),
+        &[(&evt, IoEventAddress::Mmio(0x12000), Datamatch::U64(1))],
+    ) else {
+        return;
+    };
+    let io = Recorder::default();
+    assert_eq!(g.vcpu.run(&io).expect("run"), VcpuExit::Hlt);
+    assert!(
+        evt.read().is_err(),
+        "an 8-byte datamatch fired on a 4-byte write"
+    );
+    assert_eq!(
+        *io.mmio_writes.lock().unwrap(),
+        vec![
+            (0x12000, 1u32.to_le_bytes().to_vec()),
+            (0x12000, 2u32.to_le_bytes().to_vec())
+        ]
+    );
+}
+
 #[test]
 fn dirty_log_names_the_pages_the_guest_wrote() {
     let code = [
@@ -176,7 +244,7 @@ fn dirty_log_names_the_pages_the_guest_wrote() {
         0xc6, 0x06, 0x00, 0x50, 0x01, // mov byte [0x5000], 1 (page 8)
         0xf4, // hlt
     ];
-    let Some(mut g) = guest(&code, None) else {
+    let Some(mut g) = guest(&code, &[]) else {
         return;
     };
     // SAFETY: the guest's own mapping, as mapped in `guest()`.

@@ -301,6 +301,22 @@ pub fn vm_state(client: &Client) -> Result<Option<String>, String> {
     }
 }
 
+/// Why the VM's last boot ended, as petrel's `vm.info` says (`poweroff`, `reset`,
+/// `triple-fault`, `internal-error`, `shutdown`); `None` when petrel does not say.
+pub fn vm_end_reason(client: &Client) -> Option<String> {
+    let r = client.get(Endpoint::VmInfo.path()).ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = r.json_body().ok()?;
+    v["end_reason"].as_str().map(String::from)
+}
+
+/// Whether an end reason from [`vm_end_reason`] is a failure (`restart: on-failure`).
+pub fn is_failure(reason: &str) -> bool {
+    matches!(reason, "triple-fault" | "internal-error")
+}
+
 /// Waits until petrel answers `vmm.ping`, giving up when `proc` dies.
 pub fn wait_ping(client: &Client, proc: ProcessId, dir: &VmDir) -> Result<(), String> {
     let deadline = Instant::now() + PING_TIMEOUT;

@@ -24,6 +24,7 @@ pub mod net;
 pub mod ops;
 pub mod process;
 pub mod reconcile;
+pub mod reserve;
 pub mod routes;
 pub mod server;
 pub mod store;

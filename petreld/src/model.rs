@@ -182,6 +182,24 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `s` has the shape of a VM id ([`crate::new_id`]: 16 lowercase hex digits).
+pub fn looks_like_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Checks a VM's name: a name, and not one that looks like an id (VM paths take either, so
+/// a name shaped like an id could shadow another VM or be shadowed by it).
+pub fn validate_vm_name(name: &str) -> Result<(), String> {
+    validate_name("name", name)?;
+    if looks_like_id(name) {
+        return Err(format!(
+            "name: {name:?} looks like a VM id (16 hex digits); VM paths take an id or a name, \
+             so a name must not have that shape"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks labels: keys like names (plus '/'), values up to 255 printable characters, at most 64.
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     if labels.len() > 64 {
@@ -244,6 +262,10 @@ mod tests {
     #[test]
     fn names_and_labels() {
         assert!(validate_name("name", "web-1.a_b").is_ok());
+        assert!(validate_vm_name("web-1.a_b").is_ok());
+        assert!(validate_vm_name("0123456789abcdef").is_err());
+        assert!(validate_vm_name("0123456789abcdefg").is_ok());
+        assert!(validate_vm_name("0123456789ABCDEF").is_ok());
         for bad in ["", "-x", "a b", "é", &"x".repeat(64)] {
             assert!(validate_name("name", bad).is_err(), "{bad:?}");
         }

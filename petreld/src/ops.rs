@@ -12,7 +12,7 @@ use super::cgroup;
 use super::host::{Allocation, Host, Limits};
 use super::launcher::{self, SpawnOptions, VmDir};
 use super::model::{
-    merge_patch, now, validate_labels, validate_name, CreateVm, DesiredState, ObservedState,
+    merge_patch, now, validate_labels, validate_vm_name, CreateVm, DesiredState, ObservedState,
     RestartPolicy, VmRecord,
 };
 use super::net::{self, ManagedNet, NetRequest};
@@ -93,7 +93,8 @@ impl Daemon {
 
     /// `POST /v1/vms`.
     pub fn create_vm(self: &Arc<Self>, req: CreateVm) -> ApiResult<VmRecord> {
-        validate_name("name", &req.name).map_err(|m| ApiError::new(400, m))?;
+        validate_vm_name(&req.name).map_err(|m| ApiError::new(400, m))?;
+        self.check_space("create")?;
         validate_labels(&req.labels).map_err(|m| ApiError::new(400, m))?;
         let (config, nets) = self.resolve_config(&req)?;
         let id = new_id();
@@ -264,6 +265,7 @@ impl Daemon {
             }
             _ => {}
         }
+        self.check_space("start")?;
         {
             let _admission = lock(&self.admission);
             let limits = self.limits(&self.host());
@@ -286,6 +288,22 @@ impl Daemon {
             return Err(ApiError::new(500, format!("start {}: {why}", vm.name)));
         }
         Ok(vm)
+    }
+
+    /// Refuses `op` (which would use space on the state disk) while that disk is full: 507,
+    /// saying what still works.
+    fn check_space(&self, op: &str) -> ApiResult<()> {
+        if self.store().space_low() {
+            return Err(ApiError::new(
+                507,
+                format!(
+                    "{op}: the state disk ({}) is full; free space (stop or delete VMs, which \
+                     still work) and try again",
+                    self.config.state_dir.display()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `POST /v1/vms/{id}/stop` (graceful for `timeout`, then forced) or `/kill` (`None`).
@@ -438,25 +456,49 @@ impl Daemon {
         failed.then_some(vm)
     }
 
-    /// The supervisor saw VM `id`'s guest power off: its petrel is ended and the VM
-    /// stopped. Returns the VM when the `always` policy restarts it.
-    pub(crate) fn handle_guest_stopped(&self, id: &str) -> Option<VmRecord> {
+    /// The supervisor saw VM `id`'s guest stop: its petrel is ended and the VM stopped, or
+    /// failed when petrel says the guest crashed (triple fault) or petrel could not run it.
+    /// Returns the VM and whether it failed, when its policy may restart it.
+    pub(crate) fn handle_guest_stopped(&self, id: &str) -> Option<(VmRecord, bool)> {
         let rt = self.runtime(id)?;
-        launcher::stop(&launcher::client(&rt.socket), rt.process, Duration::ZERO);
+        let client = launcher::client(&rt.socket);
+        let end = launcher::vm_end_reason(&client);
+        launcher::stop(&client, rt.process, Duration::ZERO);
         self.detach(id);
+        let failed = end.as_deref().is_some_and(launcher::is_failure);
+        let reason = match end.as_deref() {
+            Some("triple-fault") => "guest triple fault".to_string(),
+            Some("internal-error") => "petrel could not run the guest (internal error)".into(),
+            Some("reset") => "guest reset".into(),
+            Some("shutdown") => "shut down through petrel's API".into(),
+            Some(other) if other != "poweroff" => format!("guest stopped ({other})"),
+            _ => "guest powered off".into(),
+        };
+        if failed {
+            log::warn!("VM {id}: {reason}");
+        }
         let vm = self
             .store()
             .modify_vm(id, |v| {
-                v.state = ObservedState::Stopped;
-                v.exit_reason = Some("guest powered off".into());
+                v.state = if failed {
+                    ObservedState::Failed
+                } else {
+                    ObservedState::Stopped
+                };
+                v.exit_reason = Some(reason);
                 v.pid = None;
                 v.pid_start = None;
-                if v.restart != RestartPolicy::Always {
+                if !failed && v.restart != RestartPolicy::Always {
                     v.desired_state = DesiredState::Stopped;
                 }
             })
             .ok()?;
-        (vm.restart == RestartPolicy::Always).then_some(vm)
+        let restarts = if failed {
+            vm.restart != RestartPolicy::Never
+        } else {
+            vm.restart == RestartPolicy::Always
+        };
+        restarts.then_some((vm, failed))
     }
 
     /// Restarts `vm` on its own thread if its policy says so (`failure`: petrel died, else

@@ -36,8 +36,10 @@ pub fn reconcile(daemon: &Arc<Daemon>) -> ApiResult<Summary> {
             continue;
         };
         if vm.desired_state == DesiredState::Deleted {
-            daemon.finish_delete(&vm.id)?;
-            summary.deleted += 1;
+            match daemon.finish_delete(&vm.id) {
+                Ok(()) => summary.deleted += 1,
+                Err(e) => log::error!("reconcile: VM {}: delete: {}", vm.id, e.message),
+            }
             continue;
         }
         let dir = VmDir::new(&daemon.config.state_dir, &vm.id);
@@ -48,22 +50,32 @@ pub fn reconcile(daemon: &Arc<Daemon>) -> ApiResult<Summary> {
             .filter(ProcessId::alive);
         // A petrel started just before petreld died, before its pid was recorded.
         let live = recorded.or_else(|| process::find_by_api_socket(&dir.socket()));
+        // One VM's failure (e.g. a write on a full state disk) must not leave the others
+        // unmanaged: it is logged and the next VM is reconciled.
         let outcome = match live {
-            Some(p) => reattach(daemon, &vm, p, &dir)?,
+            Some(p) => match reattach(daemon, &vm, p, &dir) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    log::error!("reconcile: VM {}: {}", vm.id, e.message);
+                    continue;
+                }
+            },
             None => Outcome::Vanished(None),
         };
         drop(claim);
         match outcome {
             Outcome::Attached => summary.attached += 1,
-            Outcome::Restart(vm) => {
+            Outcome::Restart(vm, failed) => {
                 summary.restarting += 1;
-                daemon.maybe_restart(*vm, false);
+                daemon.maybe_restart(*vm, failed);
             }
-            Outcome::Vanished(why) => {
-                let (failed, restarting) = vanished(daemon, &vm, why)?;
-                summary.failed += usize::from(failed);
-                summary.restarting += usize::from(restarting);
-            }
+            Outcome::Vanished(why) => match vanished(daemon, &vm, why) {
+                Ok((failed, restarting)) => {
+                    summary.failed += usize::from(failed);
+                    summary.restarting += usize::from(restarting);
+                }
+                Err(e) => log::error!("reconcile: VM {}: {}", vm.id, e.message),
+            },
             Outcome::Done => {}
         }
     }
@@ -73,8 +85,8 @@ pub fn reconcile(daemon: &Arc<Daemon>) -> ApiResult<Summary> {
 enum Outcome {
     /// Re-attached, in its desired state.
     Attached,
-    /// The guest had powered off; restart per policy.
-    Restart(Box<VmRecord>),
+    /// The guest had stopped (true: by failure); restart per policy.
+    Restart(Box<VmRecord>, bool),
     /// No usable process (why, when one was found and killed).
     Vanished(Option<String>),
     /// Nothing more to do.
@@ -127,7 +139,7 @@ fn reattach(daemon: &Arc<Daemon>, vm: &VmRecord, p: ProcessId, dir: &VmDir) -> A
         }
         Some("Shutdown") if vm.state != ObservedState::Starting => {
             return Ok(match daemon.handle_guest_stopped(&vm.id) {
-                Some(vm) => Outcome::Restart(Box::new(vm)),
+                Some((vm, failed)) => Outcome::Restart(Box::new(vm), failed),
                 None => Outcome::Done,
             });
         }

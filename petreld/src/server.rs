@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -85,6 +85,128 @@ fn private_dir(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("create {}: {e}", path.display()))
 }
 
+/// Creates the state directory 0700, or checks an existing one: it must be a directory owned
+/// by petreld's uid that nobody else can write to (a world- or group-writable one is refused:
+/// files could have been planted in it); read or search access for others is removed.
+fn state_dir(path: &Path) -> Result<(), String> {
+    private_dir(path)?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("state_dir {}: {e}", path.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("state_dir {}: not a directory", path.display()));
+    }
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if meta.uid() != uid {
+        return Err(format!(
+            "state_dir {}: owned by uid {}, not petreld's uid {uid}",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "state_dir {}: writable by {} (mode {mode:04o}); files could have been planted in \
+             it: check its contents, then `chmod 0700` it",
+            path.display(),
+            if mode & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+        ));
+    }
+    if mode & 0o077 != 0 {
+        log::warn!(
+            "state_dir {}: mode {mode:04o} lets others read it; setting 0700",
+            path.display()
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Creates the database file 0600 before SQLite opens it (SQLite gives its WAL and shared
+/// memory files the database's mode), and takes group and other access away from existing
+/// ones.
+fn private_db(db: &Path) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)
+        .map_err(|e| format!("{}: {e}", db.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = Path::new(&name);
+        match std::fs::metadata(path) {
+            Ok(m) if m.mode() & 0o077 != 0 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The TCP listener's handler: every request needs the bearer token, and only a connection
+/// that has shown it leaves the unauthenticated slots.
+struct TcpApi {
+    daemon: Arc<super::Daemon>,
+    token: Arc<config::BearerToken>,
+}
+
+impl http::Handler for TcpApi {
+    fn handle(&mut self, req: http::Request) -> http::Response {
+        routes::authorize(&req, &self.token).unwrap_or_else(|| routes::handle(&self.daemon, req))
+    }
+
+    fn authenticates(&self, req: &http::Request) -> bool {
+        routes::authorize(req, &self.token).is_none()
+    }
+}
+
+/// The TCP listener's limits (per server thread): anyone who can reach the port can
+/// connect, so connections without the token get their own, larger, pool of slots and a
+/// short idle time; when that pool is full the longest idle of them is closed to make room.
+fn tcp_server_config() -> ServerConfig {
+    ServerConfig {
+        idle_timeout: std::time::Duration::from_secs(1),
+        max_unauthenticated: TCP_MAX_UNAUTHENTICATED,
+        ..ServerConfig::default()
+    }
+}
+
+/// Unauthenticated TCP connections per server thread.
+const TCP_MAX_UNAUTHENTICATED: usize = 128;
+
+/// Raises the soft open-files limit to the hard one (at most 65536): the TCP listener may
+/// hold hundreds of unauthenticated connections besides every VM's descriptors.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is valid for writes; getrlimit/setrlimit only read and write it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            let want = lim.rlim_max.min(65536);
+            if lim.rlim_cur < want {
+                lim.rlim_cur = want;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    log::warn!(
+                        "cannot raise the open files limit: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The signals petreld waits for, blocked in every thread (threads inherit the mask).
 fn block_signals() -> libc::sigset_t {
     // SAFETY: `set` is initialised by sigemptyset before use; sigaddset and pthread_sigmask
@@ -139,11 +261,12 @@ fn run(cfg: DaemonConfig) -> Result<(), String> {
         Some(t) => Some((t.listen, config::read_token(&t.token_file)?)),
         None => None,
     };
-    private_dir(&cfg.state_dir)?;
+    state_dir(&cfg.state_dir)?;
     if let Some(parent) = cfg.socket.parent() {
         private_dir(parent)?;
     }
     let db = cfg.state_dir.join("petreld.db");
+    private_db(&db)?;
     let store = Store::open(&db)
         .map_err(|e| format!("{}: {}", db.display(), super::launcher::chain(&e)))?;
     let host = host::probe(&cfg.petrel, cfg.gate("mshv"));
@@ -156,14 +279,18 @@ fn run(cfg: DaemonConfig) -> Result<(), String> {
     let group = cfg.socket_group.clone();
     let daemon = Daemon::new(cfg, store, host).map_err(|e| format!("set up: {e}"))?;
     supervisor::spawn(Arc::clone(&daemon)).map_err(|e| format!("supervisor thread: {e}"))?;
-    let summary = reconcile::reconcile(&daemon).map_err(|e| format!("reconcile: {}", e.message))?;
-    log::info!(
-        "reconciled: {} re-attached, {} failed, {} restarting, {} deletes finished",
-        summary.attached,
-        summary.failed,
-        summary.restarting,
-        summary.deleted
-    );
+    // A failed reconcile (e.g. the state disk full) leaves some VMs as they were recorded;
+    // petreld still serves its API rather than leaving every VM unmanaged.
+    match reconcile::reconcile(&daemon) {
+        Ok(summary) => log::info!(
+            "reconciled: {} re-attached, {} failed, {} restarting, {} deletes finished",
+            summary.attached,
+            summary.failed,
+            summary.restarting,
+            summary.deleted
+        ),
+        Err(e) => log::error!("reconcile: {} (serving anyway)", e.message),
+    }
     // Bound before the Unix socket, so that a port in use leaves no socket file behind.
     let tcp = match tcp {
         Some((addr, token)) => Some((
@@ -190,15 +317,17 @@ fn run(cfg: DaemonConfig) -> Result<(), String> {
     drop(listener);
     log::info!("listening on {}", socket.display());
     if let Some((listener, token)) = tcp {
+        raise_open_files_limit();
         for _ in 0..workers {
             let l = listener
                 .try_clone()
                 .map_err(|e| format!("clone listener: {e}"))?;
-            let (d, token) = (Arc::clone(&daemon), Arc::clone(&token));
-            let server = Server::start(l, ServerConfig::default(), move |req| {
-                routes::authorize(&req, &token).unwrap_or_else(|| routes::handle(&d, req))
-            })
-            .map_err(|e| format!("TCP API server: {e}"))?;
+            let handler = TcpApi {
+                daemon: Arc::clone(&daemon),
+                token: Arc::clone(&token),
+            };
+            let server = Server::start(l, tcp_server_config(), handler)
+                .map_err(|e| format!("TCP API server: {e}"))?;
             servers.push(server);
         }
         if let Some(addr) = listener.tcp_addr() {

@@ -8,6 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBeh
 
 use super::events::VmEvent;
 use super::model::{Cursor, ListQuery, SortKey, Template, VmPage, VmRecord};
+use super::reserve::{is_disk_full, Reserve};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,8 @@ type Observer = Box<dyn Fn(VmEvent) + Send>;
 pub struct Store {
     conn: Connection,
     observer: Option<Observer>,
+    /// Room kept on the state disk (none for an in-memory database).
+    reserve: Option<Reserve>,
 }
 
 fn event(vm: &VmRecord, state: &str) -> VmEvent {
@@ -148,15 +151,52 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
 }
 
 impl Store {
-    /// Opens (creating) `path` and runs pending migrations.
+    /// Opens (creating) `path` and runs pending migrations. On a full disk the reserve
+    /// next to it ([`Reserve`]) is given up first, so that petreld can still start.
     pub fn open(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path)?;
-        Store::setup(conn)
+        let reserve = Reserve::new(path.parent().unwrap_or(Path::new(".")));
+        reserve.make_room();
+        let mut store = match Connection::open(path)
+            .map_err(StoreError::from)
+            .and_then(Store::setup)
+        {
+            Err(StoreError::Sqlite(e)) if is_disk_full(&e) => {
+                reserve.release();
+                Store::setup(Connection::open(path)?)?
+            }
+            other => other?,
+        };
+        reserve.ensure();
+        store.reserve = Some(reserve);
+        Ok(store)
     }
 
     /// An in-memory database (tests).
     pub fn in_memory() -> Result<Store> {
         Store::setup(Connection::open_in_memory()?)
+    }
+
+    /// Whether the state disk is short of space (the reserve could not be kept): what would
+    /// use more space should be refused. Puts the reserve back when there is room again.
+    pub fn space_low(&self) -> bool {
+        self.reserve.as_ref().is_some_and(|r| !r.ensure())
+    }
+
+    /// Before a write: gives up the reserve if the disk is nearly full.
+    fn before_write(&self) {
+        if let Some(r) = &self.reserve {
+            r.make_room();
+        }
+    }
+
+    /// After a failed write: a full disk releases the reserve, so that the next try has room.
+    fn after_write<T>(&self, result: Result<T>) -> Result<T> {
+        if let (Err(StoreError::Sqlite(e)), Some(r)) = (&result, &self.reserve) {
+            if is_disk_full(e) {
+                r.release();
+            }
+        }
+        result
     }
 
     fn setup(mut conn: Connection) -> Result<Store> {
@@ -184,6 +224,7 @@ impl Store {
         Ok(Store {
             conn,
             observer: None,
+            reserve: None,
         })
     }
 
@@ -198,6 +239,12 @@ impl Store {
 
     /// Inserts a new VM; a taken name is [`StoreError::Duplicate`].
     pub fn insert_vm(&mut self, vm: &VmRecord) -> Result<()> {
+        self.before_write();
+        let result = self.insert_vm_now(vm);
+        self.after_write(result)
+    }
+
+    fn insert_vm_now(&mut self, vm: &VmRecord) -> Result<()> {
         let tx = self.conn.transaction()?;
         let sql = format!(
             "INSERT INTO vms ({VM_COLUMNS}) VALUES \
@@ -230,15 +277,24 @@ impl Store {
         }
     }
 
-    /// The VM with this id, or else this name.
+    /// The VM with this id, or else this name (an id always wins, so a name stored before
+    /// names shaped like ids were refused cannot hide a VM).
     pub fn get_vm(&self, key: &str) -> Result<Option<VmRecord>> {
-        let sql = format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1 OR name = ?1 LIMIT 1");
+        let sql = format!(
+            "SELECT {VM_COLUMNS} FROM vms WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+        );
         Ok(self.conn.query_row(&sql, [key], vm_from_row).optional()?)
     }
 
     /// Reads the VM `id`, applies `change` and writes it back, in one transaction; returns
     /// the new record. `updated_at` is set.
     pub fn modify_vm(&mut self, id: &str, change: impl FnOnce(&mut VmRecord)) -> Result<VmRecord> {
+        self.before_write();
+        let result = self.modify_vm_now(id, change);
+        self.after_write(result)
+    }
+
+    fn modify_vm_now(&mut self, id: &str, change: impl FnOnce(&mut VmRecord)) -> Result<VmRecord> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -267,6 +323,12 @@ impl Store {
 
     /// Removes the VM `id`.
     pub fn delete_vm(&mut self, id: &str) -> Result<()> {
+        self.before_write();
+        let result = self.delete_vm_now(id);
+        self.after_write(result)
+    }
+
+    fn delete_vm_now(&mut self, id: &str) -> Result<()> {
         let old = self.get_vm(id)?;
         let n = self.conn.execute("DELETE FROM vms WHERE id = ?1", [id])?;
         if let (Some(vm), true) = (old, n > 0) {
@@ -359,6 +421,12 @@ impl Store {
 
     /// Inserts a template; a taken name is [`StoreError::Duplicate`].
     pub fn insert_template(&mut self, t: &Template) -> Result<()> {
+        self.before_write();
+        let result = self.insert_template_now(t);
+        self.after_write(result)
+    }
+
+    fn insert_template_now(&mut self, t: &Template) -> Result<()> {
         let res = self.conn.execute(
             "INSERT INTO templates (name, description, config, created_at) VALUES (?1,?2,?3,?4)",
             params![t.name, t.description, to_json(&t.config)?, t.created_at],
@@ -395,6 +463,12 @@ impl Store {
 
     /// Removes the template `name`; false when there was none.
     pub fn delete_template(&mut self, name: &str) -> Result<bool> {
+        self.before_write();
+        let result = self.delete_template_now(name);
+        self.after_write(result)
+    }
+
+    fn delete_template_now(&mut self, name: &str) -> Result<bool> {
         Ok(self
             .conn
             .execute("DELETE FROM templates WHERE name = ?1", [name])?

@@ -88,7 +88,8 @@ fn run(daemon: &Arc<Daemon>) {
 }
 
 /// Asks each running VM's petrel for its state; a guest that powered off is stopped (and
-/// restarted with policy `always`).
+/// restarted with policy `always`), one that crashed is failed (and restarted with
+/// `on-failure` or `always`).
 fn poll_states(daemon: &Arc<Daemon>, pending: &HashMap<String, (ProcessId, Option<String>)>) {
     for (id, rt) in daemon.runtimes() {
         if pending.contains_key(&id) {
@@ -112,8 +113,8 @@ fn poll_states(daemon: &Arc<Daemon>, pending: &HashMap<String, (ProcessId, Optio
             _ => None,
         };
         drop(claim);
-        if let Some(vm) = restart {
-            daemon.maybe_restart(vm, false);
+        if let Some((vm, failed)) = restart {
+            daemon.maybe_restart(vm, failed);
         }
     }
 }

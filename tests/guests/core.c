@@ -35,6 +35,7 @@ enum action {
 	ACT_VIRTIO_NET,
 	ACT_VIRTIO_VSOCK,
 	ACT_VSOCK_LISTEN,
+	ACT_BLK_SWAP,
 	ACT_BENCH_BLK,
 	ACT_BENCH_RNG,
 	ACT_BENCH_NET,
@@ -43,6 +44,7 @@ enum action {
 	ACT_COUNT,
 	ACT_COUNT_BLK,
 	ACT_DIRTY,
+	ACT_CTRL_ALT_DEL,
 	ACT_UNKNOWN
 };
 
@@ -258,6 +260,7 @@ struct options {
 	enum action action;
 	int have_exits;
 	u64 exits;
+	u16 exit_port;
 	const char *action_name;
 	u32 action_len;
 };
@@ -292,6 +295,7 @@ static void parse_cmdline(const char *c, struct options *o)
 	o->action = ACT_POWEROFF;
 	o->have_exits = 0;
 	o->exits = 0;
+	o->exit_port = 0x80;
 	o->action_name = "poweroff";
 	o->action_len = 8;
 	for (u32 n = 0; *c && n < CMDLINE_MAX; n++) {
@@ -305,6 +309,8 @@ static void parse_cmdline(const char *c, struct options *o)
 		if (starts_with(c, "exits=")) {
 			o->have_exits = 1;
 			o->exits = parse_dec(c + 6, len - 6);
+		} else if (starts_with(c, "exitport=")) {
+			o->exit_port = (u16)parse_dec(c + 9, len - 9);
 		} else if (starts_with(c, "action=")) {
 			const char *v = c + 7;
 			u32 vl = len - 7;
@@ -338,6 +344,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_VIRTIO_VSOCK;
 			else if (token_is(v, vl, "vsock-listen"))
 				o->action = ACT_VSOCK_LISTEN;
+			else if (token_is(v, vl, "virtio-blk-swap"))
+				o->action = ACT_BLK_SWAP;
 			else if (token_is(v, vl, "bench-blk"))
 				o->action = ACT_BENCH_BLK;
 			else if (token_is(v, vl, "bench-rng"))
@@ -354,6 +362,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_COUNT_BLK;
 			else if (token_is(v, vl, "dirty"))
 				o->action = ACT_DIRTY;
+			else if (token_is(v, vl, "ctrl-alt-del"))
+				o->action = ACT_CTRL_ALT_DEL;
 			else if (starts_with(v, "exits=")) {
 				o->action = ACT_POWEROFF;
 				o->have_exits = 1;
@@ -368,6 +378,17 @@ static void parse_cmdline(const char *c, struct options *o)
 
 /* ---- actions ---- */
 
+static void reset(void)
+{
+	outb(0x64, 0xfe);
+	halt_forever();
+}
+
+/*
+ * ACPI S5 through the FADT sleep control register (or PM1a control). Without either
+ * (Firecracker has no ACPI sleep register), an i8042 reset instead, which such VMMs treat as
+ * the end of the VM; the `PETREL-GUEST: poweroff` line the caller printed still holds.
+ */
 static void power_off(const struct acpi_info *a)
 {
 	u32 typ = a->s5 >= 0 ? (u32)a->s5 : 0;
@@ -379,13 +400,9 @@ static void power_off(const struct acpi_info *a)
 			*(volatile u8 *)a->sleep_ctl = v;
 	} else if (a->pm1a_cnt) {
 		outw((u16)a->pm1a_cnt, (u16)(((typ & 7) << 10) | (1 << 13)));
+	} else {
+		reset();
 	}
-	halt_forever();
-}
-
-static void reset(void)
-{
-	outb(0x64, 0xfe);
 	halt_forever();
 }
 
@@ -433,7 +450,7 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 {
 	if (o->have_exits) {
 		for (u64 i = 0; i < o->exits; i++)
-			outb(0x80, (u8)i);
+			outb(o->exit_port, (u8)i);
 		printk("EXITS: done n=%lu\n", o->exits);
 	}
 	switch (o->action) {
@@ -450,6 +467,12 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 		cmos_write(0x34, 0);
 		printk("PETREL-GUEST: poweroff (second boot)\n");
 		power_off(a);
+		break;
+	case ACT_CTRL_ALT_DEL:
+		count_until_ctrl_alt_del();
+		printk("PETREL-GUEST: ctrl-alt-del\n");
+		printk("PETREL-GUEST: reset\n");
+		reset();
 		break;
 	case ACT_HALT:
 		printk("PETREL-GUEST: halt\n");
@@ -483,10 +506,12 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 	case ACT_VIRTIO_NET:
 	case ACT_VIRTIO_VSOCK:
 	case ACT_VSOCK_LISTEN:
+	case ACT_BLK_SWAP:
 		virtio_action(o->action == ACT_VIRTIO_BLK     ? VIRTIO_DEV_BLK
 			      : o->action == ACT_VIRTIO_NET   ? VIRTIO_DEV_NET
 			      : o->action == ACT_VIRTIO_VSOCK ? VIRTIO_DEV_VSOCK
 			      : o->action == ACT_VSOCK_LISTEN ? VIRTIO_ACT_VSOCK_LISTEN
+			      : o->action == ACT_BLK_SWAP     ? VIRTIO_ACT_BLK_SWAP
 							      : VIRTIO_DEV_RNG,
 			      get_cmdline());
 		printk("PETREL-GUEST: poweroff\n");

@@ -116,3 +116,49 @@ static void count_forever(void)
 		spin(COUNT_SPINS);
 	}
 }
+
+/*
+ * `COUNT <n>` lines, as count_forever, while polling the i8042 keyboard port (status bit 0 at
+ * 0x64, data at 0x60) until the Del key's make code arrives: 0xe0 0x71 in scancode set 2, not
+ * preceded by the 0xf0 break prefix. Prints `KEYS: <hex bytes>` when it does.
+ */
+static void count_until_ctrl_alt_del(void)
+{
+	u8 keys[16];
+	u32 nkeys = 0;
+	int ext = 0, brk = 0;
+
+	printk("PETREL-GUEST: waiting for ctrl-alt-del\n");
+	for (u64 n = 0;; n++) {
+		printk("COUNT %lu\n", n);
+		for (u32 i = 0; i < COUNT_SPINS / 100; i++) {
+			spin(100);
+			if (!(inb(0x64) & 1))
+				continue;
+			u8 b = inb(0x60);
+			if (nkeys < sizeof(keys))
+				keys[nkeys++] = b;
+			if (b == 0xe0) {
+				ext = 1;
+			} else if (b == 0xf0) {
+				brk = 1;
+			} else {
+				int del = ext && !brk && b == 0x71;
+				ext = brk = 0;
+				if (del) {
+					char line[16 * 5 + 1];
+					u32 at = 0;
+					static const char hex[] = "0123456789abcdef";
+					for (u32 k = 0; k < nkeys; k++) {
+						line[at++] = ' ';
+						line[at++] = hex[keys[k] >> 4];
+						line[at++] = hex[keys[k] & 15];
+					}
+					line[at] = 0;
+					printk("KEYS:%s\n", line);
+					return;
+				}
+			}
+		}
+	}
+}

@@ -471,6 +471,55 @@ static void virtio_blk(void)
 	}
 }
 
+/*
+ * virtio-blk-swap: the first disk's capacity, the driver bound (DRIVER_OK), then waits for a
+ * configuration change (ConfigGeneration moves or InterruptStatus bit 1 is set: the host
+ * replaced the backing file), reads
+ * the capacity again and writes and reads back sector 1 of the new file.
+ */
+static u64 blk_capacity(struct vdev *d)
+{
+	u32 lo = 0, hi = 0;
+	for (u32 tries = 0; tries < 8; tries++) {
+		u32 gen = vr(d, VM_CONFIG_GEN);
+		lo = vr(d, VM_CONFIG);
+		hi = vr(d, VM_CONFIG + 4);
+		if (vr(d, VM_CONFIG_GEN) == gen)
+			break;
+	}
+	return lo | ((u64)hi << 32);
+}
+
+static void virtio_blk_swap(void)
+{
+	struct vdev *d = 0;
+	for (u32 i = 0; i < nvdevs && !d; i++)
+		if (vdevs[i].id == DEV_BLK)
+			d = &vdevs[i];
+	if (!d) {
+		printk("VIRTIO: error no virtio-blk device\n");
+		return;
+	}
+	if (dev_start(d, BLK_F_FLUSH, "blk"))
+		return;
+	u32 gen = vr(d, VM_CONFIG_GEN);
+	printk("VIRTIO: blk swap-wait capacity=%lu\n", blk_capacity(d));
+	u64 start = tsc_read();
+	/* ConfigGeneration moves, or InterruptStatus has the configuration-change bit. */
+	for (u32 i = 1; vr(d, VM_CONFIG_GEN) == gen && !(vr(d, VM_INT_STATUS) & 2); i++) {
+		if (i % 256 == 0 && tsc_read() - start > VIRTIO_HOST_WAIT_TICKS) {
+			printk("VIRTIO: error blk config change timeout\n");
+			dev_reset(d);
+			return;
+		}
+		cpu_relax();
+	}
+	vw(d, VM_INT_ACK, vr(d, VM_INT_STATUS));
+	printk("VIRTIO: blk swapped capacity=%lu\n", blk_capacity(d));
+	blk_write_read();
+	dev_reset(d);
+}
+
 /* ---- virtio-rng ---- */
 
 static void virtio_rng(void)
@@ -578,6 +627,8 @@ void virtio_action(int which, const char *cmdline)
 		virtio_vsock_listen();
 	else if (which == VIRTIO_ACT_COUNT_BLK)
 		count_blk();
+	else if (which == VIRTIO_ACT_BLK_SWAP)
+		virtio_blk_swap();
 	else
 		virtio_rng();
 	printk("VIRTIO: done\n");

@@ -3,7 +3,10 @@
 //! tap when one can be created, serial input, reboot, SIGTERM, the API socket); and a
 //! forbidden syscall made on purpose (`PETREL_SECCOMP_SELFTEST=vmm|vcpu|api`, read by debug
 //! builds) by each kind of thread ends the process with SIGSYS, while `--seccomp log` lets
-//! it live.
+//! it live; and the main thread cannot fork with `clone3` (`PETREL_SECCOMP_SELFTEST=fork`)
+//! while its vCPU threads still start (glibc falls back to the filtered `clone`); and with
+//! every path known at start (no API socket), the main thread opens only the files its VM
+//! needs (Landlock; `PETREL_SECCOMP_SELFTEST=open`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -460,4 +463,58 @@ fn a_forbidden_syscall_on_each_thread_kind_ends_petrel_with_sigsys() {
         );
         assert!(stderr.contains(&survived), "{kind}\n{stderr}");
     }
+}
+
+#[test]
+fn the_main_thread_cannot_fork_with_clone3_and_still_starts_vcpus() {
+    require_kvm!();
+    let kernel = kernel();
+    // Two vCPUs: their threads start after the main thread's filter is in place, through
+    // glibc's fallback from the refused clone3 to clone.
+    let args = args_with(&kernel, &["--cpus", "2", "--cmdline", "action=poweroff"]);
+    let (status, stderr) = selftest("fork", &args, None);
+    assert!(
+        stderr.contains("seccomp selftest: the vmm thread tries to fork with clone3"),
+        "the self-test did not run (a debug build is needed)\n{stderr}"
+    );
+    assert!(
+        stderr.contains("seccomp selftest: clone3 refused (ENOSYS)"),
+        "clone3 was not refused\n{stderr}"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "status {status:?}\n{stderr}"
+    );
+}
+
+#[test]
+fn the_main_thread_opens_only_what_its_vm_needs() {
+    require_kvm!();
+    let kernel = kernel();
+    // A VM from the command line: Landlock applies, /etc/hostname is out of reach.
+    let args = args_with(&kernel, &["--cmdline", "action=poweroff"]);
+    let (status, stderr) = selftest("open", &args, None);
+    assert!(
+        stderr
+            .contains("seccomp selftest: the vmm thread opening /etc/hostname: Permission denied"),
+        "/etc/hostname was not refused\n{stderr}"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "status {status:?}\n{stderr}"
+    );
+    // With an API socket a later request may name any file: no Landlock there.
+    let sock = Scratch::new("sc-open.sock");
+    let mut args = args_with(&kernel, &["--cmdline", "action=poweroff"]);
+    args.extend(["--api-socket", sock.path()]);
+    // petrel stays up with an API socket: stopped with SIGTERM once the probe ran.
+    let (status, stderr) = selftest("open", &args, Some("the vmm thread opening /etc/hostname"));
+    assert!(
+        stderr.contains("seccomp selftest: the vmm thread opening /etc/hostname: opened"),
+        "{stderr}"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "status {status:?}\n{stderr}"
+    );
 }

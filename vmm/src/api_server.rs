@@ -175,15 +175,16 @@ fn response(reply: Reply) -> Response {
             // Cloud Hypervisor's clients read cpus.max_vcpus (Kata caps vm.resize with it).
             let cpus = &mut info.config.cpus;
             cpus.max_vcpus = Some(cpus.max_vcpus.unwrap_or(cpus.boot_vcpus));
-            Response::json(
-                200,
-                &json!({
-                    "config": info.config,
-                    "state": info.state.to_string(),
-                    "memory_actual_size": info.memory_actual_size,
-                    "hypervisor": info.hypervisor.to_string(),
-                }),
-            )
+            let mut body = json!({
+                "config": info.config,
+                "state": info.state.to_string(),
+                "memory_actual_size": info.memory_actual_size,
+                "hypervisor": info.hypervisor.to_string(),
+            });
+            if let Some(reason) = info.end_reason {
+                body["end_reason"] = json!(reason.to_string());
+            }
+            Response::json(200, &body)
         }
         Reply::Counters(devices) => {
             let mut out = serde_json::Map::new();
@@ -219,7 +220,13 @@ pub fn handle(vmm: &mut Vmm, event_loop: &mut EventLoop, req: Request) -> (Respo
         return (Response::error_list(405, &[message]), Next::Continue);
     }
     let op = endpoint.name();
-    log::info!("api: {} {op}", req.method.as_str());
+    // Reads (a supervisor polls `vm.info` every few hundred ms) are not worth a line each
+    // in an idle VM's log; changes are.
+    if req.method == petrel_http::Method::Get {
+        log::debug!("api: {} {op}", req.method.as_str());
+    } else {
+        log::info!("api: {} {op}", req.method.as_str());
+    }
     let (response, next) = match request(endpoint, req).and_then(|r| vmm.handle(r, event_loop)) {
         Ok(Reply::Exit(code)) => (response(Reply::Exit(code)), Next::Exit(code)),
         Ok(reply) => (response(reply), Next::Continue),

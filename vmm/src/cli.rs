@@ -61,6 +61,8 @@ pub fn usage() -> String {
     format!(
         "usage: petrel {}
        petrel --api-socket PATH|path=PATH|fd=N [--hypervisor …] [--seccomp …]  (VM created through the API)
+       petrel --api-sock PATH | --no-api --config-file FILE [...]  (Firecracker's command line and API;
+                                                                   `petrel --api-sock X --help`)
        petrel --version | --capabilities | --help",
         flags.join(" ")
     )
@@ -168,6 +170,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         log_file: s.log_file,
         id: s.id,
         seccomp: s.seccomp,
+        firecracker: None,
     })))
 }
 
@@ -206,7 +209,11 @@ pub fn capabilities_json(mshv_gate: bool) -> serde_json::Value {
 /// Entry point of the `petrel` binary; returns the exit status.
 pub fn main() -> i32 {
     crate::logger::init();
+    let argv0 = std::env::args().next().unwrap_or_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if crate::fc_api::cli::selected(&argv0, &args) {
+        return crate::fc_api::cli::main(&args);
+    }
     let command = match parse(&args) {
         Ok(c) => c,
         Err(e) => {

@@ -19,7 +19,7 @@ use devices::{Bus, BusDevice};
 /// The virtio-mmio Status register.
 const STATUS_REG_OFFSET: u64 = 0x70;
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use hypervisor::{IoEventAddress, Vm};
+use hypervisor::{Datamatch, IoEventAddress, Vm};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::event_loop::Subscriber;
@@ -76,6 +76,21 @@ pub struct VirtioSlot {
     irq: EventFd,
 }
 
+impl VirtioSlot {
+    /// The device's counters, then the transport's `notify_slow_path`: queue notifications
+    /// that cost a vCPU exit because the ioeventfd did not match (0 while the fast path works).
+    pub fn counter_values(&self) -> Vec<(&'static str, u64)> {
+        let mut values = self
+            .device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counter_values();
+        let transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        values.push(("notify_slow_path", transport.slow_notifications()));
+        values
+    }
+}
+
 /// Serves a shared device on the event loop.
 struct DeviceSubscriber(Arc<Mutex<dyn VirtioDevice>>);
 
@@ -98,6 +113,8 @@ pub struct VirtioDevices {
     slots: Vec<VirtioSlot>,
     /// The balloon, for runtime target changes.
     pub balloon: Option<Arc<Mutex<Balloon>>>,
+    /// The disks by name (their id), for backing-file changes while the VM runs.
+    pub disks: Vec<(String, Arc<Mutex<Block>>)>,
 }
 
 impl VirtioDevices {
@@ -116,7 +133,9 @@ impl VirtioDevices {
             })
             .map_err(|e| device_error(format!("disks[{i}] ({})", disk.path.display()))(e.into()))?;
             let name = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
-            list.add(name, Arc::new(Mutex::new(block)), mem)?;
+            let block = Arc::new(Mutex::new(block));
+            list.disks.push((name.clone(), block.clone()));
+            list.add(name, block, mem)?;
         }
         for (i, n) in cfg.net.iter().flatten().enumerate() {
             let id = n.id.clone().unwrap_or_else(|| format!("net{i}"));
@@ -229,15 +248,26 @@ impl VirtioDevices {
         for s in &self.slots {
             vm.register_irqfd(&s.irq, s.gsi)?;
             let device = s.device.lock().unwrap_or_else(|e| e.into_inner());
-            for (queue, evt) in device.queue_events().iter().enumerate() {
+            for (queue, evt) in (0u32..).zip(device.queue_events()) {
+                // QueueNotify is a 4-byte register: an 8-byte datamatch would never match
+                // and every kick would take the slow path through the transport.
                 vm.register_ioevent(
                     evt,
                     IoEventAddress::Mmio(s.base + NOTIFY_REG_OFFSET),
-                    Some(queue as u64),
+                    Datamatch::U32(queue),
                 )?;
             }
         }
         Ok(())
+    }
+
+    /// Detaches the interrupts [`VirtioDevices::wire`] attached, before `vm` is closed.
+    pub fn unwire(&self, vm: &dyn Vm) {
+        for s in &self.slots {
+            if let Err(e) = vm.unregister_irqfd(&s.irq, s.gsi) {
+                log::warn!("{}: detaching its interrupt: {e}", s.name);
+            }
+        }
     }
 
     /// Resets every device (before a guest reboot: the new kernel starts from scratch).

@@ -92,6 +92,9 @@ pub(crate) fn clone_eventfd(evt: &EventFd, what: &str) -> Result<EventFd> {
 }
 
 /// Opens where the serial output goes.
+/// The default size at which a serial output file is rotated.
+pub const DEFAULT_SERIAL_MAX_BYTES: u64 = 16 << 20;
+
 fn serial_output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>> {
     Ok(match cfg.mode {
         SerialMode::Off => Box::new(std::io::sink()),
@@ -108,7 +111,12 @@ fn serial_output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>> {
             let path = cfg.file.as_ref().ok_or_else(|| {
                 api::ConfigError::new("serial.file", "is required with mode File")
             })?;
-            let f = File::create(path)
+            // The guest decides how much it prints: the file is capped and rotated.
+            let max = crate::rotating_file::cap_from_env(
+                "PETREL_SERIAL_MAX_BYTES",
+                DEFAULT_SERIAL_MAX_BYTES,
+            );
+            let f = crate::rotating_file::RotatingFile::create(path, max)
                 .map_err(|e| Error::io(format!("serial file {}", path.display()), e))?;
             Box::new(f)
         }
@@ -182,6 +190,14 @@ impl LegacyDevices {
             ],
             power_button,
         })
+    }
+
+    /// Presses Ctrl+Alt+Del on the i8042 keyboard (Firecracker's `SendCtrlAltDel`).
+    pub fn send_ctrl_alt_del(&self) {
+        self.i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send_ctrl_alt_del();
     }
 
     /// Builds the buses with every device at its address.

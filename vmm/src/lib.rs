@@ -6,6 +6,8 @@ pub mod api_server;
 pub mod cli;
 pub mod device_manager;
 pub mod event_loop;
+pub mod fc_api;
+pub mod landlock;
 pub mod legacy;
 pub mod lifecycle;
 pub mod logger;
@@ -13,6 +15,7 @@ pub mod machine;
 pub mod memory;
 pub mod migration;
 pub mod preflight;
+pub mod rotating_file;
 pub mod run;
 pub mod seccomp;
 pub mod serial_input;
@@ -64,6 +67,9 @@ pub enum Error {
     /// A thread's seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// The main thread's file access could not be narrowed.
+    #[error(transparent)]
+    Landlock(#[from] landlock::LandlockError),
     /// The API socket could not be served.
     #[error("api socket")]
     ApiSocket(#[source] petrel_http::Error),

@@ -24,7 +24,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub use reply::{DeviceCounters, ErrorKind, Next, OpError, Reply, VmInfo, VmState};
+pub use reply::{DeviceCounters, EndReason, ErrorKind, Next, OpError, Reply, VmInfo, VmState};
 
 /// A built VM: its machine (kept across guest reboots) and, while booted, its vCPUs.
 struct Instance {
@@ -46,6 +46,8 @@ pub struct Vmm {
     shared: Arc<VcpuShared>,
     events: LifecycleEvents,
     boots: u32,
+    /// Why the last boot ended (cleared by the next boot).
+    end_reason: Option<EndReason>,
     /// Descriptors received with API calls (tap fds) that the config refers to by number.
     kept_fds: Vec<std::os::fd::OwnedFd>,
 }
@@ -71,6 +73,7 @@ impl Vmm {
             shared,
             events,
             boots: 0,
+            end_reason: None,
             kept_fds: Vec::new(),
         }
     }
@@ -110,7 +113,7 @@ impl Vmm {
                 cfg.cpus.boot_vcpus, self.selection.kind
             )));
         }
-        Ok(())
+        check_balloon(cfg, self.hv.as_ref())
     }
 
     /// `vm.create`: sets the config.
@@ -186,6 +189,7 @@ impl Vmm {
         instance.running = Some(running);
         self.boots += 1;
         self.state = VmState::Running;
+        self.end_reason = None;
         log::info!(
             "guest started (boot {}, {} vCPUs, {} MiB)",
             self.boots,
@@ -201,6 +205,7 @@ impl Vmm {
             if let Some(running) = instance.running.take() {
                 vcpu::stop_all(running.threads, &self.shared);
                 log::debug!("vCPUs stopped");
+                instance.machine.unwire(running.vm.as_ref());
                 drop(running.vm);
                 log::debug!("VM closed");
             }
@@ -215,6 +220,7 @@ impl Vmm {
         }
         self.stop();
         self.state = VmState::Shutdown;
+        self.end_reason = Some(EndReason::Shutdown);
         log::info!("VM shut down by request");
         Ok(())
     }
@@ -389,6 +395,7 @@ impl Vmm {
             state: self.state,
             memory_actual_size: cfg.memory.size.saturating_sub(balloon),
             hypervisor: self.selection.kind,
+            end_reason: self.end_reason,
         })
     }
 
@@ -404,10 +411,7 @@ impl Vmm {
             .virtio
             .slots()
             .iter()
-            .map(|slot| {
-                let device = slot.device.lock().unwrap_or_else(|e| e.into_inner());
-                (slot.name.clone(), device.counter_values())
-            })
+            .map(|slot| (slot.name.clone(), slot.counter_values()))
             .collect())
     }
 
@@ -471,6 +475,7 @@ impl Vmm {
             Outcome::PowerOff => {
                 self.stop();
                 self.state = VmState::Shutdown;
+                self.end_reason = Some(EndReason::PowerOff);
                 log::info!("guest powered off");
                 if exit {
                     log::info!("exiting: guest powered off");
@@ -480,6 +485,7 @@ impl Vmm {
             Outcome::Reset if self.no_reboot => {
                 self.stop();
                 self.state = VmState::Shutdown;
+                self.end_reason = Some(EndReason::Reset);
                 if exit {
                     log::info!("exiting: guest reset and --no-reboot was given");
                     return Ok(Next::Exit(0));
@@ -495,6 +501,11 @@ impl Vmm {
             Outcome::Failed(failure) => {
                 self.stop();
                 self.state = VmState::Shutdown;
+                self.end_reason = Some(if failure.is_triple_fault() {
+                    EndReason::TripleFault
+                } else {
+                    EndReason::InternalError
+                });
                 if exit {
                     return Err(failure.into());
                 }
@@ -503,4 +514,20 @@ impl Vmm {
         }
         Ok(Next::Continue)
     }
+}
+
+/// Refuses a balloon where the hypervisor pins guest memory (MSHV): releasing a page the
+/// guest gave back with `MADV_DONTNEED` would pull it from under the hypervisor.
+fn check_balloon(
+    cfg: &VmConfig,
+    hv: &dyn hypervisor::Hypervisor,
+) -> std::result::Result<(), OpError> {
+    if cfg.balloon.is_some() && hv.pins_guest_memory() {
+        return Err(OpError::invalid(format!(
+            "balloon: not available with {}: it pins guest memory, so pages the guest gives \
+             back cannot be returned to the host",
+            hv.kind()
+        )));
+    }
+    Ok(())
 }

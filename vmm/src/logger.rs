@@ -4,14 +4,19 @@
 //! The level comes from `--log-level` or `PETREL_LOG` (error, warn, info, debug, trace, off);
 //! info by default. The logger is installed first thing with the environment's level, and
 //! reconfigured once the command line is parsed.
+//!
+//! A `--log-file` is bounded: past `PETREL_LOG_MAX_BYTES` (default 8 MiB) it is renamed to
+//! `<file>.1` (replacing the previous one) and a new file is started, so a VM's logs never
+//! take more than twice that.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::rotating_file::RotatingFile;
 
 static START: OnceLock<Instant> = OnceLock::new();
 
@@ -20,13 +25,19 @@ pub fn start_time() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
+/// The default size at which a log file is rotated.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 8 << 20;
+
 /// Where records go and how they are tagged.
 #[derive(Default)]
 struct Sink {
     /// `--log-file`, else standard error.
-    file: Option<File>,
+    file: Option<RotatingFile>,
     /// `--id`: the VM's name, in every line.
     id: Option<String>,
+    /// Each line names the source file and line it comes from (Firecracker's
+    /// `--show-log-origin`).
+    origin: bool,
 }
 
 struct Logger {
@@ -53,8 +64,12 @@ impl Log for Logger {
             .as_deref()
             .map(|id| format!(" [{id}]"))
             .unwrap_or_default();
+        let origin = match (sink.origin, record.file(), record.line()) {
+            (true, Some(file), Some(line)) => format!(" {file}:{line}"),
+            _ => String::new(),
+        };
         let line = format!(
-            "petrel {:>4}.{:06}{id} {level} {}\n",
+            "petrel {:>4}.{:06}{id} {level}{origin} {}\n",
             t.as_secs(),
             t.subsec_micros(),
             record.args()
@@ -62,7 +77,7 @@ impl Log for Logger {
         // Logging must never take the VMM down: write errors are ignored.
         match sink.file.as_mut() {
             Some(f) => {
-                let _ = f.write_all(line.as_bytes());
+                let _ = f.write_line(line.as_bytes());
             }
             None => {
                 let _ = std::io::stderr().lock().write_all(line.as_bytes());
@@ -115,8 +130,9 @@ pub fn configure(
     let Some(logger) = LOGGER.get() else {
         return Ok(());
     };
+    let max = crate::rotating_file::cap_from_env("PETREL_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES);
     let file = match file {
-        Some(path) => Some(File::options().create(true).append(true).open(path)?),
+        Some(path) => Some(RotatingFile::append(path, max)?),
         None => None,
     };
     let mut sink = logger.sink.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,4 +141,11 @@ pub fn configure(
     }
     sink.id = id.map(str::to_owned);
     Ok(())
+}
+
+/// Whether each line names its source file and line.
+pub fn show_origin(on: bool) {
+    if let Some(logger) = LOGGER.get() {
+        logger.sink.lock().unwrap_or_else(|e| e.into_inner()).origin = on;
+    }
 }

@@ -144,6 +144,19 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// Detaches every interrupt eventfd [`boot`] attached to `vm`, so that the next VM of this
+    /// machine can attach them at once (see [`hypervisor::Vm::unregister_irqfd`]).
+    pub fn unwire(&self, vm: &dyn Vm) {
+        for irq in &self.legacy.irqs {
+            if let Err(e) = vm.unregister_irqfd(&irq.evt, irq.gsi) {
+                log::warn!("detaching GSI {}: {e}", irq.gsi);
+            }
+        }
+        self.virtio.unwire(vm);
+    }
+}
+
 /// Creates the VM, loads the guest and starts its vCPUs.
 pub fn boot(
     cfg: &VmConfig,

@@ -95,8 +95,8 @@ pub struct VcpuShared {
     /// vCPU threads of the current boot that are set up and about to enter the guest (each
     /// thread is named `vcpu<id>` by then, as Kata expects when it lists them).
     started: AtomicUsize,
-    /// The seccomp mode each vCPU thread installs.
-    seccomp: SeccompMode,
+    /// The seccomp mode each vCPU thread installs, and for which backend.
+    seccomp: (SeccompMode, seccomp::Backend),
     /// Bumped (under the `paused` lock) to ask every parked vCPU thread for its state.
     save_generation: AtomicU64,
     /// The states parked threads saved for the last request, by vCPU id.
@@ -107,7 +107,7 @@ pub struct VcpuShared {
 
 impl VcpuShared {
     /// New shared state with its eventfd.
-    pub fn new(seccomp: SeccompMode) -> std::io::Result<Self> {
+    pub fn new(seccomp: (SeccompMode, seccomp::Backend)) -> std::io::Result<Self> {
         Ok(VcpuShared {
             stop: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
@@ -202,7 +202,7 @@ pub fn run_vcpu(
         return;
     }
     shared.prepared.fetch_add(1, Ordering::AcqRel);
-    if let Err(e) = seccomp::apply(ThreadKind::Vcpu, shared.seccomp) {
+    if let Err(e) = seccomp::apply(ThreadKind::Vcpu, shared.seccomp.0, shared.seccomp.1) {
         shared.report(VcpuEvent::Failed(VcpuFailure::Seccomp { id, source: e }));
         return;
     }
@@ -227,6 +227,16 @@ pub fn run_vcpu(
         };
         shared.report(event);
         return;
+    }
+}
+
+impl VcpuFailure {
+    /// Whether the guest triple-faulted (rather than petrel failing to run it).
+    pub fn is_triple_fault(&self) -> bool {
+        matches!(
+            self,
+            VcpuFailure::TripleFault { .. } | VcpuFailure::TripleFaultRipLost { .. }
+        )
     }
 }
 

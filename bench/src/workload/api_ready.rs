@@ -79,7 +79,7 @@ impl ApiReady {
                 create: vec![
                     (
                         "/boot-source",
-                        serde_json::json!({"kernel_image_path": kernel, "boot_args": "action=quick-reset"}),
+                        serde_json::json!({"kernel_image_path": kernel, "boot_args": "action=quick"}),
                     ),
                     (
                         "/machine-config",

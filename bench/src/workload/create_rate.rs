@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::{create_rate_petreld, Metric, RunContext, RunRecord, Workload};
 use crate::child::{self, Measured};
 use crate::live::contains;
-use crate::peers::{GuestSpec, Vmm, VmmKind};
+use crate::peers::{GuestSpec, Vmm, VmmKind, POWEROFF_MARKER, QUICK_ACTION};
 
 const METRICS: &[Metric] = &[
     Metric {
@@ -84,12 +84,12 @@ impl CreateRate {
         }
     }
 
-    fn guest(&self, vmm: &Vmm) -> GuestSpec {
+    fn guest(&self) -> GuestSpec {
         GuestSpec {
             kernel: self.kernel.clone(),
             cpus: 1,
             memory_mib: self.memory_mib,
-            cmdline: format!("action={}", vmm.kind.shutdown().guest_action()),
+            cmdline: format!("action={QUICK_ACTION}"),
         }
     }
 
@@ -97,7 +97,7 @@ impl CreateRate {
         (0..self.vms)
             .map(|i| {
                 let mut cmd = vmm
-                    .command(&self.guest(vmm), &ctx.scratch)
+                    .command(&self.guest(), &ctx.scratch)
                     .map_err(|e| format!("cannot run {}: {e}", vmm.name()))?;
                 let log = log_path(logs, self.name(), vmm, ctx.round, i);
                 cmd.stderr(File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?);
@@ -177,7 +177,7 @@ impl Workload for CreateRate {
 
     fn command_line(&self, vmm: &Vmm, scratch: &Path) -> Option<Vec<String>> {
         match &self.launch {
-            Launch::Direct => vmm.command_line(&self.guest(vmm), scratch).ok(),
+            Launch::Direct => vmm.command_line(&self.guest(), scratch).ok(),
             Launch::Petreld { bin } => Some(create_rate_petreld::command_line(
                 bin,
                 &self.kernel,
@@ -226,7 +226,7 @@ impl Workload for CreateRate {
                 .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
                 .collect()
         });
-        let marker = vmm.kind.shutdown().guest_marker();
+        let marker = POWEROFF_MARKER;
         let mut lives = Vec::new();
         let mut errors = Vec::new();
         for (i, r) in results.iter().enumerate() {

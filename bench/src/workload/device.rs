@@ -11,8 +11,10 @@
 //! loops of a few hundred milliseconds.
 //!
 //! Only VMMs with virtio-mmio whose windows the guest can be told with `virtio_mmio.device=`
-//! run it: petrel (`--virtio-mmio-cmdline`) and QEMU `-M microvm` (its first virtio-mmio
-//! device sits in the last of its 24 transports). Cloud Hypervisor only has virtio-pci.
+//! run it: petrel (`--virtio-mmio-cmdline`), Firecracker (which appends the tokens itself;
+//! its devices are in its configuration file: `drives`, `entropy`, `network-interfaces`) and
+//! QEMU `-M microvm` (its first virtio-mmio device sits in the last of its 24 transports).
+//! Cloud Hypervisor only has virtio-pci.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -24,7 +26,7 @@ use super::markers;
 use super::tap::Tap;
 use super::{Metric, RunContext, RunRecord, Workload};
 use crate::child::{self, Measured};
-use crate::peers::{GuestSpec, Vmm, VmmKind};
+use crate::peers::{FirecrackerDevices, GuestSpec, Vmm, VmmKind};
 
 /// Size of the scratch disk image (filled with data, so reads come from the page cache
 /// rather than from holes).
@@ -254,6 +256,33 @@ impl DeviceBench {
         v
     }
 
+    /// Firecracker's device sections for this workload (empty for the other VMMs).
+    /// `disk` is the image (blk) or the tap's name (net).
+    fn fc_devices(&self, vmm: &Vmm, disk: &Path) -> FirecrackerDevices {
+        let mut m = FirecrackerDevices::new();
+        if vmm.kind != VmmKind::Firecracker {
+            return m;
+        }
+        let (key, value) = match self.device {
+            Device::Blk => (
+                "drives",
+                serde_json::json!([{
+                    "drive_id": "d0",
+                    "path_on_host": disk,
+                    "is_root_device": false,
+                    "is_read_only": false,
+                }]),
+            ),
+            Device::Rng => ("entropy", serde_json::json!({})),
+            Device::Net => (
+                "network-interfaces",
+                serde_json::json!([{"iface_id": "n0", "host_dev_name": disk}]),
+            ),
+        };
+        m.insert(key.to_string(), value);
+        m
+    }
+
     /// The scratch disk (created on first use).
     fn disk(&self, scratch: &Path) -> io::Result<PathBuf> {
         let mut slot = self.disk.lock().unwrap_or_else(|e| e.into_inner());
@@ -292,8 +321,9 @@ impl DeviceBench {
             _ => PathBuf::new(),
         };
         let frames_before = tap.as_ref().map(Tap::rx_packets).transpose()?;
+        let fc = self.fc_devices(vmm, &disk);
         let mut cmd = vmm
-            .command(&self.guest(vmm, case), &ctx.scratch)
+            .command_with(&self.guest(vmm, case), &ctx.scratch, &fc)
             .map_err(|e| format!("cannot run {}: {e}", vmm.name()))?;
         cmd.args(self.device_args(vmm, &disk));
         let stderr = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -393,16 +423,19 @@ impl Workload for DeviceBench {
     }
 
     fn supports(&self, kind: VmmKind) -> bool {
-        matches!(kind, VmmKind::Petrel | VmmKind::Qemu)
+        matches!(kind, VmmKind::Petrel | VmmKind::Qemu | VmmKind::Firecracker)
     }
 
     fn command_line(&self, vmm: &Vmm, scratch: &Path) -> Option<Vec<String>> {
         let case = self.cases().first()?;
-        let mut line = vmm.command_line(&self.guest(vmm, case), scratch).ok()?;
         let disk = match self.device {
             Device::Net => PathBuf::from("TAP"),
             _ => scratch.join("bench-disk.img"),
         };
+        let fc = self.fc_devices(vmm, &disk);
+        let mut line = vmm
+            .command_line_with(&self.guest(vmm, case), scratch, &fc)
+            .ok()?;
         line.extend(self.device_args(vmm, &disk));
         Some(line)
     }

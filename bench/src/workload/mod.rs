@@ -15,6 +15,7 @@ pub mod create_rate;
 pub mod create_rate_petreld;
 pub mod device;
 pub mod exit_cost;
+pub mod fc_start;
 pub mod guest_life;
 pub mod linux_boot;
 mod markers;

@@ -7,8 +7,9 @@
 //! resets the device.
 //!
 //! Queue notifications normally never reach this code: the VMM registers each queue's eventfd
-//! as an ioeventfd at `base + NOTIFY_REG_OFFSET` with the queue index as datamatch. A
-//! QueueNotify write that does reach the transport writes the same eventfd, so both paths work.
+//! as an ioeventfd at `base + NOTIFY_REG_OFFSET` with the queue index as a 4-byte datamatch.
+//! A QueueNotify write that does reach the transport writes the same eventfd, so both paths
+//! work; it is counted ([`MmioTransport::slow_notifications`]) so that a broken fast path shows.
 //!
 //! The guest is not trusted: accesses of the wrong width, writes in the wrong state, unknown
 //! offsets and out-of-range queues are ignored with a rate-limited warning; a queue set-up that
@@ -141,6 +142,8 @@ pub struct MmioTransport {
     status: u32,
     features: Features,
     invalid_accesses: Cell<u64>,
+    /// QueueNotify writes that reached the transport instead of the ioeventfd.
+    slow_notifications: u64,
 }
 
 impl MmioTransport {
@@ -187,6 +190,7 @@ impl MmioTransport {
             status: 0,
             features: Features::default(),
             invalid_accesses: Cell::new(0),
+            slow_notifications: 0,
         })
     }
 
@@ -219,6 +223,12 @@ impl MmioTransport {
     /// How many invalid guest accesses were ignored so far.
     pub fn invalid_accesses(&self) -> u64 {
         self.invalid_accesses.get()
+    }
+
+    /// How many queue notifications reached the transport (a vCPU exit each) instead of
+    /// signalling the queue's ioeventfd in the hypervisor. 0 while the fast path works.
+    pub fn slow_notifications(&self) -> u64 {
+        self.slow_notifications
     }
 
     fn lock_device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
@@ -413,6 +423,7 @@ impl MmioTransport {
         }
         match self.queue_events.get(value as usize) {
             Some(evt) => {
+                self.slow_notifications += 1;
                 if let Err(e) = evt.write(1) {
                     warn!("virtio-mmio: cannot signal queue {value}: {e}");
                 }

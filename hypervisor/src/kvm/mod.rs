@@ -10,7 +10,7 @@ use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{CpuidEntry, Error, Hypervisor, IoEventAddress, Kind, Result, Vcpu, Vm};
+use crate::{CpuidEntry, Datamatch, Error, Hypervisor, IoEventAddress, Kind, Result, Vcpu, Vm};
 
 pub use vcpu::KvmVcpu;
 
@@ -114,20 +114,28 @@ impl Vm for KvmVm {
             .map_err(|e| Error::call("KVM_IRQFD", e))
     }
 
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .unregister_irqfd(evt, gsi)
+            .map_err(|e| Error::call("KVM_IRQFD (deassign)", e))
+    }
+
     fn register_ioevent(
         &self,
         evt: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: Datamatch,
     ) -> Result<()> {
         use kvm_ioctls::{IoEventAddress as K, NoDatamatch};
         let addr = match addr {
             IoEventAddress::Pio(p) => K::Pio(p),
             IoEventAddress::Mmio(a) => K::Mmio(a),
         };
+        // kvm-ioctls takes the match width from the value's type (`size_of::<T>()`).
         let r = match datamatch {
-            Some(v) => self.fd.register_ioevent(evt, &addr, v),
-            None => self.fd.register_ioevent(evt, &addr, NoDatamatch),
+            Datamatch::Any => self.fd.register_ioevent(evt, &addr, NoDatamatch),
+            Datamatch::U32(v) => self.fd.register_ioevent(evt, &addr, v),
+            Datamatch::U64(v) => self.fd.register_ioevent(evt, &addr, v),
         };
         r.map_err(|e| Error::call("KVM_IOEVENTFD", e))
     }

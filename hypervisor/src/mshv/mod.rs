@@ -2,31 +2,32 @@
 //!
 //! What MSHV does not provide the backend supplies, so the VMM sees KVM's behaviour: an IOAPIC
 //! whose redirection entries become MSI routes ([`ioapic`]), port-I/O ioeventfds (MSHV only
-//! has MMIO ones), CPUID answered from the table set per vCPU (a CPUID intercept), and MMIO
-//! instruction emulation ([`crate::emulator`]) on unmapped-GPA intercepts.
+//! has MMIO ones), CPUID from the table set per vCPU (registered as intercept results,
+//! [`cpuid`]), and MMIO instruction emulation ([`crate::emulator`]) on unmapped-GPA
+//! intercepts.
 
 mod convert;
+mod cpuid;
 pub mod intercept;
 #[cfg(test)]
 mod intercept_tests;
 pub mod ioapic;
 mod vcpu;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use mshv_bindings::{
-    hv_intercept_parameters, hv_intercept_type_HV_INTERCEPT_TYPE_X64_CPUID,
     hv_partition_property_code_HV_PARTITION_PROPERTY_UNIMPLEMENTED_MSR_ACTION,
     hv_unimplemented_msr_action_HV_UNIMPLEMENTED_MSR_ACTION_IGNORE_WRITE_READ_ZERO,
-    mshv_install_intercept, mshv_user_irq_entry, mshv_user_irq_table, mshv_user_mem_region,
-    HV_INTERCEPT_ACCESS_MASK_EXECUTE, MSHV_SET_MEM_BIT_EXECUTABLE, MSHV_SET_MEM_BIT_WRITABLE,
+    mshv_user_irq_entry, mshv_user_irq_table, mshv_user_mem_region, MSHV_SET_MEM_BIT_EXECUTABLE,
+    MSHV_SET_MEM_BIT_WRITABLE,
 };
 use mshv_ioctls::{Mshv, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::emulator::GuestRam;
 use crate::{
-    CpuidEntry, Error, Hypervisor, IoEventAddress, IoHandler, Kind, Result, Vcpu, Vm,
+    CpuidEntry, Datamatch, Error, Hypervisor, IoEventAddress, IoHandler, Kind, Result, Vcpu, Vm,
     CPUID_FLAG_SIGNIFICANT_INDEX,
 };
 use ioapic::Ioapic;
@@ -38,6 +39,9 @@ const PAGE_SHIFT: u64 = 12;
 /// Microsoft Hypervisor through /dev/mshv.
 pub struct MshvHypervisor {
     mshv: Mshv,
+    /// The hypervisor's CPUID answers, asked once per process: asking takes a partition of
+    /// its own, which must not be paid again at every boot.
+    supported_cpuid: OnceLock<Vec<CpuidEntry>>,
 }
 
 impl MshvHypervisor {
@@ -47,13 +51,17 @@ impl MshvHypervisor {
             device: crate::select::MSHV_DEVICE,
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
-        Ok(MshvHypervisor { mshv })
+        Ok(MshvHypervisor {
+            mshv,
+            supported_cpuid: OnceLock::new(),
+        })
     }
 
     /// Creates and initializes a partition with what a Linux guest needs: in-hypervisor
     /// LAPIC/x2APIC, the host's CPU and XSAVE features, Hyper-V enlightenments (mshv-ioctls'
     /// defaults), unimplemented MSRs read as zero and ignore writes (KVM with
-    /// `ignore_msrs` behaves the same for the MSRs Linux probes), and a CPUID intercept.
+    /// `ignore_msrs` behaves the same for the MSRs Linux probes). CPUID needs no intercept:
+    /// each vCPU registers its table as intercept results ([`cpuid`]).
     fn create_partition(&self) -> Result<VmFd> {
         let fd = loop {
             match self.mshv.create_vm() {
@@ -71,14 +79,48 @@ impl MshvHypervisor {
         .map_err(|e| mshv_err("setting the unimplemented-MSR action", e))?;
         fd.initialize()
             .map_err(|e| mshv_err("MSHV_INITIALIZE_PARTITION", e))?;
-        fd.install_intercept(mshv_install_intercept {
-            access_type_mask: HV_INTERCEPT_ACCESS_MASK_EXECUTE,
-            intercept_type: hv_intercept_type_HV_INTERCEPT_TYPE_X64_CPUID,
-            intercept_parameter: hv_intercept_parameters::default(),
-        })
-        .map_err(|e| mshv_err("installing the CPUID intercept", e))?;
         Ok(fd)
     }
+}
+
+/// The ioctl request numbers this backend issues, for seccomp allow-lists: on /dev/mshv and
+/// the partition (from the thread that builds the VM), and on a vCPU (from its own thread,
+/// which also reprograms MSI routes when the guest writes the emulated IOAPIC).
+/// `MSHV_ROOT_HVCALL` carries register access, CPUID queries and results and partition
+/// properties; the hypercall code is in memory, where a filter cannot look, and the kernel
+/// allows only the codes it lets a VMM make.
+pub fn seccomp_ioctls() -> (Vec<u64>, Vec<u64>) {
+    use mshv_ioctls::*;
+    let vcpu = [
+        MSHV_RUN_VP(),
+        MSHV_GET_VP_STATE(),
+        MSHV_SET_VP_STATE(),
+        MSHV_GET_VP_REGISTERS(),
+        MSHV_SET_VP_REGISTERS(),
+        MSHV_VP_TRANSLATE_GVA(),
+        MSHV_READ_GPA(),
+        MSHV_WRITE_GPA(),
+        MSHV_ROOT_HVCALL(),
+        MSHV_SET_MSI_ROUTING(),
+    ];
+    let vm = [
+        MSHV_CREATE_PARTITION(),
+        MSHV_GET_HOST_PARTITION_PROPERTY(),
+        MSHV_INITIALIZE_PARTITION(),
+        MSHV_SET_PARTITION_PROPERTY(),
+        MSHV_GET_PARTITION_PROPERTY(),
+        MSHV_CREATE_VP(),
+        MSHV_SET_GUEST_MEMORY(),
+        MSHV_IRQFD(),
+        MSHV_IOEVENTFD(),
+        MSHV_SET_MSI_ROUTING(),
+        MSHV_INSTALL_INTERCEPT(),
+        MSHV_VP_REGISTER_INTERCEPT_RESULT(),
+        MSHV_GET_VP_CPUID_VALUES(),
+        MSHV_ROOT_HVCALL(),
+    ];
+    // `c_ulong` is `u64` on x86_64.
+    (vm.to_vec(), vcpu.to_vec())
 }
 
 /// An mshv-ioctls error as a hypervisor-layer error.
@@ -159,20 +201,27 @@ impl Hypervisor for MshvHypervisor {
         }))
     }
 
-    /// What the hypervisor would answer for each leaf on a fresh partition's vCPU 0.
+    /// What the hypervisor would answer for each leaf on a fresh partition's vCPU 0: asked
+    /// on a scratch partition the first time, then remembered.
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
+        if let Some(known) = self.supported_cpuid.get() {
+            return Ok(known.clone());
+        }
         let fd = self.create_partition()?;
         let vp = fd
             .create_vcpu(0)
             .map_err(|e| mshv_err("MSHV_CREATE_VP", e))?;
-        Ok(cpuid_leaves(&mut |eax, ecx| {
-            vp.get_cpuid_values(eax, ecx, 0, 0).ok()
-        }))
+        let leaves = cpuid_leaves(&mut |eax, ecx| vp.get_cpuid_values(eax, ecx, 0, 0).ok());
+        Ok(self.supported_cpuid.get_or_init(|| leaves).clone())
     }
 
     fn max_vcpus(&self) -> u32 {
         // mshv-ioctls 0.7 takes vCPU indexes as u8.
         256
+    }
+
+    fn pins_guest_memory(&self) -> bool {
+        true
     }
 }
 
@@ -187,7 +236,7 @@ struct RamRegion {
 /// An eventfd written instead of a port write reaching the VMM.
 struct PioEvent {
     port: u64,
-    datamatch: Option<u64>,
+    datamatch: Datamatch,
     evt: EventFd,
 }
 
@@ -272,14 +321,9 @@ impl IoHandler for Dispatch<'_> {
 
     fn pio_write(&self, port: u16, data: &[u8]) {
         if let Ok(events) = self.vm.pio_events.read() {
-            let mut b = [0u8; 8];
-            for (d, s) in b.iter_mut().zip(data) {
-                *d = *s;
-            }
-            let value = u64::from_le_bytes(b);
             let hit = events
                 .iter()
-                .find(|e| e.port == u64::from(port) && e.datamatch.is_none_or(|m| m == value));
+                .find(|e| e.port == u64::from(port) && e.datamatch.matches(data));
             if let Some(e) = hit {
                 if let Err(err) = e.evt.write(1) {
                     log::error!("mshv: port {port:#x} ioeventfd write failed: {err}");
@@ -368,7 +412,11 @@ impl Vm for MshvVm {
             .fd
             .create_vcpu(index)
             .map_err(|e| mshv_err("MSHV_CREATE_VP", e))?;
-        Ok(Box::new(MshvVcpu::new(fd, self.shared.clone())))
+        Ok(Box::new(MshvVcpu::new(
+            fd,
+            u32::from(index),
+            self.shared.clone(),
+        )))
     }
 
     fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()> {
@@ -378,11 +426,18 @@ impl Vm for MshvVm {
             .map_err(|e| mshv_err("MSHV_IRQFD", e))
     }
 
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<()> {
+        self.shared
+            .fd
+            .unregister_irqfd(evt, gsi)
+            .map_err(|e| mshv_err("MSHV_IRQFD (deassign)", e))
+    }
+
     fn register_ioevent(
         &self,
         evt: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: Datamatch,
     ) -> Result<()> {
         use mshv_ioctls::{IoEventAddress as M, NoDatamatch};
         match addr {
@@ -400,13 +455,12 @@ impl Vm for MshvVm {
                 Ok(())
             }
             IoEventAddress::Mmio(a) => {
+                // mshv-ioctls takes the match width from the value's type, as kvm-ioctls does.
+                let fd = &self.shared.fd;
                 let r = match datamatch {
-                    // petrel's datamatches (virtio queue indexes) are 32-bit writes.
-                    Some(v) => self.shared.fd.register_ioevent(evt, &M::Mmio(a), v as u32),
-                    None => self
-                        .shared
-                        .fd
-                        .register_ioevent(evt, &M::Mmio(a), NoDatamatch),
+                    Datamatch::Any => fd.register_ioevent(evt, &M::Mmio(a), NoDatamatch),
+                    Datamatch::U32(v) => fd.register_ioevent(evt, &M::Mmio(a), v),
+                    Datamatch::U64(v) => fd.register_ioevent(evt, &M::Mmio(a), v),
                 };
                 r.map_err(|e| mshv_err("MSHV_IOEVENTFD", e))
             }

@@ -8,9 +8,13 @@
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
-use mshv_bindings::{msr_entry, FloatingPointUnit, LapicState as MshvLapic, Msrs};
+use mshv_bindings::{
+    mshv_root_hvcall, msr_entry, FloatingPointUnit, LapicState as MshvLapic, Msrs,
+    HVCALL_REGISTER_INTERCEPT_RESULT,
+};
 use mshv_ioctls::VcpuFd;
 
+use super::cpuid;
 use super::intercept::{self, Vp};
 use super::{convert, mshv_err, Dispatch, VmShared};
 use crate::emulator::GuestRam;
@@ -33,15 +37,18 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 /// One MSHV virtual processor.
 pub struct MshvVcpu {
     fd: VcpuFd,
+    /// Its index in the partition (the hypervisor's VP index).
+    index: u32,
     vm: Arc<VmShared>,
     /// The CPUID table (`set_cpuid` takes `&self`; only this vCPU's thread uses it).
     cpuid: RefCell<Vec<CpuidEntry>>,
 }
 
 impl MshvVcpu {
-    pub(super) fn new(fd: VcpuFd, vm: Arc<VmShared>) -> Self {
+    pub(super) fn new(fd: VcpuFd, index: u32, vm: Arc<VmShared>) -> Self {
         MshvVcpu {
             fd,
+            index,
             vm,
             cpuid: RefCell::new(Vec::new()),
         }
@@ -186,9 +193,30 @@ impl CpuState for MshvVcpu {
             .map(|_| ())
     }
 
-    /// Kept by the backend and answered on CPUID intercepts (leaves not in the table get the
-    /// hypervisor's own values).
+    /// Registered with the hypervisor as this vCPU's CPUID results, leaf by leaf (see
+    /// [`super::cpuid`]; leaves not in the table keep the hypervisor's values). Also kept to
+    /// answer a CPUID intercept, should one arrive.
     fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()> {
+        for r in cpuid::results(entries) {
+            let input = cpuid::hvcall_input(self.index, &r);
+            let mut args = mshv_root_hvcall {
+                code: HVCALL_REGISTER_INTERCEPT_RESULT as u16,
+                in_sz: std::mem::size_of_val(&input) as u16,
+                in_ptr: std::ptr::addr_of!(input) as u64,
+                ..Default::default()
+            };
+            self.fd.hvcall(&mut args).map_err(|e| {
+                Error::call(
+                    "registering a CPUID result",
+                    std::io::Error::other(format!(
+                        "leaf {:#x} subleaf {}: errno {}",
+                        r.leaf,
+                        r.subleaf,
+                        e.errno()
+                    )),
+                )
+            })?;
+        }
         self.cpuid.replace(entries.to_vec());
         Ok(())
     }

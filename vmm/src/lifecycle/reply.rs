@@ -35,6 +35,41 @@ impl fmt::Display for VmState {
     }
 }
 
+/// Why the VM's last boot ended (`vm.info`'s `end_reason`), so that a supervisor can tell a
+/// guest that chose to stop from one that crashed or a VMM failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The guest powered off (ACPI S5, the power-off port).
+    PowerOff,
+    /// The guest reset and `--no-reboot` was given.
+    Reset,
+    /// The guest triple-faulted.
+    TripleFault,
+    /// petrel failed to run the guest (a vCPU could not be prepared or run).
+    InternalError,
+    /// A caller's `vm.shutdown`.
+    Shutdown,
+}
+
+impl EndReason {
+    /// Whether the VM ended by failure (what `restart: on-failure` restarts).
+    pub fn is_failure(self) -> bool {
+        matches!(self, EndReason::TripleFault | EndReason::InternalError)
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndReason::PowerOff => "poweroff",
+            EndReason::Reset => "reset",
+            EndReason::TripleFault => "triple-fault",
+            EndReason::InternalError => "internal-error",
+            EndReason::Shutdown => "shutdown",
+        })
+    }
+}
+
 /// The kinds of refusal and failure a caller sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -130,6 +165,8 @@ pub struct VmInfo {
     pub memory_actual_size: u64,
     /// The hypervisor in use.
     pub hypervisor: Kind,
+    /// Why the last boot ended, once it has.
+    pub end_reason: Option<EndReason>,
 }
 
 /// One device's counters, by name.

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::check_balloon;
 use api::compat::{VmRemoveDevice, VmResize};
 use api::request::VmmRequest;
 use api::{DiskConfig, SerialMode, VmConfig, VsockConfig};
@@ -27,7 +28,7 @@ fn vmm(test: &str) -> Option<(Vmm, EventLoop)> {
     }
     let (hv, selection) = hypervisor::open(hypervisor::Request::Kvm, false).unwrap();
     let events = LifecycleEvents::new().unwrap();
-    let shared = Arc::new(VcpuShared::new(SeccompMode::Off).unwrap());
+    let shared = Arc::new(VcpuShared::new((SeccompMode::Off, hypervisor::Kind::Kvm)).unwrap());
     let controller = Controller::new(
         LoopInputs {
             exit_evt: clone_eventfd(&events.exit_evt, "poweroff").unwrap(),
@@ -206,4 +207,71 @@ fn a_real_guest_through_its_whole_life() {
         req(&mut vmm, VmmRequest::ShutdownVmm),
         Ok(Reply::Exit(0))
     ));
+}
+
+/// Every boot makes a new VM that attaches the machine's interrupt eventfds again. Linux
+/// (6.15+) refuses an eventfd another VM's irqfd still waits on, and a closed VM's irqfds go
+/// away asynchronously: without detaching them first, a boot right after a shutdown failed
+/// with KVM_IRQFD EBUSY now and then (the whole-life test above hit it under load).
+#[test]
+fn boots_right_after_a_shutdown_attach_the_interrupts() {
+    let Some((mut vmm, mut el)) = vmm("boots_right_after_a_shutdown_attach_the_interrupts") else {
+        return;
+    };
+    let mut cfg = config();
+    cfg.payload.kernel = PathBuf::from(guest_image(GuestKind::Pvh));
+    cfg.payload.cmdline = Some("action=halt".into());
+    vmm.handle(VmmRequest::Create(Box::new(cfg)), &mut el)
+        .unwrap();
+    for round in 0..30 {
+        if let Err(e) = vmm.handle(VmmRequest::Boot, &mut el) {
+            panic!("boot {round}: {e}");
+        }
+        vmm.handle(VmmRequest::Shutdown, &mut el).unwrap();
+    }
+}
+
+/// A hypervisor that only answers what `check_balloon` asks.
+struct Pinning(bool);
+
+impl hypervisor::Hypervisor for Pinning {
+    fn kind(&self) -> hypervisor::Kind {
+        if self.0 {
+            hypervisor::Kind::Mshv
+        } else {
+            hypervisor::Kind::Kvm
+        }
+    }
+    fn create_vm(&self) -> hypervisor::Result<Arc<dyn hypervisor::Vm>> {
+        Err(hypervisor::Error::Unavailable("test".into()))
+    }
+    fn supported_cpuid(&self) -> hypervisor::Result<Vec<hypervisor::CpuidEntry>> {
+        Ok(Vec::new())
+    }
+    fn max_vcpus(&self) -> u32 {
+        1
+    }
+    fn pins_guest_memory(&self) -> bool {
+        self.0
+    }
+}
+
+#[test]
+fn a_balloon_is_refused_where_guest_memory_is_pinned() {
+    let mut cfg = VmConfig::new("/kernel".into());
+    assert!(
+        check_balloon(&cfg, &Pinning(true)).is_ok(),
+        "no balloon, no refusal"
+    );
+    cfg.balloon = Some(api::BalloonConfig {
+        size: 0,
+        deflate_on_oom: false,
+        statistics_polling_interval_s: 0,
+    });
+    assert!(check_balloon(&cfg, &Pinning(false)).is_ok());
+    let e = check_balloon(&cfg, &Pinning(true)).unwrap_err();
+    assert!(
+        e.to_string().contains("balloon") && e.to_string().contains("mshv"),
+        "{e}"
+    );
 }

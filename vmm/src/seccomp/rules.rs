@@ -10,7 +10,7 @@
 //! list (the main thread, which spawns the vCPU threads at every boot and may spawn the API
 //! thread) is the union of every list, and the vCPU and API lists narrow it down.
 
-use super::ThreadKind;
+use super::{Backend, ThreadKind};
 
 /// A condition on one syscall argument (the low 32 bits unless said otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,14 +195,16 @@ fn runtime() -> Vec<Allow> {
 /// `runtime`). The virtio-mmio transport activates and resets devices on this thread: the
 /// tap's offloads follow the driver's features (`TUNSETOFFLOAD`), and the balloon arms or
 /// disarms its statistics timer (`timerfd_settime`). `KVM_GET_REGS`/`KVM_GET_SREGS` read
-/// the instruction pointer for failure reports.
-fn vcpu() -> Vec<Allow> {
-    vec![
-        ioctls(&[
+/// the instruction pointer for failure reports. With MSHV: running the VP, its registers and
+/// state, guest memory access for the instruction emulator, and MSI routes (the emulated
+/// IOAPIC is programmed from the vCPU that writes it).
+fn vcpu(backend: Backend) -> Vec<Allow> {
+    let mut requests = vec![libc::TUNSETOFFLOAD];
+    match backend {
+        Backend::Kvm => requests.extend([
             kvm::RUN,
             kvm::GET_REGS,
             kvm::GET_SREGS,
-            libc::TUNSETOFFLOAD,
             // vm.snapshot: a parked vCPU thread saves its own vCPU.
             kvm::GET_XSAVE,
             kvm::GET_XCRS,
@@ -212,6 +214,10 @@ fn vcpu() -> Vec<Allow> {
             kvm::GET_CPUID2,
             kvm::GET_MSRS,
         ]),
+        Backend::Mshv => requests.extend(hypervisor::mshv::seccomp_ioctls().1),
+    }
+    vec![
+        ioctls(&requests),
         Allow {
             nr: libc::SYS_timerfd_settime,
             when: When::Always,
@@ -260,7 +266,7 @@ fn api() -> Vec<Allow> {
 /// The main thread: the event loop with every virtio device, the lifecycle (VM and vCPU
 /// creation at every boot and reboot), and, with the API, building the VM and its devices
 /// after start.
-fn vmm(kick_signal: libc::c_int) -> Vec<Allow> {
+fn vmm(kick_signal: libc::c_int, backend: Backend) -> Vec<Allow> {
     let mut v = always(&[
         // Files: the kernel and initramfs (loaded again at every boot), disk images (raw
         // reads and writes, flush, discard and write-zeroes; an advisory lock so two VMs
@@ -326,15 +332,14 @@ fn vmm(kick_signal: libc::c_int) -> Vec<Allow> {
         // Signal handling: SIGTERM/SIGINT blocked for the signalfd, the vCPU kick handler
         // (installed by the first vCPU thread while it still has only this filter).
         libc::SYS_rt_sigaction,
-        // vCPU threads, at every boot: clone3 (glibc), and what a new thread does before it
-        // installs its own filter (glibc's rseq and robust list, Rust's stack size and
-        // guard page queries).
-        libc::SYS_clone3,
+        // vCPU threads, at every boot (clone3 is refused with ENOSYS, see `refused`), and
+        // what a new thread does before it installs its own filter (glibc's rseq and robust
+        // list, Rust's stack size and guard page queries).
         libc::SYS_set_robust_list,
         libc::SYS_rseq,
         libc::SYS_sched_getaffinity,
     ]);
-    // clone(2) only for threads (glibc falls back to it when clone3 is unavailable).
+    // clone(2) only for threads (glibc falls back to it because clone3 is refused).
     v.push(Allow {
         nr: libc::SYS_clone,
         when: When::AnyOf(vec![vec![Cond::MaskedEq(
@@ -357,19 +362,37 @@ fn vmm(kick_signal: libc::c_int) -> Vec<Allow> {
     ));
     // Stopping vCPUs: the kick signal to a vCPU thread.
     v.push(arg_in(libc::SYS_tgkill, 2, &[c(kick_signal)]));
-    // Sockets: AF_UNIX of any type; AF_INET datagram sockets only to bring a tap up
-    // (SIOCGIFFLAGS/SIOCSIFFLAGS).
-    v.push(Allow {
-        nr: libc::SYS_socket,
-        when: When::AnyOf(vec![
-            vec![Cond::Eq(0, c(libc::AF_UNIX))],
-            vec![
-                Cond::Eq(0, c(libc::AF_INET)),
-                Cond::MaskedEq(1, 0xf, c(libc::SOCK_DGRAM)),
-            ],
-        ]),
-    });
+    // Sockets: AF_UNIX only (hybrid vsock, the API socket, and the interface ioctls that
+    // bring a tap up, which work on a socket of any family): no internet socket, so a
+    // compromised main thread cannot reach the network.
+    v.push(arg_in(libc::SYS_socket, 0, &[c(libc::AF_UNIX)]));
+    v.push(ioctls(&hypervisor_ioctls(backend)));
     v.push(ioctls(&[
+        // Taps: open by name or adopt a passed descriptor, vnet header size, bring it up.
+        libc::TUNSETIFF,
+        libc::TUNGETIFF,
+        libc::TUNSETVNETHDRSZ,
+        SIOCGIFFLAGS,
+        SIOCSIFFLAGS,
+        // Non-blocking and close-on-exec sockets; "is this a terminal".
+        FIONBIO,
+        FIOCLEX,
+        TCGETS,
+    ]));
+    v
+}
+
+/// The hypervisor ioctls of the main thread: probing, VM and vCPU creation, memory,
+/// interrupts, eventfds, and each vCPU's boot state.
+fn hypervisor_ioctls(backend: Backend) -> Vec<u64> {
+    match backend {
+        Backend::Kvm => kvm_vm_ioctls(),
+        Backend::Mshv => hypervisor::mshv::seccomp_ioctls().0,
+    }
+}
+
+fn kvm_vm_ioctls() -> Vec<u64> {
+    vec![
         // /dev/kvm: probing and VM creation.
         kvm::GET_API_VERSION,
         kvm::CHECK_EXTENSION,
@@ -413,43 +436,57 @@ fn vmm(kick_signal: libc::c_int) -> Vec<Allow> {
         kvm::SET_VCPU_EVENTS,
         // vm.send-migration: which pages the guest wrote.
         kvm::GET_DIRTY_LOG,
-        // Taps: open by name or adopt a passed descriptor, vnet header size, bring it up.
-        libc::TUNSETIFF,
-        libc::TUNGETIFF,
-        libc::TUNSETVNETHDRSZ,
-        SIOCGIFFLAGS,
-        SIOCSIFFLAGS,
-        // Non-blocking and close-on-exec sockets; "is this a terminal".
-        FIONBIO,
-        FIOCLEX,
-        TCGETS,
-    ]));
-    v
+    ]
 }
 
-/// Syscalls that `kind` is refused with `EACCES` rather than killed for (a separate filter
-/// installed first: the stricter answer of stacked filters wins, so these fail gracefully).
+/// A syscall that fails with an error number instead of being allowed or killing the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Refusal {
+    /// The syscall number (x86_64).
+    pub nr: libc::c_long,
+    /// The error it fails with.
+    pub errno: libc::c_int,
+}
+
+/// Syscalls that `kind` is refused with an error rather than killed for (separate filters
+/// installed first, one per error number: the stricter answer of stacked filters wins, so
+/// these fail gracefully). Threads a filtered thread creates inherit its refusals.
 ///
-/// `openat`: glibc's malloc opens `/proc/sys/vm/overcommit_memory` once per process, from
-/// whichever thread first shrinks a per-thread arena (seen on the API thread as it freed a
-/// connection's buffers); when the open fails it shrinks heaps with `MADV_DONTNEED`, which is
-/// what it does anyway unless overcommit is disabled. The main thread may open files.
-pub(super) fn refused(kind: ThreadKind) -> &'static [libc::c_long] {
+/// `clone3` (`ENOSYS`), on every thread: its flags live in a structure in memory, which a
+/// seccomp filter cannot read, so allowing it would let a thread fork a process whatever the
+/// `CLONE_THREAD` rule on `clone` says. glibc's `pthread_create` falls back to `clone` when
+/// `clone3` answers `ENOSYS`, as on kernels older than 5.3.
+///
+/// `openat` (`EACCES`), on vCPU and API threads: glibc's malloc opens
+/// `/proc/sys/vm/overcommit_memory` once per process, from whichever thread first shrinks a
+/// per-thread arena (seen on the API thread as it freed a connection's buffers); when the open
+/// fails it shrinks heaps with `MADV_DONTNEED`, which is what it does anyway unless overcommit
+/// is disabled. The main thread may open files.
+pub(super) fn refused(kind: ThreadKind) -> &'static [Refusal] {
+    const CLONE3: Refusal = Refusal {
+        nr: libc::SYS_clone3,
+        errno: libc::ENOSYS,
+    };
+    const OPENAT: Refusal = Refusal {
+        nr: libc::SYS_openat,
+        errno: libc::EACCES,
+    };
     match kind {
-        ThreadKind::Vcpu | ThreadKind::Api => &[libc::SYS_openat],
-        ThreadKind::Vmm => &[],
+        ThreadKind::Vcpu | ThreadKind::Api => &[CLONE3, OPENAT],
+        ThreadKind::Vmm => &[CLONE3],
     }
 }
 
-/// The allow-list of `kind` (groups may repeat a syscall; the filter builder merges them).
-pub(super) fn allowed(kind: ThreadKind, kick_signal: libc::c_int) -> Vec<Allow> {
+/// The allow-list of `kind` with `backend` (groups may repeat a syscall; the filter builder
+/// merges them).
+pub(super) fn allowed(kind: ThreadKind, kick_signal: libc::c_int, backend: Backend) -> Vec<Allow> {
     let mut v = runtime();
     match kind {
-        ThreadKind::Vcpu => v.extend(vcpu()),
+        ThreadKind::Vcpu => v.extend(vcpu(backend)),
         ThreadKind::Api => v.extend(api()),
         ThreadKind::Vmm => {
-            v.extend(vmm(kick_signal));
-            v.extend(vcpu());
+            v.extend(vmm(kick_signal, backend));
+            v.extend(vcpu(backend));
             v.extend(api());
         }
     }

@@ -24,14 +24,19 @@ fn modes_parse_and_print() {
 
 #[test]
 fn every_filter_compiles_in_both_modes() {
-    for kind in ThreadKind::ALL {
-        assert!(programs(kind, SeccompMode::Off).unwrap().is_empty());
+    for (kind, backend) in ThreadKind::ALL
+        .into_iter()
+        .flat_map(|k| [(k, Backend::Kvm), (k, Backend::Mshv)])
+    {
+        assert!(programs(kind, SeccompMode::Off, backend)
+            .unwrap()
+            .is_empty());
         for mode in [SeccompMode::Enforce, SeccompMode::Log] {
-            let progs = programs(kind, mode).unwrap();
-            assert_eq!(
-                progs.len(),
-                1 + usize::from(!rules::refused(kind).is_empty())
-            );
+            let progs = programs(kind, mode, backend).unwrap();
+            let mut errnos: Vec<_> = rules::refused(kind).iter().map(|r| r.errno).collect();
+            errnos.sort();
+            errnos.dedup();
+            assert_eq!(progs.len(), 1 + errnos.len());
             for prog in progs {
                 assert!(
                     !prog.is_empty() && prog.len() < 4096,
@@ -78,7 +83,7 @@ fn allows(kind: ThreadKind, nr: i64, args: &[u64]) -> bool {
         Cond::Eq(i, v) => args.get(usize::from(i)).map(|a| a & 0xffff_ffff) == Some(v),
         Cond::MaskedEq(i, m, v) => args.get(usize::from(i)).map(|a| a & m & 0xffff_ffff) == Some(v),
     };
-    match merged(kind).get(&nr) {
+    match merged(kind, Backend::Kvm).get(&nr) {
         None => false,
         Some(None) => true,
         Some(Some(rules)) => rules.iter().any(|r| r.iter().all(holds)),
@@ -89,9 +94,15 @@ fn allows(kind: ThreadKind, nr: i64, args: &[u64]) -> bool {
 fn the_main_thread_filter_contains_the_others() {
     // vCPU and API threads inherit the main thread's filter: whatever they may do, it must
     // allow too.
-    let vmm = merged(ThreadKind::Vmm);
+    for backend in [Backend::Kvm, Backend::Mshv] {
+        main_thread_contains_the_others(backend);
+    }
+}
+
+fn main_thread_contains_the_others(backend: Backend) {
+    let vmm = merged(ThreadKind::Vmm, backend);
     for kind in [ThreadKind::Vcpu, ThreadKind::Api] {
-        for (nr, conds) in merged(kind) {
+        for (nr, conds) in merged(kind, backend) {
             let outer = vmm.get(&nr);
             let ok = match (outer, &conds) {
                 (Some(None), _) => true,
@@ -100,7 +111,7 @@ fn the_main_thread_filter_contains_the_others() {
             };
             assert!(
                 ok,
-                "syscall {nr} of the {kind} list is not (as widely) in the vmm list"
+                "{backend}: syscall {nr} of the {kind} list is not (as widely) in the vmm list"
             );
         }
     }
@@ -141,10 +152,22 @@ fn dangerous_and_selftest_syscalls_are_on_no_list() {
     }
     let tun = libc::TUNSETIFF;
     let dgram = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
-    assert!(allows(
+    // No internet socket of any kind (the tap is brought up through a Unix socket).
+    assert!(!allows(
         ThreadKind::Vmm,
         libc::SYS_socket,
         &[libc::AF_INET as u64, dgram, 0]
+    ));
+    let stream = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
+    assert!(!allows(
+        ThreadKind::Vmm,
+        libc::SYS_socket,
+        &[libc::AF_INET as u64, stream, 0]
+    ));
+    assert!(allows(
+        ThreadKind::Vmm,
+        libc::SYS_socket,
+        &[libc::AF_UNIX as u64, dgram, 0]
     ));
     assert!(allows(ThreadKind::Vmm, libc::SYS_ioctl, &[3, tun]));
     let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
@@ -181,7 +204,7 @@ fn vcpu_threads_get_only_what_running_a_guest_needs() {
 /// Runs `body` in a forked child with `kind`'s filter in `mode` installed; returns the
 /// child's wait status. The program is built before the fork: the child only makes syscalls.
 fn in_filtered_child(kind: ThreadKind, mode: SeccompMode, body: fn() -> i32) -> i32 {
-    let progs = programs(kind, mode).unwrap();
+    let progs = programs(kind, mode, Backend::Kvm).unwrap();
     // SAFETY: the child calls only async-signal-safe functions (setrlimit, prctl, seccomp,
     // the syscalls of `body`) and leaves with _exit.
     let pid = unsafe { libc::fork() };
@@ -292,4 +315,140 @@ fn vcpu_and_api_threads_are_refused_openat_without_dying() {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1,
         "{status:#x}"
     );
+}
+
+/// A fork through raw `clone3` (flags 0, exit signal SIGCHLD): 0 when refused with ENOSYS,
+/// 1 when it created a process (the child leaves at once), 2 on any other error.
+fn fork_with_clone3() -> i32 {
+    // struct clone_args (version 0, 64 bytes): flags, pidfd, child_tid, parent_tid,
+    // exit_signal, stack, stack_size, tls.
+    let args: [u64; 8] = [0, 0, 0, 0, libc::SIGCHLD as u64, 0, 0, 0];
+    // SAFETY: clone3 reads `args` (valid, 64 bytes); a child, if one is created, only calls
+    // _exit.
+    let rc = unsafe { libc::syscall(libc::SYS_clone3, args.as_ptr(), 64usize) };
+    if rc == 0 {
+        // SAFETY: ends the child process at once.
+        unsafe { libc::_exit(0) };
+    }
+    if rc > 0 {
+        return 1;
+    }
+    // SAFETY: reads this thread's errno.
+    match unsafe { *libc::__errno_location() } {
+        libc::ENOSYS => 0,
+        _ => 2,
+    }
+}
+
+extern "C" fn thread_body(arg: *mut libc::c_void) -> *mut libc::c_void {
+    arg
+}
+
+/// Creates and joins a thread with pthread_create (glibc tries clone3, then clone): 0 when
+/// the thread ran.
+fn spawn_a_thread() -> i32 {
+    let mut t: libc::pthread_t = 0;
+    let token = 42usize as *mut libc::c_void;
+    // SAFETY: `t` is a valid out pointer; the thread only returns its argument.
+    let rc = unsafe { libc::pthread_create(&mut t, std::ptr::null(), thread_body, token) };
+    if rc != 0 {
+        return 10 + rc.min(100);
+    }
+    let mut out: *mut libc::c_void = std::ptr::null_mut();
+    // SAFETY: joins the thread created above; `out` is a valid out pointer.
+    let rc = unsafe { libc::pthread_join(t, &mut out) };
+    if rc != 0 || out != token {
+        return 3;
+    }
+    0
+}
+
+/// A fork through `clone` (what glibc's fork does).
+fn fork_with_clone() -> i32 {
+    // SAFETY: clone with only SIGCHLD and no stack is a fork; the child only calls _exit.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as u64, 0, 0, 0, 0) };
+    if rc == 0 {
+        // SAFETY: ends the child process at once.
+        unsafe { libc::_exit(0) };
+    }
+    7
+}
+
+#[test]
+fn no_thread_may_fork_but_the_main_thread_still_creates_threads() {
+    for kind in ThreadKind::ALL {
+        for mode in [SeccompMode::Enforce, SeccompMode::Log] {
+            let status = in_filtered_child(kind, mode, fork_with_clone3);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "{kind} {mode}: clone3 was not refused with ENOSYS (status {status:#x})"
+            );
+        }
+        let status = in_filtered_child(kind, SeccompMode::Enforce, fork_with_clone);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "{kind}: a fork through clone was not killed (status {status:#x})"
+        );
+    }
+    let status = in_filtered_child(ThreadKind::Vmm, SeccompMode::Enforce, spawn_a_thread);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the main thread could not create a thread (status {status:#x})"
+    );
+}
+
+/// Whether `kind`'s filter for `backend` allows ioctl `request`.
+fn allows_ioctl(kind: ThreadKind, backend: Backend, request: u64) -> bool {
+    let holds = |c: &Cond| match *c {
+        Cond::Eq(1, v) => request & 0xffff_ffff == v,
+        _ => false,
+    };
+    match merged(kind, backend).get(&libc::SYS_ioctl) {
+        Some(Some(rules)) => rules.iter().any(|r| r.iter().all(holds)),
+        _ => false,
+    }
+}
+
+#[test]
+fn each_backend_gets_its_own_hypervisor_ioctls() {
+    let (mshv_vm, mshv_vcpu) = hypervisor::mshv::seccomp_ioctls();
+    assert!(!mshv_vm.is_empty() && !mshv_vcpu.is_empty());
+    for &r in &mshv_vcpu {
+        assert!(allows_ioctl(ThreadKind::Vcpu, Backend::Mshv, r), "{r:#x}");
+        assert!(allows_ioctl(ThreadKind::Vmm, Backend::Mshv, r), "{r:#x}");
+    }
+    for &r in &mshv_vm {
+        assert!(allows_ioctl(ThreadKind::Vmm, Backend::Mshv, r), "{r:#x}");
+    }
+    // A vCPU thread gets none of the partition-building ioctls (creating partitions and
+    // vCPUs, mapping memory), and no thread gets the other backend's ioctls.
+    let building: Vec<u64> = mshv_vm
+        .iter()
+        .copied()
+        .filter(|r| !mshv_vcpu.contains(r))
+        .collect();
+    assert!(building.len() >= 5, "{building:x?}");
+    for r in building {
+        assert!(!allows_ioctl(ThreadKind::Vcpu, Backend::Mshv, r), "{r:#x}");
+    }
+    assert!(!allows_ioctl(
+        ThreadKind::Vcpu,
+        Backend::Mshv,
+        rules::kvm::RUN
+    ));
+    assert!(!allows_ioctl(
+        ThreadKind::Vmm,
+        Backend::Mshv,
+        rules::kvm::CREATE_VM
+    ));
+    // MSHV_RUN_VP: _IOR(0xb8, 0x00, struct mshv_run_vp), 256 bytes.
+    let run_vp = (2 << 30) | (256 << 16) | (0xb8 << 8);
+    assert!(mshv_vcpu.contains(&run_vp), "{mshv_vcpu:x?}");
+    assert!(!allows_ioctl(ThreadKind::Vcpu, Backend::Kvm, run_vp));
+    assert!(allows_ioctl(
+        ThreadKind::Vcpu,
+        Backend::Kvm,
+        rules::kvm::RUN
+    ));
+    assert!(!allows_ioctl(ThreadKind::Api, Backend::Mshv, run_vp));
 }

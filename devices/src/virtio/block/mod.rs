@@ -31,7 +31,7 @@ use crate::rate_limiter::{admit, is_blocked, RateLimiter, RateLimiterConfig};
 use crate::virtio::serve::{count_error, Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
     device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
-    GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1,
+    GuestMemoryMmap, InterruptKind, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use disk::DiskFile;
 pub use disk::{SECTOR_SHIFT, SECTOR_SIZE};
@@ -151,6 +151,7 @@ const DEVICE: &str = "virtio-blk";
 pub struct Block {
     disk: DiskFile,
     readonly: bool,
+    direct: bool,
     id: [u8; ID_BYTES],
     config_space: [u8; CONFIG_SPACE_SIZE],
     queues: DeviceQueues,
@@ -192,6 +193,7 @@ impl Block {
         Ok(Self {
             disk,
             readonly: cfg.readonly,
+            direct: cfg.direct,
             id,
             config_space,
             queues: DeviceQueues::new(device_type::BLOCK, QUEUE_SIZES, features)
@@ -209,6 +211,28 @@ impl Block {
     /// Disk capacity in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
         self.disk.size() >> SECTOR_SHIFT
+    }
+
+    /// Replaces the backing file while the VM runs (Firecracker's `PATCH /drives` with a new
+    /// `path_on_host`): the new file is opened with the same read-only and direct flags, the
+    /// capacity in the configuration space becomes its size, and a bound driver gets a
+    /// configuration-change interrupt. The features offered stay as they were. Returns the
+    /// new capacity in sectors.
+    pub fn replace_disk(&mut self, path: &std::path::Path) -> Result<u64, BlockError> {
+        let disk = DiskFile::open(path, self.readonly, self.direct)?;
+        let offered = self.queues.features();
+        self.config_space = build_config_space(
+            disk.size(),
+            offered & (1 << VIRTIO_BLK_F_DISCARD) != 0,
+            offered & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
+        );
+        self.disk = disk;
+        if let Some(irq) = self.queues.interrupt() {
+            if let Err(e) = irq.trigger(InterruptKind::Config) {
+                warn!("{DEVICE}: cannot signal the configuration change: {e}");
+            }
+        }
+        Ok(self.capacity_sectors())
     }
 
     /// Replaces the rate limiter (tests use one on a manual clock). Register the device

@@ -540,6 +540,8 @@ fn notify_writes_the_queue_eventfd_only_after_driver_ok() {
     assert_eq!(d.events[0].read().unwrap(), 1);
     assert_eq!(d.events[1].read().unwrap(), 1);
     assert_eq!(fx.invalid(), 2);
+    // Each notification that reached the transport is counted as a slow-path one.
+    assert_eq!(fx.transport.lock().unwrap().slow_notifications(), 2);
 }
 
 #[test]

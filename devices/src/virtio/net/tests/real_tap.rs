@@ -239,6 +239,14 @@ fn inherited_descriptors_are_checked() {
             return;
         }
     };
+    // Opening by name brought the new interface up (through a Unix socket's ioctls).
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/flags")).unwrap();
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
+    assert_ne!(
+        flags & libc::IFF_UP as u32,
+        0,
+        "{name} is down: flags {flags:#x}"
+    );
     // A good inherited tap: same interface, the caller's descriptor stays usable.
     let adopted = Tap::from_fd(owner.as_raw_fd()).unwrap();
     assert_eq!(adopted.name(), name);
