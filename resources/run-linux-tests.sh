@@ -72,6 +72,7 @@ total=$(wc -l <"$out/plan")
 cat >"$out/run.sh" <<SCRIPT
 #!/bin/sh
 export HOME="$HOME" PATH="$PATH" PETREL_SKIP_LOG="$out/skips" RUST_BACKTRACE=1
+${PETREL_GUEST_KIT:+export PETREL_GUEST_KIT="$PETREL_GUEST_KIT"}
 cd "$ROOT"
 while read -r exe name; do
     grep -q "^\$name " "$out/results" && continue

@@ -11,6 +11,7 @@ pub mod guest_build;
 pub mod guest_output;
 pub mod host_net;
 pub mod image;
+pub mod linux_guest;
 pub mod linux_kit;
 pub mod petrel_log;
 pub mod process;
@@ -26,5 +27,5 @@ pub use linux_kit::{
     NATIVE_RING0_LIMIT,
 };
 pub use petrel_log::{debug_port_lines, error_lines, is_log_line, DebugPortWrite};
-pub use test_skip::skip;
 pub use process::{kvm_available, petrel_bin, run_petrel, run_petrel_until, Petrel, Run};
+pub use test_skip::skip;
