@@ -55,13 +55,14 @@ l1_run() {
 
 l1_verdict() {
     local log="$1/console.log" why
-    if ! grep -q '^L1: up' "$log" 2>/dev/null; then
+    # Not anchored: the firmware's last escape sequences share the line with `L1: up`.
+    if ! grep -q 'L1: up' "$log" 2>/dev/null; then
         echo "env: L1 never reached its init"
     elif why="$(grep -m1 '^L1: error:' "$log")"; then
         echo "env: ${why#L1: error: }"
     elif why="$(grep -m1 -E 'soft lockup|rcu_sched self-detected stall|rcu: INFO: rcu_.* detected stalls|Kernel panic|BUG: ' "$log")"; then
         echo "env: L1 kernel: $why"
-    elif ! grep -q '^L1: done' "$log"; then
+    elif ! grep -q 'L1: done' "$log"; then
         echo "env: L1 stopped before its script ended (QEMU killed or died)"
     else
         echo ok
