@@ -111,8 +111,10 @@ else
         l1_run "$out" $((180 + remaining * (per_test + 20))) &
         qpid=$!
         # Live progress from the console.
-        tail -n +1 -F "$out/console.log" 2>/dev/null | grep --line-buffered -E '^(L1:|RESULT)' |
-            sed -u 's/^/linux-tests: /' >&2 &
+        # $! is tail's pid (a pipeline's would be its last command, and waiting for that waits
+        # for the whole pipeline: tail -F never ends). grep and sed end when tail does.
+        tail -n +1 -F "$out/console.log" 2>/dev/null > >(grep --line-buffered -E '^(L1:|RESULT)' |
+            sed -u 's/^/linux-tests: /' >&2) &
         tpid=$!
         wait "$qpid" || rc=$?
         kill "$tpid" 2>/dev/null || true
