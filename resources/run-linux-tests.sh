@@ -112,9 +112,10 @@ else
         qpid=$!
         # Live progress from the console.
         # $! is tail's pid (a pipeline's would be its last command, and waiting for that waits
-        # for the whole pipeline: tail -F never ends). grep and sed end when tail does.
-        tail -n +1 -F "$out/console.log" 2>/dev/null > >(grep --line-buffered -E '^(L1:|RESULT)' |
-            sed -u 's/^/linux-tests: /' >&2) &
+        # for the whole pipeline: tail -F never ends). grep and sed end when tail does. The
+        # braces keep tail's 2>/dev/null away from the reader's stderr.
+        { exec tail -n +1 -F "$out/console.log" 2>/dev/null; } > >(grep --line-buffered -E \
+            '(^|J)(L1:|RESULT)' | sed -u 's/^.*\(L1:\|RESULT\)/linux-tests: \1/' >&2) &
         tpid=$!
         wait "$qpid" || rc=$?
         kill "$tpid" 2>/dev/null || true
