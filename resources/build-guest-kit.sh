@@ -29,9 +29,11 @@ KERNEL_META="linux-image-cloud-amd64"
 BUSYBOX_PKG="busybox-static"
 # Modules wanted in the initramfs (whatever of them the kernel ships as modules;
 # built-in or absent ones are skipped). Dependencies are added automatically.
+# button (the ACPI power button petrel's DSDT describes) and evdev (its key events as
+# /dev/input/event*, which init's power-button watcher reads) are modules in the cloud kernel.
 WANTED_MODULES="virtio virtio_ring virtio_mmio virtio_pci virtio_blk virtio_net
 virtio_console virtio_rng virtio_balloon vsock vmw_vsock_virtio_transport
-crc16 mbcache jbd2 ext4"
+crc16 mbcache jbd2 ext4 button evdev"
 # Size of rootfs.ext4 in MiB (the guest writes about 1 MiB to it).
 ROOTFS_MIB=32
 # Content of etc/petrel-rootfs in rootfs.ext4 (the guest checks it after mounting).

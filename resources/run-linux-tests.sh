@@ -72,6 +72,7 @@ total=$(wc -l <"$out/plan")
 cat >"$out/run.sh" <<SCRIPT
 #!/bin/sh
 export HOME="$HOME" PATH="$PATH" PETREL_SKIP_LOG="$out/skips" RUST_BACKTRACE=1
+${PETREL_GUEST_KIT:+export PETREL_GUEST_KIT="$PETREL_GUEST_KIT"}
 cd "$ROOT"
 while read -r exe name; do
     grep -q "^\$name " "$out/results" && continue
@@ -110,8 +111,11 @@ else
         l1_run "$out" $((180 + remaining * (per_test + 20))) &
         qpid=$!
         # Live progress from the console.
-        tail -n +1 -F "$out/console.log" 2>/dev/null | grep -a --line-buffered -E '(L1:|RESULT)' |
-            sed -u 's/^/linux-tests: /' >&2 &
+        # $! is tail's pid (a pipeline's would be its last command, and waiting for that waits
+        # for the whole pipeline: tail -F never ends). grep and sed end when tail does. The
+        # braces keep tail's 2>/dev/null away from the reader's stderr.
+        { exec tail -n +1 -F "$out/console.log" 2>/dev/null; } > >(grep -a --line-buffered -E \
+            '(^|J)(L1:|RESULT)' | sed -u 's/^.*\(L1:\|RESULT\)/linux-tests: \1/' >&2) &
         tpid=$!
         wait "$qpid" || rc=$?
         kill "$tpid" 2>/dev/null || true

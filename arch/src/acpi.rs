@@ -4,12 +4,14 @@
 //! The platform is described as *hardware-reduced* ACPI: no fixed-hardware PM blocks, no SCI,
 //! no PM timer, no FACS. Power-off goes through the FADT sleep control register (an I/O port
 //! the VMM watches) and the `\_S5_` package in the DSDT; reset goes through the FADT reset
-//! register (the i8042 command port). CPUs come from the MADT, the serial port and
+//! register (the i8042 command port), and a guest that resets through the BIOS instead finds
+//! a stub at the reset vector that does the same (`reset_vector.rs`). CPUs come from the MADT, the serial port and
 //! virtio-mmio devices from the DSDT: a guest kernel without MP-table or command-line virtio
 //! support finds everything here.
 
 mod dsdt;
 mod madt;
+mod reset_vector;
 #[cfg(test)]
 mod tests;
 
@@ -113,7 +115,7 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Builds the ACPI tables for `cfg`, writes them into `mem` at `layout::RSDP_START` ..
-/// `layout::ACPI_END`, and returns the guest address of the RSDP (to hand to the kernel in
+/// `layout::ACPI_END` (and the reset stub at `layout::RESET_VECTOR`), and returns the guest address of the RSDP (to hand to the kernel in
 /// `boot_params.acpi_rsdp_addr` / `hvm_start_info.rsdp_paddr`; it also sits in the legacy
 /// 0xE0000 scan window).
 pub fn create_acpi_tables<M: GuestMemory>(mem: &M, cfg: &AcpiConfig) -> Result<GuestAddress> {
@@ -164,6 +166,7 @@ pub fn create_acpi_tables<M: GuestMemory>(mem: &M, cfg: &AcpiConfig) -> Result<G
         mem.write_slice(bytes, GuestAddress(addr))
             .map_err(Error::GuestMemory)?;
     }
+    reset_vector::write(mem)?;
     log::debug!(
         "ACPI: RSDP {rsdp_addr:#x}, XSDT {xsdt_addr:#x}, FADT {fadt_addr:#x}, MADT {madt_addr:#x} \
          ({} cpus), DSDT {dsdt_addr:#x} ({} virtio-mmio), end {end:#x}",

@@ -29,8 +29,10 @@ pub const CMDLINE_MAX_SIZE: usize = 0x1000;
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI RSDP; the other ACPI tables follow it up to `ACPI_END`.
 pub const RSDP_START: u64 = 0xe0000;
-/// End (exclusive) of the ACPI table area.
-pub const ACPI_END: u64 = 0x100000;
+/// End (exclusive) of the ACPI table area (the reset vector follows it).
+pub const ACPI_END: u64 = 0xffff0;
+/// The x86 reset vector (`F000:FFF0`): petrel's reset stub, the last 16 bytes below 1 MiB.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// Where the kernel is loaded (1 MiB).
 pub const HIMEM_START: u64 = 0x100000;
 /// Start of the 32-bit MMIO hole: RAM below 4 GiB ends here.

@@ -11,6 +11,7 @@ pub mod guest_build;
 pub mod guest_output;
 pub mod host_net;
 pub mod image;
+pub mod linux_guest;
 pub mod linux_kit;
 pub mod petrel_log;
 pub mod process;

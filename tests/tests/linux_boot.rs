@@ -5,8 +5,13 @@
 //!   what Linux prints during early boot (banner, command line, e820 map, ACPI
 //!   tables, CPU count). These run on PVM hosts too, where guest ring 0 is
 //!   emulated, and stop the VM as soon as every marker was seen.
-//! * `linux_full_boot_*`: boot to the initramfs `init` and power off. They need guest
-//!   ring 0 to run natively; a calibration guest decides, and they skip otherwise.
+//! * `linux_full_boot_*`: boot to the initramfs `init` (vmlinux and bzImage, 1, 2 and 4
+//!   vCPUs) with a virtio-rng device, check what the guest reports (CPUs, memory, its clock
+//!   against the host's, the CMOS RTC as `/dev/rtc0` and `hwclock`, the virtio device found
+//!   through the DSDT alone) and that its poweroff ends petrel with status 0.
+//! * `linux_boot_without_initramfs`: the kernel alone gets to mounting its root file system.
+//!   They need guest ring 0 to run natively; a calibration guest decides, and they skip
+//!   otherwise.
 //!
 //! Every test skips (prints why on stderr and passes) when `/dev/kvm` is missing
 //! or the kit cannot be built. The kit and the calibration come from
@@ -16,7 +21,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use petrel_tests::{linux_kit_or_skip, ring0_native, run_petrel, run_petrel_until, Run};
+use petrel_tests::linux_guest::{
+    count_lines, host_epoch, initramfs_with_hooks, parse_hwclock, Report, Scratch, REPORT_HOOK,
+};
+use petrel_tests::{linux_kit_or_skip, ring0_native, run_petrel, run_petrel_until, Petrel, Run};
 
 /// Command line for the early-boot tests; the token proves the command line arrived.
 const EARLY_TOKEN: &str = "petrel-early-boot-token-7f3a";
@@ -187,43 +195,138 @@ fn early_boot_bzimage() {
     early_boot("early_boot_bzimage", &kit.bzimage, Duration::from_secs(300));
 }
 
-/// Boots the kernel and initramfs to `PETREL-INIT-OK` and expects a clean power-off.
-fn full_boot(test: &str, kernel: &Path, initramfs: &Path, cpus: u32) {
-    let cpus_arg = cpus.to_string();
+/// Largest difference between the guest's clocks and the host's, in seconds.
+const CLOCK_SLACK: i64 = 5;
+/// Linux's message when its RTC driver refuses the CMOS clock.
+const RTC_PROBE_FAILED: &str = "probe of rtc_cmos failed";
+
+/// The problems in `report` for a boot with `cpus` vCPUs and `mem_mib` MiB, whose last report
+/// line the host saw at `host_seen` (seconds since the epoch).
+fn report_problems(report: &Report, cpus: u32, mem_mib: i64, host_seen: i64) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |r: Result<(), String>| {
+        if let Err(e) = r {
+            problems.push(e);
+        }
+    };
+    check(report.int("nproc").and_then(|n| {
+        (n == i64::from(cpus))
+            .then_some(())
+            .ok_or(format!("nproc={n}, want {cpus}"))
+    }));
+    // MemTotal is the RAM less what the kernel keeps (its image, page structs): between 85%
+    // and 100% of what was asked for.
+    check(report.int("memtotal_kib").and_then(|kib| {
+        let asked = mem_mib * 1024;
+        (kib <= asked && kib * 100 >= asked * 85)
+            .then_some(())
+            .ok_or(format!("MemTotal {kib} KiB for --memory {mem_mib}M"))
+    }));
+    check(report.int("date").and_then(|d| {
+        ((host_seen - d).abs() <= CLOCK_SLACK)
+            .then_some(())
+            .ok_or(format!(
+                "guest date {d} vs host {host_seen}: more than {CLOCK_SLACK} s apart"
+            ))
+    }));
+    check(report.get("rtc0").and_then(|v| {
+        (v == "yes")
+            .then_some(())
+            .ok_or("no /dev/rtc0 in the guest".to_string())
+    }));
+    check(report.get("rtc_name").and_then(|v| {
+        v.contains("rtc_cmos")
+            .then_some(())
+            .ok_or(format!("rtc0 is {v:?}, not rtc_cmos"))
+    }));
+    check(report.get("hwclock").and_then(|line| {
+        let t = parse_hwclock(line).ok_or(format!("hwclock -r printed {line:?}"))?;
+        ((host_seen - t).abs() <= CLOCK_SLACK)
+            .then_some(())
+            .ok_or(format!(
+                "hwclock -r {t} ({line:?}) vs host {host_seen}: more than {CLOCK_SLACK} s apart"
+            ))
+    }));
+    // The virtio-rng device, found through the DSDT alone.
+    check(report.get("cmdline_virtio").and_then(|v| {
+        (v == "no")
+            .then_some(())
+            .ok_or("virtio_mmio.device= on the command line".to_string())
+    }));
+    check(report.int("virtio_acpi").and_then(|n| {
+        (n == 1)
+            .then_some(())
+            .ok_or(format!("{n} LNRO0005 platform devices, want 1"))
+    }));
+    check(report.int("virtio_devices").and_then(|n| {
+        (n == 1)
+            .then_some(())
+            .ok_or(format!("{n} virtio devices bound to a driver, want 1"))
+    }));
+    problems
+}
+
+/// Boots `kernel` and the kit's initramfs (plus the report hook) with `cpus` vCPUs, `mem_mib`
+/// MiB and a virtio-rng device; checks the report and a clean power-off.
+fn full_boot(test: &str, kernel: &Path, cpus: u32, mem_mib: u32) {
+    let Some(kit) = linux_kit_or_skip(test) else {
+        return;
+    };
+    if !ring0_native(test) {
+        return;
+    }
+    let kernel = kit.dir.join(kernel);
+    let dir = Scratch::new(test);
+    let initramfs = initramfs_with_hooks(kit, &dir.0, &[("50-report.sh", REPORT_HOOK)])
+        .unwrap_or_else(|e| panic!("{test}: cannot write the initramfs: {e}"));
+    let (cpus_arg, mem_arg) = (cpus.to_string(), format!("{mem_mib}M"));
     let args = [
         "--kernel",
-        path_str(kernel),
+        path_str(&kernel),
         "--initramfs",
-        path_str(initramfs),
+        path_str(&initramfs),
         "--cmdline",
         "console=ttyS0 panic=-1",
         "--cpus",
         &cpus_arg,
         "--memory",
-        "512M",
+        &mem_arg,
+        "--rng",
         "--serial",
         "stdout",
         "--no-reboot",
     ];
-    let run = run_petrel(&args, Duration::from_secs(120));
+    let mut petrel = Petrel::spawn(&args);
+    let reported = petrel.wait_for_stdout(TIMEOUT, |o| o.contains("PETREL-R: cmdline_virtio="));
+    let host_seen = host_epoch();
+    let run = petrel.wait(TIMEOUT);
     let out = &run.stdout;
     let mut problems = Vec::new();
     if !out.contains("PETREL-INIT: modules loaded") {
         problems.push("no `PETREL-INIT: modules loaded`".to_string());
     }
-    let want = format!("PETREL-INIT: cpus={cpus}");
-    if !has_line(out, |l| l.trim_end() == want) {
-        let got: Vec<&str> = lines(out)
-            .filter(|l| l.contains("PETREL-INIT: cpus="))
-            .collect();
-        problems.push(format!("want `{want}`, got {got:?}"));
+    if reported {
+        problems.extend(report_problems(
+            &Report::parse(out),
+            cpus,
+            i64::from(mem_mib),
+            host_seen,
+        ));
+    } else {
+        problems.push("the report hook never finished".to_string());
+    }
+    if out.contains(RTC_PROBE_FAILED) {
+        problems.push(format!("Linux logged `{RTC_PROBE_FAILED}`"));
     }
     if !out.contains("PETREL-INIT-OK") {
         problems.push("no `PETREL-INIT-OK`".to_string());
     }
+    if count_lines(out, "PETREL-INIT: modules loaded") > 1 {
+        problems.push("the guest booted more than once".to_string());
+    }
     if run.timed_out {
-        problems.push("petrel did not exit (poweroff) within 120 s".to_string());
-    } else if !run.status.is_some_and(|s| s.success()) {
+        problems.push(format!("petrel did not exit (poweroff) within {TIMEOUT:?}"));
+    } else if !run.success() {
         problems.push(format!("petrel exit status {:?}, want 0", run.status));
     }
     if !problems.is_empty() {
@@ -235,29 +338,89 @@ fn full_boot(test: &str, kernel: &Path, initramfs: &Path, cpus: u32) {
         kernel.display(),
         problems.join("; ")
     );
-    eprintln!("{test}: booted and powered off in {:.1?}", run.elapsed);
+    eprintln!(
+        "{test}: booted, reported and powered off in {:.1?}",
+        run.elapsed
+    );
 }
+
+/// How long a full boot may take (nested TCG is slow, and slower when the machine is busy).
+const TIMEOUT: Duration = Duration::from_secs(180);
 
 #[test]
 fn linux_full_boot_1cpu() {
-    let Some(kit) = linux_kit_or_skip("linux_full_boot_1cpu") else {
-        return;
-    };
-    if !ring0_native("linux_full_boot_1cpu") {
-        return;
-    }
-    // PVH entry (vmlinux) with one vCPU.
-    full_boot("linux_full_boot_1cpu", &kit.vmlinux, &kit.initramfs, 1);
+    // PVH entry (vmlinux), one vCPU.
+    full_boot("linux_full_boot_1cpu", Path::new("vmlinux"), 1, 512);
 }
 
 #[test]
 fn linux_full_boot_2cpus() {
-    let Some(kit) = linux_kit_or_skip("linux_full_boot_2cpus") else {
+    // bzImage (Linux boot protocol), two vCPUs.
+    full_boot("linux_full_boot_2cpus", Path::new("bzImage"), 2, 512);
+}
+
+#[test]
+fn linux_full_boot_4cpus() {
+    // PVH entry, four vCPUs and 1 GiB.
+    full_boot("linux_full_boot_4cpus", Path::new("vmlinux"), 4, 1024);
+}
+
+/// Without an initramfs the kernel cannot reach userspace: the Debian cloud kernel has
+/// virtio_mmio and virtio_blk as modules, so with no initramfs to load them there is no root
+/// device. What is checked is that it gets as far as mounting its root file system (and says
+/// it cannot), then `panic=-1` reboots at once and `--no-reboot` turns that into exit 0.
+#[test]
+fn linux_boot_without_initramfs() {
+    const TEST: &str = "linux_boot_without_initramfs";
+    let Some(kit) = linux_kit_or_skip(TEST) else {
         return;
     };
-    if !ring0_native("linux_full_boot_2cpus") {
+    if !ring0_native(TEST) {
         return;
     }
-    // bzImage (Linux boot protocol) with two vCPUs.
-    full_boot("linux_full_boot_2cpus", &kit.bzimage, &kit.initramfs, 2);
+    let args = [
+        "--kernel",
+        path_str(&kit.bzimage),
+        "--cmdline",
+        "console=ttyS0 panic=-1 root=/dev/vda",
+        "--cpus",
+        "2",
+        "--memory",
+        "256M",
+        "--serial",
+        "stdout",
+        "--no-reboot",
+    ];
+    let run = run_petrel(&args, TIMEOUT);
+    let out = &run.stdout;
+    let mut problems = Vec::new();
+    if !out.contains("VFS: Cannot open root device") {
+        problems.push("no `VFS: Cannot open root device`".to_string());
+    }
+    if !out.contains("Kernel panic - not syncing: VFS: Unable to mount root fs") {
+        problems.push("no `Kernel panic - not syncing: VFS: Unable to mount root fs`".to_string());
+    }
+    if out.contains(RTC_PROBE_FAILED) {
+        problems.push(format!("Linux logged `{RTC_PROBE_FAILED}`"));
+    }
+    // panic=-1 reboots at once, silently: petrel's exit 0 under --no-reboot shows the reset.
+    if out.matches("Linux version ").count() != 1 {
+        problems.push(format!(
+            "{} `Linux version` banners, want 1 (--no-reboot)",
+            out.matches("Linux version ").count()
+        ));
+    }
+    if run.timed_out {
+        problems.push(format!("petrel did not exit within {TIMEOUT:?}"));
+    } else if !run.success() {
+        problems.push(format!("petrel exit status {:?}, want 0", run.status));
+    }
+    if !problems.is_empty() {
+        eprintln!("{TEST}: {}", describe(&run));
+    }
+    assert!(problems.is_empty(), "{TEST}: {}", problems.join("; "));
+    eprintln!(
+        "{TEST}: reached the root mount, panicked, rebooted → exit in {:.1?}",
+        run.elapsed
+    );
 }

@@ -7,12 +7,20 @@
 //! After petrel exits the host reads the files the guest wrote with `debugfs` and checks the
 //! file system with `e2fsck -fn`.
 //!
+//! A hook ([`EXTRA_HOOK`]) then checks what init's virtio step does not: a second disk given
+//! `readonly=on` is read-only to the kernel and refuses a write; `fstrim` on the ext4 disk
+//! discards (the host sees the image's allocated blocks drop); and 4 MiB go over TCP each way
+//! between busybox `nc` in the guest and the test on the host (the tap's address), compared
+//! by MD5 on both ends.
+//!
 //! Skips (prints why on stderr and passes) like the other full boots: without `/dev/kvm`,
 //! without the kit, or when guest ring 0 is emulated (PVM hosts); also without
 //! `/dev/net/tun` or when a tap cannot be created (needs CAP_NET_ADMIN).
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +29,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use petrel_tests::linux_guest::{initramfs_with_hooks, Report, REPORT_HOOK};
 use petrel_tests::{linux_kit_or_skip, ring0_native, run_petrel, Run};
 
 const TEST: &str = "linux_virtio_devices";
@@ -32,6 +41,180 @@ const GUEST_CID: u32 = 3;
 const GUEST_HELLO: &str = "hello from guest";
 const HOST_REPLY: &str = "hello from host";
 const HOST_PING: &str = "ping from host";
+
+/// TCP ports: the guest sends to the host's `TCP_TO_HOST`, the host to the guest's
+/// `TCP_TO_GUEST`.
+const TCP_TO_HOST: u16 = 5100;
+const TCP_TO_GUEST: u16 = 5101;
+/// Bytes sent each way.
+const TCP_BYTES: usize = 4 << 20;
+
+/// The checks after init's virtio step (sourced by init: `$host` is the host's address).
+const EXTRA_HOOK: &str = r#"
+x() { echo "PETREL-X: $*"; }
+ro=""
+for b in /sys/block/vd*; do [ "$(cat "$b/size")" = 2048 ] && ro=/dev/${b##*/}; done
+if [ -z "$ro" ]; then
+    x "ro none"
+else
+    x "ro $ro getro=$(blockdev --getro "$ro" 2>&1) sysfs=$(cat /sys/block/${ro#/dev/}/ro)"
+    if dd if=/dev/zero of="$ro" bs=4096 count=1 conv=fsync 2>/dev/null; then
+        x "ro write accepted"
+    else
+        x "ro write refused"
+    fi
+fi
+if mount -t ext4 /dev/vda /mnt/root; then
+    head -c 8388608 /dev/urandom >/mnt/root/trim.bin && sync && rm /mnt/root/trim.bin && sync
+    x "discard_max=$(cat /sys/block/vda/queue/discard_max_bytes) fstrim=$(fstrim -v /mnt/root 2>&1)"
+    umount /mnt/root
+else
+    x "fstrim: cannot mount /dev/vda"
+fi
+head -c 4194304 /dev/urandom >/tmp/out.bin
+x "tcp out md5=$(md5sum /tmp/out.bin | cut -d' ' -f1)"
+if timeout 60 nc "$host" 5100 </tmp/out.bin >/dev/null; then x "tcp sent"; else x "tcp send failed"; fi
+timeout 60 nc -l -p 5101 >/tmp/in.bin </dev/null &
+x "tcp listening"
+wait $!
+x "tcp in md5=$(md5sum /tmp/in.bin | cut -d' ' -f1) bytes=$(wc -c </tmp/in.bin)"
+"#;
+
+/// The host end of the TCP transfers: receives the guest's bytes on `host_ip:TCP_TO_HOST`,
+/// then sends `TCP_BYTES` to `guest_ip:TCP_TO_GUEST` (retrying while the guest's `nc -l`
+/// starts). Returns (MD5 received, MD5 sent).
+fn tcp_host(
+    listener: TcpListener,
+    guest_ip: String,
+    stop: Arc<AtomicBool>,
+) -> Result<(String, String), String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("set_nonblocking: {e}"))?;
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if stop.load(Ordering::SeqCst) {
+                    return Err(format!("the guest never connected to port {TCP_TO_HOST}"));
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    };
+    conn.set_nonblocking(false)
+        .and_then(|()| conn.set_read_timeout(Some(Duration::from_secs(60))))
+        .map_err(|e| format!("socket setup: {e}"))?;
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got)
+        .map_err(|e| format!("reading the guest's bytes: {e} (after {} bytes)", got.len()))?;
+    drop(conn);
+    let received = md5_of(&got);
+
+    // Deterministic bytes that do not compress to nothing.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..TCP_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let addr = format!("{guest_ip}:{TCP_TO_GUEST}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = loop {
+        match TcpStream::connect(&addr) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline || stop.load(Ordering::SeqCst) => {
+                return Err(format!("connect {addr}: {e}"))
+            }
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    out.set_write_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| format!("socket setup: {e}"))?;
+    out.write_all(&data)
+        .and_then(|()| out.shutdown(Shutdown::Write))
+        .map_err(|e| format!("sending to {addr}: {e}"))?;
+    // Wait for the guest to close its end (all bytes read).
+    let mut rest = Vec::new();
+    let _ = out.read_to_end(&mut rest);
+    Ok((received, md5_of(&data)))
+}
+
+/// MD5 of `data` in hex (through `md5sum`, as the guest computes it).
+fn md5_of(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run md5sum: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = data.to_vec();
+    let writer = thread::spawn(move || stdin.write_all(&bytes));
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The problems in the `PETREL-X:` lines and the host's view of the TCP transfers.
+fn extra_problems(
+    out: &[&str],
+    tcp: &Result<(String, String), String>,
+    trimmed: (u64, u64),
+) -> Vec<String> {
+    let x: Vec<&str> = out
+        .iter()
+        .filter_map(|l| l.strip_prefix("PETREL-X: "))
+        .collect();
+    let has = |p: &str| x.iter().any(|l| l.starts_with(p));
+    let mut problems = Vec::new();
+    match x.iter().find(|l| l.starts_with("ro ")) {
+        Some(l) if l.ends_with("getro=1 sysfs=1") => {}
+        other => problems.push(format!("read-only disk: {other:?}, want getro=1 sysfs=1")),
+    }
+    if !has("ro write refused") {
+        problems.push("the read-only disk did not refuse a write".to_string());
+    }
+    match x.iter().find(|l| l.starts_with("discard_max=")) {
+        Some(l) if !l.starts_with("discard_max=0 ") && l.contains("bytes trimmed") => {}
+        other => problems.push(format!("fstrim: {other:?}")),
+    }
+    let (before, after) = trimmed;
+    if after + (8 << 20) > before {
+        problems.push(format!(
+            "the image's allocated bytes went {before} → {after}: fstrim discarded less than 8 MiB"
+        ));
+    }
+    let md5 = |p: &str| {
+        x.iter()
+            .find_map(|l| l.strip_prefix(p))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+    };
+    match tcp {
+        Ok((received, sent)) => {
+            if md5("tcp out md5=").as_deref() != Some(received.as_str()) {
+                problems.push(format!(
+                    "guest → host: guest sent md5 {:?}, host received {received}",
+                    md5("tcp out md5=")
+                ));
+            }
+            let want = format!("{sent} bytes={TCP_BYTES}");
+            let got = x.iter().find_map(|l| l.strip_prefix("tcp in md5="));
+            if got != Some(want.as_str()) {
+                problems.push(format!("host → guest: guest got {got:?}, host sent {want}"));
+            }
+        }
+        Err(e) => problems.push(format!("TCP host side: {e}")),
+    }
+    problems
+}
 
 /// A tap device with the host end of the guest's subnet; deleted on drop.
 struct Tap {
@@ -241,7 +424,17 @@ fn linux_virtio_devices() {
     let dir = ScratchDir(std::env::temp_dir().join(format!("petrel-lv-{pid}")));
     fs::create_dir_all(&dir.0).unwrap();
     let disk = dir.0.join("root.ext4");
-    fs::copy(&kit.rootfs, &disk).unwrap();
+    // Written out in full (not a sparse copy), so that fstrim's discards show as freed blocks.
+    fs::write(&disk, fs::read(&kit.rootfs).unwrap()).unwrap();
+    let ro_disk = dir.0.join("ro.img");
+    let ro_content = vec![0xa5u8; 1 << 20];
+    fs::write(&ro_disk, &ro_content).unwrap();
+    let initramfs = initramfs_with_hooks(
+        kit,
+        &dir.0,
+        &[("50-report.sh", REPORT_HOOK), ("60-extra.sh", EXTRA_HOOK)],
+    )
+    .unwrap();
     let sock = dir.0.join("v.sock");
 
     // A /24 per test process, so that parallel runs do not share a route.
@@ -256,6 +449,12 @@ fn linux_virtio_devices() {
     };
 
     let stop = Arc::new(AtomicBool::new(false));
+    let tcp_listener = TcpListener::bind(format!("{subnet}.1:{TCP_TO_HOST}"))
+        .unwrap_or_else(|e| panic!("{TEST}: cannot listen on {subnet}.1:{TCP_TO_HOST}: {e}"));
+    let tcp = {
+        let (guest_ip, stop) = (format!("{subnet}.2"), stop.clone());
+        thread::spawn(move || tcp_host(tcp_listener, guest_ip, stop))
+    };
     let host = {
         let (sock, stop) = (sock.clone(), stop.clone());
         thread::spawn(move || vsock_host(sock, stop))
@@ -279,19 +478,24 @@ fn linux_virtio_devices() {
          petrel.vsock_listen={GUEST_PORT}"
     );
     let disk_arg = format!("path={}", disk.display());
+    let ro_arg = format!("path={},readonly=on", ro_disk.display());
+    let allocated = |p: &Path| fs::metadata(p).map_or(0, |m| m.blocks() * 512);
+    let allocated_before = allocated(&disk);
     let net_arg = format!("tap={tap_name}");
     let vsock_arg = format!("cid={GUEST_CID},socket={}", sock.display());
     let args = [
         "--kernel",
         kit.vmlinux.to_str().unwrap(),
         "--initramfs",
-        kit.initramfs.to_str().unwrap(),
+        initramfs.to_str().unwrap(),
         "--cpus",
         "2",
         "--memory",
         "512M",
         "--disk",
         &disk_arg,
+        "--disk",
+        &ro_arg,
         "--net",
         &net_arg,
         "--rng",
@@ -309,8 +513,30 @@ fn linux_virtio_devices() {
         .join()
         .unwrap_or_else(|_| Err("the vsock host thread panicked".to_string()));
 
+    let tcp_result = tcp
+        .join()
+        .unwrap_or_else(|_| Err("the TCP host thread panicked".to_string()));
+    let allocated_after = allocated(&disk);
+
     let out = lines(&run.stdout);
     let mut problems: Vec<String> = Vec::new();
+    problems.extend(extra_problems(
+        &out,
+        &tcp_result,
+        (allocated_before, allocated_after),
+    ));
+    if fs::read(&ro_disk).ok().as_ref() != Some(&ro_content) {
+        problems.push("the read-only disk's image changed".to_string());
+    }
+    // All five devices found through the DSDT (two disks, net, rng, vsock).
+    let report = Report::parse(&run.stdout);
+    if report.get("cmdline_virtio") != Ok("no") || report.int("virtio_acpi") != Ok(5) {
+        problems.push(format!(
+            "virtio discovery: cmdline_virtio {:?}, LNRO0005 devices {:?} (want no, 5)",
+            report.get("cmdline_virtio"),
+            report.int("virtio_acpi")
+        ));
+    }
     let failures: Vec<&str> = out
         .iter()
         .copied()
@@ -385,5 +611,9 @@ fn linux_virtio_devices() {
         );
     }
     assert!(problems.is_empty(), "{TEST}: {}", problems.join("; "));
+    for l in out.iter().filter(|l| l.starts_with("PETREL-X: ")) {
+        eprintln!("{TEST}: {l}");
+    }
+    eprintln!("{TEST}: image allocation {allocated_before} → {allocated_after} bytes after fstrim");
     eprintln!("{TEST}: all virtio steps passed in {:.1?}", run.elapsed);
 }

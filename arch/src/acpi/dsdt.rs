@@ -1,6 +1,13 @@
-//! The DSDT: the `\_S5_` sleep package (soft-off) and, under `\_SB_`, COM1, the power
-//! button with the Generic Event Device that signals it, and one `LNRO0005` device per
-//! virtio-mmio window.
+//! The DSDT: the `\_S5_` sleep package (soft-off) and, under `\_SB_`, COM1, the CMOS clock,
+//! the power button with the Generic Event Device that signals it, and one `LNRO0005` device
+//! per virtio-mmio window.
+//!
+//! The CMOS clock is a `PNP0B00` device with its two I/O ports and no interrupt. On a
+//! hardware-reduced platform Linux has no legacy PIC, so ISA IRQ 8 does not exist for it:
+//! without a `PNP0B00` device its x86 code registers a platform `rtc_cmos` device that asks
+//! for IRQ 8, and the driver's probe fails (`request_irq` → -EINVAL: no `/dev/rtc0`). Found
+//! through PNP with a port at 0x70 and no interrupt, the driver runs without one (no alarm,
+//! which petrel's RTC does not raise anyway), and GSI 8 stays free for the virtio devices.
 //!
 //! The power button: the platform is hardware-reduced (no fixed-feature button, no SCI), so
 //! the button is a control-method device `PWRB` (`PNP0C0C`), and its events come through a
@@ -38,6 +45,10 @@ const DSDT_REVISION: u8 = 2;
 const SDT_HEADER_LEN: u32 = 36;
 /// Number of I/O ports of an 8250 UART.
 const COM1_PORT_COUNT: u8 = 8;
+/// PNP id of an AT-compatible CMOS clock (Linux `rtc_cmos` through PNP).
+const RTC_HID: &str = "PNP0B00";
+/// Number of I/O ports of the CMOS clock (index and data).
+const RTC_PORT_COUNT: u8 = 2;
 /// ACPI hardware id of the virtio-mmio transport (Linux `virtio_mmio_acpi_match`).
 const VIRTIO_MMIO_HID: &str = "LNRO0005";
 /// ACPI hardware id of the Generic Event Device (ACPI 6.1+, Linux `acpi_ged`).
@@ -61,6 +72,7 @@ pub(super) fn build(virtio: &[VirtioMmioAcpi]) -> Result<Vec<u8>> {
 
     let mut sb = Vec::new();
     com1(&mut sb);
+    rtc(&mut sb);
     power_button(&mut sb);
     ged(&mut sb);
     for (index, dev) in virtio.iter().enumerate() {
@@ -101,6 +113,16 @@ fn com1(sink: &mut Vec<u8>) {
     let irq = Interrupt::new(true, true, false, false, layout::COM1_IRQ);
     let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&io, &irq]));
     Device::new(Path::new("COM1"), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
+}
+
+/// `Device(RTC0)`: PNP0B00 at `layout::RTC_PORT`, two ports, no interrupt (see the module
+/// documentation).
+fn rtc(sink: &mut Vec<u8>) {
+    let hid = Name::new(Path::new("_HID"), &EISAName::new(RTC_HID));
+    let uid = Name::new(Path::new("_UID"), &ZERO);
+    let io = IO::new(layout::RTC_PORT, layout::RTC_PORT, 1, RTC_PORT_COUNT);
+    let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&io]));
+    Device::new(Path::new("RTC0"), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
 }
 
 /// `Device(PWRB)`: the control-method power button the GED notifies.
@@ -215,6 +237,31 @@ mod tests {
         assert_eq!(count(&dsdt, b"LNRO0005"), 2);
     }
 
+    /// The CMOS clock: `PNP0B00` whose `_CRS` is exactly its two ports (no interrupt, so Linux
+    /// does not ask for the ISA IRQ 8 a hardware-reduced platform does not have).
+    #[test]
+    fn rtc_is_a_pnp_device_with_ports_and_no_interrupt() {
+        let dsdt = build(&virtio(1)).unwrap();
+        // EisaId("PNP0B00") = 0x41d0 0x0b00, as a DWordConst.
+        assert_eq!(
+            count(
+                &dsdt,
+                &[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0b, 0x00]
+            ),
+            1
+        );
+        let at = dsdt.windows(4).position(|w| w == b"RTC0").unwrap();
+        // _CRS: Buffer { IO(Decode16, 0x70, 0x70, 1, 2), EndTag } and nothing else.
+        let io = [0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02, 0x79];
+        let crs = dsdt[at..].windows(4).position(|w| w == b"_CRS").unwrap() + at;
+        let io_at = dsdt[crs..].windows(io.len()).position(|w| w == io).unwrap() + crs;
+        // Name(_CRS, Buffer(PkgLength, BufferSize, bytes)): the buffer holds only the port
+        // descriptor and the end tag (2 bytes).
+        assert_eq!(dsdt[crs + 4], 0x11, "BufferOp");
+        assert_eq!(usize::from(dsdt[crs + 7]), io.len() + 1, "buffer size");
+        assert_eq!(io_at, crs + 8);
+    }
+
     /// A scratch directory of this test process.
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("petrel-dsdt-{name}-{}", std::process::id()));
@@ -254,6 +301,8 @@ mod tests {
             "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
             "0x00000017,",
             "Name (_HID, EisaId (\"PNP0501\")",
+            "Device (RTC0)",
+            "Name (_HID, EisaId (\"PNP0B00\")",
             "Device (VR02)",
             "Name (_S5, Package (0x04)",
         ] {

@@ -352,3 +352,21 @@ fn missing_guest_memory() {
     let err = create_acpi_tables(&mem, &cfg).unwrap_err();
     assert!(matches!(err, Error::GuestMemory(_)), "{err}");
 }
+
+/// The reset vector holds the stub that resets through the i8042 command port, as decoded
+/// here by hand: `mov al, 0xfe; out 0x64, al; hlt; jmp short` back to the `hlt`.
+#[test]
+fn reset_vector_resets_through_the_i8042() {
+    let (mem, _) = build(2, &virtio_devices(2));
+    let mut code = [0u8; 16];
+    mem.read_slice(&mut code, GuestAddress(0xffff0)).unwrap();
+    assert_eq!(code[0..2], [0xb0, 0xfe], "mov al, 0xfe");
+    assert_eq!(code[2..4], [0xe6, 0x64], "out 0x64, al");
+    assert_eq!(code[4], 0xf4, "hlt");
+    assert_eq!(code[5], 0xeb, "jmp short");
+    assert_eq!(
+        6 + 1 + i64::from(code[6] as i8),
+        4,
+        "the jmp goes back to the hlt"
+    );
+}
