@@ -15,7 +15,7 @@
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use api::http::{Client, Method, Response};
+use petrel_http::{Client, Method, Response};
 use petrel_tests::linux_guest::{count_lines, initramfs_with_hooks, serial_tail, Scratch};
 use petrel_tests::{linux_kit_or_skip, ring0_native, Petrel};
 use serde_json::{json, Value};

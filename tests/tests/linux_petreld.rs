@@ -11,7 +11,7 @@ mod petreld_support;
 
 use std::time::{Duration, Instant};
 
-use api::http::Method;
+use petrel_http::Method;
 use petrel_tests::linux_guest::{count_lines, initramfs_with_hooks, Report, Scratch, REPORT_HOOK};
 use petrel_tests::{linux_kit_or_skip, ring0_native};
 use petreld_support::{names, pid_alive, Petreld};
