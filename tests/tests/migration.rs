@@ -99,11 +99,14 @@ fn a_counting_guest_moves_to_another_petrel() {
         Some(&json!({"destination_url": format!("unix:{}", fake.display())})),
     );
     dying.join().unwrap();
-    assert_error(
-        &r,
-        400,
-        &["destination's answer"],
-        "destination died mid-way",
+    // The fake stops reading after 500 ms of silence: on a loaded host that can come before
+    // the source has sent everything, and the source then fails writing instead of waiting for
+    // the answer. Either way it must name the destination and keep running.
+    assert_error(&r, 400, &["destination"], "destination died mid-way");
+    let msg = r.error_message();
+    assert!(
+        msg.contains("destination's answer") || msg.contains("writing to the destination"),
+        "destination died mid-way: {msg:?}"
     );
     src.assert_state("Running");
     let before = last_count(&src.petrel.stdout());
