@@ -59,7 +59,7 @@ if ensure_qemu; then
 cd "$(pwd)"
 echo "L1: petrel $(target/release/petrel --version 2>/dev/null | head -n 1) on L1's /dev/kvm:"
 $(pwd)/$PETREL --kernel "$KIT/vmlinux" --initramfs "$KIT/initramfs.cpio.gz" --cpus 2 \
-    --memory 512M --cmdline "console=ttyS0 reboot=k panic=1 quiet" </dev/null
+    --memory 512M --cmdline "console=ttyS0 reboot=k panic=1 quiet \$PETREL_L2_EXTRA_CMDLINE" </dev/null
 echo "L1: petrel exited with status \$?"
 SCRIPT
     l1_run "$out" 600 &

@@ -18,6 +18,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::linux_kit::LinuxKit;
 
+/// Environment variable whose words are appended to every scenario's kernel command line.
+/// `resources/run-linux-tests.sh` sets it to `noxsave` inside the nested KVM: QEMU's TCG
+/// emulation of SVM does not make L2's XSETBV exit to L1, so L1's KVM never learns the
+/// guest's XCR0 (the guest logs `XSAVE consistency problem: size 2696 != kernel_size 576`:
+/// CPUID 0xD's size was never updated) and reloads its own idea of it (x87 only) at every
+/// VM entry, under the guest's XSAVE-managed FPU state. With `noxsave` the guest keeps its
+/// FPU state with FXSAVE, which XCR0 does not affect. On hardware nothing is appended.
+pub const EXTRA_CMDLINE_ENV: &str = "PETREL_L2_EXTRA_CMDLINE";
+
+/// `base` plus the words of [`EXTRA_CMDLINE_ENV`], if set.
+pub fn kernel_cmdline(base: &str) -> String {
+    match std::env::var(EXTRA_CMDLINE_ENV) {
+        Ok(extra) if !extra.trim().is_empty() => format!("{base} {}", extra.trim()),
+        _ => base.to_string(),
+    }
+}
+
 /// Prints the facts the scenarios check, as `PETREL-R: key=value` lines:
 /// `nproc`, `memtotal_kib`, `memfree_kib`, `date` (seconds since the epoch), `rtc0`
 /// (`yes`/`no`), `rtc_name`, `rtc_epoch` (`/sys/class/rtc/rtc0/since_epoch`), `hwclock`

@@ -220,7 +220,7 @@ fn linux_api_lifecycle() {
         "payload": {
             "kernel": kit.vmlinux,
             "initramfs": initramfs,
-            "cmdline": "console=ttyS0 panic=-1",
+            "cmdline": petrel_tests::linux_guest::kernel_cmdline("console=ttyS0 panic=-1"),
         },
         "cpus": {"boot_vcpus": 2},
         "memory": {"size": MEMORY_MIB * MIB},

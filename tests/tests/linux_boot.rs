@@ -280,13 +280,14 @@ fn full_boot(test: &str, kernel: &Path, cpus: u32, mem_mib: u32) {
     let initramfs = initramfs_with_hooks(kit, &dir.0, &[("50-report.sh", REPORT_HOOK)])
         .unwrap_or_else(|e| panic!("{test}: cannot write the initramfs: {e}"));
     let (cpus_arg, mem_arg) = (cpus.to_string(), format!("{mem_mib}M"));
+    let cmdline = petrel_tests::linux_guest::kernel_cmdline("console=ttyS0 panic=-1");
     let args = [
         "--kernel",
         path_str(&kernel),
         "--initramfs",
         path_str(&initramfs),
         "--cmdline",
-        "console=ttyS0 panic=-1",
+        &cmdline,
         "--cpus",
         &cpus_arg,
         "--memory",
@@ -378,11 +379,12 @@ fn linux_boot_without_initramfs() {
     if !ring0_native(TEST) {
         return;
     }
+    let cmdline = petrel_tests::linux_guest::kernel_cmdline("console=ttyS0 panic=-1 root=/dev/vda");
     let args = [
         "--kernel",
         path_str(&kit.bzimage),
         "--cmdline",
-        "console=ttyS0 panic=-1 root=/dev/vda",
+        &cmdline,
         "--cpus",
         "2",
         "--memory",

@@ -75,7 +75,7 @@ fn linux_petreld_three_vms() {
                 "payload": {
                     "kernel": kit.vmlinux,
                     "initramfs": initramfs,
-                    "cmdline": "console=ttyS0 panic=-1",
+                    "cmdline": petrel_tests::linux_guest::kernel_cmdline("console=ttyS0 panic=-1"),
                 },
                 "cpus": {"boot_vcpus": 1},
                 "memory": {"size": 256u64 << 20},

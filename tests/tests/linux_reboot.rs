@@ -54,13 +54,14 @@ fn boot(test: &str, no_reboot: bool) -> Option<(Run, Vec<u8>)> {
     let disk = dir.join("count.img");
     fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let disk_arg = format!("path={}", disk.display());
+    let cmdline = petrel_tests::linux_guest::kernel_cmdline("console=ttyS0 panic=-1");
     let mut args = vec![
         "--kernel",
         kit.vmlinux.to_str().unwrap(),
         "--initramfs",
         initramfs.to_str().unwrap(),
         "--cmdline",
-        "console=ttyS0 panic=-1",
+        &cmdline,
         "--cpus",
         "2",
         "--memory",

@@ -472,11 +472,11 @@ fn linux_virtio_devices() {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     );
-    let cmdline = format!(
+    let cmdline = petrel_tests::linux_guest::kernel_cmdline(&format!(
         "console=ttyS0 panic=-1 petrel.test=virtio petrel.ip={subnet}.2/24 \
          petrel.host={subnet}.1 petrel.token={token} petrel.vsock_port={HOST_PORT} \
          petrel.vsock_listen={GUEST_PORT}"
-    );
+    ));
     let disk_arg = format!("path={}", disk.display());
     let ro_arg = format!("path={},readonly=on", ro_disk.display());
     let allocated = |p: &Path| fs::metadata(p).map_or(0, |m| m.blocks() * 512);

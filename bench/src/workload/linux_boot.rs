@@ -119,10 +119,17 @@ impl LinuxBoot {
     /// Arguments booting the kit on `vmm`: its usual line plus the initramfs (and, for
     /// petrel, `--no-reboot` so that a panic ends the process).
     fn args(&self, kit: &LinuxKit, vmm: &Vmm, scratch: &Path) -> io::Result<Vec<OsString>> {
-        let cmdline = match vmm.kind {
-            VmmKind::Firecracker => format!("{CMDLINE} petrel.shutdown=reboot"),
-            _ => CMDLINE.to_string(),
-        };
+        // Inside the nested KVM, the words L1 asks every L2 guest to take (see
+        // resources/nested/l1-init: `noxsave`); the same for every VMM.
+        let mut cmdline = CMDLINE.to_string();
+        if let Ok(extra) = std::env::var("PETREL_L2_EXTRA_CMDLINE") {
+            if !extra.trim().is_empty() {
+                cmdline = format!("{cmdline} {}", extra.trim());
+            }
+        }
+        if vmm.kind == VmmKind::Firecracker {
+            cmdline.push_str(" petrel.shutdown=reboot");
+        }
         let guest = GuestSpec {
             kernel: kit.vmlinux.clone(),
             cpus: self.cpus,
