@@ -15,6 +15,7 @@ pub mod linux_guest;
 pub mod linux_kit;
 pub mod petrel_log;
 pub mod process;
+pub mod scratch;
 pub mod virtio_checks;
 
 pub use guest_build::{
@@ -28,4 +29,5 @@ pub use linux_kit::{
 };
 pub use petrel_log::{debug_port_lines, error_lines, is_log_line, DebugPortWrite};
 pub use process::{kvm_available, petrel_bin, run_petrel, run_petrel_until, Petrel, Run};
+pub use scratch::ScratchDir;
 pub use test_skip::skip;

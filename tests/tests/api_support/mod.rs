@@ -17,25 +17,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a state change the guest makes (poweroff) may take to show in `vm.info`.
 pub const STATE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A scratch directory under the system temporary directory (short: Unix socket paths are
-/// limited to 107 bytes), removed on drop.
-pub struct ScratchDir(pub PathBuf);
-
-impl ScratchDir {
-    /// `<tmp>/petrel-<name>-<pid>`, emptied.
-    pub fn new(name: &str) -> ScratchDir {
-        let dir = std::env::temp_dir().join(format!("petrel-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        ScratchDir(dir)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use petrel_tests::ScratchDir;
 
 /// How long the process took to come up, from spawn.
 #[derive(Debug, Clone, Copy)]

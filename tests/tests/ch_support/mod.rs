@@ -217,25 +217,7 @@ pub fn vcpu_threads(pid: u32) -> Vec<String> {
     v.into_iter().map(|(_, n)| n).collect()
 }
 
-/// A scratch directory under the system temporary directory (short: Unix socket paths are
-/// limited to 107 bytes), removed on drop.
-pub struct ScratchDir(pub PathBuf);
-
-impl ScratchDir {
-    /// `<tmp>/petrel-<name>-<pid>`, emptied.
-    pub fn new(name: &str) -> ScratchDir {
-        let dir = std::env::temp_dir().join(format!("petrel-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        ScratchDir(dir)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use petrel_tests::ScratchDir;
 
 /// Runs `ch-remote` like [`ch_remote`], with `fd` open as descriptor 3 in the child (for
 /// `add-net fd=3`: ch-remote sends it with SCM_RIGHTS).

@@ -23,24 +23,7 @@ pub fn firecracker_bin() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// A scratch directory (short: Unix socket paths are limited), removed on drop.
-pub struct ScratchDir(pub PathBuf);
-
-impl ScratchDir {
-    /// `<tmp>/pfc-<name>-<pid>`, emptied.
-    pub fn new(name: &str) -> ScratchDir {
-        let dir = std::env::temp_dir().join(format!("pfc-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        ScratchDir(dir)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use petrel_tests::ScratchDir;
 
 /// Which VMM a process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
