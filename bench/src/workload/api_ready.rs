@@ -276,24 +276,8 @@ impl Workload for ApiReady {
         let log = logs.join(format!("{}-{}-{round}.log", self.name(), vmm.name()));
         let socket = SocketFile(self.dir.join(format!("{}.sock", vmm.name())));
         let _ = fs::remove_file(&socket.0);
-        match self.measure(vmm, &socket.0, ctx, &log) {
-            Ok(v) => {
-                let _ = fs::remove_file(&log);
-                RunRecord {
-                    round,
-                    ok: true,
-                    exit: Some("signal 9 (killed after measuring)".into()),
-                    error: None,
-                    values: METRICS.iter().map(|m| m.key).zip(v.map(Some)).collect(),
-                    log: None,
-                }
-            }
-            Err(e) => {
-                let mut r = RunRecord::failed(round, e);
-                r.log = Some(log);
-                r
-            }
-        }
+        let result = self.measure(vmm, &socket.0, ctx, &log);
+        RunRecord::killed_after_measuring(round, METRICS, result, log)
     }
 }
 

@@ -191,24 +191,7 @@ impl Workload for FcStart {
         let _ = fs::remove_file(&socket);
         let result = self.measure(vmm, &socket, ctx, &log);
         let _ = fs::remove_file(&socket);
-        match result {
-            Ok(v) => {
-                let _ = fs::remove_file(&log);
-                RunRecord {
-                    round,
-                    ok: true,
-                    exit: Some("signal 9 (killed after measuring)".into()),
-                    error: None,
-                    values: METRICS.iter().map(|m| m.key).zip(v.map(Some)).collect(),
-                    log: None,
-                }
-            }
-            Err(e) => {
-                let mut r = RunRecord::failed(round, e);
-                r.log = Some(log);
-                r
-            }
-        }
+        RunRecord::killed_after_measuring(round, METRICS, result, log)
     }
 }
 

@@ -82,6 +82,38 @@ impl RunRecord {
         }
     }
 
+    /// A run whose VMM was killed once `metrics` were measured (`values`, in their order), or
+    /// that failed with `error`; the VMM's `log` is removed after a success, kept otherwise.
+    pub fn killed_after_measuring(
+        round: usize,
+        metrics: &[Metric],
+        result: Result<impl AsRef<[f64]>, String>,
+        log: PathBuf,
+    ) -> RunRecord {
+        match result {
+            Ok(values) => {
+                let _ = std::fs::remove_file(&log);
+                RunRecord {
+                    round,
+                    ok: true,
+                    exit: Some("signal 9 (killed after measuring)".into()),
+                    error: None,
+                    values: metrics
+                        .iter()
+                        .map(|m| m.key)
+                        .zip(values.as_ref().iter().copied().map(Some))
+                        .collect(),
+                    log: None,
+                }
+            }
+            Err(e) => {
+                let mut r = RunRecord::failed(round, e);
+                r.log = Some(log);
+                r
+            }
+        }
+    }
+
     /// The value of `key`, if measured.
     pub fn value(&self, key: &str) -> Option<f64> {
         self.values.get(key).copied().flatten()
