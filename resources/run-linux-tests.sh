@@ -11,6 +11,9 @@
 #   linux: N passed, N failed, N skipped
 # A failure of L1 itself (never up, lockup, killed) is an environment failure, not a test
 # failure: the tests it cut short are retried once in a fresh L1, and both counts are reported.
+# A test that fails runs up to twice more: one that then passes counts as passed but is listed
+# as INTERMITTENT with its first failure's log (the nested runs still show intermittent L2
+# stalls and faults, open in issue 11); one that fails three times is a failure.
 #
 # Usage: resources/run-linux-tests.sh [--filter SUBSTRING] [--summary FILE] [--keep DIR]
 #   --summary FILE   also write "passed failed skipped env_failures" and the skip list to FILE
@@ -74,23 +77,38 @@ cat >"$out/run.sh" <<SCRIPT
 export HOME="$HOME" PATH="$PATH" PETREL_SKIP_LOG="$out/skips" RUST_BACKTRACE=1
 ${PETREL_GUEST_KIT:+export PETREL_GUEST_KIT="$PETREL_GUEST_KIT"}
 cd "$ROOT"
-while read -r exe name; do
-    grep -q "^\$name " "$out/results" && continue
-    echo "START \$name" >>"$out/results.started"
+# run_one EXE NAME LOG: runs one test, appends "<name> <verdict> <secs>" to results.
+run_one() {
+    echo "START \$2" >>"$out/results.started"
     t0=\$(date +%s)
-    skips_before=\$(grep -c "^\$name	" "$out/skips" || true)
-    timeout -k 10 $per_test "\$exe" --exact "\$name" --include-ignored --nocapture \
-        --test-threads=1 >"$out/logs/\$name.log" 2>&1
+    skips_before=\$(grep -c "^\$2	" "$out/skips" || true)
+    timeout -k 10 $per_test "\$1" --exact "\$2" --include-ignored --nocapture \
+        --test-threads=1 >"\$3" 2>&1
     rc=\$?
     secs=\$((\$(date +%s) - t0))
-    skips_after=\$(grep -c "^\$name	" "$out/skips" || true)
+    skips_after=\$(grep -c "^\$2	" "$out/skips" || true)
     if [ "\$rc" = 0 ] && [ "\$skips_after" != "\$skips_before" ]; then verdict=skipped
     elif [ "\$rc" = 0 ]; then verdict=ok
-    elif [ "\$rc" = 124 ] || [ "\$rc" = 137 ]; then verdict=FAILED; echo "timed out after $per_test s" >>"$out/logs/\$name.log"
+    elif [ "\$rc" = 124 ] || [ "\$rc" = 137 ]; then verdict=FAILED; echo "timed out after $per_test s" >>"\$3"
     else verdict=FAILED; fi
-    echo "\$name \$verdict \$secs" >>"$out/results"
-    echo "RESULT \$name \$verdict \${secs}s"
+    echo "\$2 \$verdict \$secs" >>"$out/results"
+    echo "RESULT \$2 \$verdict \${secs}s"
+}
+while read -r exe name; do
+    grep -q "^\$name " "$out/results" && continue
+    run_one "\$exe" "\$name" "$out/logs/\$name.log"
 done <"$out/plan"
+# A test that failed runs again, up to twice more; every failure stays on record (results
+# keeps each line, the first failure's log is kept as <name>.first.log) and a test that
+# passed only on a retry is reported as intermittent.
+for attempt in 2 3; do
+    while read -r exe name; do
+        [ "\$(grep -c "^\$name " "$out/results")" = \$((attempt - 1)) ] || continue
+        [ "\$(grep "^\$name " "$out/results" | tail -n 1 | cut -d' ' -f2)" = FAILED ] || continue
+        [ -f "$out/logs/\$name.first.log" ] || mv "$out/logs/\$name.log" "$out/logs/\$name.first.log"
+        run_one "\$exe" "\$name" "$out/logs/\$name.log"
+    done <"$out/plan"
+done
 SCRIPT
 
 env_failures=0
@@ -103,7 +121,7 @@ else
     say "guest ring 0 is emulated here (PVM): running $total tests in a nested KVM (QEMU TCG L1)"
     where="nested KVM (QEMU $(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([^ ]*\).*/\1/p') TCG, L1 $(cat "$(resources/nested/build-l1-kit.sh | tail -n 1)/kernel-version"))"
     for attempt in 1 2; do
-        remaining=$((total - $(wc -l <"$out/results")))
+        remaining=$((total - $(cut -d" " -f1 "$out/results" | sort -u | wc -l)))
         [ "$remaining" -gt 0 ] || break
         t0=$(date +%s)
         # L1 boot (~30 s), plus each remaining test's budget.
@@ -134,11 +152,17 @@ else
 fi
 
 passed=0 failed=0 skipped=0
+intermittent=()
 while read -r _exe name; do
     line="$(grep "^$name " "$out/results" | tail -n 1 || true)"
     verdict="$(echo "$line" | cut -d' ' -f2)"
     case "$verdict" in
-    ok) passed=$((passed + 1)) ;;
+    ok)
+        passed=$((passed + 1))
+        if grep -q "^$name FAILED " "$out/results"; then
+            intermittent+=("$name")
+        fi
+        ;;
     skipped) skipped=$((skipped + 1)) ;;
     FAILED)
         failed=$((failed + 1))
@@ -163,9 +187,22 @@ if [ -s "$out/skips" ]; then
     sed 's/^/linux-tests:   /' "$out/skips" >&2
 fi
 say "environment failures (L1 retried): $env_failures"
-if [ -n "$summary" ]; then
-    { echo "$passed $failed $skipped $env_failures"; cat "$out/skips"; } >"$summary"
+# Failed, then passed on a retry: counted as passed, but never hidden — each is a petrel bug
+# until shown otherwise, with its first failure's log kept.
+if [ ${#intermittent[@]} -gt 0 ]; then
+    say "INTERMITTENT (failed, then passed on a retry; first failures' logs in $out/logs/*.first.log):"
+    for name in "${intermittent[@]}"; do
+        say "  $name: $(grep -v '^ *[0-9]*: \|^ *at \|^\[' "$out/logs/$name.first.log" | grep -m1 -E 'panicked|error:|timed out' || echo 'see its log')"
+    done
+    keep_logs=yes
 fi
-if [ "$failed" = 0 ] && [ -z "$keep" ]; then rm -rf "$out"; else say "logs kept in $out"; fi
-echo "linux: $passed passed, $failed failed, $skipped skipped"
+if [ -n "$summary" ]; then
+    { echo "$passed $failed $skipped $env_failures ${#intermittent[@]}"; cat "$out/skips"; } >"$summary"
+fi
+if [ "$failed" = 0 ] && [ -z "$keep" ] && [ -z "${keep_logs:-}" ]; then
+    rm -rf "$out"
+else
+    say "logs kept in $out"
+fi
+echo "linux: $passed passed, $failed failed, $skipped skipped (intermittent: ${#intermittent[@]})"
 [ "$failed" = 0 ]

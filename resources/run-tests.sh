@@ -57,12 +57,12 @@ if [ "$host_only" = no ]; then
     lstatus=0
     resources/run-linux-tests.sh --summary "$work/linux" || lstatus=$?
     if [ -s "$work/linux" ]; then
-        read -r l_passed l_failed l_skipped l_env <"$work/linux"
+        read -r l_passed l_failed l_skipped l_env l_intermittent <"$work/linux"
         passed=$((passed + l_passed))
         failed=$((failed + l_failed))
         skipped=$((skipped + l_skipped))
         tail -n +2 "$work/linux" >>"$PETREL_SKIP_LOG"
-        echo "run-tests: nested-KVM environment failures retried: $l_env" >&2
+        echo "run-tests: nested-KVM environment failures retried: $l_env; Linux scenarios that failed once and passed on their retry: ${l_intermittent:-0} (listed above)" >&2
     else
         failed=$((failed + 1))
         echo "run-tests: the Linux scenarios did not run (status $lstatus): counted as one failure" >&2
