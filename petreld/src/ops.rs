@@ -440,8 +440,20 @@ impl Daemon {
         );
         let reason = format!("petrel (pid {}) {how}", proc.pid);
         log::warn!("VM {} ({id}): {reason}", vm.name);
-        let vm = self
-            .store()
+        let vm = self.record_end(id, failed, reason, |_| {})?;
+        failed.then_some(vm)
+    }
+
+    /// Records that VM `id`'s petrel ended: failed or stopped, why, no process; `also` makes
+    /// any further change in the same update. `None` when the store could not be updated.
+    fn record_end(
+        &self,
+        id: &str,
+        failed: bool,
+        reason: String,
+        also: impl FnOnce(&mut VmRecord),
+    ) -> Option<VmRecord> {
+        self.store()
             .modify_vm(id, |v| {
                 v.state = if failed {
                     ObservedState::Failed
@@ -451,9 +463,9 @@ impl Daemon {
                 v.exit_reason = Some(reason);
                 v.pid = None;
                 v.pid_start = None;
+                also(v);
             })
-            .ok()?;
-        failed.then_some(vm)
+            .ok()
     }
 
     /// The supervisor saw VM `id`'s guest stop: its petrel is ended and the VM stopped, or
@@ -477,22 +489,11 @@ impl Daemon {
         if failed {
             log::warn!("VM {id}: {reason}");
         }
-        let vm = self
-            .store()
-            .modify_vm(id, |v| {
-                v.state = if failed {
-                    ObservedState::Failed
-                } else {
-                    ObservedState::Stopped
-                };
-                v.exit_reason = Some(reason);
-                v.pid = None;
-                v.pid_start = None;
-                if !failed && v.restart != RestartPolicy::Always {
-                    v.desired_state = DesiredState::Stopped;
-                }
-            })
-            .ok()?;
+        let vm = self.record_end(id, failed, reason, |v| {
+            if !failed && v.restart != RestartPolicy::Always {
+                v.desired_state = DesiredState::Stopped;
+            }
+        })?;
         let restarts = if failed {
             vm.restart != RestartPolicy::Never
         } else {
