@@ -1,5 +1,12 @@
 //! `GET /metrics`: Prometheus text format. Per VM (labels `id`, `name`, `hypervisor`): state,
-//! vCPUs, memory, restarts, and each device counter read from the VM's petrel (`vm.counters`).
+//! vCPUs, memory, restarts, whether its petrel answers, its CPU time and memory ([`usage`]:
+//! cgroup or process), and each device counter read from the VM's petrel (`vm.counters`:
+//! disk and net I/O among them). Then the host's series ([`host`]). The Prometheus
+//! configuration, alerting rules and Grafana dashboard built on them are in
+//! `resources/monitoring/`.
+
+mod host;
+mod usage;
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -82,42 +89,115 @@ pub fn render(daemon: &Daemon) -> String {
             let _ = writeln!(out, "{name}{{{}}} {}", labels(vm), value(vm));
         }
     }
+    let hierarchy = if daemon.config.cgroups {
+        crate::cgroup::detect()
+    } else {
+        None
+    };
+    let live: Vec<(&VmRecord, crate::Runtime)> = vms
+        .iter()
+        .filter(|vm| matches!(vm.state, ObservedState::Running | ObservedState::Paused))
+        .filter_map(|vm| Some((vm, daemon.runtime(&vm.id)?)))
+        .collect();
+    let usages: Vec<_> = live
+        .iter()
+        .filter_map(|(vm, rt)| {
+            Some((
+                *vm,
+                usage::of_vm(hierarchy.as_ref(), &vm.id, rt.process.pid)?,
+            ))
+        })
+        .collect();
+    header(
+        &mut out,
+        "petreld_vm_cpu_seconds_total",
+        "counter",
+        "CPU time of the VM's petrel (its cgroup's, or the process's).",
+    );
+    for (vm, u) in &usages {
+        let _ = writeln!(
+            out,
+            "petreld_vm_cpu_seconds_total{{{},source=\"{}\"}} {}",
+            labels(vm),
+            u.source,
+            u.cpu_seconds
+        );
+    }
+    header(
+        &mut out,
+        "petreld_vm_resident_memory_bytes",
+        "gauge",
+        "Memory charged to the VM's petrel (its cgroup's, or the process's RSS).",
+    );
+    for (vm, u) in &usages {
+        let _ = writeln!(
+            out,
+            "petreld_vm_resident_memory_bytes{{{},source=\"{}\"}} {}",
+            labels(vm),
+            u.source,
+            u.memory_bytes
+        );
+    }
+    let mut counters = String::new();
+    let mut up = String::new();
+    for (vm, rt) in &live {
+        let answered = device_counters(&mut counters, vm, rt);
+        let _ = writeln!(up, "petreld_vm_up{{{}}} {}", labels(vm), u8::from(answered));
+    }
+    header(
+        &mut out,
+        "petreld_vm_up",
+        "gauge",
+        "1 when the running or paused VM's petrel answered vm.counters within 1 s, else 0.",
+    );
+    out.push_str(&up);
     header(
         &mut out,
         "petreld_vm_device_counter",
         "counter",
         "Device counters reported by the VM's petrel (vm.counters).",
     );
-    for vm in &vms {
-        if !matches!(vm.state, ObservedState::Running | ObservedState::Paused) {
-            continue;
-        }
-        let Some(rt) = daemon.runtime(&vm.id) else {
+    out.push_str(&counters);
+    let committed = daemon.allocation(None).unwrap_or_default();
+    host::render(
+        &mut out,
+        &host::HostFacts {
+            cpus: daemon.host().cpus,
+            committed,
+            overcommit: (
+                daemon.config.memory_overcommit,
+                daemon.config.cpu_overcommit,
+            ),
+        },
+    );
+    out
+}
+
+/// Appends `vm`'s device counters, asked of its petrel, to `out`; false when it did not
+/// answer in time or answered nonsense.
+fn device_counters(out: &mut String, vm: &VmRecord, rt: &crate::Runtime) -> bool {
+    let client = Client::new(&rt.socket).with_timeout(Duration::from_secs(1));
+    let Ok(r) = client.get(api::request::Endpoint::VmCounters.path()) else {
+        return false;
+    };
+    let Ok(serde_json::Value::Object(devices)) = r.json_body::<serde_json::Value>() else {
+        return false;
+    };
+    for (device, counters) in devices {
+        let Some(counters) = counters.as_object() else {
             continue;
         };
-        let client = Client::new(&rt.socket).with_timeout(Duration::from_secs(1));
-        let Ok(r) = client.get(api::request::Endpoint::VmCounters.path()) else {
-            continue;
-        };
-        let Ok(serde_json::Value::Object(devices)) = r.json_body::<serde_json::Value>() else {
-            continue;
-        };
-        for (device, counters) in devices {
-            let Some(counters) = counters.as_object() else {
-                continue;
-            };
-            for (counter, value) in counters {
-                if let Some(v) = value.as_u64() {
-                    let _ = writeln!(
-                        out,
-                        "petreld_vm_device_counter{{{},device=\"{}\",counter=\"{}\"}} {v}",
-                        labels(vm),
-                        escape(&device),
-                        escape(counter)
-                    );
-                }
+        for (counter, value) in counters {
+            if let Some(v) = value.as_u64() {
+                let _ = writeln!(
+                    out,
+                    "petreld_vm_device_counter{{{},device=\"{}\",counter=\"{}\"}} {v}",
+                    labels(vm),
+                    escape(&device),
+                    escape(counter)
+                );
             }
         }
     }
-    out
+    true
 }
