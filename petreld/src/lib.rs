@@ -10,7 +10,8 @@
 //! - [`supervisor`]: notices a petrel's death at once (pidfds) and a guest's poweroff (polling
 //!   `vm.info`), restarting per policy. [`reconcile`]: re-attaches after a petreld restart.
 //! - [`cgroup`]: petrel's cgroup with the VM's limits (root).
-//! - [`net`]: the taps petreld makes for a VM's interfaces. [`events`]: `/v1/events`.
+//! - [`net`]: the taps petreld makes for a VM's interfaces. [`network`]: `/v1/networks`
+//!   (bridges, nftables, dnsmasq). [`events`]: `/v1/events`.
 //! - [`routes`] and [`metrics`]: the HTTP API and Prometheus text. [`server`]: `main`.
 
 pub mod cgroup;
@@ -21,6 +22,7 @@ pub mod launcher;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod network;
 pub mod ops;
 pub mod process;
 pub mod reconcile;
@@ -103,6 +105,8 @@ pub struct Daemon {
     wake_rx: UnixStream,
     /// Subscribers of `/v1/events`.
     pub events: events::EventHub,
+    /// The networks' lock and dnsmasq processes.
+    pub networks: network::Networks,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,6 +144,7 @@ impl Daemon {
             wake,
             wake_rx,
             events,
+            networks: network::Networks::default(),
         }))
     }
 

@@ -36,6 +36,12 @@ pub struct NetRequest {
     /// An existing bridge the tap is attached to.
     #[serde(default)]
     pub bridge: Option<String>,
+    /// A petreld network (`/v1/networks`) the interface joins (instead of `bridge`).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// A fixed IPv4 address on that network, given by its DHCP server.
+    #[serde(default)]
+    pub ip: Option<String>,
 }
 
 /// An interface petreld manages for a VM (stored with it, shown by `GET /v1/vms/{id}`).
@@ -50,6 +56,12 @@ pub struct ManagedNet {
     /// Bridge the tap is attached to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// The petreld network it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Its fixed address on that network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 /// The tap name of interface `index` of VM `vm_id`: `pt` + 10 id digits + the index (at most
@@ -122,6 +134,17 @@ pub fn plan(vm_id: &str, requests: &[NetRequest]) -> Result<Vec<ManagedNet>, Str
             }
             None => stable_mac(vm_id, i),
         };
+        if r.bridge.is_some() && r.network.is_some() {
+            return Err(format!("net[{i}]: give bridge or network, not both"));
+        }
+        let ip = match (&r.ip, &r.network) {
+            (None, _) => None,
+            (Some(_), None) => return Err(format!("net[{i}].ip: a fixed address needs a network")),
+            (Some(text), Some(_)) => Some(
+                text.parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| format!("net[{i}].ip: {text:?} is not an IPv4 address"))?,
+            ),
+        };
         if let Some(b) = &r.bridge {
             if !bridge_exists(b) {
                 return Err(format!("net[{i}].bridge: no bridge {b:?} on this host"));
@@ -132,6 +155,8 @@ pub fn plan(vm_id: &str, requests: &[NetRequest]) -> Result<Vec<ManagedNet>, Str
             tap: tap_name(vm_id, i),
             mac,
             bridge: r.bridge.clone(),
+            network: r.network.clone(),
+            ip,
         });
     }
     Ok(out)

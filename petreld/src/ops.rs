@@ -98,7 +98,10 @@ impl Daemon {
         validate_labels(&req.labels).map_err(|m| ApiError::new(400, m))?;
         let (config, nets) = self.resolve_config(&req)?;
         let id = new_id();
-        let net = plan_nets(&id, &nets)?;
+        let mut net = plan_nets(&id, &nets)?;
+        // Held until the VM is recorded: its networks cannot go away meanwhile.
+        let network_guard = self.networks.lock();
+        self.bind_networks(&mut net)?;
         let host = self.host();
         let (hypervisor, _why) = host
             .select(req.hypervisor, self.config.gate("mshv"))
@@ -148,6 +151,8 @@ impl Daemon {
             }
             self.store().insert_vm(&vm)?;
         }
+        self.refresh_dhcp(&vm.net);
+        drop(network_guard);
         if req.start {
             vm = self.launch(&vm)?;
             if vm.state == ObservedState::Failed {
@@ -292,7 +297,7 @@ impl Daemon {
 
     /// Refuses `op` (which would use space on the state disk) while that disk is full: 507,
     /// saying what still works.
-    fn check_space(&self, op: &str) -> ApiResult<()> {
+    pub(crate) fn check_space(&self, op: &str) -> ApiResult<()> {
         if self.store().space_low() {
             return Err(ApiError::new(
                 507,
@@ -404,7 +409,10 @@ impl Daemon {
             }
         }
         VmDir::new(&self.config.state_dir, id).remove();
+        let nets = self.store().get_vm(id).ok().flatten().map(|v| v.net);
+        let _guard = self.networks.lock();
         self.store().delete_vm(id)?;
+        self.refresh_dhcp(&nets.unwrap_or_default());
         Ok(())
     }
 

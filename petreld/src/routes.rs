@@ -16,6 +16,7 @@ use super::launcher::{self, VmDir};
 use super::model::{
     now, validate_name, CreateVm, ListQuery, SortKey, Template, DEFAULT_LIMIT, MAX_LIMIT,
 };
+use super::network::CreateNetwork;
 use super::ops::check_config;
 use super::store::{decode_cursor, sort_name};
 use super::{metrics, ApiError, ApiResult, Daemon};
@@ -35,6 +36,8 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ("/v1/vms/{id}/console", &[Method::Get]),
     ("/v1/templates", &[Method::Get, Method::Post]),
     ("/v1/templates/{name}", &[Method::Get, Method::Delete]),
+    ("/v1/networks", &[Method::Get, Method::Post]),
+    ("/v1/networks/{name}", &[Method::Get, Method::Delete]),
     ("/v1/host", &[Method::Get]),
     ("/v1/feature-gates", &[Method::Get]),
     ("/v1/feature-gates/{name}", &[Method::Get]),
@@ -148,6 +151,14 @@ pub fn handle(daemon: &Arc<Daemon>, req: Request) -> Response {
             Ok(false) => Err(no_template(p(0))),
             Err(e) => Err(e.into()),
         },
+        ("/v1/networks", Method::Get) => daemon.list_networks().map(|v| Response::json(200, &v)),
+        ("/v1/networks", _) => body::<CreateNetwork>(&req)
+            .and_then(|c| daemon.create_network(c))
+            .map(|n| Response::json(201, &n)),
+        ("/v1/networks/{name}", Method::Get) => {
+            daemon.get_network(p(0)).map(|v| Response::json(200, &v))
+        }
+        ("/v1/networks/{name}", _) => daemon.delete_network(p(0)).map(|()| Response::no_content()),
         ("/v1/host", _) => host(daemon),
         ("/v1/feature-gates", _) => Ok(Response::json(200, &json!({ "items": gates(daemon) }))),
         ("/v1/feature-gates/{name}", _) => gates(daemon)

@@ -14,7 +14,7 @@ use petrel_http::{self as http, Listener, Server, ServerConfig};
 
 use super::config::{self, Command, DaemonConfig};
 use super::store::Store;
-use super::{host, reconcile, routes, supervisor, Daemon};
+use super::{host, network, reconcile, routes, supervisor, Daemon};
 
 /// A logger to standard error; the level comes from `$PETRELD_LOG` (default info).
 struct StderrLogger;
@@ -279,6 +279,16 @@ fn run(cfg: DaemonConfig) -> Result<(), String> {
     let group = cfg.socket_group.clone();
     let daemon = Daemon::new(cfg, store, host).map_err(|e| format!("set up: {e}"))?;
     supervisor::spawn(Arc::clone(&daemon)).map_err(|e| format!("supervisor thread: {e}"))?;
+    // Networks first: the VMs' taps join their bridges.
+    let nets = network::reconcile::reconcile(&daemon);
+    log::info!(
+        "networks reconciled: {} up, {} deletes finished, {} leftovers removed",
+        nets.networks,
+        nets.deleted,
+        nets.removed
+    );
+    network::reconcile::spawn_supervisor(Arc::clone(&daemon))
+        .map_err(|e| format!("network supervisor thread: {e}"))?;
     // A failed reconcile (e.g. the state disk full) leaves some VMs as they were recorded;
     // petreld still serves its API rather than leaving every VM unmanaged.
     match reconcile::reconcile(&daemon) {

@@ -73,6 +73,13 @@ CREATE TABLE templates (
     r#"
 ALTER TABLE vms ADD COLUMN net TEXT NOT NULL DEFAULT '[]';
 "#,
+    r#"
+CREATE TABLE networks (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"#,
 ];
 
 /// Told of every state the store writes (see [`Store::set_observer`]).
@@ -197,6 +204,21 @@ impl Store {
             }
         }
         result
+    }
+
+    /// Runs `write` on the connection as one write (the disk reserve handled as for VMs).
+    pub(crate) fn write_with<T>(
+        &mut self,
+        write: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        self.before_write();
+        let result = write(&self.conn);
+        self.after_write(result)
+    }
+
+    /// The connection, for reads.
+    pub(crate) fn reader(&self) -> &Connection {
+        &self.conn
     }
 
     fn setup(mut conn: Connection) -> Result<Store> {
@@ -594,7 +616,7 @@ mod tests {
     #[test]
     fn crud_and_pagination() {
         let mut s = Store::in_memory().unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         for (i, n) in ["c", "a", "b", "d", "e"].iter().enumerate() {
             s.insert_vm(&vm(&i.to_string(), n)).unwrap();
         }
