@@ -620,7 +620,7 @@ void virtio_action(int which, const char *cmdline)
 	if (which == DEV_BLK)
 		virtio_blk();
 	else if (which == VIRTIO_DEV_NET)
-		virtio_net();
+		virtio_net(cmdline);
 	else if (which == VIRTIO_DEV_VSOCK)
 		virtio_vsock();
 	else if (which == VIRTIO_ACT_VSOCK_LISTEN)

@@ -118,7 +118,7 @@ int vq_wait(struct vqueue *q, u32 *id, u32 *len, u32 spins, const char *what);
 int vq_wait_host(struct vqueue *q, u32 *id, u32 *len, const char *what);
 
 /* virtio_net.c, virtio_vsock.c: the actions. */
-void virtio_net(void);
+void virtio_net(const char *cmdline);
 void virtio_vsock(void);
 /* `action=vsock-listen`: accepts the host's connection to port 1024 (virtio_vsock.c). */
 void virtio_vsock_listen(void);

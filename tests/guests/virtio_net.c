@@ -7,6 +7,12 @@
  * (queue 1), then polls RX for a frame of that ethertype, skipping (and re-posting the
  * buffers of) any other frame. Output: `VIRTIO: net mac=<mac>`, `VIRTIO: net tx ok`,
  * `VIRTIO: net rx <payload text>`; failures print `VIRTIO: error net …`.
+ *
+ * With `net-peer` on the command line it talks to another guest instead: it sends its
+ * frame again every NET_PEER_GAP ticks while polling RX, until a frame of that ethertype
+ * comes from another MAC (`VIRTIO: net peer <mac> <payload text>`), then sends
+ * NET_PEER_AFTER more (so that a peer that started later hears it too); after
+ * VIRTIO_HOST_WAIT_TICKS without one: `VIRTIO: error net peer timeout`.
  */
 #include "virtio.h"
 
@@ -21,6 +27,9 @@
 #define NET_TEXT_MAX 100
 
 static const char tx_payload[] = "PETREL-NET-TX 1";
+
+#define NET_PEER_GAP (1ULL << 27)
+#define NET_PEER_AFTER 24
 
 /* Rings and buffers (10.5 KiB of .bss). */
 static struct {
@@ -121,7 +130,84 @@ static void net_receive(u32 nbufs)
 	printk("VIRTIO: error net rx timeout (%u other frames)\n", skipped);
 }
 
-void virtio_net(void)
+static int bytes_equal(const void *a, const void *b, u32 n)
+{
+	const u8 *x = a, *y = b;
+	for (u32 i = 0; i < n; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
+/* Whether `word` is one of the space-separated words of `s`. */
+static int has_word(const char *s, const char *word)
+{
+	u32 wl = 0;
+	while (word[wl])
+		wl++;
+	while (s && *s) {
+		while (*s == ' ')
+			s++;
+		u32 len = 0;
+		while (s[len] && s[len] != ' ')
+			len++;
+		if (len == wl && bytes_equal(s, word, wl))
+			return 1;
+		s += len;
+	}
+	return 0;
+}
+
+/* net-peer: see the top of the file. */
+static void net_peer(const u8 *mac, u32 nbufs)
+{
+	u64 start = tsc_read(), last_send = 0;
+	int heard = 0;
+	u32 after = 0;
+	for (u32 spin = 1;; spin++) {
+		u64 now = tsc_read();
+		if (now - last_send > NET_PEER_GAP) {
+			if (net_send(mac))
+				return;
+			last_send = now;
+			if (heard && ++after >= NET_PEER_AFTER)
+				return;
+		}
+		if (!heard && now - start > VIRTIO_HOST_WAIT_TICKS) {
+			printk("VIRTIO: error net peer timeout\n");
+			return;
+		}
+		u32 id, len;
+		if (!vq_used(&rxq, &id, &len)) {
+			cpu_relax();
+			continue;
+		}
+		if (id >= nbufs || len > NET_BUF) {
+			printk("VIRTIO: error net rx used id %u len %u\n", id, len);
+			return;
+		}
+		const u8 *eth = net.rxbuf[id] + NET_HDR_LEN;
+		if (!heard && len >= NET_HDR_LEN + ETH_HLEN &&
+		    (((u32)eth[12] << 8) | eth[13]) == ETHERTYPE_PETREL &&
+		    !bytes_equal(eth + ETH_ALEN, mac, ETH_ALEN)) {
+			char from[18], text[NET_TEXT_MAX + 1];
+			u32 n = 0, avail = len - NET_HDR_LEN - ETH_HLEN;
+			for (; n < avail && n < NET_TEXT_MAX; n++) {
+				u8 c = eth[ETH_HLEN + n];
+				if (c < 0x20 || c >= 0x7f)
+					break;
+				text[n] = (char)c;
+			}
+			text[n] = 0;
+			format_mac(eth + ETH_ALEN, from);
+			printk("VIRTIO: net peer %s %s\n", from, text);
+			heard = 1;
+		}
+		vq_post(&rxq, (u16)id);
+	}
+}
+
+void virtio_net(const char *cmdline)
 {
 	struct vdev *d = virtio_find(VIRTIO_DEV_NET);
 	if (!d) {
@@ -151,7 +237,9 @@ void virtio_net(void)
 		vq_desc(&rxq, (u16)i, net.rxbuf[i], NET_BUF, 1, -1);
 		vq_post(&rxq, (u16)i);
 	}
-	if (net_send(mac) == 0) {
+	if (has_word(cmdline, "net-peer")) {
+		net_peer(mac, nbufs);
+	} else if (net_send(mac) == 0) {
 		printk("VIRTIO: net tx ok\n");
 		net_receive(nbufs);
 	}

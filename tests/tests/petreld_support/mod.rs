@@ -3,6 +3,8 @@
 //! state, and the test guest's config.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,6 +36,8 @@ pub struct Petreld {
     child: Option<Child>,
     /// A client of its socket.
     pub client: Client,
+    /// The network namespace it runs in (`ip netns exec`), if not the test's.
+    pub netns: Option<String>,
 }
 
 impl Petreld {
@@ -43,6 +47,16 @@ impl Petreld {
 
     /// A petreld whose config file has `extra` merged in.
     pub fn with_config(name: &str, extra: Value) -> Petreld {
+        Petreld::build(name, extra, None)
+    }
+
+    /// A petreld run in network namespace `netns` (`ip netns exec`, which also mounts that
+    /// namespace's /sys).
+    pub fn in_netns(name: &str, netns: &str) -> Petreld {
+        Petreld::build(name, json!({}), Some(netns.to_string()))
+    }
+
+    fn build(name: &str, extra: Value, netns: Option<String>) -> Petreld {
         let dir = std::env::temp_dir().join(format!("pd-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -59,6 +73,7 @@ impl Petreld {
             dir,
             child: None,
             client,
+            netns,
         };
         d.start();
         d
@@ -70,7 +85,15 @@ impl Petreld {
             .append(true)
             .open(self.dir.join("petreld.log"))
             .unwrap();
-        let child = Command::new(petreld_bin())
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(petreld_bin());
+                c
+            }
+            None => Command::new(petreld_bin()),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(self.dir.join("petreld.sock"))
             .arg("--state-dir")
