@@ -81,13 +81,22 @@ fn error_of(d: &Petreld, method: Method, path: &str, body: &Value, status: u16) 
 fn network_api_refuses_bad_input_and_keeps_networks_in_use() {
     let ns = netns_or_skip!("api");
     let d = Petreld::in_netns("net-api", &ns.name);
-    let n1 = d.ok(Method::Post, "/v1/networks", Some(&nat("n1", "10.50.0.0/24")), 201);
+    let n1 = d.ok(
+        Method::Post,
+        "/v1/networks",
+        Some(&nat("n1", "10.50.0.0/24")),
+        201,
+    );
     assert_eq!(n1["bridge"], "pb-n1", "{n1:#}");
     assert_eq!(n1["gateway"], "10.50.0.1", "{n1:#}");
-    let addrs = ns.run(&["ip", "-4", "addr", "show", "dev", "pb-n1"]).unwrap();
+    let addrs = ns
+        .run(&["ip", "-4", "addr", "show", "dev", "pb-n1"])
+        .unwrap();
     assert!(addrs.contains("10.50.0.1/24"), "{addrs}");
     assert_eq!(ns.tables(), ["petrel-n1"]);
-    let table = ns.run(&["nft", "list", "table", "inet", "petrel-n1"]).unwrap();
+    let table = ns
+        .run(&["nft", "list", "table", "inet", "petrel-n1"])
+        .unwrap();
     assert!(table.contains("masquerade"), "{table}");
     assert_eq!(dnsmasqs(&d).len(), 1, "{:?}", dnsmasqs(&d));
 
@@ -99,11 +108,23 @@ fn network_api_refuses_bad_input_and_keeps_networks_in_use() {
         (nat("n2", "ten/8"), 400, "subnet"),
         (nat("a/b", "10.60.0.0/24"), 400, "'/'"),
         (nat("..", "10.60.0.0/24"), 400, "'..'"),
-        (nat("abcdefghijklm", "10.60.0.0/24"), 400, "15-byte interface name"),
+        (
+            nat("abcdefghijklm", "10.60.0.0/24"),
+            400,
+            "15-byte interface name",
+        ),
         (nat("n1", "10.60.0.0/24"), 409, "already in use"),
         (json!({"name": "n2", "type": "nat"}), 400, "subnet"),
-        (json!({"name": "n2", "type": "routed", "subnet": "10.60.0.0/24"}), 400, "unknown variant `routed`"),
-        (json!({"name": "lan", "type": "bridged", "bridge": "br-none"}), 422, "br-none"),
+        (
+            json!({"name": "n2", "type": "routed", "subnet": "10.60.0.0/24"}),
+            400,
+            "unknown variant `routed`",
+        ),
+        (
+            json!({"name": "lan", "type": "bridged", "bridge": "br-none"}),
+            422,
+            "br-none",
+        ),
     ];
     for (body, status, want) in cases {
         let e = error_of(&d, Method::Post, "/v1/networks", body, *status);
@@ -117,7 +138,8 @@ fn network_api_refuses_bad_input_and_keeps_networks_in_use() {
     assert_eq!(dnsmasqs(&d).len(), 1);
 
     // A host bridge for a bridged network.
-    ns.run(&["ip", "link", "add", "br-lan", "type", "bridge"]).unwrap();
+    ns.run(&["ip", "link", "add", "br-lan", "type", "bridge"])
+        .unwrap();
     d.ok(
         Method::Post,
         "/v1/networks",
@@ -132,10 +154,18 @@ fn network_api_refuses_bad_input_and_keeps_networks_in_use() {
     };
     for (net, status, want) in [
         (json!({"network": "nope"}), 422, "no network \"nope\""),
-        (json!({"network": "n1", "ip": "10.9.0.5"}), 400, "10.50.0.0/24"),
+        (
+            json!({"network": "n1", "ip": "10.9.0.5"}),
+            400,
+            "10.50.0.0/24",
+        ),
         (json!({"network": "n1", "ip": "10.50.0.1"}), 400, "gateway"),
         (json!({"network": "n1", "ip": "bogus"}), 400, "not an IPv4"),
-        (json!({"network": "n1", "bridge": "br-lan"}), 400, "not both"),
+        (
+            json!({"network": "n1", "bridge": "br-lan"}),
+            400,
+            "not both",
+        ),
     ] {
         let e = error_of(&d, Method::Post, "/v1/vms", &vm(net.clone()), status);
         assert!(e.contains(want), "{net}: {e:?} lacks {want:?}");
@@ -158,7 +188,10 @@ fn network_api_refuses_bad_input_and_keeps_networks_in_use() {
     let e = error_of(&d, Method::Post, "/v1/vms", &again, 409);
     assert!(e.contains("web"), "{e}");
     let conf = std::fs::read_to_string(d.dir.join("state/networks/n1/dnsmasq.conf")).unwrap();
-    assert!(conf.contains(&format!("dhcp-host={mac},10.50.0.9,web")), "{conf}");
+    assert!(
+        conf.contains(&format!("dhcp-host={mac},10.50.0.9,web")),
+        "{conf}"
+    );
 
     // In use: 409 naming the VM, nothing removed.
     let e = error_of(&d, Method::Delete, "/v1/networks/n1", &json!({}), 409);
@@ -168,8 +201,194 @@ fn network_api_refuses_bad_input_and_keeps_networks_in_use() {
     d.ok(Method::Delete, "/v1/networks/n1", None, 204);
     d.ok(Method::Get, "/v1/networks/n1", None, 404);
     d.ok(Method::Delete, "/v1/networks/lan", None, 204);
-    assert_eq!(ns.bridges(), ["br-lan"], "a bridged network leaves its bridge");
+    assert_eq!(
+        ns.bridges(),
+        ["br-lan"],
+        "a bridged network leaves its bridge"
+    );
     assert!(ns.tables().is_empty(), "{:?}", ns.tables());
     wait_until("dnsmasq gone", &d, || dnsmasqs(&d).is_empty());
     assert!(!d.dir.join("state/networks/n1").exists());
+}
+
+fn leases(d: &Petreld, net: &str) -> Vec<(String, String)> {
+    let n = d.ok(Method::Get, &format!("/v1/networks/{net}"), None, 200);
+    n["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["mac"].as_str().unwrap().to_string(),
+                l["ip"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A real DHCP client on a veth joined to the bridge gets a lease from petreld's dnsmasq,
+/// and an interface's fixed address is what its MAC gets; dnsmasq killed is restarted by
+/// petreld with its leases file kept, and serves the same addresses again.
+#[test]
+fn dhcp_leases_and_fixed_addresses_survive_dnsmasq_dying() {
+    let ns = netns_or_skip!("dhcp");
+    let d = Petreld::in_netns("net-dhcp", &ns.name);
+    d.ok(
+        Method::Post,
+        "/v1/networks",
+        Some(&nat("n1", "10.51.0.0/24")),
+        201,
+    );
+    let fixed_mac = "02:aa:00:00:00:01";
+    d.ok(
+        Method::Post,
+        "/v1/vms",
+        Some(&json!({"name": "db", "start": false,
+                      "net": [{"network": "n1", "mac": fixed_mac, "ip": "10.51.0.50"}],
+                      "config": petreld_support::guest_config("action=halt")})),
+        201,
+    );
+    ns.veth_on("pb-n1", "vb0", "vc0", fixed_mac).unwrap();
+    ns.veth_on("pb-n1", "vb1", "vc1", "02:bb:00:00:00:02")
+        .unwrap();
+    let fixed = ns.dhcp("vc0");
+    assert_eq!(fixed.as_deref(), Some("10.51.0.50"), "{}", d.log());
+    let dynamic = ns
+        .dhcp("vc1")
+        .unwrap_or_else(|| panic!("no lease\n{}", d.log()));
+    let octet: u8 = dynamic.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(dynamic.starts_with("10.51.0.") && octet >= 2, "{dynamic}");
+    let before = leases(&d, "n1");
+    assert!(
+        before.contains(&(fixed_mac.into(), "10.51.0.50".into())),
+        "{before:?}"
+    );
+    assert!(
+        before.contains(&("02:bb:00:00:00:02".into(), dynamic.clone())),
+        "{before:?}"
+    );
+
+    // dnsmasq dies: petreld starts another, with the same leases.
+    let old = d.ok(Method::Get, "/v1/networks/n1", None, 200)["dnsmasq"]["pid"]
+        .as_u64()
+        .unwrap();
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let mut net = Value::Null;
+    wait_until("dnsmasq restarted", &d, || {
+        net = d.ok(Method::Get, "/v1/networks/n1", None, 200);
+        net["dnsmasq"]["restarts"] == 1 && net["dnsmasq"]["running"] == true
+    });
+    assert_ne!(net["dnsmasq"]["pid"].as_u64(), Some(old), "{net:#}");
+    assert_eq!(leases(&d, "n1"), before, "leases kept across the restart");
+    assert_eq!(dnsmasqs(&d).len(), 1, "{:?}", dnsmasqs(&d));
+    assert_eq!(ns.dhcp("vc1").as_deref(), Some(dynamic.as_str()));
+    assert_eq!(ns.dhcp("vc0").as_deref(), Some("10.51.0.50"));
+    assert!(
+        d.log().contains("dnsmasq (pid") && d.log().contains("died; restarting"),
+        "{}",
+        d.log()
+    );
+}
+
+/// After `kill -9` of petreld: its networks' dnsmasq processes are adopted (same pid, not a
+/// second one), a bridge someone removed is made again, and what no stored network owns —
+/// a bridge, a table and a dnsmasq left by a create cut short — is removed. Foreign
+/// interfaces and tables are left alone.
+#[test]
+fn after_petreld_crash_networks_are_adopted_and_leftovers_removed() {
+    let ns = netns_or_skip!("crash");
+    let mut d = Petreld::in_netns("net-crash", &ns.name);
+    d.ok(
+        Method::Post,
+        "/v1/networks",
+        Some(&nat("n1", "10.52.0.0/24")),
+        201,
+    );
+    let iso = json!({"name": "n2", "type": "isolated", "subnet": "10.53.0.0/24"});
+    d.ok(Method::Post, "/v1/networks", Some(&iso), 201);
+    let pid_of = |d: &Petreld, n: &str| {
+        d.ok(Method::Get, &format!("/v1/networks/{n}"), None, 200)["dnsmasq"]["pid"].as_u64()
+    };
+    let p1 = pid_of(&d, "n1");
+    d.kill9();
+    // What a create cut short leaves: a bridge with petreld's alias, its table, a dnsmasq.
+    let state = d.dir.join("state");
+    let owner = state.display().to_string();
+    ns.run(&["ip", "link", "add", "pb-ghost", "type", "bridge"])
+        .unwrap();
+    ns.run(&[
+        "ip",
+        "link",
+        "set",
+        "pb-ghost",
+        "alias",
+        &format!("petreld:{owner}"),
+    ])
+    .unwrap();
+    ns.run(&["ip", "addr", "add", "10.54.0.1/24", "dev", "pb-ghost"])
+        .unwrap();
+    ns.run(&["ip", "link", "set", "pb-ghost", "up"]).unwrap();
+    let table = format!(
+        "table inet petrel-ghost {{\n comment \"petreld {owner}\"\n chain c {{\n type filter \
+         hook forward priority 0;\n }}\n}}\n"
+    );
+    std::fs::write(d.dir.join("ghost.nft"), &table).unwrap();
+    ns.run(&["nft", "-f", &d.dir.join("ghost.nft").display().to_string()])
+        .unwrap();
+    let ghost_dir = state.join("networks/ghost");
+    std::fs::create_dir_all(&ghost_dir).unwrap();
+    let conf = ghost_dir.join("dnsmasq.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pid-file={}\ninterface=pb-ghost\nbind-dynamic\nexcept-interface=lo\n\
+             dhcp-range=10.54.0.2,10.54.0.9,1h\n",
+            ghost_dir.join("dnsmasq.pid").display()
+        ),
+    )
+    .unwrap();
+    ns.run(&["dnsmasq", &format!("--conf-file={}", conf.display())])
+        .unwrap();
+    // Not petreld's: a pb- bridge with another alias and another table.
+    ns.run(&["ip", "link", "add", "pb-other", "type", "bridge"])
+        .unwrap();
+    ns.run(&["ip", "link", "set", "pb-other", "alias", "someone else"])
+        .unwrap();
+    ns.run(&["nft", "add", "table", "inet", "petrel-theirs"])
+        .unwrap();
+    // And n2's bridge vanished meanwhile.
+    ns.run(&["ip", "link", "del", "pb-n2"]).unwrap();
+    assert_eq!(dnsmasqs(&d).len(), 3, "{:?}", dnsmasqs(&d));
+
+    d.start();
+    assert_eq!(pid_of(&d, "n1"), p1, "n1's dnsmasq adopted\n{}", d.log());
+    let mut bridges = ns.bridges();
+    bridges.sort();
+    assert_eq!(bridges, ["pb-n1", "pb-n2", "pb-other"], "{}", d.log());
+    let addrs = ns
+        .run(&["ip", "-4", "addr", "show", "dev", "pb-n2"])
+        .unwrap();
+    assert!(addrs.contains("10.53.0.1/24"), "{addrs}");
+    let mut tables = ns.tables();
+    tables.sort();
+    assert_eq!(tables, ["petrel-n1", "petrel-n2", "petrel-theirs"]);
+    let running = dnsmasqs(&d);
+    assert_eq!(running.len(), 2, "one dnsmasq per network: {running:?}");
+    assert!(running.iter().any(|(_, c)| c.contains("/n1/")));
+    assert!(running.iter().any(|(_, c)| c.contains("/n2/")));
+    assert!(!ghost_dir.exists());
+    // n2 serves DHCP on its new bridge.
+    ns.veth_on("pb-n2", "vb0", "vc0", "02:cc:00:00:00:03")
+        .unwrap();
+    let lease = ns
+        .dhcp("vc0")
+        .unwrap_or_else(|| panic!("no lease\n{}", d.log()));
+    assert!(lease.starts_with("10.53.0."), "{lease}");
+    // Once more: nothing is duplicated by a second restart.
+    d.kill9();
+    d.start();
+    assert_eq!(pid_of(&d, "n1"), p1);
+    assert_eq!(dnsmasqs(&d).len(), 2);
+    assert_eq!(ns.bridges().len(), 3);
 }

@@ -107,7 +107,9 @@ impl Netns {
     /// leased, or `None` when no server answered.
     pub fn dhcp(&self, ifname: &str) -> Option<String> {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "busybox", "udhcpc", "-i", ifname, "-n", "-q"])
+            .args([
+                "netns", "exec", &self.name, "busybox", "udhcpc", "-i", ifname, "-n", "-q",
+            ])
             .args(["-f", "-t", "6", "-T", "1", "-s", "/bin/true"])
             .output()
             .ok()?;
@@ -145,7 +147,10 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Ok(pids) = run("ip", &["netns", "pids", &self.name]) {
-            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
                 // SAFETY: kill has no memory effects.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
