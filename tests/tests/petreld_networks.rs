@@ -392,3 +392,73 @@ fn after_petreld_crash_networks_are_adopted_and_leftovers_removed() {
     assert_eq!(dnsmasqs(&d).len(), 2);
     assert_eq!(ns.bridges().len(), 3);
 }
+
+/// A VM running the test guest's `net-peer` mode on network `net`.
+fn peer_vm(d: &Petreld, name: &str, net: &str) -> String {
+    let mut config = petreld_support::guest_config("action=virtio-net net-peer");
+    config["platform"] = json!({"virtio_mmio_cmdline": true});
+    let vm = d.ok(
+        Method::Post,
+        "/v1/vms",
+        Some(&json!({"name": name, "net": [{"network": net}], "config": config})),
+        201,
+    );
+    vm["net"][0]["mac"].as_str().unwrap().to_string()
+}
+
+fn console(d: &Petreld, name: &str) -> String {
+    let r = d.call(Method::Get, &format!("/v1/vms/{name}/console"), None);
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// The source MACs of the test-ethertype frames `sock` saw, until it is quiet for a second.
+fn sources(sock: &petrel_tests::host_net::PacketSocket) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(Some(f)) = sock.recv(Duration::from_secs(1)) {
+        if let Some(src) = f.get(6..12) {
+            let mac: Vec<String> = src.iter().map(|b| format!("{b:02x}")).collect();
+            out.push(mac.join(":"));
+        }
+    }
+    out
+}
+
+/// Two test guests on a nat network hear each other's frames; a guest on an isolated
+/// network hears neither, and its frames reach its own bridge only (not the nat network's
+/// bridge, not the uplink).
+#[test]
+fn guests_on_a_network_exchange_frames_and_networks_are_apart() {
+    petrel_tests::require_kvm!();
+    let ns = netns_or_skip!("frames");
+    // The uplink: a veth pair (the kernel here has no dummy interfaces).
+    ns.run(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"])
+        .unwrap();
+    ns.run(&["ip", "link", "set", "up0", "up"]).unwrap();
+    ns.run(&["ip", "link", "set", "up1", "up"]).unwrap();
+    let d = Petreld::in_netns("net-frames", &ns.name);
+    d.ok(Method::Post, "/v1/networks", Some(&nat("a", "10.61.0.0/24")), 201);
+    let iso = json!({"name": "b", "type": "isolated", "subnet": "10.62.0.0/24"});
+    d.ok(Method::Post, "/v1/networks", Some(&iso), 201);
+    let on_a = ns.packet_socket("pb-a").unwrap();
+    let on_b = ns.packet_socket("pb-b").unwrap();
+    let uplink = ns.packet_socket("up0").unwrap();
+
+    let b1 = peer_vm(&d, "b1", "b");
+    let a1 = peer_vm(&d, "a1", "a");
+    let a2 = peer_vm(&d, "a2", "a");
+    for vm in ["a1", "a2", "b1"] {
+        d.wait_vm(vm, "powered off", |v| v["state"] == "stopped");
+    }
+    let (c1, c2, cb) = (console(&d, "a1"), console(&d, "a2"), console(&d, "b1"));
+    assert!(c1.contains(&format!("VIRTIO: net peer {a2} PETREL-NET-TX 1")), "{c1}");
+    assert!(c2.contains(&format!("VIRTIO: net peer {a1} PETREL-NET-TX 1")), "{c2}");
+    assert!(cb.contains("VIRTIO: error net peer timeout"), "{cb}");
+    assert!(!cb.contains("VIRTIO: net peer "), "{cb}");
+
+    let (seen_a, seen_b, seen_up) = (sources(&on_a), sources(&on_b), sources(&uplink));
+    assert!(seen_b.contains(&b1), "b1's frames on its bridge: {seen_b:?}");
+    assert!(seen_a.contains(&a1) && seen_a.contains(&a2), "{seen_a:?}");
+    assert!(!seen_a.contains(&b1), "b1's frame left its network: {seen_a:?}");
+    assert!(!seen_b.contains(&a1) && !seen_b.contains(&a2), "{seen_b:?}");
+    assert!(seen_up.is_empty(), "frames on the uplink: {seen_up:?}");
+}
