@@ -431,12 +431,19 @@ fn guests_on_a_network_exchange_frames_and_networks_are_apart() {
     petrel_tests::require_kvm!();
     let ns = netns_or_skip!("frames");
     // The uplink: a veth pair (the kernel here has no dummy interfaces).
-    ns.run(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"])
-        .unwrap();
+    ns.run(&[
+        "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1",
+    ])
+    .unwrap();
     ns.run(&["ip", "link", "set", "up0", "up"]).unwrap();
     ns.run(&["ip", "link", "set", "up1", "up"]).unwrap();
     let d = Petreld::in_netns("net-frames", &ns.name);
-    d.ok(Method::Post, "/v1/networks", Some(&nat("a", "10.61.0.0/24")), 201);
+    d.ok(
+        Method::Post,
+        "/v1/networks",
+        Some(&nat("a", "10.61.0.0/24")),
+        201,
+    );
     let iso = json!({"name": "b", "type": "isolated", "subnet": "10.62.0.0/24"});
     d.ok(Method::Post, "/v1/networks", Some(&iso), 201);
     let on_a = ns.packet_socket("pb-a").unwrap();
@@ -450,15 +457,160 @@ fn guests_on_a_network_exchange_frames_and_networks_are_apart() {
         d.wait_vm(vm, "powered off", |v| v["state"] == "stopped");
     }
     let (c1, c2, cb) = (console(&d, "a1"), console(&d, "a2"), console(&d, "b1"));
-    assert!(c1.contains(&format!("VIRTIO: net peer {a2} PETREL-NET-TX 1")), "{c1}");
-    assert!(c2.contains(&format!("VIRTIO: net peer {a1} PETREL-NET-TX 1")), "{c2}");
+    assert!(
+        c1.contains(&format!("VIRTIO: net peer {a2} PETREL-NET-TX 1")),
+        "{c1}"
+    );
+    assert!(
+        c2.contains(&format!("VIRTIO: net peer {a1} PETREL-NET-TX 1")),
+        "{c2}"
+    );
     assert!(cb.contains("VIRTIO: error net peer timeout"), "{cb}");
     assert!(!cb.contains("VIRTIO: net peer "), "{cb}");
 
     let (seen_a, seen_b, seen_up) = (sources(&on_a), sources(&on_b), sources(&uplink));
-    assert!(seen_b.contains(&b1), "b1's frames on its bridge: {seen_b:?}");
+    assert!(
+        seen_b.contains(&b1),
+        "b1's frames on its bridge: {seen_b:?}"
+    );
     assert!(seen_a.contains(&a1) && seen_a.contains(&a2), "{seen_a:?}");
-    assert!(!seen_a.contains(&b1), "b1's frame left its network: {seen_a:?}");
+    assert!(
+        !seen_a.contains(&b1),
+        "b1's frame left its network: {seen_a:?}"
+    );
     assert!(!seen_b.contains(&a1) && !seen_b.contains(&a2), "{seen_b:?}");
     assert!(seen_up.is_empty(), "frames on the uplink: {seen_up:?}");
+}
+
+/// A client namespace on `bridge` (a veth into it) configured by DHCP through `script`.
+fn client(ns: &Netns, tag: &str, bridge: &str, script: &str) -> Netns {
+    let c = Netns::new(tag).unwrap();
+    let (host, guest) = (format!("{tag}0"), format!("{tag}1"));
+    ns.run(&[
+        "ip", "link", "add", &host, "type", "veth", "peer", "name", &guest, "netns", &c.name,
+    ])
+    .unwrap();
+    ns.run(&["ip", "link", "set", &host, "master", bridge, "up"])
+        .unwrap();
+    c.run(&["ip", "link", "set", &guest, "up"]).unwrap();
+    c.run(&[
+        "busybox", "udhcpc", "-i", &guest, "-n", "-q", "-f", "-t", "6", "-T", "1", "-s", script,
+    ])
+    .unwrap();
+    c
+}
+
+fn pings(from: &Netns, to: &str) -> bool {
+    from.run(&["busybox", "ping", "-c", "1", "-W", "2", to])
+        .is_ok()
+}
+
+fn address(c: &Netns) -> String {
+    let text = c
+        .run(&["ip", "-j", "-4", "addr", "show", "scope", "global"])
+        .unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v[0]["addr_info"][0]["local"].as_str().unwrap().to_string()
+}
+
+/// Real IP traffic through petreld's nftables tables, from namespaces configured by DHCP:
+/// a nat network reaches the outside (masqueraded: the outside has no route back to the
+/// subnet); an isolated one gets no router and is not forwarded even with a route; two
+/// networks cannot reach each other though the host routes between them.
+#[test]
+fn nat_goes_out_masqueraded_isolated_does_not_and_networks_are_apart() {
+    let ns = netns_or_skip!("route");
+    let world = Netns::new("world").unwrap();
+    ns.run(&[
+        "ip",
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "up1",
+        "netns",
+        &world.name,
+    ])
+    .unwrap();
+    ns.run(&["ip", "addr", "add", "198.51.100.1/24", "dev", "up0"])
+        .unwrap();
+    ns.run(&["ip", "link", "set", "up0", "up"]).unwrap();
+    ns.run(&["ip", "route", "add", "default", "via", "198.51.100.2"])
+        .unwrap();
+    world
+        .run(&["ip", "addr", "add", "198.51.100.2/24", "dev", "up1"])
+        .unwrap();
+    world.run(&["ip", "link", "set", "up1", "up"]).unwrap();
+
+    let d = Petreld::in_netns("net-route", &ns.name);
+    d.ok(
+        Method::Post,
+        "/v1/networks",
+        Some(&nat("a", "10.71.0.0/24")),
+        201,
+    );
+    d.ok(
+        Method::Post,
+        "/v1/networks",
+        Some(&nat("c", "10.73.0.0/24")),
+        201,
+    );
+    let iso = json!({"name": "b", "type": "isolated", "subnet": "10.72.0.0/24"});
+    d.ok(Method::Post, "/v1/networks", Some(&iso), 201);
+    // The same host route the world would need, refused for a network: it overlaps.
+    let e = error_of(
+        &d,
+        Method::Post,
+        "/v1/networks",
+        &nat("w", "198.51.100.0/25"),
+        409,
+    );
+    assert!(e.contains("host's route"), "{e}");
+
+    let script = d.dir.join("dhcp.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr add \"$ip/$mask\" dev \"$interface\"\n\
+         [ -n \"$router\" ] && ip route add default via \"${router%% *}\";; esac\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = script.display().to_string();
+    let ca = client(&ns, "ca", "pb-a", &script);
+    let cb = client(&ns, "cb", "pb-b", &script);
+    let cc = client(&ns, "cc", "pb-c", &script);
+    let (a, c) = (address(&ca), address(&cc));
+    assert!(
+        a.starts_with("10.71.0.") && c.starts_with("10.73.0."),
+        "{a} {c}"
+    );
+
+    assert!(pings(&ca, "10.71.0.1"), "nat client to its gateway");
+    assert!(
+        pings(&ca, "198.51.100.2"),
+        "nat out, masqueraded\n{}",
+        d.log()
+    );
+    assert!(pings(&cc, "198.51.100.2"), "second nat network out");
+    let routes = cb.run(&["ip", "route"]).unwrap();
+    assert!(
+        !routes.contains("default"),
+        "isolated got a router: {routes}"
+    );
+    assert!(pings(&cb, "10.72.0.1"), "isolated client to the host");
+    cb.run(&["ip", "route", "add", "default", "via", "10.72.0.1"])
+        .unwrap();
+    assert!(!pings(&cb, "198.51.100.2"), "isolated forwarded out");
+    assert!(!pings(&ca, &c), "nat network a reached network c");
+    assert!(!pings(&cc, &a), "nat network c reached network a");
+    // Without petreld's tables the host would route between them: its rules do the work.
+    d.ok(Method::Delete, "/v1/networks/b", None, 204);
+    ns.run(&["nft", "delete", "table", "inet", "petrel-a"])
+        .unwrap();
+    ns.run(&["nft", "delete", "table", "inet", "petrel-c"])
+        .unwrap();
+    assert!(pings(&ca, &c), "control: routed once the tables are gone");
 }
