@@ -614,3 +614,74 @@ fn nat_goes_out_masqueraded_isolated_does_not_and_networks_are_apart() {
         .unwrap();
     assert!(pings(&ca, &c), "control: routed once the tables are gone");
 }
+
+/// `petrelctl network …` against petreld: create, list, show, a refused overlap (exit 1,
+/// petreld's message), delete.
+#[test]
+fn petrelctl_network_commands() {
+    let ns = netns_or_skip!("ctl");
+    let d = Petreld::in_netns("net-ctl", &ns.name);
+    let ctl = |args: &[&str]| {
+        let out =
+            std::process::Command::new(petreld_support::petreld_bin().with_file_name("petrelctl"))
+                .arg("--socket")
+                .arg(d.dir.join("petreld.sock"))
+                .args(args)
+                .output()
+                .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = ctl(&[
+        "network",
+        "create",
+        "n1",
+        "--type",
+        "nat",
+        "--subnet",
+        "10.80.0.0/24",
+        "--dhcp-range",
+        "10.80.0.100-10.80.0.120",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("network n1 created (bridge pb-n1)"), "{out}");
+    let (code, out, _) = ctl(&["network", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("n1") && out.contains("10.80.0.0/24"), "{out}");
+    ns.veth_on("pb-n1", "vb0", "vc0", "02:dd:00:00:00:04")
+        .unwrap();
+    let lease = ns.dhcp("vc0").unwrap_or_default();
+    let octet: u8 = lease.rsplit('.').next().unwrap_or("0").parse().unwrap_or(0);
+    assert!((100..=120).contains(&octet), "{lease} outside the range");
+    let (code, out, _) = ctl(&["network", "show", "n1"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("running true") && out.contains(&lease),
+        "{out}"
+    );
+    let (code, _, err) = ctl(&[
+        "network",
+        "create",
+        "n2",
+        "--type",
+        "isolated",
+        "--subnet",
+        "10.80.0.0/16",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("overlaps network \"n1\""), "{err}");
+    let (code, out, _) = ctl(&["-o", "json", "network", "list"]);
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v:#}");
+    let (code, out, err) = ctl(&["network", "delete", "n1"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "network n1 deleted\n"),
+        "{err}"
+    );
+    assert!(ns.bridges().is_empty());
+}

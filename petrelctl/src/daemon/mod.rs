@@ -1,6 +1,7 @@
 //! The commands of petreld (`petrelctl [--socket PATH] …`): parsing their words into a
 //! [`Command`]. [`run`] sends them and [`render`] prints the answers for people.
 
+pub mod network;
 pub mod render;
 pub mod run;
 
@@ -135,6 +136,8 @@ pub enum Command {
     Host,
     /// `gates`.
     Gates,
+    /// `network …`.
+    Network(network::NetworkCommand),
 }
 
 impl Command {
@@ -187,6 +190,18 @@ const HELP: &[(&str, &str)] = &[
         "a template (or a VmConfig named N)",
     ),
     ("template list|get NAME|delete NAME", "templates"),
+    (
+        "network create NAME --type nat|isolated",
+        "a network: --subnet CIDR [--gateway IP] [--dhcp-range A-B]",
+    ),
+    (
+        "network create NAME --type bridged",
+        "an existing host bridge: --bridge BR",
+    ),
+    (
+        "network list|show NAME|delete NAME",
+        "networks (show: VMs, dnsmasq, leases)",
+    ),
     ("host", "hypervisors, CPUs, memory, admission"),
     ("gates", "feature gates"),
 ];
@@ -364,7 +379,7 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
                 Command::Gates
             });
         }
-        "vm" | "template" => {}
+        "vm" | "template" | "network" => {}
         _ if super::vmm::parse(words).is_ok() => {
             return Err(CtlError::usage(format!(
                 "'{group}' is a per-VM API command: missing --api-socket PATH"
@@ -380,6 +395,9 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
     let split = |valued: &[&'static str], switches: &[&'static str]| {
         Words::split(cmd.clone(), rest, valued, switches)
     };
+    if group == "network" {
+        return network::parse(&verb, rest);
+    }
     let command = match (group.as_str(), verb.as_str()) {
         ("vm", "create") => {
             let w = split(

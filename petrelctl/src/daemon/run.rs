@@ -47,6 +47,7 @@ fn need(route: &str, reply: Option<Value>) -> Result<Value> {
 /// Runs `command` against petreld's `api`.
 pub fn execute(api: &Api, command: &Command) -> Result<Outcome> {
     let (json, text) = match command {
+        Command::Network(c) => return super::network::execute(api, c),
         Command::VmCreate(spec) => {
             let body = create_request(spec)?;
             let vm = need(
