@@ -98,7 +98,14 @@ fn network_api_refuses_bad_input_and_keeps_networks_in_use() {
         .run(&["nft", "list", "table", "inet", "petrel-n1"])
         .unwrap();
     assert!(table.contains("masquerade"), "{table}");
-    assert_eq!(dnsmasqs(&d).len(), 1, "{:?}", dnsmasqs(&d));
+    let running = dnsmasqs(&d);
+    assert_eq!(running.len(), 1, "{running:?}");
+    // dnsmasq must see SIGTERM: petreld's blocked signals are not passed on to it.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", running[0].0)).unwrap();
+    assert!(
+        status.contains("SigBlk:\t0000000000000000"),
+        "dnsmasq started with signals blocked:\n{status}"
+    );
 
     let cases: &[(Value, u16, &str)] = &[
         (nat("n2", "10.50.0.0/16"), 409, "overlaps network \"n1\""),

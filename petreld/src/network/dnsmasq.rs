@@ -207,9 +207,23 @@ pub fn all_under(state_dir: &Path) -> Vec<(String, ProcessId)> {
 /// configuration or a busy port is an error here, with dnsmasq's message).
 pub fn start(paths: &Paths) -> Result<ProcessId, String> {
     let _ = std::fs::remove_file(&paths.pid);
-    let out = std::process::Command::new(tool("dnsmasq"))
-        .arg(paths.conf_arg())
-        .stdin(std::process::Stdio::null())
+    let mut cmd = std::process::Command::new(tool("dnsmasq"));
+    cmd.arg(paths.conf_arg())
+        .stdin(std::process::Stdio::null());
+    // petreld blocks SIGTERM, SIGINT and SIGHUP in every thread (it waits for them with
+    // sigwait); a child inherits that mask, and dnsmasq would then never see SIGTERM.
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (sigemptyset, sigprocmask, setsid) on its own stack data.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let out = cmd
         .output()
         .map_err(|e| format!("cannot run dnsmasq ({e}); install Debian's dnsmasq-base"))?;
     if !out.status.success() {
