@@ -692,3 +692,40 @@ fn petrelctl_network_commands() {
     );
     assert!(ns.bridges().is_empty());
 }
+
+/// A running VM's tap joins its network's bridge again when petreld, restarted after
+/// `kill -9`, has to make the bridge again; the VM keeps running.
+#[test]
+fn a_running_vms_tap_rejoins_a_remade_bridge() {
+    petrel_tests::require_kvm!();
+    let ns = netns_or_skip!("rejoin");
+    let mut d = Petreld::in_netns("net-rejoin", &ns.name);
+    d.ok(
+        Method::Post,
+        "/v1/networks",
+        Some(&nat("n1", "10.55.0.0/24")),
+        201,
+    );
+    let mut config = petreld_support::guest_config("action=halt");
+    config["platform"] = json!({"virtio_mmio_cmdline": true});
+    let vm = d.ok(
+        Method::Post,
+        "/v1/vms",
+        Some(&json!({"name": "idle", "net": [{"network": "n1"}], "config": config})),
+        201,
+    );
+    let tap = vm["net"][0]["tap"].as_str().unwrap().to_string();
+    let master = |ns: &Netns| {
+        let text = ns.run(&["ip", "-j", "link", "show", "dev", &tap]).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v[0]["master"].as_str().map(String::from)
+    };
+    assert_eq!(master(&ns).as_deref(), Some("pb-n1"));
+    d.kill9();
+    ns.run(&["ip", "link", "del", "pb-n1"]).unwrap();
+    assert_eq!(master(&ns), None);
+    d.start();
+    assert_eq!(master(&ns).as_deref(), Some("pb-n1"), "{}", d.log());
+    assert_eq!(d.vm("idle")["state"], "running");
+    d.ok(Method::Post, "/v1/vms/idle/kill", None, 200);
+}

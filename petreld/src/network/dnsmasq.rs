@@ -208,8 +208,7 @@ pub fn all_under(state_dir: &Path) -> Vec<(String, ProcessId)> {
 pub fn start(paths: &Paths) -> Result<ProcessId, String> {
     let _ = std::fs::remove_file(&paths.pid);
     let mut cmd = std::process::Command::new(tool("dnsmasq"));
-    cmd.arg(paths.conf_arg())
-        .stdin(std::process::Stdio::null());
+    cmd.arg(paths.conf_arg()).stdin(std::process::Stdio::null());
     // petreld blocks SIGTERM, SIGINT and SIGHUP in every thread (it waits for them with
     // sigwait); a child inherits that mask, and dnsmasq would then never see SIGTERM.
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe

@@ -72,6 +72,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// The interface alias.
     pub alias: Option<String>,
+    /// The bridge it is a port of.
+    pub master: Option<String>,
 }
 
 fn links(args: &[&str]) -> Vec<Link> {
@@ -90,6 +92,7 @@ fn links(args: &[&str]) -> Vec<Link> {
                 name: l["ifname"].as_str()?.to_string(),
                 kind: l["linkinfo"]["info_kind"].as_str().map(String::from),
                 alias: l["ifalias"].as_str().map(String::from),
+                master: l["master"].as_str().map(String::from),
             })
         })
         .collect()
@@ -152,6 +155,18 @@ pub fn ensure_bridge(net: &Network, owner: &str) -> Result<(), String> {
     }
     run("ip", &["link", "set", "dev", name, "up"], None)?;
     Ok(())
+}
+
+/// Makes existing interface `port` a port of `bridge` if it is not already; whether it
+/// changed anything (a missing `port` is left alone).
+pub fn ensure_port(port: &str, bridge: &str) -> Result<bool, String> {
+    match link(port) {
+        Some(l) if l.master.as_deref() != Some(bridge) => {
+            run("ip", &["link", "set", "dev", port, "master", bridge], None)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Removes bridge `name` if it is this petreld's (a missing one is fine).

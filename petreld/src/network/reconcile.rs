@@ -54,6 +54,7 @@ pub fn reconcile(daemon: &Daemon) -> Summary {
             Err(e) => log::error!("network {}: {e}", net.name),
         }
     }
+    rejoin_taps(daemon);
     let owner = daemon.network_owner();
     let managed = |name: &str| {
         nets.iter()
@@ -99,6 +100,24 @@ pub fn reconcile(daemon: &Daemon) -> Summary {
         }
     }
     summary
+}
+
+/// The taps of running VMs (they live as long as their petrel) join their network's bridge
+/// again: a bridge made again after it vanished has no ports.
+fn rejoin_taps(daemon: &Daemon) {
+    let Ok(vms) = daemon.store().all_vms() else {
+        return;
+    };
+    for vm in vms {
+        for n in vm.net.iter().filter(|n| n.network.is_some()) {
+            let Some(bridge) = &n.bridge else { continue };
+            match host::ensure_port(&n.tap, bridge) {
+                Ok(true) => log::info!("VM {}: tap {} joined {bridge} again", vm.name, n.tap),
+                Ok(false) => {}
+                Err(e) => log::error!("VM {}: tap {}: {e}", vm.name, n.tap),
+            }
+        }
+    }
 }
 
 /// Starts the thread that restarts a network's dnsmasq when it dies.
