@@ -381,6 +381,10 @@ pub fn boot(
 fn add_net(client: &Client, net: &ManagedNet) -> Result<(), String> {
     use std::os::fd::AsFd;
     let fd = super::net::create_tap(net).map_err(|e| format!("net {}: {e}", net.id))?;
+    if let Some(vlan) = net.vlan {
+        super::network::host::set_port_vlan(&net.tap, vlan)
+            .map_err(|e| format!("net {}: {e}", net.id))?;
+    }
     let body = serde_json::json!({"id": net.id, "mac": net.mac}).to_string();
     let r = client
         .request_with_fds(

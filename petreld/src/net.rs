@@ -42,6 +42,10 @@ pub struct NetRequest {
     /// A fixed IPv4 address on that network, given by its DHCP server.
     #[serde(default)]
     pub ip: Option<String>,
+    /// A VLAN (1-4094) the tap is an untagged member of, on a bridge with VLAN filtering
+    /// (`bridge` or a bridged network).
+    #[serde(default)]
+    pub vlan: Option<u16>,
 }
 
 /// An interface petreld manages for a VM (stored with it, shown by `GET /v1/vms/{id}`).
@@ -62,6 +66,9 @@ pub struct ManagedNet {
     /// Its fixed address on that network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Its VLAN on the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 /// The tap name of interface `index` of VM `vm_id`: `pt` + 10 id digits + the index (at most
@@ -97,6 +104,17 @@ pub fn bridge_exists(name: &str) -> bool {
             .join(name)
             .join("bridge")
             .is_dir()
+}
+
+/// Whether bridge `name` filters by VLAN.
+pub fn vlan_filtering(name: &str) -> bool {
+    valid_ifname(name)
+        && std::fs::read_to_string(
+            Path::new("/sys/class/net")
+                .join(name)
+                .join("bridge/vlan_filtering"),
+        )
+        .is_ok_and(|v| v.trim() == "1")
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -145,9 +163,23 @@ pub fn plan(vm_id: &str, requests: &[NetRequest]) -> Result<Vec<ManagedNet>, Str
                     .map_err(|_| format!("net[{i}].ip: {text:?} is not an IPv4 address"))?,
             ),
         };
+        if let Some(v) = r.vlan {
+            if !(1..=4094).contains(&v) {
+                return Err(format!("net[{i}].vlan: {v} is not 1 to 4094"));
+            }
+            if r.bridge.is_none() && r.network.is_none() {
+                return Err(format!("net[{i}].vlan: a VLAN needs a bridge or a network"));
+            }
+        }
         if let Some(b) = &r.bridge {
             if !bridge_exists(b) {
                 return Err(format!("net[{i}].bridge: no bridge {b:?} on this host"));
+            }
+            if r.vlan.is_some() && !vlan_filtering(b) {
+                return Err(format!(
+                    "net[{i}].bridge: bridge {b:?} has VLAN filtering off (turn it on: ip link \
+                     set dev {b} type bridge vlan_filtering 1)"
+                ));
             }
         }
         out.push(ManagedNet {
@@ -157,6 +189,7 @@ pub fn plan(vm_id: &str, requests: &[NetRequest]) -> Result<Vec<ManagedNet>, Str
             bridge: r.bridge.clone(),
             network: r.network.clone(),
             ip,
+            vlan: r.vlan,
         });
     }
     Ok(out)

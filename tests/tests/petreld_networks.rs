@@ -729,3 +729,98 @@ fn a_running_vms_tap_rejoins_a_remade_bridge() {
     assert_eq!(d.vm("idle")["state"], "running");
     d.ok(Method::Post, "/v1/vms/idle/kill", None, 200);
 }
+
+/// VLAN tags on a bridged network: two guests on VLAN 10 hear each other, the guest on
+/// VLAN 20 hears neither; a VLAN on a bridge without VLAN filtering, or on a nat network,
+/// is refused.
+#[test]
+fn vlan_tagged_guests_see_only_their_vlan() {
+    petrel_tests::require_kvm!();
+    let ns = netns_or_skip!("vlan");
+    ns.run(&["ip", "link", "add", "br-v", "type", "bridge"])
+        .unwrap();
+    ns.run(&["ip", "link", "set", "br-v", "up"]).unwrap();
+    let d = Petreld::in_netns("net-vlan", &ns.name);
+    let lan = json!({"name": "lan", "type": "bridged", "bridge": "br-v"});
+    d.ok(Method::Post, "/v1/networks", Some(&lan), 201);
+    d.ok(
+        Method::Post,
+        "/v1/networks",
+        Some(&nat("n1", "10.56.0.0/24")),
+        201,
+    );
+    let vm = |name: &str, net: Value| {
+        let mut config = petreld_support::guest_config("action=virtio-net net-peer");
+        config["platform"] = json!({"virtio_mmio_cmdline": true});
+        json!({"name": name, "net": [net], "config": config})
+    };
+    let e = error_of(
+        &d,
+        Method::Post,
+        "/v1/vms",
+        &vm("x", json!({"network": "lan", "vlan": 10})),
+        422,
+    );
+    assert!(e.contains("VLAN filtering off"), "{e}");
+    let e = error_of(
+        &d,
+        Method::Post,
+        "/v1/vms",
+        &vm("x", json!({"network": "n1", "vlan": 10})),
+        400,
+    );
+    assert!(e.contains("bridged networks"), "{e}");
+    let e = error_of(
+        &d,
+        Method::Post,
+        "/v1/vms",
+        &vm("x", json!({"network": "lan", "vlan": 5000})),
+        400,
+    );
+    assert!(e.contains("1 to 4094"), "{e}");
+    let filtering = ["ip", "link", "set", "dev", "br-v", "type", "bridge"];
+    if let Err(e) = ns.run(&[&filtering[..], &["vlan_filtering", "1"]].concat()) {
+        petrel_tests::skip(format!(
+            "the kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING): {e}"
+        ));
+        return;
+    }
+
+    let mac = |v: &Value| v["net"][0]["mac"].as_str().unwrap().to_string();
+    let lone = d.ok(
+        Method::Post,
+        "/v1/vms",
+        Some(&vm("v20", json!({"network": "lan", "vlan": 20}))),
+        201,
+    );
+    let a = d.ok(
+        Method::Post,
+        "/v1/vms",
+        Some(&vm("v10a", json!({"network": "lan", "vlan": 10}))),
+        201,
+    );
+    let b = d.ok(
+        Method::Post,
+        "/v1/vms",
+        Some(&vm("v10b", json!({"network": "lan", "vlan": 10}))),
+        201,
+    );
+    assert_eq!(lone["net"][0]["vlan"], 20, "{lone:#}");
+    for name in ["v10a", "v10b", "v20"] {
+        d.wait_vm(name, "powered off", |v| v["state"] == "stopped");
+    }
+    let (ca, cb, c20) = (console(&d, "v10a"), console(&d, "v10b"), console(&d, "v20"));
+    assert!(
+        ca.contains(&format!("VIRTIO: net peer {} ", mac(&b))),
+        "{ca}"
+    );
+    assert!(
+        cb.contains(&format!("VIRTIO: net peer {} ", mac(&a))),
+        "{cb}"
+    );
+    assert!(
+        c20.contains("VIRTIO: error net peer timeout"),
+        "{c20}\n{}",
+        mac(&lone)
+    );
+}

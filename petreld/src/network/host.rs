@@ -169,6 +169,18 @@ pub fn ensure_port(port: &str, bridge: &str) -> Result<bool, String> {
     }
 }
 
+/// Makes port `port` an untagged member of VLAN `vlan` only (its bridge filters by VLAN).
+pub fn set_port_vlan(port: &str, vlan: u16) -> Result<(), String> {
+    let _ = run("bridge", &["vlan", "del", "dev", port, "vid", "1"], None);
+    let vid = vlan.to_string();
+    run(
+        "bridge",
+        &["vlan", "add", "dev", port, "vid", &vid, "pvid", "untagged"],
+        None,
+    )
+    .map(drop)
+}
+
 /// Removes bridge `name` if it is this petreld's (a missing one is fine).
 pub fn remove_bridge(name: &str, owner: &str) -> Result<(), String> {
     match link(name) {

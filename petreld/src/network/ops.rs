@@ -334,6 +334,24 @@ impl Daemon {
                     ApiError::new(422, format!("net[{i}].network: no network {name:?}"))
                 })?;
             nets[i].bridge = Some(net.bridge.clone());
+            if nets[i].vlan.is_some() {
+                if net.kind.managed() {
+                    return Err(ApiError::new(
+                        400,
+                        format!("net[{i}].vlan: VLANs are for bridged networks ({name} is not)"),
+                    ));
+                }
+                if !crate::net::vlan_filtering(&net.bridge) {
+                    return Err(ApiError::new(
+                        422,
+                        format!(
+                            "net[{i}].vlan: bridge {} of network {name} has VLAN filtering off \
+                             (ip link set dev {} type bridge vlan_filtering 1)",
+                            net.bridge, net.bridge
+                        ),
+                    ));
+                }
+            }
             let others = vms
                 .iter()
                 .flat_map(|vm| vm.net.iter().map(move |n| (vm.name.as_str(), n)))
