@@ -170,6 +170,7 @@ pub fn render(daemon: &Daemon) -> String {
             ),
         },
     );
+    crate::network::metrics::render(&mut out, daemon);
     out
 }
 

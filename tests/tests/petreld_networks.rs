@@ -275,6 +275,13 @@ fn dhcp_leases_and_fixed_addresses_survive_dnsmasq_dying() {
         "{before:?}"
     );
 
+    let metrics = String::from_utf8_lossy(&d.call(Method::Get, "/metrics", None).body).into_owned();
+    assert!(
+        metrics.contains("petreld_network_leases{network=\"n1\",type=\"nat\"} 2")
+            && metrics.contains("petreld_network_dnsmasq_up{network=\"n1\",type=\"nat\"} 1"),
+        "{metrics}"
+    );
+
     // dnsmasq dies: petreld starts another, with the same leases.
     let old = d.ok(Method::Get, "/v1/networks/n1", None, 200)["dnsmasq"]["pid"]
         .as_u64()

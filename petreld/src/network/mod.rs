@@ -8,7 +8,8 @@
 //!   nftables tables (`nft`). [`dnsmasq`]: one DHCP/DNS server per network.
 //! - [`ops`]: create, delete, VM interfaces on networks. [`reconcile`]: after a petreld
 //!   restart, re-adopts or rebuilds what each stored network needs and removes what no stored
-//!   network owns; then a thread restarts a dnsmasq that dies.
+//!   network owns; then a thread restarts a dnsmasq that dies. [`metrics`]: leases and
+//!   dnsmasq series.
 //!
 //! Everything petreld makes carries its name and owner: bridges `pb-NAME` with the interface
 //! alias `petreld:STATE_DIR`, tables `inet petrel-NAME` with the comment `petreld STATE_DIR`,
@@ -17,6 +18,7 @@
 pub mod dnsmasq;
 pub mod host;
 pub mod ipv4;
+pub mod metrics;
 pub mod ops;
 pub mod reconcile;
 pub mod record;
