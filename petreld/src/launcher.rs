@@ -385,7 +385,11 @@ fn add_net(client: &Client, net: &ManagedNet) -> Result<(), String> {
         super::network::host::set_port_vlan(&net.tap, vlan)
             .map_err(|e| format!("net {}: {e}", net.id))?;
     }
-    let body = serde_json::json!({"id": net.id, "mac": net.mac}).to_string();
+    let mut body = serde_json::json!({"id": net.id, "mac": net.mac});
+    if let Some(limits) = net.rate_limiter {
+        body["rate_limiter_config"] = serde_json::json!(limits);
+    }
+    let body = body.to_string();
     let r = client
         .request_with_fds(
             Method::Put,

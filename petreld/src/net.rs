@@ -46,6 +46,9 @@ pub struct NetRequest {
     /// (`bridge` or a bridged network).
     #[serde(default)]
     pub vlan: Option<u16>,
+    /// Bandwidth and packet limits (QoS), enforced by petrel's rate limiter.
+    #[serde(default)]
+    pub rate_limiter: Option<api::RateLimiterConfig>,
 }
 
 /// An interface petreld manages for a VM (stored with it, shown by `GET /v1/vms/{id}`).
@@ -69,6 +72,9 @@ pub struct ManagedNet {
     /// Its VLAN on the bridge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
+    /// Its rate limits, passed to petrel with the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<api::RateLimiterConfig>,
 }
 
 /// The tap name of interface `index` of VM `vm_id`: `pt` + 10 id digits + the index (at most
@@ -171,6 +177,15 @@ pub fn plan(vm_id: &str, requests: &[NetRequest]) -> Result<Vec<ManagedNet>, Str
                 return Err(format!("net[{i}].vlan: a VLAN needs a bridge or a network"));
             }
         }
+        if let Some(limits) = r.rate_limiter {
+            for (name, bucket) in [("bandwidth", limits.bandwidth), ("ops", limits.ops)] {
+                if bucket.is_some_and(|b| b.size == 0 || b.refill_time == 0) {
+                    return Err(format!(
+                        "net[{i}].rate_limiter.{name}: size and refill_time must be non-zero"
+                    ));
+                }
+            }
+        }
         if let Some(b) = &r.bridge {
             if !bridge_exists(b) {
                 return Err(format!("net[{i}].bridge: no bridge {b:?} on this host"));
@@ -190,6 +205,7 @@ pub fn plan(vm_id: &str, requests: &[NetRequest]) -> Result<Vec<ManagedNet>, Str
             network: r.network.clone(),
             ip,
             vlan: r.vlan,
+            rate_limiter: r.rate_limiter,
         });
     }
     Ok(out)

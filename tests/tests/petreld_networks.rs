@@ -831,3 +831,48 @@ fn vlan_tagged_guests_see_only_their_vlan() {
         mac(&lone)
     );
 }
+
+/// An interface's rate limits (QoS) reach petrel with its tap: `vm.info` of the VM's petrel
+/// shows them on the interface; zero-sized buckets are refused.
+#[test]
+fn interface_rate_limits_reach_petrel() {
+    petrel_tests::require_kvm!();
+    let ns = netns_or_skip!("qos");
+    let d = Petreld::in_netns("net-qos", &ns.name);
+    d.ok(
+        Method::Post,
+        "/v1/networks",
+        Some(&nat("n1", "10.57.0.0/24")),
+        201,
+    );
+    let mut config = petreld_support::guest_config("action=halt");
+    config["platform"] = json!({"virtio_mmio_cmdline": true});
+    let limits = json!({"bandwidth": {"size": 125000, "refill_time": 100}});
+    let bad = json!({"name": "bad", "net": [{"network": "n1",
+        "rate_limiter": {"ops": {"size": 0, "refill_time": 100}}}], "config": config});
+    let e = error_of(&d, Method::Post, "/v1/vms", &bad, 400);
+    assert!(e.contains("net[0].rate_limiter.ops"), "{e}");
+    let vm = d.ok(
+        Method::Post,
+        "/v1/vms",
+        Some(
+            &json!({"name": "qos", "net": [{"network": "n1", "rate_limiter": limits}],
+                      "config": config}),
+        ),
+        201,
+    );
+    let socket = vm["api_socket"].as_str().unwrap().to_string();
+    let info: Value = petrel_http::Client::new(&socket)
+        .get("/api/v1/vm.info")
+        .unwrap()
+        .json_body()
+        .unwrap();
+    let net = &info["config"]["net"][0];
+    assert_eq!(
+        net["rate_limiter_config"],
+        json!({"bandwidth": {"size": 125000, "one_time_burst": 0, "refill_time": 100}}),
+        "{info:#}"
+    );
+    assert_eq!(net["mac"], vm["net"][0]["mac"], "{info:#}");
+    d.ok(Method::Post, "/v1/vms/qos/kill", None, 200);
+}
