@@ -14,30 +14,9 @@ mod petreld_support;
 use std::time::{Duration, Instant};
 
 use petrel_http::Method;
-use petreld_support::netns::{missing_tools, Netns};
+use petreld_support::netns::{console, error_of, nat, netns_or_skip, Netns};
 use petreld_support::Petreld;
 use serde_json::{json, Value};
-
-/// Returns from the calling test when the tools or the namespace are missing.
-macro_rules! netns_or_skip {
-    ($tag:expr) => {{
-        if let Some(why) = missing_tools() {
-            petrel_tests::skip(why);
-            return;
-        }
-        match Netns::new($tag) {
-            Ok(ns) => ns,
-            Err(e) => {
-                petrel_tests::skip(format!("cannot make a network namespace: {e}"));
-                return;
-            }
-        }
-    }};
-}
-
-fn nat(name: &str, subnet: &str) -> Value {
-    json!({"name": name, "type": "nat", "subnet": subnet})
-}
 
 /// Every live dnsmasq started for a network under `d`'s state directory.
 fn dnsmasqs(d: &Petreld) -> Vec<(u32, String)> {
@@ -68,18 +47,13 @@ fn wait_until(what: &str, d: &Petreld, mut pred: impl FnMut() -> bool) {
     }
 }
 
-fn error_of(d: &Petreld, method: Method, path: &str, body: &Value, status: u16) -> String {
-    d.ok(method, path, Some(body), status)["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Bad input is refused with a clear 4xx and nothing changes; a network in use cannot be
 /// deleted; a delete removes the bridge, the table, the dnsmasq and the files.
 #[test]
 fn network_api_refuses_bad_input_and_keeps_networks_in_use() {
-    let ns = netns_or_skip!("api");
+    let Some(ns) = netns_or_skip("api") else {
+        return;
+    };
     let d = Petreld::in_netns("net-api", &ns.name);
     let n1 = d.ok(
         Method::Post,
@@ -238,7 +212,9 @@ fn leases(d: &Petreld, net: &str) -> Vec<(String, String)> {
 /// petreld with its leases file kept, and serves the same addresses again.
 #[test]
 fn dhcp_leases_and_fixed_addresses_survive_dnsmasq_dying() {
-    let ns = netns_or_skip!("dhcp");
+    let Some(ns) = netns_or_skip("dhcp") else {
+        return;
+    };
     let d = Petreld::in_netns("net-dhcp", &ns.name);
     d.ok(
         Method::Post,
@@ -311,7 +287,9 @@ fn dhcp_leases_and_fixed_addresses_survive_dnsmasq_dying() {
 /// interfaces and tables are left alone.
 #[test]
 fn after_petreld_crash_networks_are_adopted_and_leftovers_removed() {
-    let ns = netns_or_skip!("crash");
+    let Some(ns) = netns_or_skip("crash") else {
+        return;
+    };
     let mut d = Petreld::in_netns("net-crash", &ns.name);
     d.ok(
         Method::Post,
@@ -420,11 +398,6 @@ fn peer_vm(d: &Petreld, name: &str, net: &str) -> String {
     vm["net"][0]["mac"].as_str().unwrap().to_string()
 }
 
-fn console(d: &Petreld, name: &str) -> String {
-    let r = d.call(Method::Get, &format!("/v1/vms/{name}/console"), None);
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
 /// The source MACs of the test-ethertype frames `sock` saw, until it is quiet for a second.
 fn sources(sock: &petrel_tests::host_net::PacketSocket) -> Vec<String> {
     let mut out = Vec::new();
@@ -443,7 +416,9 @@ fn sources(sock: &petrel_tests::host_net::PacketSocket) -> Vec<String> {
 #[test]
 fn guests_on_a_network_exchange_frames_and_networks_are_apart() {
     petrel_tests::require_kvm!();
-    let ns = netns_or_skip!("frames");
+    let Some(ns) = netns_or_skip("frames") else {
+        return;
+    };
     // The uplink: a veth pair (the kernel here has no dummy interfaces).
     ns.run(&[
         "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1",
@@ -533,7 +508,9 @@ fn address(c: &Netns) -> String {
 /// networks cannot reach each other though the host routes between them.
 #[test]
 fn nat_goes_out_masqueraded_isolated_does_not_and_networks_are_apart() {
-    let ns = netns_or_skip!("route");
+    let Some(ns) = netns_or_skip("route") else {
+        return;
+    };
     let world = Netns::new("world").unwrap();
     ns.run(&[
         "ip",
@@ -629,83 +606,14 @@ fn nat_goes_out_masqueraded_isolated_does_not_and_networks_are_apart() {
     assert!(pings(&ca, &c), "control: routed once the tables are gone");
 }
 
-/// `petrelctl network …` against petreld: create, list, show, a refused overlap (exit 1,
-/// petreld's message), delete.
-#[test]
-fn petrelctl_network_commands() {
-    let ns = netns_or_skip!("ctl");
-    let d = Petreld::in_netns("net-ctl", &ns.name);
-    let ctl = |args: &[&str]| {
-        let out =
-            std::process::Command::new(petreld_support::petreld_bin().with_file_name("petrelctl"))
-                .arg("--socket")
-                .arg(d.dir.join("petreld.sock"))
-                .args(args)
-                .output()
-                .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (code, out, err) = ctl(&[
-        "network",
-        "create",
-        "n1",
-        "--type",
-        "nat",
-        "--subnet",
-        "10.80.0.0/24",
-        "--dhcp-range",
-        "10.80.0.100-10.80.0.120",
-    ]);
-    assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("network n1 created (bridge pb-n1)"), "{out}");
-    let (code, out, _) = ctl(&["network", "list"]);
-    assert_eq!(code, Some(0));
-    assert!(out.contains("n1") && out.contains("10.80.0.0/24"), "{out}");
-    ns.veth_on("pb-n1", "vb0", "vc0", "02:dd:00:00:00:04")
-        .unwrap();
-    let lease = ns.dhcp("vc0").unwrap_or_default();
-    let octet: u8 = lease.rsplit('.').next().unwrap_or("0").parse().unwrap_or(0);
-    assert!((100..=120).contains(&octet), "{lease} outside the range");
-    let (code, out, _) = ctl(&["network", "show", "n1"]);
-    assert_eq!(code, Some(0));
-    assert!(
-        out.contains("running true") && out.contains(&lease),
-        "{out}"
-    );
-    let (code, _, err) = ctl(&[
-        "network",
-        "create",
-        "n2",
-        "--type",
-        "isolated",
-        "--subnet",
-        "10.80.0.0/16",
-    ]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("overlaps network \"n1\""), "{err}");
-    let (code, out, _) = ctl(&["-o", "json", "network", "list"]);
-    assert_eq!(code, Some(0));
-    let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v:#}");
-    let (code, out, err) = ctl(&["network", "delete", "n1"]);
-    assert_eq!(
-        (code, out.as_str()),
-        (Some(0), "network n1 deleted\n"),
-        "{err}"
-    );
-    assert!(ns.bridges().is_empty());
-}
-
 /// A running VM's tap joins its network's bridge again when petreld, restarted after
 /// `kill -9`, has to make the bridge again; the VM keeps running.
 #[test]
 fn a_running_vms_tap_rejoins_a_remade_bridge() {
     petrel_tests::require_kvm!();
-    let ns = netns_or_skip!("rejoin");
+    let Some(ns) = netns_or_skip("rejoin") else {
+        return;
+    };
     let mut d = Petreld::in_netns("net-rejoin", &ns.name);
     d.ok(
         Method::Post,
@@ -735,144 +643,4 @@ fn a_running_vms_tap_rejoins_a_remade_bridge() {
     assert_eq!(master(&ns).as_deref(), Some("pb-n1"), "{}", d.log());
     assert_eq!(d.vm("idle")["state"], "running");
     d.ok(Method::Post, "/v1/vms/idle/kill", None, 200);
-}
-
-/// VLAN tags on a bridged network: two guests on VLAN 10 hear each other, the guest on
-/// VLAN 20 hears neither; a VLAN on a bridge without VLAN filtering, or on a nat network,
-/// is refused.
-#[test]
-fn vlan_tagged_guests_see_only_their_vlan() {
-    petrel_tests::require_kvm!();
-    let ns = netns_or_skip!("vlan");
-    ns.run(&["ip", "link", "add", "br-v", "type", "bridge"])
-        .unwrap();
-    ns.run(&["ip", "link", "set", "br-v", "up"]).unwrap();
-    let d = Petreld::in_netns("net-vlan", &ns.name);
-    let lan = json!({"name": "lan", "type": "bridged", "bridge": "br-v"});
-    d.ok(Method::Post, "/v1/networks", Some(&lan), 201);
-    d.ok(
-        Method::Post,
-        "/v1/networks",
-        Some(&nat("n1", "10.56.0.0/24")),
-        201,
-    );
-    let vm = |name: &str, net: Value| {
-        let mut config = petreld_support::guest_config("action=virtio-net net-peer");
-        config["platform"] = json!({"virtio_mmio_cmdline": true});
-        json!({"name": name, "net": [net], "config": config})
-    };
-    let e = error_of(
-        &d,
-        Method::Post,
-        "/v1/vms",
-        &vm("x", json!({"network": "lan", "vlan": 10})),
-        422,
-    );
-    assert!(e.contains("VLAN filtering off"), "{e}");
-    let e = error_of(
-        &d,
-        Method::Post,
-        "/v1/vms",
-        &vm("x", json!({"network": "n1", "vlan": 10})),
-        400,
-    );
-    assert!(e.contains("bridged networks"), "{e}");
-    let e = error_of(
-        &d,
-        Method::Post,
-        "/v1/vms",
-        &vm("x", json!({"network": "lan", "vlan": 5000})),
-        400,
-    );
-    assert!(e.contains("1 to 4094"), "{e}");
-    let filtering = ["ip", "link", "set", "dev", "br-v", "type", "bridge"];
-    if let Err(e) = ns.run(&[&filtering[..], &["vlan_filtering", "1"]].concat()) {
-        petrel_tests::skip(format!(
-            "the kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING): {e}"
-        ));
-        return;
-    }
-
-    let mac = |v: &Value| v["net"][0]["mac"].as_str().unwrap().to_string();
-    let lone = d.ok(
-        Method::Post,
-        "/v1/vms",
-        Some(&vm("v20", json!({"network": "lan", "vlan": 20}))),
-        201,
-    );
-    let a = d.ok(
-        Method::Post,
-        "/v1/vms",
-        Some(&vm("v10a", json!({"network": "lan", "vlan": 10}))),
-        201,
-    );
-    let b = d.ok(
-        Method::Post,
-        "/v1/vms",
-        Some(&vm("v10b", json!({"network": "lan", "vlan": 10}))),
-        201,
-    );
-    assert_eq!(lone["net"][0]["vlan"], 20, "{lone:#}");
-    for name in ["v10a", "v10b", "v20"] {
-        d.wait_vm(name, "powered off", |v| v["state"] == "stopped");
-    }
-    let (ca, cb, c20) = (console(&d, "v10a"), console(&d, "v10b"), console(&d, "v20"));
-    assert!(
-        ca.contains(&format!("VIRTIO: net peer {} ", mac(&b))),
-        "{ca}"
-    );
-    assert!(
-        cb.contains(&format!("VIRTIO: net peer {} ", mac(&a))),
-        "{cb}"
-    );
-    assert!(
-        c20.contains("VIRTIO: error net peer timeout"),
-        "{c20}\n{}",
-        mac(&lone)
-    );
-}
-
-/// An interface's rate limits (QoS) reach petrel with its tap: `vm.info` of the VM's petrel
-/// shows them on the interface; zero-sized buckets are refused.
-#[test]
-fn interface_rate_limits_reach_petrel() {
-    petrel_tests::require_kvm!();
-    let ns = netns_or_skip!("qos");
-    let d = Petreld::in_netns("net-qos", &ns.name);
-    d.ok(
-        Method::Post,
-        "/v1/networks",
-        Some(&nat("n1", "10.57.0.0/24")),
-        201,
-    );
-    let mut config = petreld_support::guest_config("action=halt");
-    config["platform"] = json!({"virtio_mmio_cmdline": true});
-    let limits = json!({"bandwidth": {"size": 125000, "refill_time": 100}});
-    let bad = json!({"name": "bad", "net": [{"network": "n1",
-        "rate_limiter": {"ops": {"size": 0, "refill_time": 100}}}], "config": config});
-    let e = error_of(&d, Method::Post, "/v1/vms", &bad, 400);
-    assert!(e.contains("net[0].rate_limiter.ops"), "{e}");
-    let vm = d.ok(
-        Method::Post,
-        "/v1/vms",
-        Some(
-            &json!({"name": "qos", "net": [{"network": "n1", "rate_limiter": limits}],
-                      "config": config}),
-        ),
-        201,
-    );
-    let socket = vm["api_socket"].as_str().unwrap().to_string();
-    let info: Value = petrel_http::Client::new(&socket)
-        .get("/api/v1/vm.info")
-        .unwrap()
-        .json_body()
-        .unwrap();
-    let net = &info["config"]["net"][0];
-    assert_eq!(
-        net["rate_limiter_config"],
-        json!({"bandwidth": {"size": 125000, "one_time_burst": 0, "refill_time": 100}}),
-        "{info:#}"
-    );
-    assert_eq!(net["mac"], vm["net"][0]["mac"], "{info:#}");
-    d.ok(Method::Post, "/v1/vms/qos/kill", None, 200);
 }

@@ -6,7 +6,11 @@
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
+use petrel_http::Method;
 use petrel_tests::host_net::PacketSocket;
+use serde_json::{json, Value};
+
+use super::Petreld;
 
 /// A network namespace `/var/run/netns/NAME`, with its processes killed and itself deleted
 /// on drop.
@@ -35,6 +39,41 @@ pub fn missing_tools() -> Option<String> {
         }
     }
     None
+}
+
+/// A fresh namespace for a test, or `None` after recording a visible skip (no root, a tool
+/// missing, no namespaces).
+pub fn netns_or_skip(tag: &str) -> Option<Netns> {
+    if let Some(why) = missing_tools() {
+        petrel_tests::skip(why);
+        return None;
+    }
+    match Netns::new(tag) {
+        Ok(ns) => Some(ns),
+        Err(e) => {
+            petrel_tests::skip(format!("cannot make a network namespace: {e}"));
+            None
+        }
+    }
+}
+
+/// A `POST /v1/networks` body for a nat network.
+pub fn nat(name: &str, subnet: &str) -> Value {
+    json!({"name": name, "type": "nat", "subnet": subnet})
+}
+
+/// The error message of a request that must answer `status`.
+pub fn error_of(d: &Petreld, method: Method, path: &str, body: &Value, status: u16) -> String {
+    d.ok(method, path, Some(body), status)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// VM `name`'s serial log.
+pub fn console(d: &Petreld, name: &str) -> String {
+    let r = d.call(Method::Get, &format!("/v1/vms/{name}/console"), None);
+    String::from_utf8_lossy(&r.body).into_owned()
 }
 
 /// Runs `program args`; its standard output, or an error with its output.
