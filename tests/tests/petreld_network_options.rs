@@ -60,6 +60,34 @@ fn petrelctl_network_commands() {
         out.contains("running true") && out.contains(&lease),
         "{out}"
     );
+    // A VM on the network from the command line, with a fixed address.
+    let file = d.dir.join("vm.json");
+    std::fs::write(
+        &file,
+        petreld_support::guest_config("action=halt").to_string(),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let (code, _, err) = ctl(&[
+        "vm",
+        "create",
+        "--name",
+        "web",
+        "--no-start",
+        "--net",
+        "network=n1,ip=10.80.0.7",
+        &file,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = ctl(&["network", "show", "n1"]);
+    assert!(out.contains("web"), "{out}");
+    let conf = std::fs::read_to_string(d.dir.join("state/networks/n1/dnsmasq.conf")).unwrap();
+    assert!(conf.contains(",10.80.0.7,web"), "{conf}");
+    let (code, _, err) = ctl(&["network", "delete", "n1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("used by VM web"), "{err}");
+    let (code, _, err) = ctl(&["vm", "delete", "web"]);
+    assert_eq!(code, Some(0), "{err}");
     let (code, _, err) = ctl(&[
         "network",
         "create",

@@ -352,7 +352,8 @@ fn after_petreld_crash_networks_are_adopted_and_leftovers_removed() {
     // And n2 is left as a create cut short just after its record: no bridge, no table, no
     // dnsmasq.
     ns.run(&["ip", "link", "del", "pb-n2"]).unwrap();
-    ns.run(&["nft", "delete", "table", "inet", "petrel-n2"]).unwrap();
+    ns.run(&["nft", "delete", "table", "inet", "petrel-n2"])
+        .unwrap();
     let n2 = dnsmasqs(&d)
         .into_iter()
         .find(|(_, c)| c.contains("/n2/"))

@@ -71,6 +71,9 @@ pub struct CreateSpec {
     pub hypervisor: Option<HypervisorRequest>,
     /// `--no-start`: only record the VM.
     pub no_start: bool,
+    /// `--net network=N[,ip=A,mac=M,vlan=V,id=I]` or `bridge=B[,…]`: interfaces petreld
+    /// makes taps for.
+    pub nets: Vec<String>,
 }
 
 /// `vm list`: filters, order, page.
@@ -165,6 +168,10 @@ const HELP: &[(&str, &str)] = &[
     (
         "  [--restart never|on-failure|always]",
         "restart policy; [--hypervisor auto|kvm|mshv] [--no-start]",
+    ),
+    (
+        "  [--net network=N[,ip=A,mac=M,vlan=V]]…",
+        "interfaces on petreld networks (or bridge=B)",
     ),
     (
         "vm list [--state S] [--label k=v]…",
@@ -408,6 +415,7 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
                     "--label",
                     "--restart",
                     "--hypervisor",
+                    "--net",
                 ],
                 &["--no-start"],
             )?;
@@ -428,7 +436,11 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
                 restart: w.parsed("--restart", "never, on-failure or always")?,
                 hypervisor: w.parsed("--hypervisor", "auto, kvm or mshv")?,
                 no_start: w.has("--no-start"),
+                nets: w.all("--net"),
             };
+            for n in &spec.nets {
+                network::net_spec(n)?;
+            }
             if spec.file.is_none() && spec.template.is_none() {
                 return Err(CtlError::usage(format!(
                     "{cmd}: give FILE (a VmConfig or create request) or --template T"

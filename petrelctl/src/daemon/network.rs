@@ -87,6 +87,40 @@ pub fn parse(verb: &str, rest: &[OsString]) -> Result<Command> {
     Ok(Command::Network(c))
 }
 
+/// `--net network=N[,ip=A,mac=M,vlan=V,id=I]` (or `bridge=B`) as a `net` entry of a create
+/// request.
+pub fn net_spec(text: &str) -> Result<Value> {
+    let mut entry = Map::new();
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(CtlError::usage(format!(
+                "vm create: --net {text:?}: {pair:?} is not key=value"
+            )));
+        };
+        let value = match k {
+            "network" | "bridge" | "ip" | "mac" | "id" => json!(v),
+            "vlan" => json!(v.parse::<u16>().map_err(|_| {
+                CtlError::usage(format!(
+                    "vm create: --net {text:?}: vlan {v:?} is not a number"
+                ))
+            })?),
+            _ => {
+                return Err(CtlError::usage(format!(
+                    "vm create: --net {text:?}: unknown key {k:?} (network, bridge, ip, mac, \
+                     vlan, id)"
+                )))
+            }
+        };
+        entry.insert(k.to_string(), value);
+    }
+    if !entry.contains_key("network") && !entry.contains_key("bridge") {
+        return Err(CtlError::usage(format!(
+            "vm create: --net {text:?}: give network=NAME or bridge=NAME"
+        )));
+    }
+    Ok(Value::Object(entry))
+}
+
 fn call(api: &Api, route: &str, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
     let body = body.map(Value::to_string);
     Ok(api
@@ -302,6 +336,18 @@ mod tests {
         .is_err());
         assert!(parse("show", &words(&[])).is_err());
         assert!(parse("frob", &words(&[])).is_err());
+        assert_eq!(
+            net_spec("network=n1,ip=10.0.0.5,vlan=7").unwrap(),
+            json!({"network": "n1", "ip": "10.0.0.5", "vlan": 7})
+        );
+        for bad in [
+            "ip=10.0.0.5",
+            "network=n1,vlan=x",
+            "network=n1,colour=red",
+            "network",
+        ] {
+            assert!(net_spec(bad).is_err(), "{bad}");
+        }
         assert_eq!(
             parse("delete", &words(&["n1"])).unwrap(),
             Command::Network(NetworkCommand::Delete("n1".into()))

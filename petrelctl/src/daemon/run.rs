@@ -303,6 +303,15 @@ pub fn create_request(spec: &CreateSpec) -> Result<Value> {
     if spec.no_start {
         obj.insert("start".into(), json!(false));
     }
+    if !spec.nets.is_empty() {
+        let list = obj.entry("net").or_insert_with(|| json!([]));
+        let Some(list) = list.as_array_mut() else {
+            return Err(CtlError::failed("vm create: net is not an array"));
+        };
+        for n in &spec.nets {
+            list.push(super::network::net_spec(n)?);
+        }
+    }
     if !spec.sets.is_empty() {
         // Into the template's overrides, or straight into the given config.
         let field = if obj.contains_key("config") {
