@@ -251,6 +251,11 @@ fn dhcp_leases_and_fixed_addresses_survive_dnsmasq_dying() {
         "{before:?}"
     );
 
+    // DNS: the VM's name resolves to its fixed address through the network's dnsmasq.
+    let dns = ns
+        .run(&["busybox", "nslookup", "db", "10.51.0.1"])
+        .unwrap_or_else(|e| e);
+    assert!(dns.contains("10.51.0.50"), "{dns}");
     let metrics = String::from_utf8_lossy(&d.call(Method::Get, "/metrics", None).body).into_owned();
     assert!(
         metrics.contains("petreld_network_leases{network=\"n1\",type=\"nat\"} 2")
