@@ -6,6 +6,9 @@
 #                               the host's / read-only over 9p and OUT read-write; L1 runs
 #                               OUT/run.sh (see l1-init). The console goes to OUT/console.log.
 #                               Status: QEMU's, or 124 when TIMEOUT seconds passed.
+#                               PETREL_L1_TCG_THREAD=single|multi (default multi) picks
+#                               QEMU's TCG threading; PETREL_L1_MEMORY its memory (4G);
+#                               PETREL_L1_KVM_AMD=npt=0,... kvm_amd's parameters in L1.
 #   l1_verdict OUT              after l1_run: "ok", or "env: <why>" when L1 itself failed
 #                               (never came up, no /dev/kvm, lockup, panic, no end marker).
 
@@ -42,10 +45,11 @@ l1_run() {
     kit="$(resources/nested/build-l1-kit.sh | tail -n 1)" || return 1
     rm -f "$out/console.log"
     timeout --kill-after=10 "$limit" qemu-system-x86_64 \
-        -machine q35,accel=tcg -cpu max -smp 2 -m "${PETREL_L1_MEMORY:-4G}" \
+        -machine q35 -accel "tcg,thread=${PETREL_L1_TCG_THREAD:-multi}" -cpu max -smp 2 \
+        -m "${PETREL_L1_MEMORY:-4G}" \
         -nographic -no-reboot -net none -vga none \
         -kernel "$kit/vmlinuz" -initrd "$kit/initramfs.cpio.gz" \
-        -append "console=ttyS0 loglevel=4 panic=-1 petrel.out=$out" \
+        -append "console=ttyS0 loglevel=4 panic=-1 petrel.out=$out${PETREL_L1_KVM_AMD:+ petrel.kvm_amd=$PETREL_L1_KVM_AMD}" \
         -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
         -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
         -fsdev "local,id=out,path=$out,security_model=none,multidevs=remap" \
