@@ -220,10 +220,17 @@ pub fn spawn(
         groups.push(who.gid);
     }
     // SAFETY: the closure runs in the child between fork and exec and calls only
-    // async-signal-safe functions (setsid, open/write/close, setgroups, setgid, setuid) on
-    // data prepared before the fork.
+    // async-signal-safe functions (sigemptyset, sigprocmask, setsid, open/write/close,
+    // setgroups, setgid, setuid) on its own stack data and data prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            // petreld blocks SIGTERM, SIGINT and SIGHUP for its sigwait; petrel starts with
+            // no signal blocked, as from a shell, and sets up its own handling.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }

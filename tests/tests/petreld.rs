@@ -37,6 +37,20 @@ fn twenty_vms_list_filter_paginate_stop_start() {
         assert_eq!(vm["hypervisor"], "kvm", "{vm:#}");
         assert!(pid_alive(vm["pid"].as_u64().unwrap()));
     }
+    // petrel does not inherit petreld's blocked signals: SIGHUP (bit 0), which petrel never
+    // blocks itself, is deliverable (petrel blocks only SIGTERM and SIGINT, for its signalfd).
+    let pid = d.vm("vm-00")["pid"].as_u64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let blocked = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap();
+    assert_eq!(
+        blocked & 1,
+        0,
+        "petrel inherited petreld's signal mask: {blocked:#x}"
+    );
     eprintln!("20 VMs created and booted in {:?}", t0.elapsed());
 
     let all = d.all();
