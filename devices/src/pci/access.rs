@@ -149,7 +149,9 @@ mod tests {
             config
                 .add_bar(0, 0x1000, BarKind::Mem64, 0x1_0000_0000)
                 .unwrap();
-            config.add_bar(2, 0x100, BarKind::Mem32, 0xc000_0000).unwrap();
+            config
+                .add_bar(2, 0x100, BarKind::Mem32, 0xc000_0000)
+                .unwrap();
             Fake {
                 initial: config.snapshot(),
                 config,
@@ -197,7 +199,10 @@ mod tests {
             Ok(())
         }
         fn remove_ioevent(&self, _: &EventFd, addr: u64, m: IoEventMatch) -> Result<(), String> {
-            self.0.lock().unwrap().push(format!("remove {addr:#x} {m:?}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("remove {addr:#x} {m:?}"));
             Ok(())
         }
         fn set_msi_route(&self, _: u32, _: MsiMessage) -> Result<(), String> {
@@ -287,7 +292,10 @@ mod tests {
         assert_eq!(w, [0; 4]);
         let l = log.0.lock().unwrap().clone();
         assert_eq!(l.last().unwrap(), "add 0xc0100010 U16(3)", "{l:?}");
-        assert!(l.contains(&"remove 0x100000010 U16(3)".to_string()), "{l:?}");
+        assert!(
+            l.contains(&"remove 0x100000010 U16(3)".to_string()),
+            "{l:?}"
+        );
         // Sizing parks the BAR outside the windows: no ioeventfd there.
         log.0.lock().unwrap().clear();
         ecam.write(3 << 15 | 0x10, &u32::MAX.to_le_bytes());

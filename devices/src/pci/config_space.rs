@@ -177,7 +177,14 @@ impl ConfigSpace {
 
     fn bar_register_used(&self, i: usize) -> bool {
         self.bars[i].is_some()
-            || (i > 0 && matches!(self.bars[i - 1], Some(Bar { kind: BarKind::Mem64, .. })))
+            || (i > 0
+                && matches!(
+                    self.bars[i - 1],
+                    Some(Bar {
+                        kind: BarKind::Mem64,
+                        ..
+                    })
+                ))
     }
 
     /// BAR `index`'s properties, if it is one.
@@ -356,7 +363,11 @@ mod tests {
         c.add_bar(1, 0x1000, BarKind::Mem32, 0xc000_2000).unwrap();
         assert_eq!(read32(&c, BAR0 + 4), 0xc000_2000);
         c.write(BAR0 + 4, &u32::MAX.to_le_bytes());
-        assert_eq!(read32(&c, BAR0 + 4), 0xffff_f000, "size 4 KiB, 32-bit, non-prefetchable");
+        assert_eq!(
+            read32(&c, BAR0 + 4),
+            0xffff_f000,
+            "size 4 KiB, 32-bit, non-prefetchable"
+        );
         c.write(BAR0 + 4, &0xc010_0000u32.to_le_bytes());
         assert_eq!(c.bar_address(1), Some(0xc010_0000));
         assert!(c.decoded_bars().is_empty(), "decoding is off after reset");
@@ -389,7 +400,10 @@ mod tests {
                 size: 0x1000
             })
         );
-        assert_eq!(c.add_bar(2, 24, BarKind::Mem32, 0), Err(Error::BadBarSize(24)));
+        assert_eq!(
+            c.add_bar(2, 24, BarKind::Mem32, 0),
+            Err(Error::BadBarSize(24))
+        );
     }
 
     #[test]
@@ -400,7 +414,10 @@ mod tests {
             .add_capability(&[0x11, 0, 0, 0, 1, 2], &[0, 0, 0, 0xc0, 0, 0])
             .unwrap();
         assert_eq!((a, b), (0x40, 0x44));
-        assert_eq!(read32(&c, COMMAND) & STATUS_CAPABILITIES, STATUS_CAPABILITIES);
+        assert_eq!(
+            read32(&c, COMMAND) & STATUS_CAPABILITIES,
+            STATUS_CAPABILITIES
+        );
         assert_eq!(read32(&c, CAPABILITIES_POINTER) & 0xff, 0x40);
         assert_eq!(read32(&c, 0x40), 0x0704_4409);
         assert_eq!(read32(&c, 0x44) & 0xffff, 0x0011);

@@ -280,7 +280,9 @@ mod tests {
     }
 
     fn msix(n: usize) -> (Msix, Vec<EventFd>, Arc<Routes>) {
-        let irqs: Vec<EventFd> = (0..n).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect();
+        let irqs: Vec<EventFd> = (0..n)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
         let clones = irqs.iter().map(|e| e.try_clone().unwrap()).collect();
         let routes = Arc::new(Routes::default());
         let gsis = (0..n as u32).map(|i| 24 + i).collect();
@@ -317,7 +319,11 @@ mod tests {
                 }
             )]
         );
-        assert_eq!(irqs[1].read().unwrap(), 1, "the pending interrupt is delivered");
+        assert_eq!(
+            irqs[1].read().unwrap(),
+            1,
+            "the pending interrupt is delivered"
+        );
         m.read_pba(0, &mut pba);
         assert_eq!(pba[0], 0);
         assert!(m.trigger(1));

@@ -112,9 +112,9 @@ impl PciSegment {
     }
 
     fn in_window(&self, base: u64, size: u64) -> bool {
-        self.windows.iter().any(|&(w, len)| {
-            base >= w && base.checked_add(size).is_some_and(|end| end <= w + len)
-        })
+        self.windows
+            .iter()
+            .any(|&(w, len)| base >= w && base.checked_add(size).is_some_and(|end| end <= w + len))
     }
 
     /// Serves `slot`'s BARs at `bars` and moves its ioeventfds there.
@@ -151,7 +151,10 @@ impl PciSegment {
         for old in registered.iter().filter(|r| r.slot == slot) {
             let e = &old.event;
             if let Err(err) = self.wiring.remove_ioevent(&e.evt, old.addr, e.datamatch) {
-                warn!("PCI 00:{slot:02x}.0: removing an ioeventfd at {:#x}: {err}", old.addr);
+                warn!(
+                    "PCI 00:{slot:02x}.0: removing an ioeventfd at {:#x}: {err}",
+                    old.addr
+                );
             }
         }
         registered.retain(|r| r.slot != slot);

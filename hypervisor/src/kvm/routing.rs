@@ -103,7 +103,10 @@ mod tests {
         assert_eq!((last.gsi, last.type_), (30, KVM_IRQ_ROUTING_MSI));
         // SAFETY: the last entry was built as an MSI route.
         let m = unsafe { last.u.msi };
-        assert_eq!((m.address_lo, m.address_hi, m.data), (0xfee0_1000, 1, 0x4041));
+        assert_eq!(
+            (m.address_lo, m.address_hi, m.data),
+            (0xfee0_1000, 1, 0x4041)
+        );
         assert_eq!(table(&msis).unwrap().as_slice().len(), 41);
     }
 }
