@@ -30,16 +30,19 @@ struct BarRange {
     size: u64,
 }
 
-/// An ioeventfd registered for a device.
+/// An ioeventfd registered for a device: `ioevents[slot][index]` at `addr`.
 struct Registered {
     slot: usize,
+    index: usize,
     addr: u64,
-    event: BarIoEvent,
 }
 
 /// The segment.
 pub struct PciSegment {
     slots: Vec<Option<SharedPciDevice>>,
+    /// Each slot's ioeventfds, taken once when the device is inserted (a BAR move happens on
+    /// a vCPU thread, whose seccomp filter does not let it duplicate descriptors).
+    ioevents: Vec<Vec<BarIoEvent>>,
     /// The decoded BARs inside the windows, sorted by base.
     ranges: RwLock<Vec<BarRange>>,
     registered: Mutex<Vec<Registered>>,
@@ -52,6 +55,7 @@ impl PciSegment {
     pub fn new(windows: [(u64, u64); 2], wiring: Arc<dyn PciWiring>) -> Self {
         PciSegment {
             slots: (0..SLOTS).map(|_| None).collect(),
+            ioevents: (0..SLOTS).map(|_| Vec::new()).collect(),
             ranges: RwLock::new(Vec::new()),
             registered: Mutex::new(Vec::new()),
             windows,
@@ -64,6 +68,7 @@ impl PciSegment {
     pub fn insert(&mut self, slot: usize, device: SharedPciDevice) -> bool {
         match self.slots.get_mut(slot) {
             Some(s @ None) => {
+                self.ioevents[slot] = Self::lock(&device).ioevents();
                 *s = Some(device);
                 true
             }
@@ -106,8 +111,9 @@ impl PciSegment {
         let before = device.decoded_bars();
         device.config_write(offset, data);
         let after = device.decoded_bars();
+        drop(device);
         if before != after {
-            self.bars_changed(slot, &*device, &after);
+            self.bars_changed(slot, &after);
         }
     }
 
@@ -118,7 +124,7 @@ impl PciSegment {
     }
 
     /// Serves `slot`'s BARs at `bars` and moves its ioeventfds there.
-    fn bars_changed(&self, slot: usize, device: &dyn PciDevice, bars: &[(usize, u64, u64)]) {
+    fn bars_changed(&self, slot: usize, bars: &[(usize, u64, u64)]) {
         let now: Vec<BarRange> = bars
             .iter()
             .filter(|&&(_, base, size)| self.in_window(base, size))
@@ -148,8 +154,9 @@ impl PciSegment {
             ranges.sort_by_key(|r| r.base);
         }
         let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        let events = &self.ioevents[slot];
         for old in registered.iter().filter(|r| r.slot == slot) {
-            let e = &old.event;
+            let e = &events[old.index];
             if let Err(err) = self.wiring.remove_ioevent(&e.evt, old.addr, e.datamatch) {
                 warn!(
                     "PCI 00:{slot:02x}.0: removing an ioeventfd at {:#x}: {err}",
@@ -158,13 +165,13 @@ impl PciSegment {
             }
         }
         registered.retain(|r| r.slot != slot);
-        for event in device.ioevents() {
+        for (index, event) in events.iter().enumerate() {
             let Some(r) = now.iter().find(|r| r.bar == event.bar) else {
                 continue;
             };
             let addr = r.base + event.offset;
             match self.wiring.add_ioevent(&event.evt, addr, event.datamatch) {
-                Ok(()) => registered.push(Registered { slot, addr, event }),
+                Ok(()) => registered.push(Registered { slot, index, addr }),
                 Err(err) => warn!("PCI 00:{slot:02x}.0: ioeventfd at {addr:#x}: {err}"),
             }
         }
@@ -207,10 +214,12 @@ impl PciSegment {
     pub fn reset(&self) {
         for (slot, d) in self.slots.iter().enumerate() {
             let Some(d) = d else { continue };
-            let mut device = Self::lock(d);
-            device.reset();
-            let bars = device.decoded_bars();
-            self.bars_changed(slot, &*device, &bars);
+            let bars = {
+                let mut device = Self::lock(d);
+                device.reset();
+                device.decoded_bars()
+            };
+            self.bars_changed(slot, &bars);
         }
     }
 
