@@ -257,6 +257,17 @@ impl VirtioDevices {
         Ok(())
     }
 
+    /// Every device's counters by name, each followed by its transport's
+    /// `notify_slow_path`.
+    pub fn counters(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
+        let pci = self.pci.iter().flat_map(|p| p.functions.iter());
+        self.slots
+            .iter()
+            .map(|slot| (slot.name.clone(), slot.counter_values()))
+            .chain(pci.map(|f| (f.name.clone(), f.counter_values())))
+            .collect()
+    }
+
     /// Whether the devices are on PCI.
     pub fn is_pci(&self) -> bool {
         self.pci.is_some()

@@ -92,6 +92,24 @@ pub struct PciFunction {
     irqs: Vec<(EventFd, u32)>,
 }
 
+impl PciFunction {
+    /// The device's counters, then `notify_slow_path`: queue notifications that reached the
+    /// transport (a vCPU exit each) because no ioeventfd matched.
+    pub fn counter_values(&self) -> Vec<(&'static str, u64)> {
+        let mut values = self
+            .device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counter_values();
+        let function = self.function.lock().unwrap_or_else(|e| e.into_inner());
+        values.push((
+            "notify_slow_path",
+            function.transport().slow_notifications(),
+        ));
+        values
+    }
+}
+
 /// The segment and its devices.
 pub struct PciDevices {
     segment: PciSegment,
