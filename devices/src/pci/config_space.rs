@@ -317,7 +317,7 @@ impl ConfigSpace {
 }
 
 fn access_ok(offset: usize, len: usize) -> bool {
-    matches!(len, 1 | 2 | 4) && offset % len == 0 && offset + len <= CONFIG_SPACE_SIZE
+    matches!(len, 1 | 2 | 4) && offset.is_multiple_of(len) && offset + len <= CONFIG_SPACE_SIZE
 }
 
 #[cfg(test)]

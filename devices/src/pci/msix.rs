@@ -183,7 +183,7 @@ impl Msix {
         let field = ((offset % ENTRY_SIZE) / 4) as usize;
         match (data.len(), offset % 4) {
             (4, 0) => data.copy_from_slice(&words[field].to_le_bytes()),
-            (8, 0) if field % 2 == 0 => {
+            (8, 0) if field.is_multiple_of(2) => {
                 data[..4].copy_from_slice(&words[field].to_le_bytes());
                 data[4..].copy_from_slice(&words[field + 1].to_le_bytes());
             }
@@ -194,14 +194,14 @@ impl Msix {
     /// Writes the table at `offset` (4- or 8-byte aligned accesses; others are ignored).
     pub fn write_table(&mut self, offset: u64, data: &[u8]) {
         let v = (offset / ENTRY_SIZE) as usize;
-        if v >= self.entries.len() || offset % 4 != 0 {
+        if v >= self.entries.len() || !offset.is_multiple_of(4) {
             return;
         }
         let field = ((offset % ENTRY_SIZE) / 4) as usize;
         let mut words: Vec<(usize, u32)> = Vec::with_capacity(2);
         match data.len() {
             4 => words.push((field, le32(data))),
-            8 if field % 2 == 0 => {
+            8 if field.is_multiple_of(2) => {
                 words.push((field, le32(&data[..4])));
                 words.push((field + 1, le32(&data[4..])));
             }

@@ -131,7 +131,7 @@ impl CommonConfig {
                     0
                 }
             }
-            (off::QUEUE_DESC..=0x37, 4 | 8) if offset % 4 == 0 => {
+            (off::QUEUE_DESC..=0x37, 4 | 8) if offset.is_multiple_of(4) => {
                 let mut v = 0u64;
                 for (i, o) in (offset..offset + data.len() as u64).step_by(4).enumerate() {
                     let reg = address_register(o);
@@ -190,7 +190,7 @@ impl CommonConfig {
                 }
             }
             (off::QUEUE_ENABLE, 2) => Self::mmio_write(t, VIRTIO_MMIO_QUEUE_READY, v as u32),
-            (off::QUEUE_DESC..=0x37, 4 | 8) if offset % 4 == 0 => {
+            (off::QUEUE_DESC..=0x37, 4 | 8) if offset.is_multiple_of(4) => {
                 for (i, o) in (offset..offset + data.len() as u64).step_by(4).enumerate() {
                     Self::mmio_write(t, address_register(o), (v >> (32 * i)) as u32);
                 }

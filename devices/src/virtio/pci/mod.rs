@@ -280,7 +280,7 @@ impl PciDevice for VirtioPciDevice {
             DEVICE_CFG_OFFSET => self
                 .transport
                 .write(mmio::CONFIG_SPACE_OFFSET + within, data),
-            NOTIFY_OFFSET if within % u64::from(NOTIFY_MULTIPLIER) == 0 => {
+            NOTIFY_OFFSET if within.is_multiple_of(u64::from(NOTIFY_MULTIPLIER)) => {
                 let queue = within / u64::from(NOTIFY_MULTIPLIER);
                 CommonConfig::notify(&mut self.transport, queue as u16);
             }
