@@ -244,6 +244,21 @@ struct PioEvent {
     evt: EventFd,
 }
 
+/// The MSI routing table MSHV gets: the emulated IOAPIC's unmasked pins, then every PCI
+/// MSI-X route (GSIs from [`crate::FIRST_MSI_GSI`], so the two never collide).
+fn merged_routes(
+    mut routes: Vec<ioapic::MsiRoute>,
+    pci: &BTreeMap<u32, MsiMessage>,
+) -> Vec<ioapic::MsiRoute> {
+    routes.extend(pci.iter().map(|(&gsi, m)| ioapic::MsiRoute {
+        gsi,
+        address_lo: m.address as u32,
+        address_hi: (m.address >> 32) as u32,
+        data: m.data,
+    }));
+    routes
+}
+
 /// State shared by the VM and its vCPUs.
 pub(crate) struct VmShared {
     fd: VmFd,
@@ -272,15 +287,10 @@ impl VmShared {
 
     /// [`VmShared::update_routes`], with the failure returned.
     fn set_routes(&self, ioapic: &Ioapic) -> Result<()> {
-        let mut routes = ioapic.routes();
-        let pci = self.pci_msis.lock().unwrap_or_else(|e| e.into_inner());
-        routes.extend(pci.iter().map(|(&gsi, m)| ioapic::MsiRoute {
-            gsi,
-            address_lo: m.address as u32,
-            address_hi: (m.address >> 32) as u32,
-            data: m.data,
-        }));
-        drop(pci);
+        let routes = {
+            let pci = self.pci_msis.lock().unwrap_or_else(|e| e.into_inner());
+            merged_routes(ioapic.routes(), &pci)
+        };
         let entry = std::mem::size_of::<mshv_user_irq_entry>();
         let header = std::mem::size_of::<mshv_user_irq_table>();
         // A zeroed buffer of whole headers large enough for the header and the entries.
@@ -571,6 +581,30 @@ impl Vm for MshvVm {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pci_msi_routes_follow_the_ioapic_routes_in_one_table() {
+        let ioapic = vec![ioapic::MsiRoute {
+            gsi: 4,
+            address_lo: 0xfee0_0000,
+            address_hi: 0,
+            data: 0x30,
+        }];
+        let mut pci = BTreeMap::new();
+        pci.insert(
+            25,
+            MsiMessage {
+                address: 0x2_fee0_1000,
+                data: 0x51,
+            },
+        );
+        let all = merged_routes(ioapic, &pci);
+        let got: Vec<(u32, u32, u32, u32)> = all
+            .iter()
+            .map(|r| (r.gsi, r.address_lo, r.address_hi, r.data))
+            .collect();
+        assert_eq!(got, [(4, 0xfee0_0000, 0, 0x30), (25, 0xfee0_1000, 2, 0x51)]);
+    }
+
     #[test]
     fn snapshot_state_is_refused_with_a_clear_error() {
         let e = super::unsupported("saving a vCPU's state");
