@@ -60,6 +60,10 @@ const COMMON_CFG: u8 = 1;
 const NOTIFY_CFG: u8 = 2;
 const ISR_CFG: u8 = 3;
 const DEVICE_CFG: u8 = 4;
+/// The configuration-space window into BAR 0 (`VIRTIO_PCI_CAP_PCI_CFG`).
+const PCI_CFG: u8 = 5;
+/// Where `pci_cfg_data` sits in that capability.
+const PCI_CFG_DATA: usize = 16;
 
 /// Errors from building a virtio-pci function (VMM bugs or limits, not guest actions).
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +101,8 @@ pub struct VirtioPciDevice {
     config: ConfigSpace,
     initial: ConfigSpace,
     msix_cap: usize,
+    /// Offset of the `VIRTIO_PCI_CAP_PCI_CFG` capability.
+    cfg_cap: usize,
     transport: MmioTransport,
     common: CommonConfig,
     isr: Arc<MmioInterrupt>,
@@ -176,10 +182,20 @@ impl VirtioPciDevice {
             MSIX_PBA_OFFSET as u32,
         );
         let msix_cap = config.add_capability(&body, &mask)?;
+        // The window: the driver writes bar, offset and length, then reads or writes
+        // pci_cfg_data.
+        let mut cap = virtio_capability(PCI_CFG, 0, 0, None);
+        cap.extend_from_slice(&[0; 4]);
+        cap[2] = cap.len() as u8;
+        let mut mask = vec![0u8; cap.len()];
+        mask[4] = 0xff;
+        mask[8..20].fill(0xff);
+        let cfg_cap = config.add_capability(&cap, &mask)?;
         Ok(VirtioPciDevice {
             initial: config.snapshot(),
             config,
             msix_cap,
+            cfg_cap,
             transport,
             common: CommonConfig::new(table, vectors as u16),
             isr,
@@ -196,6 +212,25 @@ impl VirtioPciDevice {
     /// The virtio register state machine (status, slow notifications).
     pub fn transport(&self) -> &MmioTransport {
         &self.transport
+    }
+
+    /// Where the PCI configuration window points: (BAR, offset, length), if it is usable
+    /// (length 1, 2 or 4 and the offset aligned to it).
+    fn cfg_window(&self) -> Option<(usize, u64, usize)> {
+        let mut b = [0u8; 4];
+        self.config.read(self.cfg_cap + 4, &mut b[..1]);
+        let bar = usize::from(b[0]);
+        self.config.read(self.cfg_cap + 8, &mut b);
+        let offset = u64::from(u32::from_le_bytes(b));
+        self.config.read(self.cfg_cap + 12, &mut b);
+        let len = u32::from_le_bytes(b) as usize;
+        (matches!(len, 1 | 2 | 4) && offset.is_multiple_of(len as u64))
+            .then_some((bar, offset, len))
+    }
+
+    fn in_cfg_data(&self, offset: usize, len: usize) -> bool {
+        let data = self.cfg_cap + PCI_CFG_DATA;
+        offset < data + 4 && data < offset + len
     }
 
     fn lock_msix(&self) -> std::sync::MutexGuard<'_, Msix> {
@@ -226,11 +261,26 @@ fn class_of(kind: u32) -> u32 {
 
 impl PciDevice for VirtioPciDevice {
     fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        if self.in_cfg_data(offset, data.len()) {
+            if let Some((bar, at, len)) = self.cfg_window() {
+                let mut bytes = [0u8; 4];
+                self.bar_read(bar, at, &mut bytes[..len]);
+                self.config.set_bytes(self.cfg_cap + PCI_CFG_DATA, &bytes);
+            }
+        }
         self.config.read(offset, data);
     }
 
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         if offset >= CONFIG_SPACE_SIZE || !self.config.write(offset, data) {
+            return;
+        }
+        if self.in_cfg_data(offset, data.len()) {
+            if let Some((bar, at, len)) = self.cfg_window() {
+                let mut bytes = [0u8; 4];
+                self.config.read(self.cfg_cap + PCI_CFG_DATA, &mut bytes);
+                self.bar_write(bar, at, &bytes[..len]);
+            }
             return;
         }
         let control = self.msix_cap + 2;

@@ -156,9 +156,17 @@ fn a_driver_finds_the_capabilities_sets_up_msix_and_a_queue() {
             (3, 0x1000),
             (4, 0x2000),
             (2, 0x3000),
-            (0x11, 0x4000)
+            (0x11, 0x4000),
+            (5, 0)
         ]
     );
+    let cfg_cap = {
+        let mut at = g.cfg_read(0x34, 1);
+        while g.cfg_read(at, 1) != 0x09 || g.cfg_read(at + 3, 1) != 5 {
+            at = g.cfg_read(at + 1, 1);
+        }
+        at
+    };
     // Size BAR 0 and move it below 4 GiB, then decode.
     g.cfg_write(0x10, &u32::MAX.to_le_bytes());
     g.cfg_write(0x14, &u32::MAX.to_le_bytes());
@@ -219,6 +227,19 @@ fn a_driver_finds_the_capabilities_sets_up_msix_and_a_queue() {
         g.read(DEVICE_CFG_OFFSET, 4),
         u64::from(u32::from_le_bytes(*b"petr"))
     );
+    // The same bytes through the configuration-space window (VIRTIO_PCI_CAP_PCI_CFG), and a
+    // write through it: queue_select = 5 lands in the common configuration.
+    g.cfg_write(cfg_cap + 4, &[0]);
+    g.cfg_write(cfg_cap + 8, &(DEVICE_CFG_OFFSET as u32 + 2).to_le_bytes());
+    g.cfg_write(cfg_cap + 12, &2u32.to_le_bytes());
+    assert_eq!(
+        g.cfg_read(cfg_cap + 16, 2),
+        u64::from(u16::from_le_bytes(*b"tr"))
+    );
+    g.cfg_write(cfg_cap + 8, &0x16u32.to_le_bytes());
+    g.cfg_write(cfg_cap + 16, &5u16.to_le_bytes());
+    assert_eq!(g.read(0x16, 2), 5);
+    g.write(0x16, 0, 2);
     // A used-ring interrupt raises vector 1 and sets the ISR, which a read clears.
     let int = dummy.lock().unwrap().interrupt.clone().unwrap();
     int.trigger(InterruptKind::Queue(0)).unwrap();
