@@ -388,6 +388,7 @@ static PLATFORM: Schema = Schema {
     name: "PlatformConfig",
     fields: &[
         ("virtio_mmio_cmdline", Rule::Petrel),
+        ("transport", Rule::Petrel),
         ("num_pci_segments", Rule::PciLayout),
         ("iommu_segments", NO_LIST),
         ("iommu_address_width_bits", Rule::Default(&[Dv::U64(64)])),

@@ -71,6 +71,36 @@ pub struct PlatformConfig {
     /// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES. They are always in the ACPI DSDT.
     #[serde(default)]
     pub virtio_mmio_cmdline: bool,
+    /// Which transport the virtio devices use (petrel's field; Cloud Hypervisor always uses
+    /// PCI). Default: virtio-mmio, until Linux on virtio-pci is proven in petrel's tests.
+    #[serde(default, skip_serializing_if = "Transport::is_mmio")]
+    pub transport: Transport,
+}
+
+/// The virtio transport of a VM's devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// virtio-mmio windows described in the DSDT.
+    #[default]
+    Mmio,
+    /// virtio-pci functions on PCI segment 0 (ECAM, MSI-X).
+    Pci,
+}
+
+impl Transport {
+    fn is_mmio(&self) -> bool {
+        *self == Transport::Mmio
+    }
+
+    /// Parses `mmio` or `pci`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "mmio" => Ok(Transport::Mmio),
+            "pci" => Ok(Transport::Pci),
+            _ => Err(format!("transport '{s}': expected mmio or pci")),
+        }
+    }
 }
 
 impl PlatformConfig {

@@ -14,7 +14,7 @@ pub mod size;
 
 pub use config::{
     ConfigError, CpuTopology, CpusConfig, MemoryConfig, PayloadConfig, PlatformConfig,
-    SerialConfig, SerialMode, VmConfig,
+    SerialConfig, SerialMode, Transport, VmConfig,
 };
 pub use devices::{
     parse_mac, BalloonConfig, DiskConfig, NetConfig, RateLimiterConfig, RngConfig,

@@ -114,6 +114,11 @@ const NOT_IN_CH_DOCUMENT: &[(&str, &str, &str)] = &[
         "virtio_mmio_cmdline",
         "petrel's own: virtio-mmio on the cmdline",
     ),
+    (
+        "PlatformConfig",
+        "transport",
+        "petrel's own: virtio-mmio or virtio-pci (Cloud Hypervisor is PCI only)",
+    ),
 ];
 
 /// The schema `v` refers to (`$ref`), followed once.

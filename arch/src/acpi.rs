@@ -11,6 +11,7 @@
 
 mod dsdt;
 mod madt;
+mod pci;
 mod reset_vector;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,8 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
+
+pub use pci::PciAcpi;
 
 use crate::layout;
 
@@ -55,6 +58,8 @@ pub struct AcpiConfig<'a> {
     pub cpus: u32,
     /// Virtio-mmio devices, in the order the guest should enumerate them.
     pub virtio_mmio: &'a [VirtioMmioAcpi],
+    /// PCI segment 0, if the VM has one (an MCFG and the root bridge in the DSDT).
+    pub pci: Option<PciAcpi>,
 }
 
 /// One virtio-mmio device as the DSDT describes it.
@@ -132,15 +137,18 @@ pub fn create_acpi_tables<M: GuestMemory>(mem: &M, cfg: &AcpiConfig) -> Result<G
         });
     }
 
-    let dsdt = dsdt::build(cfg.virtio_mmio)?;
+    let dsdt = dsdt::build(cfg.virtio_mmio, cfg.pci.as_ref())?;
+    let mcfg = cfg.pci.as_ref().map(pci::mcfg).unwrap_or_default();
+    let entries = XSDT_ENTRIES + u64::from(cfg.pci.is_some());
     let madt = madt::build(cfg.cpus);
 
     let rsdp_addr = layout::RSDP_START;
     let xsdt_addr = align_up(rsdp_addr + Rsdp::len() as u64);
-    let fadt_addr = align_up(xsdt_addr + SDT_HEADER_LEN + 8 * XSDT_ENTRIES);
+    let fadt_addr = align_up(xsdt_addr + SDT_HEADER_LEN + 8 * entries);
     let madt_addr = align_up(fadt_addr + FADT::len() as u64);
     let dsdt_addr = align_up(madt_addr + madt.len() as u64);
-    let end = dsdt_addr + dsdt.len() as u64;
+    let mcfg_addr = align_up(dsdt_addr + dsdt.len() as u64);
+    let end = mcfg_addr + mcfg.len() as u64;
     if end > layout::ACPI_END {
         return Err(Error::TooLarge {
             needed: end - layout::RSDP_START,
@@ -152,9 +160,12 @@ pub fn create_acpi_tables<M: GuestMemory>(mem: &M, cfg: &AcpiConfig) -> Result<G
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if cfg.pci.is_some() {
+        xsdt.add_entry(mcfg_addr);
+    }
     let xsdt = to_bytes(&xsdt);
     let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
-    debug_assert_eq!(xsdt.len() as u64, SDT_HEADER_LEN + 8 * XSDT_ENTRIES);
+    debug_assert_eq!(xsdt.len() as u64, SDT_HEADER_LEN + 8 * entries);
 
     for (addr, bytes) in [
         (rsdp_addr, &rsdp),
@@ -162,6 +173,7 @@ pub fn create_acpi_tables<M: GuestMemory>(mem: &M, cfg: &AcpiConfig) -> Result<G
         (fadt_addr, &fadt),
         (madt_addr, &madt),
         (dsdt_addr, &dsdt),
+        (mcfg_addr, &mcfg),
     ] {
         mem.write_slice(bytes, GuestAddress(addr))
             .map_err(Error::GuestMemory)?;

@@ -45,6 +45,26 @@ pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// Virtio-mmio device windows start here, 4 KiB each.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// PCI segment 0's window below 4 GiB (BARs): from the start of the hole up to the virtio-mmio
+/// windows.
+pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
+/// Size of the 32-bit PCI window.
+pub const PCI_MMIO32_SIZE: u64 = VIRTIO_MMIO_START - MMIO_HOLE_START;
+/// ECAM of PCI segment 0 (bus 0 only: 1 MiB).
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// Size of the ECAM window.
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+/// Size of the PCI window above 4 GiB (it starts after RAM, see [`pci_mmio64_start`]).
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+/// The legacy PCI configuration ports (address at 0xCF8, data at 0xCFC).
+pub const PCI_CONFIG_PORT: u16 = 0xcf8;
+
+/// Where the 64-bit PCI window starts for a guest whose RAM ends at `ram_end`: the first
+/// 1 GiB boundary above both RAM and 4 GiB.
+pub fn pci_mmio64_start(ram_end: u64) -> u64 {
+    ram_end.max(HIGH_RAM_START).next_multiple_of(1 << 30)
+}
+
 /// RAM above the hole starts here.
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 

@@ -16,6 +16,9 @@ usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH]
   --petrel PATH            petrel binary (default: <workspace>/target/release/petrel)
   --petrel-baseline PATH   also run this petrel build as `petrel-baseline` (e.g. one built
                            from main), for before/after ratios in the same run
+  --petrel-pci             also run petrel with its devices on virtio-pci (`petrel-pci`:
+                           --transport pci --rng) and the same device on virtio-mmio
+                           (`petrel-mmio`: --rng), in guest-life and memory only
   --qemu PATH              also run QEMU (qemu-system-x86_64, -M microvm)
   --qemu-cpu MODEL         QEMU -cpu model (default host,-arch-capabilities)
   --firecracker PATH       also run Firecracker (a release with PVH boot support)
@@ -73,6 +76,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Results directory, when given.
     pub out: Option<PathBuf>,
+    /// `--petrel-pci`: also petrel on virtio-pci (and its virtio-mmio control).
+    pub petrel_pci: bool,
     /// `--workloads`: only these (all when `None`).
     pub workloads: Option<Vec<String>>,
     /// `--help` was given.
@@ -94,6 +99,7 @@ impl Default for Options {
             guest: None,
             timeout: Duration::from_secs(60),
             out: None,
+            petrel_pci: false,
             workloads: None,
             help: false,
         }
@@ -120,6 +126,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String>
     let (mut runs, mut warmup) = (None, None);
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
+        if flag == "--petrel-pci" {
+            o.petrel_pci = true;
+            continue;
+        }
         if flag == "--quick" {
             o.quick = true;
             continue;

@@ -62,7 +62,19 @@ fn vmms(o: &cli::Options) -> Result<Vec<Vmm>, String> {
             petrel.display()
         ));
     }
-    let mut list = vec![Vmm::new(VmmKind::Petrel, petrel)];
+    let mut list = vec![Vmm::new(VmmKind::Petrel, petrel.clone())];
+    if o.petrel_pci {
+        list.push(
+            Vmm::new(VmmKind::Petrel, petrel.clone())
+                .labelled("petrel-mmio")
+                .with_extra(&["--rng"]),
+        );
+        list.push(
+            Vmm::new(VmmKind::Petrel, petrel)
+                .labelled("petrel-pci")
+                .with_extra(&["--transport", "pci", "--rng"]),
+        );
+    }
     if let Some(path) = &o.petrel_baseline {
         list.push(vmm(VmmKind::Petrel, path)?.labelled("petrel-baseline"));
     }
@@ -165,6 +177,9 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
         let vmms: Vec<Vmm> = vmms
             .iter()
             .filter(|v| w.supports(v.kind))
+            // The device variants (`--petrel-pci`) boot the same quick guest: only boot time
+            // and memory compare them.
+            .filter(|v| v.extra.is_empty() || matches!(w.name(), "guest-life" | "memory"))
             .cloned()
             .collect();
         let outcome = runner::run_interleaved(w.as_ref(), &vmms, &plan);

@@ -67,6 +67,8 @@ pub struct Vmm {
     pub qemu_cpu: String,
     /// Name in reports: the kind's, or another for a second binary of the same kind.
     label: String,
+    /// Extra arguments for petrel (`--transport pci` for the `petrel-pci` variant).
+    pub extra: Vec<String>,
 }
 
 /// Default QEMU CPU model. `host` alone makes QEMU 7.2 abort on hosts whose KVM refuses
@@ -81,7 +83,14 @@ impl Vmm {
             path,
             qemu_cpu: DEFAULT_QEMU_CPU.to_string(),
             label: kind.name().to_string(),
+            extra: Vec::new(),
         }
+    }
+
+    /// The same VMM with `extra` arguments after its own (petrel only).
+    pub fn with_extra(mut self, extra: &[&str]) -> Vmm {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// The same VMM named `label` in reports (a second build of petrel, say).
@@ -129,6 +138,7 @@ impl Vmm {
                     &["--cpus", &cpus, "--memory", &mem, "--cmdline", cmdline],
                 );
                 push(&mut a, &["--serial", "stdout"]);
+                a.extend(self.extra.iter().map(OsString::from));
             }
             VmmKind::Qemu => {
                 push(&mut a, &["-M", "microvm,acpi=on", "-enable-kvm"]);

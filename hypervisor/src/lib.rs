@@ -141,6 +141,18 @@ pub trait Vm: Send + Sync {
         addr: IoEventAddress,
         datamatch: Datamatch,
     ) -> Result<()>;
+    /// Undoes [`Vm::register_ioevent`] (same eventfd, address and datamatch): a device whose
+    /// registers moved (a PCI BAR the guest relocated) listens at its new address instead.
+    fn unregister_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Datamatch,
+    ) -> Result<()>;
+    /// Routes `gsi` to the message-signalled interrupt `msg` (`None`: removes the route). A
+    /// GSI at or above [`FIRST_MSI_GSI`] written through an irqfd then raises that MSI: this is
+    /// how a PCI device's MSI-X vectors reach the guest without a vCPU exit.
+    fn set_msi_route(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<()>;
     /// Starts (`on`) or stops recording which pages of memory slot `slot` the guest writes;
     /// the slot is set again with the same placement.
     ///
@@ -163,6 +175,10 @@ pub trait Vm: Send + Sync {
     /// vCPUs run).
     fn restore_platform(&self, state: &PlatformState) -> Result<()>;
 }
+
+/// The first GSI that is not an interrupt-controller pin (the IOAPIC has 24): MSI routes use
+/// GSIs from here on.
+pub const FIRST_MSI_GSI: u32 = 24;
 
 /// Where port I/O and MMIO land: implemented by the VMM over its buses.
 pub trait IoHandler: Sync {

@@ -33,6 +33,8 @@ pub enum IoEventAddress {
 pub enum Datamatch {
     /// Every write, whatever its width and value.
     Any,
+    /// 2-byte writes of this value (a virtio-pci queue notification).
+    U16(u16),
     /// 4-byte writes of this value.
     U32(u32),
     /// 8-byte writes of this value.
@@ -44,10 +46,21 @@ impl Datamatch {
     pub fn matches(&self, data: &[u8]) -> bool {
         match *self {
             Datamatch::Any => true,
+            Datamatch::U16(v) => data == v.to_le_bytes(),
             Datamatch::U32(v) => data == v.to_le_bytes(),
             Datamatch::U64(v) => data == v.to_le_bytes(),
         }
     }
+}
+
+/// A message-signalled interrupt as a device writes it (MSI or an MSI-X table entry): the
+/// address (the LAPIC window, with the destination in it) and the data (vector, delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiMessage {
+    /// Message address (64 bits; x86 uses the low 32 in 0xfeeX_XXXX plus high bits for x2APIC).
+    pub address: u64,
+    /// Message data.
+    pub data: u32,
 }
 
 /// General-purpose registers.

@@ -263,3 +263,61 @@ fn dirty_log_names_the_pages_the_guest_wrote() {
     let again = g._vm.dirty_log(0, MEM_SIZE as u64).unwrap();
     assert!(again.iter().all(|w| *w == 0), "the record is cleared");
 }
+
+/// Real-mode code writing the 2-byte values 1 then 2 to 0x12000 (a virtio-pci queue
+/// notification is Linux's `iowrite16`), then halting.
+const NOTIFY_WRITES_16: [u8; 16] = [
+    0xbb, 0x00, 0x10, // mov bx, 0x1000
+    0x8e, 0xdb, // mov ds, bx
+    0xb8, 0x01, 0x00, // mov ax, 1
+    0xa3, 0x00, 0x20, // mov [0x2000], ax   (2-byte MMIO write at 0x12000)
+    0x40, // inc ax
+    0xa3, 0x00, 0x20, // mov [0x2000], ax
+    0xf4, // hlt
+];
+
+#[test]
+fn two_byte_datamatch_matches_only_its_value_and_unregisters() {
+    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+    let addr = IoEventAddress::Mmio(0x12000);
+    let Some(mut g) = guest(&NOTIFY_WRITES_16, &[(&evt, addr, Datamatch::U16(1))]) else {
+        return;
+    };
+    let io = Recorder::default();
+    assert_eq!(g.vcpu.run(&io).expect("run"), VcpuExit::Hlt);
+    assert_eq!(evt.read().expect("2-byte ioeventfd fired"), 1);
+    assert_eq!(
+        *io.mmio_writes.lock().unwrap(),
+        vec![(0x12000, 2u16.to_le_bytes().to_vec())]
+    );
+    // Unregistering takes exactly that registration away (a second time finds nothing).
+    g._vm
+        .unregister_ioevent(&evt, addr, Datamatch::U16(1))
+        .expect("unregister");
+    assert!(g
+        ._vm
+        .unregister_ioevent(&evt, addr, Datamatch::U16(1))
+        .is_err());
+}
+
+#[test]
+fn msi_routes_past_the_ioapic_pins_are_set_replaced_and_removed() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        test_skip::skip("/dev/kvm does not exist");
+        return;
+    }
+    let (hv, _) = hypervisor::open(Request::Kvm, false).expect("open kvm");
+    let vm = hv.create_vm().expect("create vm");
+    vm.setup_irqchip().expect("irqchip");
+    let msg = hypervisor::MsiMessage {
+        address: 0xfee0_0000,
+        data: 0x51,
+    };
+    vm.set_msi_route(24, Some(msg)).expect("route");
+    vm.set_msi_route(25, Some(msg)).expect("second route");
+    vm.set_msi_route(24, None).expect("route removed");
+    // A route from an irqfd: writing the eventfd on GSI 25 must be accepted by KVM.
+    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+    vm.register_irqfd(&evt, 25).expect("irqfd on an MSI GSI");
+    vm.unregister_irqfd(&evt, 25).expect("irqfd detached");
+}

@@ -154,7 +154,7 @@ static void find_tokens(const char *c)
 }
 
 /* Maps the 2 MiB page holding `a` (uncached) unless the entry stub already did. */
-static void map_mmio(u64 a)
+void virtio_map_mmio(u64 a)
 {
 	u64 *pdpte = &pdpt[a >> 30];
 	if ((*pdpte & 1) && (*pdpte & 0x80))
@@ -560,10 +560,12 @@ void virtio_probe(const char *cmdline)
 {
 	nvdevs = 0;
 	find_tokens(cmdline);
-	printk("VIRTIO: windows=%u\n", nvdevs);
-	for (u32 i = 0; i < nvdevs; i++) {
+	u32 mmio = nvdevs;
+	nvdevs += pci_probe(vdevs + nvdevs, VIRTIO_MAX_DEVS - nvdevs);
+	printk("VIRTIO: windows=%u\n", mmio);
+	for (u32 i = 0; i < mmio; i++) {
 		struct vdev *d = &vdevs[i];
-		map_mmio(d->base);
+		virtio_map_mmio(d->base);
 		u32 magic = vr(d, VM_MAGIC), version = vr(d, VM_VERSION);
 		d->id = vr(d, VM_DEVICE_ID);
 		if (magic != VIRTIO_MAGIC) {
@@ -631,5 +633,6 @@ void virtio_action(int which, const char *cmdline)
 		virtio_blk_swap();
 	else
 		virtio_rng();
+	pci_msix_report(vdevs, nvdevs);
 	printk("VIRTIO: done\n");
 }

@@ -66,13 +66,29 @@ struct vring {
 	u8 pad1[512 - 256 - 4 - 8 * VQ_SIZE - 2];
 } __attribute__((aligned(16)));
 
-/* One `virtio_mmio.device=` window. */
+#define VIRTIO_PCI_MAX_QUEUES 8
+
+/* One `virtio_mmio.device=` window, or one virtio-pci function (pci.c). */
 struct vdev {
-	u64 base;
+	u64 base; /* the mmio window, or BAR 0 */
 	u32 irq;
 	u32 id; /* virtio device id, 0 when the window is unusable */
 	u32 features_lo;
+	/* virtio-pci only: where the structures are, the selected queue, notify offsets. */
+	u32 pci, slot, qsel, notify_mult, msix_vectors, driven;
+	u64 common, notify, isr, devcfg;
+	u16 qoff[VIRTIO_PCI_MAX_QUEUES];
 };
+
+/* pci.c: virtio-mmio registers translated to the virtio-pci structures. */
+u32 pci_vr(const struct vdev *d, u32 reg);
+void pci_vw(struct vdev *d, u32 reg, u32 v);
+/* Enumerates bus 0, sets up each virtio function into out[..max]; returns how many. */
+u32 pci_probe(struct vdev *out, u32 max);
+/* After a driver ran: whether queue 0's MSI-X vector reached the local APIC. */
+void pci_msix_report(struct vdev *devs, u32 n);
+/* virtio.c: maps the 2 MiB page holding `a`, uncached. */
+void virtio_map_mmio(u64 a);
 
 /* The driver's view of one configured queue. */
 struct vqueue {
@@ -84,8 +100,17 @@ struct vqueue {
 };
 
 static inline void barrier(void) { __asm__ volatile("mfence" ::: "memory"); }
-static inline u32 vr(const struct vdev *d, u32 reg) { return rd32(d->base + reg); }
-static inline void vw(const struct vdev *d, u32 reg, u32 v) { *(volatile u32 *)(d->base + reg) = v; }
+static inline u32 vr(const struct vdev *d, u32 reg)
+{
+	return d->pci ? pci_vr(d, reg) : rd32(d->base + reg);
+}
+static inline void vw(const struct vdev *d, u32 reg, u32 v)
+{
+	if (d->pci)
+		pci_vw((struct vdev *)d, reg, v);
+	else
+		*(volatile u32 *)(d->base + reg) = v;
+}
 /* The TSC (PVM traps rdtsc: read it every few hundred polls, not on each). */
 static inline u64 tsc_read(void)
 {
@@ -93,7 +118,10 @@ static inline u64 tsc_read(void)
 	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
 	return lo | ((u64)hi << 32);
 }
-static inline u8 vcfg8(const struct vdev *d, u32 off) { return rd8(d->base + VM_CONFIG + off); }
+static inline u8 vcfg8(const struct vdev *d, u32 off)
+{
+	return rd8(d->pci ? d->devcfg + off : d->base + VM_CONFIG + off);
+}
 
 /* virtio.c */
 /* The first usable window whose device id is `id`, or 0. */

@@ -53,6 +53,7 @@ const COMMON_SOURCES: &[&str] = &[
     "virtio.c",
     "virtio_net.c",
     "virtio_vsock.c",
+    "pci.c",
     "bench.c",
     "ring3.c",
     "ring3.S",

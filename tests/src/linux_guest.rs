@@ -40,7 +40,9 @@ pub fn kernel_cmdline(base: &str) -> String {
 /// (`yes`/`no`), `rtc_name`, `rtc_epoch` (`/sys/class/rtc/rtc0/since_epoch`), `hwclock`
 /// (`hwclock -r -u`'s first line), `virtio_devices` (virtio devices bound to a driver),
 /// `virtio_acpi` (platform devices named after the DSDT's `LNRO0005`), `cmdline_virtio`
-/// (`yes` when the command line holds `virtio_mmio.device=`).
+/// (`yes` when the command line holds `virtio_mmio.device=`), `pci_virtio` (virtio PCI
+/// functions bound to a driver), `pci_msix` (`PCI-MSI*` lines in `/proc/interrupts`),
+/// `pci_host` (vendor:device of 0000:00:00.0).
 pub const REPORT_HOOK: &str = r#"
 r() { echo "PETREL-R: $1=$2"; }
 r nproc "$(nproc)"
@@ -56,6 +58,13 @@ for d in /sys/bus/virtio/devices/*; do [ -e "$d/driver" ] && n=$((n + 1)); done
 r virtio_devices "$n"
 r virtio_acpi "$(ls /sys/bus/platform/devices 2>/dev/null | grep -c '^LNRO0005:')"
 case " $(cat /proc/cmdline) " in *" virtio_mmio.device="*) r cmdline_virtio yes ;; *) r cmdline_virtio no ;; esac
+n=0
+for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor" 2>/dev/null)" = 0x1af4 ] && [ -e "$d/driver" ] && n=$((n + 1))
+done
+r pci_virtio "$n"
+r pci_msix "$(grep -c 'PCI-MSI' /proc/interrupts)"
+r pci_host "$(cat /sys/bus/pci/devices/0000:00:00.0/vendor 2>/dev/null):$(cat /sys/bus/pci/devices/0000:00:00.0/device 2>/dev/null)"
 "#;
 
 /// A scratch directory under the system temporary directory (short: it may hold Unix

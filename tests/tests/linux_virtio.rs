@@ -409,10 +409,29 @@ fn tail(out: &[&str], n: usize) -> String {
 
 #[test]
 fn linux_virtio_devices() {
-    let Some(kit) = linux_kit_or_skip(TEST) else {
+    virtio_scenario(TEST, Transport::Mmio);
+}
+
+/// The same scenario with every device on virtio-pci (`--transport pci`): found by the
+/// kernel's PCI scan (ECAM from the MCFG, the root bridge from the DSDT), BARs as petrel
+/// placed them, MSI-X interrupts.
+#[test]
+fn linux_virtio_devices_on_pci() {
+    virtio_scenario("linux_virtio_devices_on_pci", Transport::Pci);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Mmio,
+    Pci,
+}
+
+fn virtio_scenario(test: &str, transport: Transport) {
+    let pci = transport == Transport::Pci;
+    let Some(kit) = linux_kit_or_skip(test) else {
         return;
     };
-    if !ring0_native(TEST) {
+    if !ring0_native(test) {
         return;
     }
     if !Path::new("/dev/net/tun").exists() {
@@ -421,7 +440,8 @@ fn linux_virtio_devices() {
     }
 
     let pid = std::process::id();
-    let dir = ScratchDir(std::env::temp_dir().join(format!("petrel-lv-{pid}")));
+    let tag = if pci { "p" } else { "v" };
+    let dir = ScratchDir(std::env::temp_dir().join(format!("petrel-l{tag}-{pid}")));
     fs::create_dir_all(&dir.0).unwrap();
     let disk = dir.0.join("root.ext4");
     // Written out in full (not a sparse copy), so that fstrim's discards show as freed blocks.
@@ -438,8 +458,9 @@ fn linux_virtio_devices() {
     let sock = dir.0.join("v.sock");
 
     // A /24 per test process, so that parallel runs do not share a route.
-    let subnet = format!("10.{}.{}", 64 + (pid >> 8) % 64, pid % 256);
-    let tap_name = format!("ptv{pid}");
+    let net = if pci { 128 } else { 64 };
+    let subnet = format!("10.{}.{}", net + (pid >> 8) % 64, pid % 256);
+    let tap_name = format!("pt{tag}{pid}");
     let _tap = match Tap::create(&tap_name, &format!("{subnet}.1/24")) {
         Ok(t) => t,
         Err(e) => {
@@ -450,7 +471,7 @@ fn linux_virtio_devices() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let tcp_listener = TcpListener::bind(format!("{subnet}.1:{TCP_TO_HOST}"))
-        .unwrap_or_else(|e| panic!("{TEST}: cannot listen on {subnet}.1:{TCP_TO_HOST}: {e}"));
+        .unwrap_or_else(|e| panic!("{test}: cannot listen on {subnet}.1:{TCP_TO_HOST}: {e}"));
     let tcp = {
         let (guest_ip, stop) = (format!("{subnet}.2"), stop.clone());
         thread::spawn(move || tcp_host(tcp_listener, guest_ip, stop))
@@ -483,7 +504,7 @@ fn linux_virtio_devices() {
     let allocated_before = allocated(&disk);
     let net_arg = format!("tap={tap_name}");
     let vsock_arg = format!("cid={GUEST_CID},socket={}", sock.display());
-    let args = [
+    let mut args = vec![
         "--kernel",
         kit.vmlinux.to_str().unwrap(),
         "--initramfs",
@@ -507,6 +528,9 @@ fn linux_virtio_devices() {
         "stdout",
         "--no-reboot",
     ];
+    if pci {
+        args.extend(["--transport", "pci"]);
+    }
     let run: Run = run_petrel(&args, TIMEOUT);
     stop.store(true, Ordering::SeqCst);
     let vsock_result = host
@@ -528,13 +552,26 @@ fn linux_virtio_devices() {
     if fs::read(&ro_disk).ok().as_ref() != Some(&ro_content) {
         problems.push("the read-only disk's image changed".to_string());
     }
-    // All five devices found through the DSDT (two disks, net, rng, vsock).
+    // All five devices found through the DSDT (two disks, net, rng, vsock), or on PCI with
+    // MSI-X interrupts.
     let report = Report::parse(&run.stdout);
-    if report.get("cmdline_virtio") != Ok("no") || report.int("virtio_acpi") != Ok(5) {
+    let (want_acpi, want_pci) = if pci { (0, 5) } else { (5, 0) };
+    if report.get("cmdline_virtio") != Ok("no")
+        || report.int("virtio_acpi") != Ok(want_acpi)
+        || report.int("pci_virtio") != Ok(want_pci)
+    {
         problems.push(format!(
-            "virtio discovery: cmdline_virtio {:?}, LNRO0005 devices {:?} (want no, 5)",
+            "virtio discovery: cmdline_virtio {:?}, LNRO0005 devices {:?}, virtio PCI functions \
+             {:?} (want no, {want_acpi}, {want_pci})",
             report.get("cmdline_virtio"),
-            report.int("virtio_acpi")
+            report.int("virtio_acpi"),
+            report.int("pci_virtio"),
+        ));
+    }
+    if pci && !report.int("pci_msix").is_ok_and(|n| n >= 5) {
+        problems.push(format!(
+            "MSI-X interrupts in /proc/interrupts: {:?} (want one or more per device)",
+            report.int("pci_msix")
         ));
     }
     let failures: Vec<&str> = out
@@ -550,7 +587,7 @@ fn linux_virtio_devices() {
         problems.push(format!("missing {}", missing.join(", ")));
     }
     match &vsock_result {
-        Ok(what) => eprintln!("{TEST}: vsock host side: {what}"),
+        Ok(what) => eprintln!("{test}: vsock host side: {what}"),
         Err(e) => problems.push(format!("vsock host side: {e}")),
     }
     if run.timed_out {
@@ -601,7 +638,7 @@ fn linux_virtio_devices() {
 
     if !problems.is_empty() {
         eprintln!(
-            "{TEST}: status {:?}, timed_out {}, elapsed {:.1?}\n--- last 60 lines of stdout ---\n{}\n\
+            "{test}: status {:?}, timed_out {}, elapsed {:.1?}\n--- last 60 lines of stdout ---\n{}\n\
              --- stderr ---\n{}",
             run.status,
             run.timed_out,
@@ -610,10 +647,10 @@ fn linux_virtio_devices() {
             run.stderr
         );
     }
-    assert!(problems.is_empty(), "{TEST}: {}", problems.join("; "));
+    assert!(problems.is_empty(), "{test}: {}", problems.join("; "));
     for l in out.iter().filter(|l| l.starts_with("PETREL-X: ")) {
-        eprintln!("{TEST}: {l}");
+        eprintln!("{test}: {l}");
     }
-    eprintln!("{TEST}: image allocation {allocated_before} → {allocated_after} bytes after fstrim");
-    eprintln!("{TEST}: all virtio steps passed in {:.1?}", run.elapsed);
+    eprintln!("{test}: image allocation {allocated_before} → {allocated_after} bytes after fstrim");
+    eprintln!("{test}: all virtio steps passed in {:.1?}", run.elapsed);
 }

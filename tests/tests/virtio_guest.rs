@@ -196,3 +196,129 @@ fn window_without_device_is_reported_and_guest_powers_off() {
         run.dump()
     );
 }
+
+/// The `PCI: ` lines of the first boot.
+fn pci_lines(b: &GuestBoot) -> Vec<&str> {
+    b.other
+        .iter()
+        .filter_map(|l| l.strip_prefix("PCI: "))
+        .collect()
+}
+
+/// Both configuration mechanisms list the host bridge and the virtio functions; each BAR 0
+/// is a 32 KiB 64-bit BAR first placed above 4 GiB, which the guest moved below.
+fn assert_pci_enumeration(run: &Run, b: &GuestBoot, devices: &[(u32, u16)]) {
+    let lines = pci_lines(b);
+    let want_n = devices.len() + 1;
+    assert!(
+        lines.contains(&format!("cf8 and ecam agree n={want_n}").as_str()),
+        "ECAM and 0xCF8 disagree or miss functions\n{}",
+        run.dump()
+    );
+    assert!(
+        lines.contains(&"00:00.0 1b36:0008 class=060000"),
+        "no host bridge\n{}",
+        run.dump()
+    );
+    for (i, &(slot, device_id)) in devices.iter().enumerate() {
+        let id = format!("00:{slot:02x}.0 1af4:{:04x} ", 0x1040 + device_id);
+        assert!(
+            lines.iter().any(|l| l.starts_with(&id)),
+            "missing {id}\n{}",
+            run.dump()
+        );
+        let bar = format!("00:{slot:02x}.0 bar0 size=0x8000 64-bit=1 first=0x");
+        let first = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(bar.as_str()))
+            .unwrap_or_else(|| panic!("missing `PCI: {bar}`\n{}", run.dump()));
+        let first = u64::from_str_radix(first, 16).unwrap();
+        assert!(first >= 1 << 32, "BAR 0 first at {first:#x}");
+        let moved = format!(
+            "00:{slot:02x}.0 virtio device={device_id} bar0={:#x} msix vectors=",
+            0xc000_0000u64 + 0x10_0000 * (i as u64 + 1)
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with(&moved)),
+            "missing `PCI: {moved}`\n{}",
+            run.dump()
+        );
+    }
+}
+
+#[test]
+fn virtio_pci_enumerates_relocates_and_drives_rng_with_msix() {
+    require_kvm!();
+    let (run, b) = boot(&[
+        "--transport",
+        "pci",
+        "--rng",
+        "--cmdline",
+        "action=virtio-rng",
+    ]);
+    assert_clean_poweroff(&run, &b);
+    assert_no_driver_errors(&run, &b);
+    assert_pci_enumeration(&run, &b, &[(1, 4)]);
+    assert!(
+        windows(&b).is_empty(),
+        "no virtio-mmio windows with transport pci\n{}",
+        run.dump()
+    );
+    let line = virtio_lines(&b)
+        .into_iter()
+        .find_map(|l| l.strip_prefix("rng bytes="))
+        .unwrap_or_else(|| panic!("no `VIRTIO: rng` line\n{}", run.dump()));
+    assert!(line.starts_with("32 "), "{line}\n{}", run.dump());
+    assert!(
+        pci_lines(&b).contains(&"msix 00:01.0 vector=0x51 delivered"),
+        "queue 0's MSI-X vector did not reach the local APIC\n{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn virtio_pci_blk_write_read_flush_id_and_readonly() {
+    require_kvm!();
+    let disk = Scratch::new("virtio-pci-disk.img", &vec![0u8; DISK_BYTES]);
+    let ro_contents: Vec<u8> = (0..RO_BYTES).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    let ro = Scratch::new("virtio-pci-ro.img", &ro_contents);
+    let disk_arg = format!("path={},id=petrel-disk-1", disk.path());
+    let ro_arg = format!("path={},readonly=on", ro.path());
+    let (run, b) = boot(&[
+        "--transport",
+        "pci",
+        "--disk",
+        &disk_arg,
+        "--disk",
+        &ro_arg,
+        "--rng",
+        "--cmdline",
+        "action=virtio-blk",
+    ]);
+    assert_clean_poweroff(&run, &b);
+    assert_no_driver_errors(&run, &b);
+    assert_pci_enumeration(&run, &b, &[(1, 2), (2, 2), (3, 4)]);
+    let lines = virtio_lines(&b);
+    for want in [
+        format!("blk dev=0 capacity={} ro=0", DISK_BYTES / SECTOR),
+        format!("blk dev=1 capacity={} ro=1", RO_BYTES / SECTOR),
+        "blk write-read ok".to_string(),
+        "blk flush status=0".to_string(),
+        "blk id=petrel-disk-1".to_string(),
+        "blk ro-write status=1".to_string(),
+    ] {
+        assert!(
+            lines.contains(&want.as_str()),
+            "missing `VIRTIO: {want}`\n{}",
+            run.dump()
+        );
+    }
+    assert!(
+        pci_lines(&b).contains(&"msix 00:01.0 vector=0x51 delivered"),
+        "{}",
+        run.dump()
+    );
+    let data = read(&disk.0);
+    assert_eq!(&data[SECTOR..2 * SECTOR], pattern().as_slice(), "sector 1");
+    assert!(read(&ro.0) == ro_contents, "the read-only image changed");
+}

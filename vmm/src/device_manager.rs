@@ -14,7 +14,7 @@ use devices::virtio::net::{format_mac, Net, NetConfig as NetDeviceConfig, NetErr
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig, VsockError};
 use devices::virtio::{GuestMemoryMmap, VirtioDevice};
-use devices::{Bus, BusDevice};
+use devices::BusDevice;
 
 /// The virtio-mmio Status register.
 const STATUS_REG_OFFSET: u64 = 0x70;
@@ -115,12 +115,19 @@ pub struct VirtioDevices {
     pub balloon: Option<Arc<Mutex<Balloon>>>,
     /// The disks by name (their id), for backing-file changes while the VM runs.
     pub disks: Vec<(String, Arc<Mutex<Block>>)>,
+    /// The PCI segment, when the devices use virtio-pci (`platform.transport = pci`).
+    pub pci: Option<crate::pci::PciDevices>,
 }
 
 impl VirtioDevices {
     /// Creates the devices the config asks for: disks in order, then the rng.
     pub fn new(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<Self> {
         let mut list = VirtioDevices::default();
+        if cfg.platform.transport == api::Transport::Pci {
+            use vm_memory::{Address, GuestMemoryBackend};
+            let ram_end = mem.last_addr().raw_value() + 1;
+            list.pci = Some(crate::pci::PciDevices::new(ram_end)?);
+        }
         for (i, disk) in cfg.disks.iter().flatten().enumerate() {
             let block = Block::new(BlockConfig {
                 path: disk.path.clone(),
@@ -203,6 +210,9 @@ impl VirtioDevices {
         device: Arc<Mutex<dyn VirtioDevice>>,
         mem: &GuestMemoryMmap,
     ) -> Result<()> {
+        if let Some(pci) = &mut self.pci {
+            return pci.add(name, device, mem);
+        }
         let index = self.slots.len() as u32;
         let gsi = VIRTIO_MMIO_FIRST_GSI + index;
         if gsi > VIRTIO_MMIO_LAST_GSI {
@@ -232,13 +242,48 @@ impl VirtioDevices {
         &self.slots
     }
 
-    /// Puts every transport on the MMIO bus.
-    pub fn add_to_bus(&self, mmio: &mut Bus) -> Result<()> {
+    /// Puts every transport on the buses (virtio-mmio windows; or the PCI segment's ECAM,
+    /// configuration ports and BAR windows).
+    pub fn add_to_buses(&mut self, buses: &mut crate::legacy::Buses) -> Result<()> {
         for s in &self.slots {
-            mmio.insert(s.transport.clone(), s.base, MMIO_WINDOW)
+            buses
+                .mmio
+                .insert(s.transport.clone(), s.base, MMIO_WINDOW)
                 .map_err(|e| device_error(s.name.clone())(e.into()))?;
         }
+        if let Some(pci) = &mut self.pci {
+            pci.add_to_bus(buses)?;
+        }
         Ok(())
+    }
+
+    /// Every device's counters by name, each followed by its transport's
+    /// `notify_slow_path`.
+    pub fn counters(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
+        let pci = self.pci.iter().flat_map(|p| p.functions.iter());
+        self.slots
+            .iter()
+            .map(|slot| (slot.name.clone(), slot.counter_values()))
+            .chain(pci.map(|f| (f.name.clone(), f.counter_values())))
+            .collect()
+    }
+
+    /// Whether the devices are on PCI.
+    pub fn is_pci(&self) -> bool {
+        self.pci.is_some()
+    }
+
+    /// The PCI segment as ACPI describes it, if there is one.
+    pub fn pci_acpi(&self) -> Option<arch::acpi::PciAcpi> {
+        self.pci.as_ref().map(|p| p.acpi())
+    }
+
+    /// Wires the PCI segment to `vm` (MSI-X irqfds; BAR moves and MSI routes from now on).
+    pub fn wire_pci(&self, vm: &Arc<dyn Vm>) -> Result<()> {
+        match &self.pci {
+            Some(pci) => pci.wire(vm),
+            None => Ok(()),
+        }
     }
 
     /// Wires every device to a new hypervisor VM: its interrupt as an irqfd, and each
@@ -263,6 +308,9 @@ impl VirtioDevices {
 
     /// Detaches the interrupts [`VirtioDevices::wire`] attached, before `vm` is closed.
     pub fn unwire(&self, vm: &dyn Vm) {
+        if let Some(pci) = &self.pci {
+            pci.unwire(vm);
+        }
         for s in &self.slots {
             if let Err(e) = vm.unregister_irqfd(&s.irq, s.gsi) {
                 log::warn!("{}: detaching its interrupt: {e}", s.name);
@@ -272,6 +320,9 @@ impl VirtioDevices {
 
     /// Resets every device (before a guest reboot: the new kernel starts from scratch).
     pub fn reset_all(&self) {
+        if let Some(pci) = &self.pci {
+            pci.reset_all();
+        }
         for s in &self.slots {
             // What a driver does to reset it: write 0 to the Status register.
             s.transport
@@ -283,9 +334,12 @@ impl VirtioDevices {
 
     /// The event-loop subscribers serving the devices.
     pub fn subscribers(&self) -> Vec<Subscriber> {
+        let pci = self.pci.iter().flat_map(|p| p.functions.iter());
         self.slots
             .iter()
-            .map(|s| Arc::new(Mutex::new(DeviceSubscriber(s.device.clone()))) as Subscriber)
+            .map(|s| s.device.clone())
+            .chain(pci.map(|f| f.device.clone()))
+            .map(|d| Arc::new(Mutex::new(DeviceSubscriber(d))) as Subscriber)
             .collect()
     }
 

@@ -14,6 +14,7 @@ pub mod logger;
 pub mod machine;
 pub mod memory;
 pub mod migration;
+pub mod pci;
 pub mod preflight;
 pub mod rotating_file;
 pub mod run;

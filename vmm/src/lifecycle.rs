@@ -407,12 +407,7 @@ impl Vmm {
         let Some(machine) = self.machine() else {
             return Ok(Vec::new());
         };
-        Ok(machine
-            .virtio
-            .slots()
-            .iter()
-            .map(|slot| (slot.name.clone(), slot.counter_values()))
-            .collect())
+        Ok(machine.virtio.counters())
     }
 
     /// `vm.resize`: only the balloon target can change.

@@ -76,6 +76,7 @@ fn load_payload(
         &AcpiConfig {
             cpus: cfg.cpus.boot_vcpus,
             virtio_mmio: &machine.virtio.acpi_entries(),
+            pci: machine.virtio.pci_acpi(),
         },
     )
     .map_err(arch::Error::Acpi)?;
@@ -132,9 +133,9 @@ impl Machine {
         events: &LifecycleEvents,
     ) -> Result<Self> {
         let legacy = LegacyDevices::new(&cfg.serial, start, events)?;
-        let virtio = VirtioDevices::new(cfg, &memory)?;
+        let mut virtio = VirtioDevices::new(cfg, &memory)?;
         let mut buses = legacy.buses()?;
-        virtio.add_to_bus(&mut buses.mmio)?;
+        virtio.add_to_buses(&mut buses)?;
         Ok(Machine {
             memory,
             legacy,
@@ -172,6 +173,7 @@ pub fn boot(
         vm.register_irqfd(&irq.evt, irq.gsi)?;
     }
     machine.virtio.wire(vm.as_ref())?;
+    machine.virtio.wire_pci(&vm)?;
     let supported = hv.supported_cpuid()?;
     let cpus = cfg.cpus.boot_vcpus;
     let mut vcpus = Vec::with_capacity(cpus as usize);
@@ -234,6 +236,7 @@ pub fn restore(
         vm.register_irqfd(&irq.evt, irq.gsi)?;
     }
     machine.virtio.wire(vm.as_ref())?;
+    machine.virtio.wire_pci(&vm)?;
     let mut vcpus = Vec::with_capacity(vcpu_states.len());
     for (id, state) in (0u32..).zip(vcpu_states) {
         let vcpu = vm.create_vcpu(id)?;

@@ -65,7 +65,7 @@ const POWER_BUTTON_HID: &str = "PNP0C0C";
 const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
 
 /// Builds the DSDT bytes, validating `virtio`.
-pub(super) fn build(virtio: &[VirtioMmioAcpi]) -> Result<Vec<u8>> {
+pub(super) fn build(virtio: &[VirtioMmioAcpi], pci: Option<&super::PciAcpi>) -> Result<Vec<u8>> {
     if virtio.len() > MAX_VIRTIO_MMIO_DEVICES {
         return Err(Error::TooManyVirtioDevices(virtio.len()));
     }
@@ -77,6 +77,9 @@ pub(super) fn build(virtio: &[VirtioMmioAcpi]) -> Result<Vec<u8>> {
     ged(&mut sb);
     for (index, dev) in virtio.iter().enumerate() {
         virtio_mmio(index, dev, &mut sb)?;
+    }
+    if let Some(pci) = pci {
+        super::pci::dsdt_devices(pci, &mut sb);
     }
 
     let mut body = Vec::new();
@@ -207,7 +210,7 @@ mod tests {
 
     #[test]
     fn ged_and_power_button() {
-        let dsdt = build(&virtio(2)).unwrap();
+        let dsdt = build(&virtio(2), None).unwrap();
         // Name(_HID, "ACPI0013") and Name(_HID, EisaId("PNP0C0C")).
         assert_eq!(count(&dsdt, b"_HID\x0dACPI0013\x00"), 1);
         assert_eq!(
@@ -241,7 +244,7 @@ mod tests {
     /// does not ask for the ISA IRQ 8 a hardware-reduced platform does not have).
     #[test]
     fn rtc_is_a_pnp_device_with_ports_and_no_interrupt() {
-        let dsdt = build(&virtio(1)).unwrap();
+        let dsdt = build(&virtio(1), None).unwrap();
         // EisaId("PNP0B00") = 0x41d0 0x0b00, as a DWordConst.
         assert_eq!(
             count(
@@ -280,7 +283,7 @@ mod tests {
         }
         let dir = scratch("iasl");
         let dat = dir.join("dsdt.dat");
-        std::fs::write(&dat, build(&virtio(3)).unwrap()).unwrap();
+        std::fs::write(&dat, build(&virtio(3), None).unwrap()).unwrap();
         let out = Command::new("iasl").arg("-d").arg(&dat).output().unwrap();
         let log = format!(
             "{}{}",
@@ -320,7 +323,7 @@ mod tests {
         }
         let dir = scratch("acpiexec");
         let dat = dir.join("dsdt.dat");
-        std::fs::write(&dat, build(&virtio(1)).unwrap()).unwrap();
+        std::fs::write(&dat, build(&virtio(1), None).unwrap()).unwrap();
         let run = |gsi: u32| {
             let out = Command::new("acpiexec")
                 .arg("-b")

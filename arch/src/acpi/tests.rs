@@ -202,6 +202,7 @@ fn build(cpus: u32, virtio: &[VirtioMmioAcpi]) -> (GuestMemoryMmap<()>, Parsed) 
     let cfg = AcpiConfig {
         cpus,
         virtio_mmio: virtio,
+        pci: None,
     };
     let rsdp = create_acpi_tables(&mem, &cfg).unwrap();
     let parsed = parse(&mem, rsdp);
@@ -285,6 +286,7 @@ fn too_many_virtio_devices() {
     let cfg = AcpiConfig {
         cpus: 1,
         virtio_mmio: &devs,
+        pci: None,
     };
     let err = create_acpi_tables(&guest_memory(), &cfg).unwrap_err();
     assert!(matches!(err, Error::TooManyVirtioDevices(257)), "{err}");
@@ -296,6 +298,7 @@ fn too_many_cpus() {
         let cfg = AcpiConfig {
             cpus,
             virtio_mmio: &[],
+            pci: None,
         };
         let err = create_acpi_tables(&guest_memory(), &cfg).unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
@@ -308,6 +311,7 @@ fn invalid_inputs() {
     let cfg = AcpiConfig {
         cpus: 0,
         virtio_mmio: &[],
+        pci: None,
     };
     assert!(matches!(create_acpi_tables(&mem, &cfg), Err(Error::NoCpus)));
 
@@ -321,6 +325,7 @@ fn invalid_inputs() {
         let cfg = AcpiConfig {
             cpus: 1,
             virtio_mmio: &dev,
+            pci: None,
         };
         let err = create_acpi_tables(&mem, &cfg).unwrap_err();
         assert!(
@@ -334,6 +339,7 @@ fn invalid_inputs() {
     let cfg = AcpiConfig {
         cpus: 1,
         virtio_mmio: &devs,
+        pci: None,
     };
     let err = create_acpi_tables(&mem, &cfg).unwrap_err();
     assert!(
@@ -348,6 +354,7 @@ fn missing_guest_memory() {
     let cfg = AcpiConfig {
         cpus: 1,
         virtio_mmio: &[],
+        pci: None,
     };
     let err = create_acpi_tables(&mem, &cfg).unwrap_err();
     assert!(matches!(err, Error::GuestMemory(_)), "{err}");

@@ -139,6 +139,8 @@ pub struct MmioTransport {
     /// A queue configuration write was rejected; DRIVER_OK will fail.
     queue_config_error: bool,
     interrupt: Arc<MmioInterrupt>,
+    /// What the device raises (the same interrupt for virtio-mmio; virtio-pci's MSI-X).
+    notifier: Arc<dyn VirtioInterrupt>,
     status: u32,
     features: Features,
     invalid_accesses: Cell<u64>,
@@ -153,6 +155,19 @@ impl MmioTransport {
         mem: GuestMemoryMmap,
         device: Arc<Mutex<dyn VirtioDevice>>,
         irq: EventFd,
+    ) -> Result<Self> {
+        let interrupt = Arc::new(MmioInterrupt::new(irq));
+        Self::with_interrupt(mem, device, interrupt.clone(), interrupt)
+    }
+
+    /// The same register state machine with the interrupt status kept in `interrupt` and the
+    /// device raising `notifier` (the virtio-pci transport drives this one through its
+    /// common configuration and delivers through MSI-X).
+    pub fn with_interrupt(
+        mem: GuestMemoryMmap,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        interrupt: Arc<MmioInterrupt>,
+        notifier: Arc<dyn VirtioInterrupt>,
     ) -> Result<Self> {
         let (device_type, device_features, queues, queue_events) = {
             let dev = device.lock().unwrap_or_else(|e| e.into_inner());
@@ -186,7 +201,8 @@ impl MmioTransport {
             queues,
             queue_sel: 0,
             queue_config_error: false,
-            interrupt: Arc::new(MmioInterrupt::new(irq)),
+            interrupt,
+            notifier,
             status: 0,
             features: Features::default(),
             invalid_accesses: Cell::new(0),
@@ -478,7 +494,7 @@ impl MmioTransport {
             }
         } else if value & !old == DRIVER_OK && !self.activate() {
             self.status = value | DEVICE_NEEDS_RESET;
-            if let Err(e) = self.interrupt.trigger(InterruptKind::Config) {
+            if let Err(e) = self.notifier.trigger(InterruptKind::Config) {
                 warn!("virtio-mmio: cannot raise interrupt: {e}");
             }
             return;
@@ -532,7 +548,7 @@ impl MmioTransport {
                 return false;
             }
         };
-        let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
+        let interrupt = self.notifier.clone();
         let ctx = ActivateContext {
             mem: self.mem.clone(),
             queues,

@@ -24,6 +24,7 @@ pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 mod queues;
 pub mod rng;
 mod serve;

@@ -1,16 +1,20 @@
 //! The KVM backend.
 
 mod convert;
+mod routing;
 mod state;
 mod vcpu;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{CpuidEntry, Datamatch, Error, Hypervisor, IoEventAddress, Kind, Result, Vcpu, Vm};
+use crate::{
+    CpuidEntry, Datamatch, Error, Hypervisor, IoEventAddress, Kind, MsiMessage, Result, Vcpu, Vm,
+};
 
 pub use vcpu::KvmVcpu;
 
@@ -53,6 +57,7 @@ impl Hypervisor for KvmHypervisor {
         Ok(Arc::new(KvmVm {
             fd,
             msrs: Arc::new(msrs.as_slice().to_vec()),
+            msi_routes: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -78,6 +83,42 @@ pub struct KvmVm {
     fd: VmFd,
     /// The MSRs KVM saves and restores on this host (KVM_GET_MSR_INDEX_LIST).
     msrs: Arc<Vec<u32>>,
+    /// The MSI routes set so far (GSI → message); the routing table is rebuilt from them.
+    msi_routes: Mutex<BTreeMap<u32, MsiMessage>>,
+}
+
+impl KvmVm {
+    fn ioevent(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Datamatch,
+        register: bool,
+    ) -> Result<()> {
+        use kvm_ioctls::{IoEventAddress as K, NoDatamatch};
+        let addr = match addr {
+            IoEventAddress::Pio(p) => K::Pio(p),
+            IoEventAddress::Mmio(a) => K::Mmio(a),
+        };
+        // kvm-ioctls takes the match width from the value's type (`size_of::<T>()`).
+        let fd = &self.fd;
+        let r = match (datamatch, register) {
+            (Datamatch::Any, true) => fd.register_ioevent(evt, &addr, NoDatamatch),
+            (Datamatch::U16(v), true) => fd.register_ioevent(evt, &addr, v),
+            (Datamatch::U32(v), true) => fd.register_ioevent(evt, &addr, v),
+            (Datamatch::U64(v), true) => fd.register_ioevent(evt, &addr, v),
+            (Datamatch::Any, false) => fd.unregister_ioevent(evt, &addr, NoDatamatch),
+            (Datamatch::U16(v), false) => fd.unregister_ioevent(evt, &addr, v),
+            (Datamatch::U32(v), false) => fd.unregister_ioevent(evt, &addr, v),
+            (Datamatch::U64(v), false) => fd.unregister_ioevent(evt, &addr, v),
+        };
+        let op = if register {
+            "KVM_IOEVENTFD"
+        } else {
+            "KVM_IOEVENTFD (deassign)"
+        };
+        r.map_err(|e| Error::call(op, e))
+    }
 }
 
 impl Vm for KvmVm {
@@ -126,18 +167,28 @@ impl Vm for KvmVm {
         addr: IoEventAddress,
         datamatch: Datamatch,
     ) -> Result<()> {
-        use kvm_ioctls::{IoEventAddress as K, NoDatamatch};
-        let addr = match addr {
-            IoEventAddress::Pio(p) => K::Pio(p),
-            IoEventAddress::Mmio(a) => K::Mmio(a),
+        self.ioevent(evt, addr, datamatch, true)
+    }
+
+    fn unregister_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Datamatch,
+    ) -> Result<()> {
+        self.ioevent(evt, addr, datamatch, false)
+    }
+
+    fn set_msi_route(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<()> {
+        let mut routes = self.msi_routes.lock().unwrap_or_else(|e| e.into_inner());
+        match msg {
+            Some(m) => routes.insert(gsi, m),
+            None => routes.remove(&gsi),
         };
-        // kvm-ioctls takes the match width from the value's type (`size_of::<T>()`).
-        let r = match datamatch {
-            Datamatch::Any => self.fd.register_ioevent(evt, &addr, NoDatamatch),
-            Datamatch::U32(v) => self.fd.register_ioevent(evt, &addr, v),
-            Datamatch::U64(v) => self.fd.register_ioevent(evt, &addr, v),
-        };
-        r.map_err(|e| Error::call("KVM_IOEVENTFD", e))
+        let table = routing::table(&routes)?;
+        self.fd
+            .set_gsi_routing(&table)
+            .map_err(|e| Error::call("KVM_SET_GSI_ROUTING", e))
     }
 
     unsafe fn set_dirty_log(

@@ -14,6 +14,7 @@ mod intercept_tests;
 pub mod ioapic;
 mod vcpu;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use mshv_bindings::{
@@ -27,8 +28,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::emulator::GuestRam;
 use crate::{
-    CpuidEntry, Datamatch, Error, Hypervisor, IoEventAddress, IoHandler, Kind, Result, Vcpu, Vm,
-    CPUID_FLAG_SIGNIFICANT_INDEX,
+    CpuidEntry, Datamatch, Error, Hypervisor, IoEventAddress, IoHandler, Kind, MsiMessage, Result,
+    Vcpu, Vm, CPUID_FLAG_SIGNIFICANT_INDEX,
 };
 use ioapic::Ioapic;
 pub use vcpu::MshvVcpu;
@@ -102,6 +103,8 @@ pub fn seccomp_ioctls() -> (Vec<u64>, Vec<u64>) {
         MSHV_WRITE_GPA(),
         MSHV_ROOT_HVCALL(),
         MSHV_SET_MSI_ROUTING(),
+        // PCI: BAR moves move ioeventfds (config space writes on a vCPU).
+        MSHV_IOEVENTFD(),
     ];
     let vm = [
         MSHV_CREATE_PARTITION(),
@@ -197,6 +200,7 @@ impl Hypervisor for MshvHypervisor {
                 ram: RwLock::new(Vec::new()),
                 ioapic: Mutex::new(Ioapic::default()),
                 pio_events: RwLock::new(Vec::new()),
+                pci_msis: Mutex::new(BTreeMap::new()),
             }),
         }))
     }
@@ -240,12 +244,30 @@ struct PioEvent {
     evt: EventFd,
 }
 
+/// The MSI routing table MSHV gets: the emulated IOAPIC's unmasked pins, then every PCI
+/// MSI-X route (GSIs from [`crate::FIRST_MSI_GSI`], so the two never collide).
+fn merged_routes(
+    mut routes: Vec<ioapic::MsiRoute>,
+    pci: &BTreeMap<u32, MsiMessage>,
+) -> Vec<ioapic::MsiRoute> {
+    routes.extend(pci.iter().map(|(&gsi, m)| ioapic::MsiRoute {
+        gsi,
+        address_lo: m.address as u32,
+        address_hi: (m.address >> 32) as u32,
+        data: m.data,
+    }));
+    routes
+}
+
 /// State shared by the VM and its vCPUs.
 pub(crate) struct VmShared {
     fd: VmFd,
     ram: RwLock<Vec<RamRegion>>,
     ioapic: Mutex<Ioapic>,
     pio_events: RwLock<Vec<PioEvent>>,
+    /// The MSI routes of PCI devices' MSI-X vectors (GSI → message), set next to the
+    /// IOAPIC's in one table.
+    pci_msis: Mutex<BTreeMap<u32, MsiMessage>>,
 }
 
 impl VmShared {
@@ -256,15 +278,27 @@ impl VmShared {
         Some((r.host + (gpa - r.gpa)) as *mut u8)
     }
 
-    /// Programs the MSI routes from the IOAPIC's unmasked entries.
+    /// Programs the MSI routes from the IOAPIC's unmasked entries and the PCI devices' MSIs.
     fn update_routes(&self, ioapic: &Ioapic) {
-        let routes = ioapic.routes();
+        if let Err(e) = self.set_routes(ioapic) {
+            log::error!("mshv: {e}");
+        }
+    }
+
+    /// [`VmShared::update_routes`], with the failure returned.
+    fn set_routes(&self, ioapic: &Ioapic) -> Result<()> {
+        let routes = {
+            let pci = self.pci_msis.lock().unwrap_or_else(|e| e.into_inner());
+            merged_routes(ioapic.routes(), &pci)
+        };
         let entry = std::mem::size_of::<mshv_user_irq_entry>();
         let header = std::mem::size_of::<mshv_user_irq_table>();
         // A zeroed buffer of whole headers large enough for the header and the entries.
         let len = 1 + (routes.len() * entry).div_ceil(header);
         let mut buf: Vec<mshv_user_irq_table> = (0..len).map(|_| Default::default()).collect();
-        let Some(table) = buf.first_mut() else { return };
+        let Some(table) = buf.first_mut() else {
+            return Ok(());
+        };
         table.nr = routes.len() as u32;
         // SAFETY: `buf` holds `routes.len()` entries after the header (sized above).
         let entries = unsafe { table.entries.as_mut_slice(routes.len()) };
@@ -276,9 +310,9 @@ impl VmShared {
                 data: r.data,
             };
         }
-        if let Err(e) = self.fd.set_msi_routing(table) {
-            log::error!("mshv: setting {} MSI routes failed: {e}", routes.len());
-        }
+        self.fd
+            .set_msi_routing(table)
+            .map_err(|e| mshv_err("MSHV_SET_MSI_ROUTING", e))
     }
 }
 
@@ -372,6 +406,37 @@ pub(crate) fn unsupported(op: &'static str) -> Error {
     }
 }
 
+impl MshvVm {
+    fn mmio_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: Datamatch,
+        register: bool,
+    ) -> Result<()> {
+        use mshv_ioctls::{IoEventAddress as M, NoDatamatch};
+        // mshv-ioctls takes the match width from the value's type, as kvm-ioctls does.
+        let fd = &self.shared.fd;
+        let a = &M::Mmio(addr);
+        let r = match (datamatch, register) {
+            (Datamatch::Any, true) => fd.register_ioevent(evt, a, NoDatamatch),
+            (Datamatch::U16(v), true) => fd.register_ioevent(evt, a, v),
+            (Datamatch::U32(v), true) => fd.register_ioevent(evt, a, v),
+            (Datamatch::U64(v), true) => fd.register_ioevent(evt, a, v),
+            (Datamatch::Any, false) => fd.unregister_ioevent(evt, a, NoDatamatch),
+            (Datamatch::U16(v), false) => fd.unregister_ioevent(evt, a, v),
+            (Datamatch::U32(v), false) => fd.unregister_ioevent(evt, a, v),
+            (Datamatch::U64(v), false) => fd.unregister_ioevent(evt, a, v),
+        };
+        let op = if register {
+            "MSHV_IOEVENTFD"
+        } else {
+            "MSHV_IOEVENTFD (deassign)"
+        };
+        r.map_err(|e| mshv_err(op, e))
+    }
+}
+
 impl Vm for MshvVm {
     unsafe fn map_memory(&self, _slot: u32, gpa: u64, host_addr: u64, size: u64) -> Result<()> {
         let region = mshv_user_mem_region {
@@ -439,7 +504,6 @@ impl Vm for MshvVm {
         addr: IoEventAddress,
         datamatch: Datamatch,
     ) -> Result<()> {
-        use mshv_ioctls::{IoEventAddress as M, NoDatamatch};
         match addr {
             IoEventAddress::Pio(port) => {
                 let evt = evt
@@ -454,17 +518,41 @@ impl Vm for MshvVm {
                 }
                 Ok(())
             }
-            IoEventAddress::Mmio(a) => {
-                // mshv-ioctls takes the match width from the value's type, as kvm-ioctls does.
-                let fd = &self.shared.fd;
-                let r = match datamatch {
-                    Datamatch::Any => fd.register_ioevent(evt, &M::Mmio(a), NoDatamatch),
-                    Datamatch::U32(v) => fd.register_ioevent(evt, &M::Mmio(a), v),
-                    Datamatch::U64(v) => fd.register_ioevent(evt, &M::Mmio(a), v),
-                };
-                r.map_err(|e| mshv_err("MSHV_IOEVENTFD", e))
-            }
+            IoEventAddress::Mmio(a) => self.mmio_ioevent(evt, a, datamatch, true),
         }
+    }
+
+    fn unregister_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Datamatch,
+    ) -> Result<()> {
+        match addr {
+            IoEventAddress::Pio(port) => {
+                if let Ok(mut events) = self.shared.pio_events.write() {
+                    events.retain(|e| !(e.port == port && e.datamatch == datamatch));
+                }
+                Ok(())
+            }
+            IoEventAddress::Mmio(a) => self.mmio_ioevent(evt, a, datamatch, false),
+        }
+    }
+
+    fn set_msi_route(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<()> {
+        {
+            let mut pci = self
+                .shared
+                .pci_msis
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match msg {
+                Some(m) => pci.insert(gsi, m),
+                None => pci.remove(&gsi),
+            };
+        }
+        let io = self.shared.ioapic.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.set_routes(&io)
     }
 
     unsafe fn set_dirty_log(
@@ -493,6 +581,30 @@ impl Vm for MshvVm {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pci_msi_routes_follow_the_ioapic_routes_in_one_table() {
+        let ioapic = vec![ioapic::MsiRoute {
+            gsi: 4,
+            address_lo: 0xfee0_0000,
+            address_hi: 0,
+            data: 0x30,
+        }];
+        let mut pci = BTreeMap::new();
+        pci.insert(
+            25,
+            MsiMessage {
+                address: 0x2_fee0_1000,
+                data: 0x51,
+            },
+        );
+        let all = merged_routes(ioapic, &pci);
+        let got: Vec<(u32, u32, u32, u32)> = all
+            .iter()
+            .map(|r| (r.gsi, r.address_lo, r.address_hi, r.data))
+            .collect();
+        assert_eq!(got, [(4, 0xfee0_0000, 0, 0x30), (25, 0xfee0_1000, 2, 0x51)]);
+    }
+
     #[test]
     fn snapshot_state_is_refused_with_a_clear_error() {
         let e = super::unsupported("saving a vCPU's state");

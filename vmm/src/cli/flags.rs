@@ -356,6 +356,18 @@ pub(super) const FLAGS: &[Flag] = &[
         }),
     },
     Flag {
+        name: "--transport",
+        takes: Takes::Value,
+        stage: Stage::Vm,
+        once: true,
+        usage: "[--transport mmio|pci]",
+        action: Action::Set(|s, v| {
+            let t = api::Transport::parse(v).map_err(|e| field_err("--transport", e))?;
+            s.vm("--transport")?.platform.transport = t;
+            Ok(())
+        }),
+    },
+    Flag {
         name: "--virtio-mmio-cmdline",
         takes: Takes::Nothing,
         stage: Stage::Vm,

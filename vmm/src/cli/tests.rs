@@ -91,6 +91,7 @@ fn every_flag_parses() {
             "--log-level" => "debug",
             "--seccomp" => "log",
             "--restore" => "source_url=file:///snap",
+            "--transport" => "pci",
             _ => "x",
         };
         let mut a = vec![f.name.to_string()];
@@ -104,6 +105,23 @@ fn every_flag_parses() {
         assert!(r.is_ok(), "{a:?}: {:?}", r.err());
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn transport_flag_sets_the_platform_and_refuses_other_words() {
+    let Ok(Command::Run(o)) = parse(&args("--kernel /k --transport pci")) else {
+        panic!("--transport pci must parse");
+    };
+    let cfg = o.config.as_ref().unwrap();
+    assert_eq!(cfg.platform.transport, api::Transport::Pci);
+    let Err(e) = parse(&args("--kernel /k --transport virtio")) else {
+        panic!("--transport virtio must be refused");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("--transport") && e.contains("mmio or pci"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -172,6 +172,7 @@ impl Vmm {
         if !matches!(self.state, VmState::Running | VmState::Paused) {
             return Err(OpError::state("vm.send-migration", self.state));
         }
+        self.refuse_pci("vm.send-migration")?;
         let path = migration::path_from_url("destination_url", destination_url)?;
         let was_running = self.state == VmState::Running;
         let started = Instant::now();

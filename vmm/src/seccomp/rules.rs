@@ -213,6 +213,10 @@ fn vcpu(backend: Backend) -> Vec<Allow> {
             kvm::GET_MP_STATE,
             kvm::GET_CPUID2,
             kvm::GET_MSRS,
+            // PCI: a guest that moves a BAR (config space write) moves its ioeventfds; one
+            // that programs an MSI-X vector sets its route.
+            kvm::IOEVENTFD,
+            kvm::SET_GSI_ROUTING,
         ]),
         Backend::Mshv => requests.extend(hypervisor::mshv::seccomp_ioctls().1),
     }

@@ -22,7 +22,9 @@ pub const INT_CONFIG: u32 = VIRTIO_MMIO_INT_CONFIG;
 pub struct MmioInterrupt {
     status: AtomicU32,
     config_generation: AtomicU32,
-    irq: EventFd,
+    /// The irqfd; `None` when another transport delivers the interrupt (virtio-pci keeps
+    /// only the status bits here, its ISR, and raises an MSI-X vector itself).
+    irq: Option<EventFd>,
 }
 
 impl MmioInterrupt {
@@ -31,8 +33,31 @@ impl MmioInterrupt {
         Self {
             status: AtomicU32::new(0),
             config_generation: AtomicU32::new(0),
-            irq,
+            irq: Some(irq),
         }
+    }
+
+    /// Status bits and configuration generation only: [`MmioInterrupt::record`] keeps them,
+    /// the caller delivers the interrupt.
+    pub fn status_only() -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            config_generation: AtomicU32::new(0),
+            irq: None,
+        }
+    }
+
+    /// Sets the status bit of `kind` (and moves the configuration generation on a
+    /// configuration change) without raising anything.
+    pub fn record(&self, kind: InterruptKind) {
+        let bit = match kind {
+            InterruptKind::Queue(_) => INT_USED_RING,
+            InterruptKind::Config => {
+                self.config_generation.fetch_add(1, Ordering::AcqRel);
+                INT_CONFIG
+            }
+        };
+        self.status.fetch_or(bit, Ordering::AcqRel);
     }
 
     /// The InterruptStatus register.
@@ -60,23 +85,19 @@ impl MmioInterrupt {
         self.config_generation.load(Ordering::Acquire)
     }
 
-    /// The irqfd this interrupt writes.
-    pub fn eventfd(&self) -> &EventFd {
-        &self.irq
+    /// The irqfd this interrupt writes, if it has one.
+    pub fn eventfd(&self) -> Option<&EventFd> {
+        self.irq.as_ref()
     }
 }
 
 impl VirtioInterrupt for MmioInterrupt {
     fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        let bit = match kind {
-            InterruptKind::Queue(_) => INT_USED_RING,
-            InterruptKind::Config => {
-                self.config_generation.fetch_add(1, Ordering::AcqRel);
-                INT_CONFIG
-            }
-        };
-        self.status.fetch_or(bit, Ordering::AcqRel);
-        self.irq.write(1)
+        self.record(kind);
+        match &self.irq {
+            Some(irq) => irq.write(1),
+            None => Ok(()),
+        }
     }
 }
 
