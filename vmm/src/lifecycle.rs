@@ -25,6 +25,7 @@ mod snapshot;
 mod tests;
 
 pub use reply::{DeviceCounters, EndReason, ErrorKind, Next, OpError, Reply, VmInfo, VmState};
+pub use snapshot::SnapshotFiles;
 
 /// A built VM: its machine (kept across guest reboots) and, while booted, its vCPUs.
 struct Instance {

@@ -19,6 +19,7 @@ use crate::lifecycle::{Next, VmState, Vmm};
 
 pub mod cli;
 pub mod metrics;
+pub mod snapshot;
 pub mod types;
 
 use types::*;
@@ -36,10 +37,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     (
         "mmds",
         "MMDS (the metadata service) is not supported by petrel yet",
-    ),
-    (
-        "snapshot",
-        "snapshots are not supported by petrel's Firecracker API yet",
     ),
     (
         "cpu-config",
@@ -110,7 +107,7 @@ impl FcApi {
             return Err(format!("mmds-config: {}", UNSUPPORTED[0].1));
         }
         if cfg.cpu_config.is_some() {
-            return Err(format!("cpu-config: {}", UNSUPPORTED[2].1));
+            return Err(format!("cpu-config: {}", UNSUPPORTED[1].1));
         }
         if let Some(logger) = cfg.logger {
             self.put_logger(logger)?;
@@ -566,6 +563,18 @@ impl FcApi {
                         machine.legacy.send_ctrl_alt_del();
                     }
                 }
+                ok()
+            }
+            (Put, ["snapshot", "create"]) => {
+                let b = body(req)?;
+                post_boot(vmm)?;
+                self.snapshot_create(vmm, b)?;
+                ok()
+            }
+            (Put, ["snapshot", "load"]) => {
+                let b = body(req)?;
+                pre_boot(vmm)?;
+                self.snapshot_load(vmm, event_loop, b)?;
                 ok()
             }
             (Patch, ["vm"]) => {
