@@ -23,6 +23,7 @@
 //! direction may have a rate limiter: while it is blocked the direction stops and its timerfd
 //! resumes it. Nothing is dropped without being counted (see [`NetCounters`]).
 
+mod local;
 mod rx;
 pub mod tap;
 #[cfg(test)]
@@ -47,6 +48,7 @@ use crate::virtio::{
     device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
     VirtioDevice, VIRTIO_F_VERSION_1,
 };
+pub use local::LocalResponder;
 pub use tap::{Tap, TapError};
 
 /// Size of each queue.
@@ -234,6 +236,8 @@ pub struct Net {
     tx_buf: Vec<u8>,
     counters: NetCounters,
     ignored_config_writes: u64,
+    /// Answers the guest's frames for it (the MMDS), if set.
+    local: Option<Box<dyn LocalResponder>>,
 }
 
 impl std::fmt::Debug for Net {
@@ -303,6 +307,7 @@ impl Net {
             tx_buf: Vec::with_capacity(MAX_PACKET_LEN),
             counters: NetCounters::default(),
             ignored_config_writes: 0,
+            local: None,
         })
     }
 
@@ -331,6 +336,11 @@ impl Net {
     pub fn set_rate_limiters(&mut self, rx: Option<RateLimiter>, tx: Option<RateLimiter>) {
         self.rx_limiter = rx;
         self.tx_limiter = tx;
+    }
+
+    /// Sets (or removes) the responder that answers some of the guest's frames itself.
+    pub fn set_local_responder(&mut self, local: Option<Box<dyn LocalResponder>>) {
+        self.local = local;
     }
 
     fn features_offered() -> u64 {
