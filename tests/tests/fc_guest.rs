@@ -8,10 +8,9 @@ mod fc_support;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use fc_support::{ScratchDir, Vmm, Which};
+use fc_support::{ScratchDir, Tap, Vmm, Which};
 use petrel_http::Method::Put;
 use petrel_tests::host_net::{test_frame, PacketSocket, TUN_DEVICE};
 use petrel_tests::{require_kvm, GuestKind};
@@ -180,42 +179,6 @@ fn config_file_vsock_connects_to_the_host() {
             Some("hello from petrel guest\n"),
             "{which:?}"
         );
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
-}
-
-/// A tap made for the test, deleted on drop.
-struct Tap(String);
-
-impl Tap {
-    fn create(name: &str) -> Result<Tap, String> {
-        if Path::new("/sys/class/net").join(name).exists() {
-            ip(&["link", "del", "dev", name])?;
-        }
-        ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
-        let tap = Tap(name.to_string());
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        ip(&["link", "set", "dev", name, "up"])?;
-        Ok(tap)
-    }
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        let _ = ip(&["link", "del", "dev", &self.0]);
     }
 }
 

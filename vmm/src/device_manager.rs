@@ -115,6 +115,8 @@ pub struct VirtioDevices {
     pub balloon: Option<Arc<Mutex<Balloon>>>,
     /// The disks by name (their id), for backing-file changes while the VM runs.
     pub disks: Vec<(String, Arc<Mutex<Block>>)>,
+    /// The net devices by name (their id), for rate-limiter changes and local responders.
+    pub nets: Vec<(String, Arc<Mutex<Net>>)>,
 }
 
 impl VirtioDevices {
@@ -164,7 +166,9 @@ impl VirtioDevices {
                 net.tap().name(),
                 format_mac(&net.mac())
             );
-            list.add(id, Arc::new(Mutex::new(net)), mem)?;
+            let net = Arc::new(Mutex::new(net));
+            list.nets.push((id.clone(), net.clone()));
+            list.add(id, net, mem)?;
         }
         if let Some(b) = &cfg.balloon {
             let balloon = Balloon::new(

@@ -71,9 +71,6 @@ pub enum StoreError {
         /// The limit.
         limit: usize,
     },
-    /// The document is not a JSON object.
-    #[error("the MMDS data store must be a JSON object")]
-    NotAnObject,
 }
 
 /// The data store, its configuration and the live V2 tokens.
@@ -141,11 +138,8 @@ impl Mmds {
         Ok(())
     }
 
-    /// Replaces the document.
+    /// Replaces the document (any JSON value, as Firecracker takes it).
     pub fn put(&mut self, value: Value) -> Result<(), StoreError> {
-        if !value.is_object() {
-            return Err(StoreError::NotAnObject);
-        }
         self.check_size(&value)?;
         self.data = Some(value);
         Ok(())
@@ -153,9 +147,6 @@ impl Mmds {
 
     /// Applies a JSON merge patch (RFC 7396) to the document.
     pub fn patch(&mut self, patch: Value) -> Result<(), StoreError> {
-        if !patch.is_object() {
-            return Err(StoreError::NotAnObject);
-        }
         let mut next = self.data();
         merge_patch(&mut next, patch);
         self.check_size(&next)?;
@@ -253,7 +244,6 @@ mod tests {
         m.patch(json!({"a": {"c": null, "d": "y"}, "e": "z"}))
             .unwrap();
         assert_eq!(m.data(), json!({"a": {"b": "x", "d": "y"}, "e": "z"}));
-        assert_eq!(m.put(json!([1])), Err(StoreError::NotAnObject));
         let big = json!({"k": "v".repeat(100)});
         assert!(matches!(m.put(big), Err(StoreError::TooLarge { .. })));
         // A refused change leaves the store as it was.

@@ -33,6 +33,10 @@ pub struct FcLaunch {
     pub no_api: bool,
     /// `--show-log-origin`.
     pub show_log_origin: bool,
+    /// `--metadata`: a JSON file put into the MMDS at start.
+    pub metadata: Option<String>,
+    /// `--mmds-size-limit`: the MMDS data store's limit in bytes.
+    pub mmds_size_limit: Option<usize>,
 }
 
 /// Whether these arguments (program name first) select the Firecracker dialect: the program
@@ -65,10 +69,10 @@ pub fn usage() -> String {
      \x20      [--log-path PATH] [--level Error|Warning|Info|Debug|Trace|Off] [--show-level]\n\
      \x20      [--show-log-origin] [--metrics-path PATH] [--boot-timer] [--no-seccomp]\n\
      \x20      [--http-api-max-payload-size N] [--start-time-us N] [--start-time-cpu-us N]\n\
-     \x20      [--parent-cpu-time-us N]\n\
+     \x20      [--parent-cpu-time-us N] [--metadata FILE] [--mmds-size-limit BYTES]\n\
      \x20      firecracker --version | --help\n\
      Not supported: --seccomp-filter (Firecracker's compiled BPF files; petrel applies its own \
-     filters), --metadata and --mmds-size-limit (MMDS), --module, --describe-snapshot."
+     filters), --module, --describe-snapshot."
         .to_string()
 }
 
@@ -158,8 +162,13 @@ pub fn parse(args: &[String]) -> Result<FcCommand, String> {
                 v.parse::<u64>()
                     .map_err(|_| format!("{name}: '{v}' is not a number"))?;
             }
-            "--metadata" | "--mmds-size-limit" => {
-                return Err(format!("{name}: MMDS is not supported by petrel yet"))
+            "--metadata" => launch.metadata = Some(value()?),
+            "--mmds-size-limit" => {
+                let v = value()?;
+                launch.mmds_size_limit = Some(
+                    v.parse::<usize>()
+                        .map_err(|_| format!("{name}: '{v}' is not a number"))?,
+                );
             }
             "--module" => return Err("--module: petrel cannot filter its log by module".into()),
             "--describe-snapshot" | "--snapshot-version" => {
@@ -219,6 +228,19 @@ pub fn start(
     if let Some(path) = &launch.metrics_path {
         fc.put_metrics(Metrics {
             metrics_path: path.clone(),
+        })?;
+    }
+    if let Some(limit) = launch.mmds_size_limit {
+        fc.set_mmds_size_limit(limit);
+    }
+    if let Some(path) = &launch.metadata {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("--metadata {path}: {e}"))?;
+        let data = serde_json::from_str(&text).map_err(|e| format!("--metadata {path}: {e}"))?;
+        fc.put_mmds(data).map_err(|r| {
+            format!(
+                "--metadata {path}: {}",
+                String::from_utf8_lossy(&r.body).trim()
+            )
         })?;
     }
     if launch.boot_timer {

@@ -19,6 +19,7 @@ use crate::lifecycle::{Next, VmState, Vmm};
 
 pub mod cli;
 pub mod metrics;
+pub mod mmds;
 pub mod snapshot;
 pub mod types;
 
@@ -34,10 +35,6 @@ const NOT_BEFORE_START: &str =
 
 /// Firecracker's routes petrel does not serve yet, with why.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "mmds",
-        "MMDS (the metadata service) is not supported by petrel yet",
-    ),
     (
         "cpu-config",
         "custom CPU templates are not supported by petrel yet",
@@ -58,6 +55,8 @@ pub struct FcApi {
     /// Per-route request counts for the metrics (`put_api_requests.drive_count`, ...).
     api_counts: BTreeMap<String, BTreeMap<String, u64>>,
     startup_us: u64,
+    /// The MMDS data store, shared with the net devices that answer for it.
+    mmds: devices::mmds::SharedMmds,
 }
 
 type FcResult<T> = Result<T, String>;
@@ -98,16 +97,14 @@ impl FcApi {
             metrics: None,
             api_counts: metrics::request_counters(),
             startup_us: crate::logger::start_time().elapsed().as_micros() as u64,
+            mmds: mmds::new_store(),
         }
     }
 
     /// Applies a `--config-file`, section by section with the API's checks.
     pub fn apply_config(&mut self, cfg: FcConfig) -> FcResult<()> {
-        if cfg.mmds_config.is_some() {
-            return Err(format!("mmds-config: {}", UNSUPPORTED[0].1));
-        }
         if cfg.cpu_config.is_some() {
-            return Err(format!("cpu-config: {}", UNSUPPORTED[1].1));
+            return Err(format!("cpu-config: {}", UNSUPPORTED[0].1));
         }
         if let Some(logger) = cfg.logger {
             self.put_logger(logger)?;
@@ -136,6 +133,10 @@ impl FcApi {
         }
         if let Some(b) = cfg.balloon {
             self.put_balloon(b)?;
+        }
+        // After the interfaces it names.
+        if let Some(m) = cfg.mmds_config {
+            self.put_mmds_config(m)?;
         }
         Ok(())
     }
@@ -303,6 +304,7 @@ impl FcApi {
         if vmm.state() != VmState::NotCreated {
             vmm.handle(VmmRequest::Delete, event_loop).map_err(chain)?;
         }
+        self.attach_mmds(vmm);
         vmm.handle(VmmRequest::Create(Box::new(cfg)), event_loop)
             .map_err(chain)?;
         vmm.handle(VmmRequest::Boot, event_loop).map_err(chain)?;
@@ -577,6 +579,25 @@ impl FcApi {
                 self.snapshot_load(vmm, event_loop, b)?;
                 ok()
             }
+            (Put, ["mmds", "config"]) => {
+                let m = body(req)?;
+                pre_boot(vmm)?;
+                self.put_mmds_config(m)?;
+                ok()
+            }
+            (Put, ["mmds"]) => {
+                let v = body(req)?;
+                Ok(self
+                    .put_mmds(v)
+                    .map_or_else(|r| r, |()| Response::no_content()))
+            }
+            (Patch, ["mmds"]) => {
+                let v = body(req)?;
+                Ok(self
+                    .patch_mmds(v)
+                    .map_or_else(|r| r, |()| Response::no_content()))
+            }
+            (Get, ["mmds"]) => Ok(Response::json(200, &self.get_mmds())),
             (Patch, ["vm"]) => {
                 let p: VmStatePatch = body(req)?;
                 post_boot(vmm)?;

@@ -231,6 +231,10 @@ impl FcApi {
             .restore_from(&files, false, adjust, event_loop)
             .map_err(|e| load_err(crate::error_chain(&e)))?;
         self.take_saved_config(saved, &req);
+        if let Some(m) = self.config.mmds_config.clone() {
+            self.put_mmds_config(m).map_err(load_err)?;
+        }
+        self.attach_mmds(vmm);
         if req.resume_vm == Some(true) {
             vmm.handle(VmmRequest::Resume, event_loop)
                 .map_err(|e| load_err(crate::error_chain(&e)))?;

@@ -496,9 +496,9 @@ pub struct FcConfig {
     /// `metrics`.
     #[serde(default)]
     pub metrics: Option<Metrics>,
-    /// `mmds-config` (petrel: refused when given).
+    /// `mmds-config`.
     #[serde(default, rename = "mmds-config")]
-    pub mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<super::mmds::MmdsConfigBody>,
     /// `network-interfaces`.
     #[serde(default, rename = "network-interfaces")]
     pub network_interfaces: Vec<NetIface>,

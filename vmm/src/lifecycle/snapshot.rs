@@ -190,6 +190,7 @@ impl Vmm {
         let machine = Machine::with_memory(&cfg, memory, crate::logger::start_time(), &self.events)
             .map_err(|e| OpError::Boot(Box::new(e)))?;
         restore_devices(&machine, &state)?;
+        super::attach_responders(&machine, self.net_responders.as_ref());
         let subscribers = event_loop.add_subscribers(machine.virtio.subscribers());
         self.events.clear();
         self.shared.reset_for_boot();
