@@ -36,6 +36,7 @@ enum action {
 	ACT_VIRTIO_VSOCK,
 	ACT_VSOCK_LISTEN,
 	ACT_BLK_SWAP,
+	ACT_MMDS,
 	ACT_BENCH_BLK,
 	ACT_BENCH_RNG,
 	ACT_BENCH_NET,
@@ -346,6 +347,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_VSOCK_LISTEN;
 			else if (token_is(v, vl, "virtio-blk-swap"))
 				o->action = ACT_BLK_SWAP;
+			else if (token_is(v, vl, "mmds"))
+				o->action = ACT_MMDS;
 			else if (token_is(v, vl, "bench-blk"))
 				o->action = ACT_BENCH_BLK;
 			else if (token_is(v, vl, "bench-rng"))
@@ -507,11 +510,13 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 	case ACT_VIRTIO_VSOCK:
 	case ACT_VSOCK_LISTEN:
 	case ACT_BLK_SWAP:
+	case ACT_MMDS:
 		virtio_action(o->action == ACT_VIRTIO_BLK     ? VIRTIO_DEV_BLK
 			      : o->action == ACT_VIRTIO_NET   ? VIRTIO_DEV_NET
 			      : o->action == ACT_VIRTIO_VSOCK ? VIRTIO_DEV_VSOCK
 			      : o->action == ACT_VSOCK_LISTEN ? VIRTIO_ACT_VSOCK_LISTEN
 			      : o->action == ACT_BLK_SWAP     ? VIRTIO_ACT_BLK_SWAP
+			      : o->action == ACT_MMDS         ? VIRTIO_ACT_MMDS
 							      : VIRTIO_DEV_RNG,
 			      get_cmdline());
 		printk("PETREL-GUEST: poweroff\n");
