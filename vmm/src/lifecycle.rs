@@ -100,6 +100,14 @@ impl Vmm {
         }
     }
 
+    /// Records in the config a change made to a running device (a disk's backing file, a
+    /// rate limiter), so that what is rebuilt from the config (a snapshot's restore) has it.
+    pub fn record_device_change(&mut self, edit: impl FnOnce(&mut VmConfig)) {
+        if let Some(cfg) = self.config.as_mut() {
+            edit(cfg);
+        }
+    }
+
     /// Sets what answers some of the guest's frames on which net device; applied to the
     /// devices at once if the machine is built, and to every machine built later.
     pub fn set_net_responders(&mut self, responders: Option<NetResponders>) {

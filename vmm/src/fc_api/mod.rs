@@ -20,6 +20,7 @@ use crate::lifecycle::{Next, VmState, Vmm};
 pub mod cli;
 pub mod metrics;
 pub mod mmds;
+mod patch;
 pub mod snapshot;
 pub mod types;
 
@@ -466,10 +467,8 @@ impl FcApi {
                     return Err("The id from the path does not match the id from the body!".into());
                 }
                 post_boot(vmm)?;
-                Err(format!(
-                    "Network interface update error: {id}: petrel cannot change a rate limiter \
-                     after start yet"
-                ))
+                self.patch_net(vmm, p)?;
+                ok()
             }
             (Put, ["vsock"]) => {
                 let v = body(req)?;
@@ -626,62 +625,6 @@ impl FcApi {
                 req.method.as_str()
             )),
         }
-    }
-
-    /// `PATCH /drives/{id}` after start: a new `path_on_host` replaces the disk's backing file
-    /// (the guest gets a configuration-change interrupt with the new capacity), as Kata's
-    /// driver does to swap its placeholder drives; a rate limiter change is refused.
-    fn patch_drive(&mut self, vmm: &Vmm, p: DrivePatch) -> FcResult<()> {
-        let Some(drive) = self
-            .config
-            .drives
-            .iter_mut()
-            .find(|d| d.drive_id == p.drive_id)
-        else {
-            return Err(format!(
-                "Drive config error: No drive with id {} was found",
-                p.drive_id
-            ));
-        };
-        if p.rate_limiter.is_some() && p.rate_limiter != drive.rate_limiter {
-            return Err(format!(
-                "Drive update error: {}: petrel cannot change a drive's rate limiter after start \
-                 yet",
-                p.drive_id
-            ));
-        }
-        let Some(path) = p
-            .path_on_host
-            .filter(|new| Some(new) != drive.path_on_host.as_ref())
-        else {
-            return Ok(());
-        };
-        let Some((_, block)) = vmm
-            .machine()
-            .and_then(|m| m.virtio.disks.iter().find(|(name, _)| *name == p.drive_id))
-        else {
-            return Err(format!(
-                "Drive update error: {}: the drive has no device",
-                p.drive_id
-            ));
-        };
-        let sectors = block
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace_disk(std::path::Path::new(&path))
-            .map_err(|e| {
-                format!(
-                    "Drive update error: {}: {}",
-                    p.drive_id,
-                    crate::error_chain(&e)
-                )
-            })?;
-        log::info!(
-            "drive {}: backing file now {path} ({sectors} sectors)",
-            p.drive_id
-        );
-        drive.path_on_host = Some(path);
-        Ok(())
     }
 
     fn balloon_statistics(&self, vmm: &Vmm) -> FcResult<Response> {

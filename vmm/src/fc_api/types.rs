@@ -155,7 +155,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn to_petrel(&self) -> Option<RateLimiterConfig> {
+    pub(super) fn to_petrel(&self) -> Option<RateLimiterConfig> {
         let bucket = |b: &TokenBucket| TokenBucketConfig {
             size: b.size,
             one_time_burst: b.one_time_burst.unwrap_or(0),
