@@ -23,6 +23,7 @@ pub fn firecracker_bin() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+#[allow(unused_imports)]
 pub use petrel_tests::ScratchDir;
 
 /// Which VMM a process is.
