@@ -259,6 +259,34 @@ pub fn start(
     Ok(())
 }
 
+/// The files the main thread may open when the microVM comes from `--config-file` with
+/// `--no-api` (every path is then known at start, as in the Cloud Hypervisor dialect's
+/// `--config-file` without a socket): the microVM's (its config as petrel's), the log, the
+/// metrics file and the `--metadata` file. None when the config cannot make a microVM (the
+/// start then fails with Firecracker's message).
+pub fn landlock_rules(
+    launch: &FcLaunch,
+    log_file: Option<&Path>,
+) -> Option<Vec<crate::landlock::Rule>> {
+    use crate::landlock::{output_rule, read_rule, rules};
+    let cfg = launch.config.as_ref()?;
+    let vm = cfg.to_vm_config().ok()?;
+    let mut out = rules(&vm, log_file);
+    let outputs = [
+        launch.metrics_path.as_deref(),
+        cfg.metrics.as_ref().map(|m| m.metrics_path.as_str()),
+        cfg.logger.as_ref().and_then(|l| l.log_path.as_deref()),
+    ];
+    out.extend(
+        outputs
+            .into_iter()
+            .flatten()
+            .map(|p| output_rule(Path::new(p))),
+    );
+    out.extend(launch.metadata.as_deref().map(|p| read_rule(Path::new(p))));
+    Some(out)
+}
+
 /// Entry point in the Firecracker dialect; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     match parse(args) {
