@@ -18,6 +18,7 @@ use crate::event_loop::EventLoop;
 use crate::lifecycle::{Next, VmState, Vmm};
 
 pub mod cli;
+pub mod cpu_config;
 pub mod metrics;
 pub mod mmds;
 mod patch;
@@ -36,10 +37,6 @@ const NOT_BEFORE_START: &str =
 
 /// Firecracker's routes petrel does not serve yet, with why.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "cpu-config",
-        "custom CPU templates are not supported by petrel yet",
-    ),
     ("hotplug", "memory hotplug is not supported by petrel yet"),
     ("pmem", "virtio-pmem is not supported by petrel yet"),
     (
@@ -104,8 +101,9 @@ impl FcApi {
 
     /// Applies a `--config-file`, section by section with the API's checks.
     pub fn apply_config(&mut self, cfg: FcConfig) -> FcResult<()> {
-        if cfg.cpu_config.is_some() {
-            return Err(format!("cpu-config: {}", UNSUPPORTED[0].1));
+        if let Some(c) = cfg.cpu_config {
+            cpu_config::parse(&c)?;
+            self.config.cpu_config = Some(c);
         }
         if let Some(logger) = cfg.logger {
             self.put_logger(logger)?;
@@ -576,6 +574,13 @@ impl FcApi {
                 let b = body(req)?;
                 pre_boot(vmm)?;
                 self.snapshot_load(vmm, event_loop, b)?;
+                ok()
+            }
+            (Put, ["cpu-config"]) => {
+                let v: serde_json::Value = body(req)?;
+                pre_boot(vmm)?;
+                cpu_config::parse(&v)?;
+                self.config.cpu_config = Some(v);
                 ok()
             }
             (Put, ["mmds", "config"]) => {

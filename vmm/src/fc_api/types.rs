@@ -484,7 +484,7 @@ pub struct FcConfig {
     /// `boot-source`.
     #[serde(default, rename = "boot-source")]
     pub boot_source: Option<BootSource>,
-    /// `cpu-config` (petrel: refused when given).
+    /// `cpu-config`: a custom CPU template (checked when given).
     #[serde(default, rename = "cpu-config")]
     pub cpu_config: Option<serde_json::Value>,
     /// `logger`.
@@ -596,6 +596,9 @@ impl FcConfig {
             id: v.vsock_id.clone(),
         });
         cfg.rng = self.entropy.as_ref().map(|_| RngConfig::default());
+        if let Some(t) = &self.cpu_config {
+            cfg.cpus.template = super::cpu_config::parse(t)?;
+        }
         cfg.balloon = self.balloon.as_ref().map(|b| BalloonConfig {
             size: u64::from(b.amount_mib) << 20,
             deflate_on_oom: b.deflate_on_oom,
