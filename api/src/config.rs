@@ -99,7 +99,10 @@ pub struct CpusConfig {
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub nested: bool,
     /// CPUID and MSR changes for every vCPU (Firecracker's custom CPU templates).
-    #[serde(default, skip_serializing_if = "crate::cpu_template::CpuTemplate::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::cpu_template::CpuTemplate::is_empty"
+    )]
     pub template: crate::cpu_template::CpuTemplate,
 }
 

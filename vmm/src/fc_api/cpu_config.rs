@@ -170,13 +170,19 @@ mod tests {
         assert_eq!(t.cpuid[0].leaf, 1);
         assert_eq!(t.cpuid[0].mask, 0x4000_0001);
         assert_eq!(t.cpuid[0].value, 1);
-        assert_eq!((t.msrs[0].index, t.msrs[0].mask, t.msrs[0].value), (0x10a, 0b101, 0b100));
+        assert_eq!(
+            (t.msrs[0].index, t.msrs[0].mask, t.msrs[0].value),
+            (0x10a, 0b101, 0b100)
+        );
         let refused = |v: Value, word: &str| {
             let e = parse(&v).unwrap_err();
             assert!(e.contains(word), "{e}");
         };
         refused(json!({"kvm_capabilities": ["!56"]}), "kvm_capabilities");
-        refused(json!({"vcpu_features": [{"index": 0, "bitmap": "0b1"}]}), "aarch64");
+        refused(
+            json!({"vcpu_features": [{"index": 0, "bitmap": "0b1"}]}),
+            "aarch64",
+        );
         refused(
             json!({"cpuid_modifiers": [{"leaf": 1, "subleaf": 0, "flags": 0,
                    "modifiers": [{"register": "esi", "bitmap": "0b1"}]}]}),
@@ -191,7 +197,10 @@ mod tests {
             json!({"msr_modifiers": [{"addr": "0x10a", "bitmap": format!("0b{}", "1".repeat(65))}]}),
             "65 bits",
         );
-        refused(json!({"cpuid_modifiers": [{"leaf": "zz", "subleaf": 0, "modifiers": []}]}), "leaf");
+        refused(
+            json!({"cpuid_modifiers": [{"leaf": "zz", "subleaf": 0, "modifiers": []}]}),
+            "leaf",
+        );
         refused(json!({"bogus": 1}), "bogus");
     }
 }
