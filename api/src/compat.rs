@@ -168,7 +168,6 @@ static CPUS: Schema = Schema {
         ("kvm_hyperv", FALSE),
         ("max_phys_bits", Rule::Default(&[Dv::U64(46)])),
         ("nested", Rule::Petrel),
-        ("template", Rule::Petrel),
         ("affinity", NO_LIST),
         ("features", Rule::Default(&[Dv::Object(&CPU_FEATURES)])),
         ("core_scheduling", Rule::Default(&[Dv::Str("Vm")])),
