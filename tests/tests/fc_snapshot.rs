@@ -313,6 +313,28 @@ fn snapshot_load_refuses_what_it_cannot_do_and_can_load_after_a_failure() {
     );
     drop(a);
 
+    // `--describe-snapshot` reads the state file's format version (Firecracker's `vX.Y.Z`
+    // first word); a file that is not a state file is an error naming it.
+    let describe = |file: &Path| {
+        std::process::Command::new(petrel_tests::petrel_bin())
+            .args(["--no-api", "--describe-snapshot"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = describe(&snap);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("v1.0.0 "),
+        "{out:?}"
+    );
+    let out = describe(&mem);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("vm.mem"),
+        "{out:?}"
+    );
+
     let mut b = started(Which::Petrel, &dir.0.join("b").tap_mkdir());
     let fault = |vmm: &Vmm, body: Value, words: &[&str]| {
         let r = vmm.call(Put, "/snapshot/load", Some(&body.to_string()));

@@ -71,6 +71,16 @@ pub fn write(
     Ok(header)
 }
 
+/// The header of a state file (its first line), checked for format and version.
+pub fn read_header(state_path: &Path) -> Result<Header, SnapshotError> {
+    let bytes = std::fs::read(state_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => SnapshotError::Missing(state_path.display().to_string()),
+        _ => io_err(format!("reading {}", state_path.display()))(e),
+    })?;
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    parse_header(line, &name_of(state_path))
+}
+
 /// Reads and checks a snapshot in the two-file layout; the memory file is checked region by
 /// region, not read into memory.
 pub fn read(state_path: &Path, mem_path: &Path) -> Result<(Header, VmSnapshot), SnapshotError> {
