@@ -469,11 +469,6 @@ fn bad_input_is_a_400_with_fault_message() {
             "/network-interfaces/e",
             r#"{"iface_id": "e", "host_dev_name": "t", "mtu": 9000}"#,
         ),
-        (
-            Put,
-            "/network-interfaces/e",
-            r#"{"iface_id": "e", "host_dev_name": "t", "rx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}"#,
-        ),
         (Put, "/vsock", r#"{"guest_cid": 2, "uds_path": "/tmp/x"}"#),
         (Put, "/vsock", r#"{"guest_cid": -3, "uds_path": "/tmp/x"}"#),
         (Put, "/balloon", r#"{"amount_mib": 1}"#),

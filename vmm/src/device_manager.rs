@@ -153,11 +153,15 @@ impl VirtioDevices {
                 .transpose()
                 .map_err(|e| device_error(format!("net[{i}]"))(DeviceError::Mac(e)))?;
             let limiter = n.rate_limiter_config.map(rate_limiter);
+            let rx_limiter = match n.rx_rate_limiter_config {
+                Some(rx) => Some(rate_limiter(rx)),
+                None => limiter,
+            };
             let net = Net::new(NetDeviceConfig {
                 tap,
                 mac,
                 id: id.clone(),
-                rate_limiter_rx: limiter,
+                rate_limiter_rx: rx_limiter,
                 rate_limiter_tx: limiter,
             })
             .map_err(|e| device_error(format!("net[{i}]"))(e.into()))?;
@@ -348,6 +352,7 @@ mod tests {
             mac: None,
             id: None,
             rate_limiter_config: None,
+            rx_rate_limiter_config: None,
         }]);
         let Err(e) = VirtioDevices::new(&cfg, &memory()) else {
             panic!("a net device without a tap must be refused");

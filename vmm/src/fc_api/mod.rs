@@ -185,7 +185,7 @@ impl FcApi {
             api::parse_mac(mac)
                 .map_err(|e| format!("Network interface config error: guest_mac: {e}"))?;
         }
-        n.rate_limiter()?;
+        n.rate_limiters()?;
         if let Some(other) = self
             .config
             .network_interfaces

@@ -103,9 +103,8 @@ impl FcApi {
         Ok(())
     }
 
-    /// `PATCH /network-interfaces/{id}`: new RX and TX rate limiters on the running device.
-    /// petrel's config keeps one limiter for both directions, so the result must have equal
-    /// ones (as `PUT` requires); otherwise nothing changes.
+    /// `PATCH /network-interfaces/{id}`: new RX and TX rate limiters on the running device,
+    /// each direction on its own.
     pub(super) fn patch_net(&mut self, vmm: &mut Vmm, p: NetIfacePatch) -> FcResult<()> {
         let id = p.iface_id.clone();
         let Some(iface) = self
@@ -121,9 +120,9 @@ impl FcApi {
         let mut next = iface.clone();
         next.rx_rate_limiter = merged(iface.rx_rate_limiter.as_ref(), p.rx_rate_limiter.as_ref());
         next.tx_rate_limiter = merged(iface.tx_rate_limiter.as_ref(), p.tx_rate_limiter.as_ref());
-        let limiter = next
-            .rate_limiter()
-            .map_err(|e| format!("Network interface update error: {e} (after this update)"))?;
+        let limiters = next
+            .rate_limiters()
+            .map_err(|e| format!("Network interface update error: {e}"))?;
         let Some((_, net)) = vmm
             .machine()
             .and_then(|m| m.virtio.nets.iter().find(|(name, _)| *name == id))
@@ -140,11 +139,12 @@ impl FcApi {
             )
             .map_err(|e| format!("Network interface update error: {id}: rate limiter: {e}"))?;
         *iface = next;
-        log::info!("interface {id}: rate limiter now {limiter:?}");
+        log::info!("interface {id}: rate limiters now {limiters:?}");
         vmm.record_device_change(|cfg| {
             for n in cfg.net.iter_mut().flatten() {
                 if n.id.as_deref() == Some(id.as_str()) {
-                    n.rate_limiter_config = limiter;
+                    n.rate_limiter_config = limiters.tx;
+                    n.rx_rate_limiter_config = limiters.rx;
                 }
             }
         });

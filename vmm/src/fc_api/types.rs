@@ -302,10 +302,19 @@ pub struct NetIfacePatch {
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 
+/// A net interface's limiters in petrel's config: `rate_limiter_config` (TX, and RX too
+/// unless `rx` says otherwise) and `rx_rate_limiter_config` (RX when it differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetLimiters {
+    /// What the guest sends (and receives, when `rx` is None).
+    pub tx: Option<RateLimiterConfig>,
+    /// What the guest receives, when it differs from `tx`.
+    pub rx: Option<RateLimiterConfig>,
+}
+
 impl NetIface {
-    /// petrel's net config has one limiter, applied to both directions: the two must be
-    /// equal (or both absent), never silently widened to the other direction.
-    pub fn rate_limiter(&self) -> Result<Option<RateLimiterConfig>, String> {
+    /// The interface's limiters as petrel's config holds them.
+    pub fn rate_limiters(&self) -> Result<NetLimiters, String> {
         if self.mtu.is_some() {
             return Err(format!(
                 "Network interface config error: {}: mtu: petrel does not set the guest's MTU \
@@ -321,14 +330,18 @@ impl NetIface {
             .tx_rate_limiter
             .as_ref()
             .and_then(RateLimiter::to_petrel);
-        if rx != tx {
-            return Err(format!(
-                "Network interface config error: {}: petrel's net rate limiter covers both \
-                 directions; give rx_rate_limiter and tx_rate_limiter equal, or neither",
-                self.iface_id
-            ));
+        if rx == tx {
+            return Ok(NetLimiters { tx, rx: None });
         }
-        Ok(tx)
+        // RX differs: unlimited is a config with neither bucket.
+        let unlimited = RateLimiterConfig {
+            bandwidth: None,
+            ops: None,
+        };
+        Ok(NetLimiters {
+            tx,
+            rx: Some(rx.unwrap_or(unlimited)),
+        })
     }
 }
 
@@ -581,12 +594,14 @@ impl FcConfig {
         cfg.disks = (!disks.is_empty()).then_some(disks);
         let mut nets = Vec::new();
         for n in &self.network_interfaces {
+            let limiters = n.rate_limiters()?;
             nets.push(NetConfig {
                 tap: Some(n.host_dev_name.clone()),
                 fds: None,
                 mac: n.guest_mac.clone(),
                 id: Some(n.iface_id.clone()),
-                rate_limiter_config: n.rate_limiter()?,
+                rate_limiter_config: limiters.tx,
+                rx_rate_limiter_config: limiters.rx,
             });
         }
         cfg.net = (!nets.is_empty()).then_some(nets);
