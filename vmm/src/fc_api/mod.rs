@@ -359,7 +359,8 @@ impl FcApi {
         log::info!("api: {} /{path}", method.as_str());
         let result = self.route(vmm, event_loop, &req, &path);
         let route = path.split('/').next().unwrap_or("");
-        self.count(method, route, result.is_ok());
+        let ok = matches!(&result, Ok(r) if r.status < 400);
+        self.count(method, route, ok);
         match result {
             Ok(response) => (response, Next::Continue),
             Err(message) => {
