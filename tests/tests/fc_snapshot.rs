@@ -433,3 +433,77 @@ fn snapshot_load_refuses_what_it_cannot_do_and_can_load_after_a_failure() {
         &["boot-specific"],
     );
 }
+
+/// A drive's backing file swapped with `PATCH /drives` before the snapshot is the one the
+/// loaded microVM writes to (the change is in the config the load rebuilds devices from).
+#[test]
+fn a_drive_swapped_before_the_snapshot_stays_swapped_after_the_load() {
+    require_kvm!();
+    let dir = ScratchDir::new("fcsnap-swap");
+    let disk_a = dir.0.join("a.img");
+    let disk_b = dir.0.join("b.img");
+    std::fs::write(&disk_a, vec![0u8; 1 << 20]).unwrap();
+    let snap = dir.0.join("vm.state");
+    let mem = dir.0.join("vm.mem");
+    let mut a = started(Which::Petrel, &dir.0.join("a").tap_mkdir());
+    boot_counting(&mut a, &disk_a);
+    // Swap while paused, so that a's last count is known.
+    ok(&a, Patch, "/vm", json!({"state": "Paused"}));
+    std::fs::copy(&disk_a, &disk_b).unwrap();
+    ok(
+        &a,
+        Patch,
+        "/drives/disk0",
+        json!({"drive_id": "disk0", "path_on_host": disk_b}),
+    );
+    let on_a = disk_count(&disk_a);
+    ok(&a, Patch, "/vm", json!({"state": "Resumed"}));
+    let n = count_values(&a.stdout()).len();
+    assert!(
+        a.wait_for(TIMEOUT, |o| count_values(o).len() >= n + 3),
+        "not counting after the swap\n{}",
+        a.dump()
+    );
+    ok(&a, Patch, "/vm", json!({"state": "Paused"}));
+    ok(
+        &a,
+        Put,
+        "/snapshot/create",
+        json!({"snapshot_path": snap, "mem_file_path": mem}),
+    );
+    drop(a);
+    let mut b = started(Which::Petrel, &dir.0.join("b").tap_mkdir());
+    ok(
+        &b,
+        Put,
+        "/snapshot/load",
+        json!({"snapshot_path": snap, "mem_file_path": mem, "resume_vm": true}),
+    );
+    assert!(
+        b.wait_for(TIMEOUT, |o| count_values(o).len() >= 3),
+        "the loaded guest does not count\n{}",
+        b.dump()
+    );
+    ok(&b, Patch, "/vm", json!({"state": "Paused"}));
+    std::thread::sleep(Duration::from_millis(200));
+    let printed = last_count(&b).expect("counted after the load");
+    let on_b = disk_count(&disk_b);
+    assert!(
+        on_b == Some(printed) || on_b == Some(printed + 1),
+        "b.img holds {on_b:?}, the console last printed {printed}"
+    );
+    assert_eq!(
+        disk_count(&disk_a),
+        on_a,
+        "a.img was written after the swap"
+    );
+    let cfg = b
+        .call(Get, "/vm/config", None)
+        .json_body::<Value>()
+        .unwrap();
+    assert_eq!(
+        cfg["drives"][0]["path_on_host"],
+        disk_b.to_string_lossy().as_ref(),
+        "{cfg}"
+    );
+}
