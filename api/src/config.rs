@@ -128,6 +128,12 @@ pub struct CpusConfig {
     /// hypervisor offers them (Cloud Hypervisor's default: on).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub nested: bool,
+    /// CPUID and MSR changes for every vCPU (Firecracker's custom CPU templates).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::cpu_template::CpuTemplate::is_empty"
+    )]
+    pub template: crate::cpu_template::CpuTemplate,
 }
 
 fn yes() -> bool {
@@ -149,6 +155,7 @@ impl Default for CpusConfig {
             max_vcpus: None,
             topology: None,
             nested: true,
+            template: Default::default(),
         }
     }
 }

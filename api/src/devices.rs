@@ -98,6 +98,11 @@ pub struct NetConfig {
     /// Rate limits, applied to each direction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter_config: Option<RateLimiterConfig>,
+    /// petrel's own: limits on what the guest receives, instead of `rate_limiter_config`
+    /// (which then limits only what it sends). Firecracker's separate `rx_rate_limiter` and
+    /// `tx_rate_limiter`; no limit at all is a config with neither bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter_config: Option<RateLimiterConfig>,
 }
 
 /// A virtio-vsock device bridged to host Unix sockets.
@@ -157,6 +162,7 @@ impl NetConfig {
             mac: None,
             id: None,
             rate_limiter_config: None,
+            rx_rate_limiter_config: None,
         };
         let mut limits = RateLimiterKeys::default();
         for (k, v) in pairs("--net", s)? {

@@ -7,6 +7,7 @@
 
 pub mod compat;
 pub mod config;
+pub mod cpu_template;
 pub mod devices;
 pub mod petreld;
 pub mod request;

@@ -143,6 +143,7 @@ fn full_ch_config_maps_to_petrel() {
             mac: Some("52:54:00:12:34:56".into()),
             id: Some("eth0".into()),
             rate_limiter_config: None,
+            rx_rate_limiter_config: None,
         }]),
         vsock: Some(VsockConfig {
             cid: 3,

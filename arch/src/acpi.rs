@@ -45,7 +45,7 @@ const XSDT_ENTRIES: u64 = 2;
 /// FADT `IAPC_BOOT_ARCH` bit: VGA not present (do not probe legacy VGA).
 const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
 /// The i8042 command/status port: writing `I8042_CMD_RESET` there pulses the CPU reset line.
-const I8042_COMMAND_PORT: u16 = layout::I8042_PORT + 4;
+const I8042_COMMAND_PORT: u16 = layout::I8042_COMMAND_PORT;
 /// i8042 "pulse output line" command that resets the machine.
 const I8042_CMD_RESET: u8 = 0xfe;
 /// Hypervisor vendor identity in the FADT (ACPI 6.0+), space-padded to 8 bytes.

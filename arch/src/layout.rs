@@ -80,6 +80,10 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 /// i8042 data/command ports.
 pub const I8042_PORT: u16 = 0x60;
+/// The i8042 command/status port.
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// IRQ (GSI) of the i8042's keyboard port.
+pub const I8042_KBD_IRQ: u32 = 1;
 /// CMOS RTC index/data ports.
 pub const RTC_PORT: u16 = 0x70;
 /// POST debug port.

@@ -7,9 +7,13 @@
 //!
 //! What Linux finds: the controller itself (command byte, self test), no AUX port (the AUX
 //! loopback answer does not come back flagged as AUX data and the AUX interface test reports
-//! a stuck clock line), and a keyboard port on which no keyboard ever answers (`atkbd`'s
-//! probe times out in the background and registers nothing). A FADT without the 8042 boot
-//! flag, or `i8042.nokbd`, keeps Linux from probing at all.
+//! a stuck clock line), and a minimal PS/2 keyboard in scancode set 2 without translation: it
+//! acknowledges every command (`0xFA`), answers `GETID` with `AB 83`, reset with `AA`,
+//! `F0 00` with set 2 and echo with `EE`, so `atkbd` binds at once and registers a keyboard.
+//! Keyboard bytes (answers and the keys [`I8042::push_keys`] queues: Firecracker's
+//! `SendCtrlAltDel`) raise the keyboard interrupt, IRQ 1, while the command byte enables it,
+//! one edge per byte; controller answers do not (the driver polls for them). The DSDT
+//! describes the controller (`PNP0303`, ports 0x60 and 0x64, IRQ 1), so Linux probes it.
 //!
 //! Offsets 1..=3 (ports 0x61..=0x63, including the PC speaker/NMI status port 0x61) are not
 //! emulated: reads return 0xff, writes are dropped. 0xff is the safe answer at 0x61: Linux's PIT
@@ -31,6 +35,8 @@ const STATUS_OBF: u8 = 0x01;
 /// Status: the waiting byte came from the AUX (mouse) port.
 const STATUS_AUXDATA: u8 = 0x20;
 
+/// Command byte: keyboard interrupt enabled.
+const CTR_KBDINT: u8 = 0x01;
 /// Command byte: keyboard interface disabled.
 const CTR_KBDDIS: u8 = 0x10;
 /// Command byte: AUX interface disabled.
@@ -61,9 +67,29 @@ const INTERFACE_TEST_CLOCK_LOW: u8 = 0x01;
 /// Output port: bit 0 is the (active low) CPU reset line, bit 1 the A20 gate.
 const OUTPUT_PORT_DEFAULT: u8 = 0x03;
 
+/// Keyboard: command acknowledged.
+const KBD_ACK: u8 = 0xfa;
+/// Keyboard commands that take a parameter byte: LEDs, scancode set, typematic rate.
+const KBD_SET_LEDS: u8 = 0xed;
+const KBD_SCANSET: u8 = 0xf0;
+const KBD_TYPEMATIC: u8 = 0xf3;
+const KBD_ECHO: u8 = 0xee;
+const KBD_GET_ID: u8 = 0xf2;
+const KBD_RESET: u8 = 0xff;
+/// Keyboard ID of an MF2 keyboard.
+const KBD_ID: [u8; 2] = [0xab, 0x83];
+/// Basic assurance test passed (after a reset).
+const KBD_BAT_OK: u8 = 0xaa;
+/// The scancode set the keyboard speaks.
+const KBD_SET: u8 = 2;
+
 /// The i8042 controller. Reset requests write 1 to the eventfd given at construction.
 pub struct I8042 {
     reset_evt: EventFd,
+    /// The keyboard interrupt (IRQ 1), if wired.
+    irq: Option<EventFd>,
+    /// A keyboard command waiting for its parameter byte.
+    kbd_pending: Option<u8>,
     /// The controller command byte (CTR).
     ctr: u8,
     /// The byte waiting at the data port, and whether it is flagged as AUX data.
@@ -115,6 +141,8 @@ impl I8042 {
     pub fn new(reset_evt: EventFd) -> Self {
         Self {
             reset_evt,
+            irq: None,
+            kbd_pending: None,
             ctr: 0,
             output: None,
             pending: None,
@@ -122,15 +150,63 @@ impl I8042 {
         }
     }
 
+    /// Wires the keyboard interrupt: `irq` is written once per keyboard byte made available
+    /// while the command byte enables the interrupt.
+    pub fn set_irq(&mut self, irq: EventFd) {
+        self.irq = Some(irq);
+    }
+
     /// Queues keyboard scancodes; the guest reads them one by one at the data port (OBF set
     /// in the status register while one waits). Bounded: a guest that never reads loses the
     /// oldest beyond 64 bytes.
     pub fn push_keys(&mut self, codes: &[u8]) {
+        let was_empty = self.keys.is_empty();
         for &c in codes {
             if self.keys.len() >= 64 {
                 self.keys.pop_front();
             }
             self.keys.push_back(c);
+        }
+        if was_empty && !codes.is_empty() {
+            self.keyboard_interrupt();
+        }
+    }
+
+    /// Raises IRQ 1 if the guest enabled the keyboard interrupt.
+    fn keyboard_interrupt(&self) {
+        if self.ctr & CTR_KBDINT == 0 || self.ctr & CTR_KBDDIS != 0 {
+            return;
+        }
+        if let Some(irq) = &self.irq {
+            if let Err(e) = irq.write(1) {
+                warn!("i8042: cannot raise the keyboard interrupt: {e}");
+            }
+        }
+    }
+
+    /// A byte the guest sent to the keyboard: a command or a command's parameter.
+    fn keyboard(&mut self, value: u8) {
+        if let Some(cmd) = self.kbd_pending.take() {
+            // The parameter of LEDs, scancode set or typematic: acknowledged; `F0 00` asks
+            // which set is in use.
+            if cmd == KBD_SCANSET && value == 0 {
+                self.push_keys(&[KBD_ACK, KBD_SET]);
+            } else {
+                self.push_keys(&[KBD_ACK]);
+            }
+            return;
+        }
+        // A command supersedes keys not yet read, as on a real keyboard.
+        self.keys.clear();
+        match value {
+            KBD_SET_LEDS | KBD_SCANSET | KBD_TYPEMATIC => {
+                self.kbd_pending = Some(value);
+                self.push_keys(&[KBD_ACK]);
+            }
+            KBD_ECHO => self.push_keys(&[KBD_ECHO]),
+            KBD_GET_ID => self.push_keys(&[KBD_ACK, KBD_ID[0], KBD_ID[1]]),
+            KBD_RESET => self.push_keys(&[KBD_ACK, KBD_BAT_OK]),
+            _ => self.push_keys(&[KBD_ACK]),
         }
     }
 
@@ -212,8 +288,7 @@ impl I8042 {
             Some(CMD_AUX_LOOP) => self.reply(value),
             // Internal RAM writes, AUX sends: nothing to keep, nobody to answer.
             Some(_) => {}
-            // A byte for the keyboard: none is attached.
-            None => debug!("i8042: dropping keyboard byte {value:#04x}"),
+            None => self.keyboard(value),
         }
     }
 }
@@ -221,7 +296,15 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match (data.len(), offset) {
-            (1, DATA_OFFSET) => self.next_output().map_or(0, |(v, _)| v),
+            (1, DATA_OFFSET) => {
+                let from_keyboard = self.output.is_none();
+                let value = self.next_output().map_or(0, |(v, _)| v);
+                // One edge per keyboard byte: the next one, if any, raises it again.
+                if from_keyboard && !self.keys.is_empty() {
+                    self.keyboard_interrupt();
+                }
+                value
+            }
             (1, COMMAND_OFFSET) => self.status(),
             _ => 0xff,
         };
@@ -317,9 +400,13 @@ mod tests {
         assert_eq!(command(&bus, CMD_KBD_TEST, &[], 1), Some(vec![0x00]));
         assert_eq!(command(&bus, CMD_KBD_ENABLE, &[], 0), Some(vec![]));
         assert_eq!(command(&bus, 0x20, &[], 1), Some(vec![0x20]));
-        // A keyboard command on the data port gets no answer.
+        // The keyboard answers GETID with an MF2 keyboard's id.
         assert!(bus.write(DATA, &[0xf2]));
-        assert_eq!(inb(&bus, CMD), 0);
+        let mut id = Vec::new();
+        while inb(&bus, CMD) & STATUS_OBF != 0 {
+            id.push(inb(&bus, DATA));
+        }
+        assert_eq!(id, [0xfa, 0xab, 0x83]);
         assert!(evt.read().is_err(), "no reset during the probe");
     }
 
@@ -349,5 +436,48 @@ mod tests {
         assert_eq!(got, CTRL_ALT_DEL);
         // Keys do not reset the machine by themselves.
         assert!(evt.read().is_err());
+    }
+
+    /// What `atkbd` does once the controller enabled the keyboard interrupt: each command
+    /// answered in full, one interrupt edge per keyboard byte; then Ctrl+Alt+Del raises it
+    /// for each of its bytes.
+    #[test]
+    fn the_keyboard_answers_atkbd_and_interrupts_per_byte() {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dev = Arc::new(Mutex::new(I8042::new(EventFd::new(EFD_NONBLOCK).unwrap())));
+        dev.lock().unwrap().set_irq(irq.try_clone().unwrap());
+        let mut bus = Bus::new();
+        bus.insert(dev.clone(), 0x60, I8042_PORT_LEN).unwrap();
+        // Interrupt off (command byte 0): answers, but no edge.
+        assert!(bus.write(DATA, &[0xf4]));
+        assert_eq!(inb(&bus, DATA), 0xfa);
+        assert!(irq.read().is_err());
+        assert_eq!(command(&bus, 0x60, &[CTR_KBDINT], 0), Some(vec![]));
+        // Reads every byte of the answer, counting interrupt edges as the handler would.
+        let answer = |cmd: &[u8]| {
+            let mut got = Vec::new();
+            for b in cmd {
+                assert!(bus.write(DATA, &[*b]));
+            }
+            loop {
+                let edges = irq.read().unwrap_or(0);
+                if inb(&bus, CMD) & STATUS_OBF == 0 {
+                    assert_eq!(edges, 0, "an edge without a byte");
+                    break;
+                }
+                assert_eq!(edges, 1, "one edge per byte");
+                got.push(inb(&bus, DATA));
+            }
+            got
+        };
+        assert_eq!(answer(&[0xff]), [0xfa, 0xaa]);
+        assert_eq!(answer(&[0xf2]), [0xfa, 0xab, 0x83]);
+        assert_eq!(answer(&[0xed]), [0xfa]);
+        assert_eq!(answer(&[0x07]), [0xfa]);
+        assert_eq!(answer(&[0xf0]), [0xfa]);
+        assert_eq!(answer(&[0x00]), [0xfa, 0x02]);
+        assert_eq!(answer(&[0xee]), [0xee]);
+        dev.lock().unwrap().send_ctrl_alt_del();
+        assert_eq!(answer(&[]), CTRL_ALT_DEL);
     }
 }

@@ -10,6 +10,7 @@ pub mod debug_port;
 pub mod ged;
 pub mod i8042;
 pub mod interrupt;
+pub mod mmds;
 pub mod pci;
 pub mod rate_limiter;
 pub mod rtc;

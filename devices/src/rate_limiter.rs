@@ -324,6 +324,57 @@ impl RateLimiter {
     }
 }
 
+/// A change to one bucket of a running limiter (Firecracker's `PATCH` semantics: a bucket
+/// left out stays as it is, one of size or refill time 0 stops limiting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketUpdate {
+    /// Leave the bucket as it is.
+    Keep,
+    /// A new, full bucket; one that limits nothing removes the bucket.
+    Set(TokenBucketConfig),
+}
+
+impl RateLimiter {
+    /// Changes the buckets in place (the timerfd stays: the event loop keeps watching it).
+    /// A blocked limiter is unblocked: the new buckets decide (a timer still armed fires
+    /// later and finds nothing to do). The device should then look at its queues again.
+    pub fn update(&mut self, bandwidth: BucketUpdate, ops: BucketUpdate) {
+        self.blocked = false;
+        let now = self.clock.now();
+        if let BucketUpdate::Set(cfg) = bandwidth {
+            self.bandwidth = TokenBucket::new(&cfg, now);
+        }
+        if let BucketUpdate::Set(cfg) = ops {
+            self.ops = TokenBucket::new(&cfg, now);
+        }
+    }
+}
+
+/// Applies an update to a device's optional limiter, making one if it had none. Returns
+/// whether a limiter was made (its timerfd must then be registered with the event loop).
+pub fn update_slot(
+    slot: &mut Option<RateLimiter>,
+    bandwidth: BucketUpdate,
+    ops: BucketUpdate,
+) -> io::Result<bool> {
+    if bandwidth == BucketUpdate::Keep && ops == BucketUpdate::Keep {
+        return Ok(false);
+    }
+    let made = match slot {
+        Some(rl) => {
+            rl.update(bandwidth, ops);
+            false
+        }
+        None => {
+            let mut rl = RateLimiter::new(&RateLimiterConfig::default())?;
+            rl.update(bandwidth, ops);
+            *slot = Some(rl);
+            true
+        }
+    };
+    Ok(made)
+}
+
 impl AsRawFd for RateLimiter {
     /// The timerfd to register on the event loop.
     fn as_raw_fd(&self) -> RawFd {
@@ -537,5 +588,41 @@ pub(crate) mod tests {
         // Over-consumption passes once, then blocks.
         assert!(rl.consume(5000, TokenKind::Bytes));
         assert!(rl.is_blocked());
+    }
+
+    #[test]
+    fn update_keeps_replaces_or_removes_buckets_and_unblocks() {
+        let clock = ManualClock::default();
+        let two = TokenBucketConfig {
+            size: 2,
+            one_time_burst: 0,
+            refill_time_ms: 1000,
+        };
+        let cfg = RateLimiterConfig {
+            bandwidth: Some(two),
+            ops: Some(two),
+        };
+        let mut rl = RateLimiter::with_clock(&cfg, Box::new(clock.clone())).unwrap();
+        assert!(rl.consume(2, TokenKind::Ops));
+        assert!(!rl.consume(1, TokenKind::Ops));
+        assert!(rl.is_blocked());
+        // Only ops changes (a bigger bucket, full); bandwidth stays; the block ends.
+        let ten = TokenBucketConfig { size: 10, ..two };
+        rl.update(BucketUpdate::Keep, BucketUpdate::Set(ten));
+        assert!(!rl.is_blocked());
+        assert_eq!(rl.bucket(TokenKind::Ops).map(TokenBucket::size), Some(10));
+        assert_eq!(rl.bucket(TokenKind::Bytes).map(TokenBucket::size), Some(2));
+        // A bucket that limits nothing removes it.
+        rl.update(
+            BucketUpdate::Set(TokenBucketConfig::default()),
+            BucketUpdate::Keep,
+        );
+        assert!(rl.bucket(TokenKind::Bytes).is_none());
+        // No limiter yet: one is made only when something changes.
+        let mut slot = None;
+        assert!(!update_slot(&mut slot, BucketUpdate::Keep, BucketUpdate::Keep).unwrap());
+        assert!(slot.is_none());
+        assert!(update_slot(&mut slot, BucketUpdate::Keep, BucketUpdate::Set(two)).unwrap());
+        assert!(slot.is_some_and(|rl| rl.bucket(TokenKind::Ops).is_some()));
     }
 }

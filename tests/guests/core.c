@@ -36,6 +36,7 @@ enum action {
 	ACT_VIRTIO_VSOCK,
 	ACT_VSOCK_LISTEN,
 	ACT_BLK_SWAP,
+	ACT_MMDS,
 	ACT_BENCH_BLK,
 	ACT_BENCH_RNG,
 	ACT_BENCH_NET,
@@ -45,6 +46,7 @@ enum action {
 	ACT_COUNT_BLK,
 	ACT_DIRTY,
 	ACT_CTRL_ALT_DEL,
+	ACT_CPUID,
 	ACT_UNKNOWN
 };
 
@@ -148,6 +150,9 @@ static void vprint(const char *fmt, va_list ap)
 		}
 	}
 }
+
+/* Forward: defined after printk. */
+static void print_cpu_identity(void);
 
 /* Prints one formatted message while holding the print lock (shared with the APs). */
 void printk(const char *fmt, ...)
@@ -346,6 +351,10 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_VSOCK_LISTEN;
 			else if (token_is(v, vl, "virtio-blk-swap"))
 				o->action = ACT_BLK_SWAP;
+			else if (token_is(v, vl, "mmds"))
+				o->action = ACT_MMDS;
+			else if (token_is(v, vl, "cpuid"))
+				o->action = ACT_CPUID;
 			else if (token_is(v, vl, "bench-blk"))
 				o->action = ACT_BENCH_BLK;
 			else if (token_is(v, vl, "bench-rng"))
@@ -507,11 +516,13 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 	case ACT_VIRTIO_VSOCK:
 	case ACT_VSOCK_LISTEN:
 	case ACT_BLK_SWAP:
+	case ACT_MMDS:
 		virtio_action(o->action == ACT_VIRTIO_BLK     ? VIRTIO_DEV_BLK
 			      : o->action == ACT_VIRTIO_NET   ? VIRTIO_DEV_NET
 			      : o->action == ACT_VIRTIO_VSOCK ? VIRTIO_DEV_VSOCK
 			      : o->action == ACT_VSOCK_LISTEN ? VIRTIO_ACT_VSOCK_LISTEN
 			      : o->action == ACT_BLK_SWAP     ? VIRTIO_ACT_BLK_SWAP
+			      : o->action == ACT_MMDS         ? VIRTIO_ACT_MMDS
 							      : VIRTIO_DEV_RNG,
 			      get_cmdline());
 		printk("PETREL-GUEST: poweroff\n");
@@ -536,6 +547,11 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 		break;
 	case ACT_COUNT:
 		count_forever();
+		break;
+	case ACT_CPUID:
+		print_cpu_identity();
+		printk("PETREL-GUEST: poweroff\n");
+		power_off(a);
 		break;
 	case ACT_DIRTY:
 		dirty_forever();
@@ -618,4 +634,15 @@ void guest_main(u32 kind, u64 info)
 	acpi_walk(get_rsdp(), &acpi);
 	smp_start(&acpi);
 	do_action(&opts, &acpi);
+}
+
+/* `action=cpuid`: CPUID leaf 1 and the PAT MSR (0x277) as the vCPU sees them. */
+static void print_cpu_identity(void)
+{
+	u32 a, b, c, d;
+	__asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+	printk("CPUID 0x1 eax=0x%x ebx=0x%x ecx=0x%x edx=0x%x\n", a, b, c, d);
+	u32 lo, hi;
+	__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x277u));
+	printk("MSR 0x277=0x%lx\n", ((u64)hi << 32) | lo);
 }

@@ -631,6 +631,8 @@ void virtio_action(int which, const char *cmdline)
 		count_blk();
 	else if (which == VIRTIO_ACT_BLK_SWAP)
 		virtio_blk_swap();
+	else if (which == VIRTIO_ACT_MMDS)
+		virtio_mmds();
 	else
 		virtio_rng();
 	pci_msix_report(vdevs, nvdevs);

@@ -148,6 +148,8 @@ int vq_wait_host(struct vqueue *q, u32 *id, u32 *len, const char *what);
 /* virtio_net.c, virtio_vsock.c: the actions. */
 void virtio_net(const char *cmdline);
 void virtio_vsock(void);
+/* `action=mmds`: an HTTP GET to the MMDS over the first virtio-net device (virtio_mmds.c). */
+void virtio_mmds(void);
 /* `action=vsock-listen`: accepts the host's connection to port 1024 (virtio_vsock.c). */
 void virtio_vsock_listen(void);
 

@@ -52,6 +52,7 @@ const COMMON_SOURCES: &[&str] = &[
     "smp.c",
     "virtio.c",
     "virtio_net.c",
+    "virtio_mmds.c",
     "virtio_vsock.c",
     "pci.c",
     "bench.c",

@@ -8,10 +8,9 @@ mod fc_support;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use fc_support::{ScratchDir, Vmm, Which};
+use fc_support::{ScratchDir, Tap, Vmm, Which};
 use petrel_http::Method::Put;
 use petrel_tests::host_net::{test_frame, PacketSocket, TUN_DEVICE};
 use petrel_tests::{require_kvm, GuestKind};
@@ -180,42 +179,6 @@ fn config_file_vsock_connects_to_the_host() {
             Some("hello from petrel guest\n"),
             "{which:?}"
         );
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
-}
-
-/// A tap made for the test, deleted on drop.
-struct Tap(String);
-
-impl Tap {
-    fn create(name: &str) -> Result<Tap, String> {
-        if Path::new("/sys/class/net").join(name).exists() {
-            ip(&["link", "del", "dev", name])?;
-        }
-        ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
-        let tap = Tap(name.to_string());
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        ip(&["link", "set", "dev", name, "up"])?;
-        Ok(tap)
-    }
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        let _ = ip(&["link", "del", "dev", &self.0]);
     }
 }
 
@@ -473,4 +436,54 @@ fn patch_drive_path_swaps_the_backing_file_under_the_guest() {
             "{which:?}: the placeholder was written"
         );
     }
+}
+
+/// With `--no-api` every path is known at start: petrel confines its main thread with
+/// Landlock (as in the Cloud Hypervisor dialect's `--config-file`), and the log, metrics and
+/// `--metadata` files it opens after that are among the allowed ones.
+#[test]
+fn config_file_start_is_confined_by_landlock() {
+    require_kvm!();
+    let dir = ScratchDir::new("fc-landlock");
+    let kernel = petrel_tests::guest_image(GuestKind::Pvh);
+    let log = dir.0.join("logs/vmm.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let metrics = dir.0.join("metrics.json");
+    let meta = dir.0.join("meta.json");
+    std::fs::write(&meta, r#"{"k": "v"}"#).unwrap();
+    let config = json!({
+        "boot-source": {"kernel_image_path": kernel, "boot_args": "action=virtio-rng"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+        "entropy": {},
+        "metrics": {"metrics_path": metrics},
+    });
+    let file = dir.0.join("config.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    let out = std::process::Command::new(petrel_tests::petrel_bin())
+        .arg("--no-api")
+        .arg("--config-file")
+        .arg(&file)
+        .arg("--metadata")
+        .arg(&meta)
+        .arg("--log-path")
+        .arg(&log)
+        .args(["--level", "Debug"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(out.status.success(), "{}\n{stdout}\n{text}", out.status);
+    assert!(stdout.contains("VIRTIO: rng bytes=32"), "{stdout}");
+    let landlocked = text.contains("landlock: main thread limited to");
+    let absent = text.contains("landlock: not in this kernel");
+    assert!(
+        landlocked || absent,
+        "no word of Landlock in the log:\n{text}"
+    );
+    if absent {
+        petrel_tests::skip("Landlock is not in this kernel: confinement not checked");
+    }
+    // Written after the restriction.
+    let lines = std::fs::read_to_string(&metrics).unwrap_or_default();
+    assert!(lines.lines().count() >= 1, "no metrics line");
 }

@@ -117,6 +117,8 @@ pub struct VirtioDevices {
     pub disks: Vec<(String, Arc<Mutex<Block>>)>,
     /// The PCI segment, when the devices use virtio-pci (`platform.transport = pci`).
     pub pci: Option<crate::pci::PciDevices>,
+    /// The net devices by name (their id), for rate-limiter changes and local responders.
+    pub nets: Vec<(String, Arc<Mutex<Net>>)>,
 }
 
 impl VirtioDevices {
@@ -158,11 +160,15 @@ impl VirtioDevices {
                 .transpose()
                 .map_err(|e| device_error(format!("net[{i}]"))(DeviceError::Mac(e)))?;
             let limiter = n.rate_limiter_config.map(rate_limiter);
+            let rx_limiter = match n.rx_rate_limiter_config {
+                Some(rx) => Some(rate_limiter(rx)),
+                None => limiter,
+            };
             let net = Net::new(NetDeviceConfig {
                 tap,
                 mac,
                 id: id.clone(),
-                rate_limiter_rx: limiter,
+                rate_limiter_rx: rx_limiter,
                 rate_limiter_tx: limiter,
             })
             .map_err(|e| device_error(format!("net[{i}]"))(e.into()))?;
@@ -171,7 +177,9 @@ impl VirtioDevices {
                 net.tap().name(),
                 format_mac(&net.mac())
             );
-            list.add(id, Arc::new(Mutex::new(net)), mem)?;
+            let net = Arc::new(Mutex::new(net));
+            list.nets.push((id.clone(), net.clone()));
+            list.add(id, net, mem)?;
         }
         if let Some(b) = &cfg.balloon {
             let balloon = Balloon::new(
@@ -398,6 +406,7 @@ mod tests {
             mac: None,
             id: None,
             rate_limiter_config: None,
+            rx_rate_limiter_config: None,
         }]);
         let Err(e) = VirtioDevices::new(&cfg, &memory()) else {
             panic!("a net device without a tap must be refused");

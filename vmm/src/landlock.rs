@@ -1,7 +1,8 @@
 //! Landlock on the main thread: which files the thread that serves the devices may open,
 //! where seccomp cannot look (a path is in memory). Applied when every path is known at start
-//! (a VM from the command line or `--config-file`, no API socket that could name others
-//! later), before the seccomp filters and before the vCPU threads, which inherit it.
+//! (a VM from the command line or `--config-file`, or Firecracker's `--no-api --config-file`
+//! with its log, metrics and `--metadata` files; no API socket that could name others later),
+//! before the seccomp filters and before the vCPU threads, which inherit it.
 //!
 //! What remains open: the payload (read again at every reboot), the disks (read, and write
 //! unless read-only), `/dev/net/tun` with a tap, the serial output file, the directory of the
@@ -132,6 +133,27 @@ pub fn rules(cfg: &VmConfig, log_file: Option<&Path>) -> Vec<Rule> {
         v.push(file(&parent(&vsock.socket), MAKE_SOCK | REMOVE_FILE));
     }
     v
+}
+
+/// A file that is only read (a `--metadata` file).
+pub fn read_rule(path: &Path) -> Rule {
+    Rule {
+        path: path.to_path_buf(),
+        access: READ_FILE,
+    }
+}
+
+/// A file written or created (a log, a metrics file or FIFO): its directory, to create,
+/// append to and truncate files there.
+pub fn output_rule(path: &Path) -> Rule {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Rule {
+        path: dir,
+        access: MAKE_REG | READ_FILE | WRITE_FILE | TRUNCATE,
+    }
 }
 
 /// The Landlock ABI version of the running kernel, or `None` without Landlock.

@@ -160,6 +160,9 @@ impl LegacyDevices {
         events: &LifecycleEvents,
     ) -> Result<Self> {
         let com1 = new_eventfd("COM1 interrupt")?;
+        let keyboard = new_eventfd("keyboard interrupt")?;
+        let mut i8042 = I8042::new(clone_eventfd(&events.reset_evt, "reset")?);
+        i8042.set_irq(clone_eventfd(&keyboard, "keyboard interrupt")?);
         let power_button = PowerButton::with_eventfd(new_eventfd("power button")?);
         let serial = Serial::with_drained_event(
             EventFdTrigger::new(clone_eventfd(&com1, "COM1 interrupt")?),
@@ -169,10 +172,7 @@ impl LegacyDevices {
         Ok(LegacyDevices {
             serial: Arc::new(Mutex::new(serial)),
             rtc: Arc::new(Mutex::new(Rtc::new())),
-            i8042: Arc::new(Mutex::new(I8042::new(clone_eventfd(
-                &events.reset_evt,
-                "reset",
-            )?))),
+            i8042: Arc::new(Mutex::new(i8042)),
             acpi_pm: Arc::new(Mutex::new(AcpiPm::new(
                 layout::ACPI_S5_SLP_TYP,
                 clone_eventfd(&events.exit_evt, "poweroff")?,
@@ -182,6 +182,10 @@ impl LegacyDevices {
                 IrqLine {
                     evt: com1,
                     gsi: layout::COM1_IRQ,
+                },
+                IrqLine {
+                    evt: keyboard,
+                    gsi: layout::I8042_KBD_IRQ,
                 },
                 IrqLine {
                     evt: clone_eventfd(power_button.irq_evt(), "power button")?,

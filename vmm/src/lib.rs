@@ -4,6 +4,7 @@
 
 pub mod api_server;
 pub mod cli;
+pub mod cpu_template;
 pub mod device_manager;
 pub mod event_loop;
 pub mod fc_api;
@@ -68,6 +69,9 @@ pub enum Error {
     /// A thread's seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// The CPU template does not fit this guest's CPUID.
+    #[error("cpu template: {0}")]
+    CpuTemplate(String),
     /// The main thread's file access could not be narrowed.
     #[error(transparent)]
     Landlock(#[from] landlock::LandlockError),

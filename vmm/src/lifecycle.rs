@@ -25,6 +25,7 @@ mod snapshot;
 mod tests;
 
 pub use reply::{DeviceCounters, EndReason, ErrorKind, Next, OpError, Reply, VmInfo, VmState};
+pub use snapshot::SnapshotFiles;
 
 /// A built VM: its machine (kept across guest reboots) and, while booted, its vCPUs.
 struct Instance {
@@ -50,6 +51,26 @@ pub struct Vmm {
     end_reason: Option<EndReason>,
     /// Descriptors received with API calls (tap fds) that the config refers to by number.
     kept_fds: Vec<std::os::fd::OwnedFd>,
+    /// What answers some of the guest's frames on which net device (the MMDS).
+    net_responders: Option<NetResponders>,
+}
+
+/// Makes the local responder a net device gets, by the device's id (None: it has none). The
+/// Firecracker front end gives the MMDS to the interfaces its config names.
+pub type NetResponders =
+    Arc<dyn Fn(&str) -> Option<Box<dyn devices::virtio::net::LocalResponder>> + Send + Sync>;
+
+/// Gives each net device of `machine` its local responder.
+fn attach_responders(machine: &Machine, responders: Option<&NetResponders>) {
+    for (id, net) in &machine.virtio.nets {
+        let local = responders.and_then(|f| f(id));
+        if local.is_some() {
+            log::info!("{id}: the MMDS answers on this interface");
+        }
+        net.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_local_responder(local);
+    }
 }
 
 impl Vmm {
@@ -75,6 +96,24 @@ impl Vmm {
             boots: 0,
             end_reason: None,
             kept_fds: Vec::new(),
+            net_responders: None,
+        }
+    }
+
+    /// Records in the config a change made to a running device (a disk's backing file, a
+    /// rate limiter), so that what is rebuilt from the config (a snapshot's restore) has it.
+    pub fn record_device_change(&mut self, edit: impl FnOnce(&mut VmConfig)) {
+        if let Some(cfg) = self.config.as_mut() {
+            edit(cfg);
+        }
+    }
+
+    /// Sets what answers some of the guest's frames on which net device; applied to the
+    /// devices at once if the machine is built, and to every machine built later.
+    pub fn set_net_responders(&mut self, responders: Option<NetResponders>) {
+        self.net_responders = responders;
+        if let Some(instance) = &self.instance {
+            attach_responders(&instance.machine, self.net_responders.as_ref());
         }
     }
 
@@ -169,6 +208,7 @@ impl Vmm {
             Some(instance) => instance,
             slot @ None => {
                 let machine = Machine::new(&cfg, crate::logger::start_time(), &self.events)?;
+                attach_responders(&machine, self.net_responders.as_ref());
                 let subscribers = event_loop.add_subscribers(machine.virtio.subscribers());
                 event_loop.set_serial(Some(machine.legacy.serial.clone()));
                 slot.insert(Instance {

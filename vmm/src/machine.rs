@@ -184,8 +184,10 @@ pub fn boot(
         if !cfg.cpus.nested {
             arch::cpuid::hide_virtualization(&mut cpuid);
         }
+        crate::cpu_template::apply_cpuid(&mut cpuid, &cfg.cpus.template)?;
         vcpu.set_cpuid(&cpuid).map_err(err)?;
         arch::regs::setup_common(vcpu.as_ref(), id)?;
+        crate::cpu_template::apply_msrs(vcpu.as_ref(), &cfg.cpus.template)?;
         if id == 0 {
             arch::regs::setup_boot_vcpu(vcpu.as_ref(), &regs, &sregs)?;
         }

@@ -113,8 +113,15 @@ pub fn run(opts: &Options) -> Result<i32> {
     };
     let mut event_loop = EventLoop::new(controller, serial_input)?;
     if seccomp_mode == SeccompMode::Enforce && opts.api_socket.is_none() {
+        let log = opts.log_file.as_deref();
         if let Some(cfg) = &opts.config {
-            restrict_files(cfg, opts.log_file.as_deref())?;
+            restrict_files(&landlock::rules(cfg, log))?;
+        } else if let Some(rules) = opts
+            .firecracker
+            .as_ref()
+            .and_then(|l| crate::fc_api::cli::landlock_rules(l, log))
+        {
+            restrict_files(&rules)?;
         }
     }
     seccomp::apply(ThreadKind::Vmm, seccomp_mode, backend)?;
@@ -169,11 +176,10 @@ pub fn run(opts: &Options) -> Result<i32> {
     }
 }
 
-/// Limits the files the main thread may open to what `cfg` needs (see [`landlock`]); every
-/// path is known because no API socket can name others later.
-fn restrict_files(cfg: &VmConfig, log_file: Option<&std::path::Path>) -> Result<()> {
-    let rules = landlock::rules(cfg, log_file);
-    match landlock::restrict(&rules) {
+/// Limits the files the main thread may open to `rules` (see [`landlock`]); every path is
+/// known because no API socket can name others later.
+fn restrict_files(rules: &[landlock::Rule]) -> Result<()> {
+    match landlock::restrict(rules) {
         Ok(true) => log::debug!("landlock: main thread limited to {} paths", rules.len()),
         Ok(false) => log::warn!("landlock: not in this kernel; file access is not narrowed"),
         Err(e) => return Err(e.into()),

@@ -59,6 +59,8 @@ const _: () = assert!(
         && layout::GED_GSI > layout::VIRTIO_MMIO_LAST_GSI
         && layout::GED_GSI != layout::COM1_IRQ
 );
+/// PNP id of a PS/2 keyboard controller (Linux `i8042` through PNP).
+const I8042_HID: &str = "PNP0303";
 /// PNP id of a control-method power button (Linux `acpi_button`).
 const POWER_BUTTON_HID: &str = "PNP0C0C";
 /// Notify value of a control-method power button: "button pressed".
@@ -73,6 +75,7 @@ pub(super) fn build(virtio: &[VirtioMmioAcpi], pci: Option<&super::PciAcpi>) -> 
     let mut sb = Vec::new();
     com1(&mut sb);
     rtc(&mut sb);
+    i8042(&mut sb);
     power_button(&mut sb);
     ged(&mut sb);
     for (index, dev) in virtio.iter().enumerate() {
@@ -116,6 +119,22 @@ fn com1(sink: &mut Vec<u8>) {
     let irq = Interrupt::new(true, true, false, false, layout::COM1_IRQ);
     let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&io, &irq]));
     Device::new(Path::new("COM1"), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
+}
+
+/// `Device(PS2K)`: the i8042 keyboard controller, PNP0303, its data and command ports and
+/// the keyboard interrupt (edge, active high), so that Linux's i8042 driver finds it through
+/// PNP (as on a PC; without it Linux does not probe the controller on this ACPI machine).
+fn i8042(sink: &mut Vec<u8>) {
+    let hid = Name::new(Path::new("_HID"), &EISAName::new(I8042_HID));
+    let uid = Name::new(Path::new("_UID"), &ZERO);
+    let data = IO::new(layout::I8042_PORT, layout::I8042_PORT, 1, 1);
+    let cmd = IO::new(layout::I8042_COMMAND_PORT, layout::I8042_COMMAND_PORT, 1, 1);
+    let irq = Interrupt::new(true, true, false, false, layout::I8042_KBD_IRQ);
+    let crs = Name::new(
+        Path::new("_CRS"),
+        &ResourceTemplate::new(vec![&data, &cmd, &irq]),
+    );
+    Device::new(Path::new("PS2K"), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
 }
 
 /// `Device(RTC0)`: PNP0B00 at `layout::RTC_PORT`, two ports, no interrupt (see the module
@@ -306,6 +325,7 @@ mod tests {
             "Name (_HID, EisaId (\"PNP0501\")",
             "Device (RTC0)",
             "Name (_HID, EisaId (\"PNP0B00\")",
+            "Name (_HID, EisaId (\"PNP0303\")",
             "Device (VR02)",
             "Name (_S5, Package (0x04)",
         ] {

@@ -23,6 +23,7 @@ pub fn firecracker_bin() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+#[allow(unused_imports)]
 pub use petrel_tests::ScratchDir;
 
 /// Which VMM a process is.
@@ -233,4 +234,41 @@ pub fn assert_fault(r: &Response, what: &str) {
         .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e})"));
     let msg = v["fault_message"].as_str().unwrap_or("");
     assert!(!msg.is_empty(), "{what}: no fault_message in {v}");
+}
+
+/// Runs `ip ARGS`.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
+}
+
+/// A tap made for the test, deleted on drop.
+pub struct Tap(pub String);
+
+impl Tap {
+    pub fn create(name: &str) -> Result<Tap, String> {
+        if Path::new("/sys/class/net").join(name).exists() {
+            ip(&["link", "del", "dev", name])?;
+        }
+        ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+        let tap = Tap(name.to_string());
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        ip(&["link", "set", "dev", name, "up"])?;
+        Ok(tap)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", "dev", &self.0]);
+    }
 }

@@ -33,6 +33,10 @@ pub struct FcLaunch {
     pub no_api: bool,
     /// `--show-log-origin`.
     pub show_log_origin: bool,
+    /// `--metadata`: a JSON file put into the MMDS at start.
+    pub metadata: Option<String>,
+    /// `--mmds-size-limit`: the MMDS data store's limit in bytes.
+    pub mmds_size_limit: Option<usize>,
 }
 
 /// Whether these arguments (program name first) select the Firecracker dialect: the program
@@ -65,10 +69,11 @@ pub fn usage() -> String {
      \x20      [--log-path PATH] [--level Error|Warning|Info|Debug|Trace|Off] [--show-level]\n\
      \x20      [--show-log-origin] [--metrics-path PATH] [--boot-timer] [--no-seccomp]\n\
      \x20      [--http-api-max-payload-size N] [--start-time-us N] [--start-time-cpu-us N]\n\
-     \x20      [--parent-cpu-time-us N]\n\
+     \x20      [--parent-cpu-time-us N] [--metadata FILE] [--mmds-size-limit BYTES]\n\
      \x20      firecracker --version | --help\n\
      Not supported: --seccomp-filter (Firecracker's compiled BPF files; petrel applies its own \
-     filters), --metadata and --mmds-size-limit (MMDS), --module, --describe-snapshot."
+     filters), --module.\n\
+     --describe-snapshot FILE prints the format version of a state file petrel wrote."
         .to_string()
 }
 
@@ -79,6 +84,8 @@ pub enum FcCommand {
     Run(Box<Options>),
     /// Print the version.
     Version,
+    /// Print the format version of a snapshot's state file.
+    DescribeSnapshot(String),
     /// Print the usage.
     Help,
 }
@@ -158,13 +165,21 @@ pub fn parse(args: &[String]) -> Result<FcCommand, String> {
                 v.parse::<u64>()
                     .map_err(|_| format!("{name}: '{v}' is not a number"))?;
             }
-            "--metadata" | "--mmds-size-limit" => {
-                return Err(format!("{name}: MMDS is not supported by petrel yet"))
+            "--metadata" => launch.metadata = Some(value()?),
+            "--mmds-size-limit" => {
+                let v = value()?;
+                launch.mmds_size_limit = Some(
+                    v.parse::<usize>()
+                        .map_err(|_| format!("{name}: '{v}' is not a number"))?,
+                );
             }
             "--module" => return Err("--module: petrel cannot filter its log by module".into()),
-            "--describe-snapshot" | "--snapshot-version" => {
+            "--describe-snapshot" => return Ok(FcCommand::DescribeSnapshot(value()?)),
+            "--snapshot-version" => {
                 return Err(format!(
-                    "{name}: snapshots are not supported by petrel's Firecracker dialect yet"
+                    "{name}: petrel writes one snapshot format (version {}); there is no \
+                     other to choose",
+                    crate::snapshot::VERSION
                 ))
             }
             _ => {
@@ -221,6 +236,19 @@ pub fn start(
             metrics_path: path.clone(),
         })?;
     }
+    if let Some(limit) = launch.mmds_size_limit {
+        fc.set_mmds_size_limit(limit);
+    }
+    if let Some(path) = &launch.metadata {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("--metadata {path}: {e}"))?;
+        let data = serde_json::from_str(&text).map_err(|e| format!("--metadata {path}: {e}"))?;
+        fc.put_mmds(data).map_err(|r| {
+            format!(
+                "--metadata {path}: {}",
+                String::from_utf8_lossy(&r.body).trim()
+            )
+        })?;
+    }
     if launch.boot_timer {
         log::info!(
             "--boot-timer: petrel logs guest boot milestones written to the port 0x80 debug device"
@@ -237,6 +265,34 @@ pub fn start(
     Ok(())
 }
 
+/// The files the main thread may open when the microVM comes from `--config-file` with
+/// `--no-api` (every path is then known at start, as in the Cloud Hypervisor dialect's
+/// `--config-file` without a socket): the microVM's (its config as petrel's), the log, the
+/// metrics file and the `--metadata` file. None when the config cannot make a microVM (the
+/// start then fails with Firecracker's message).
+pub fn landlock_rules(
+    launch: &FcLaunch,
+    log_file: Option<&Path>,
+) -> Option<Vec<crate::landlock::Rule>> {
+    use crate::landlock::{output_rule, read_rule, rules};
+    let cfg = launch.config.as_ref()?;
+    let vm = cfg.to_vm_config().ok()?;
+    let mut out = rules(&vm, log_file);
+    let outputs = [
+        launch.metrics_path.as_deref(),
+        cfg.metrics.as_ref().map(|m| m.metrics_path.as_str()),
+        cfg.logger.as_ref().and_then(|l| l.log_path.as_deref()),
+    ];
+    out.extend(
+        outputs
+            .into_iter()
+            .flatten()
+            .map(|p| output_rule(Path::new(p))),
+    );
+    out.extend(launch.metadata.as_deref().map(|p| read_rule(Path::new(p))));
+    Some(out)
+}
+
 /// Entry point in the Firecracker dialect; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     match parse(args) {
@@ -247,6 +303,22 @@ pub fn main(args: &[String]) -> i32 {
         Ok(FcCommand::Help) => {
             println!("{}", usage());
             0
+        }
+        Ok(FcCommand::DescribeSnapshot(path)) => {
+            match crate::snapshot::two_files::read_header(Path::new(&path)) {
+                // Firecracker prints `vX.Y.Z`; the first word stays that shape.
+                Ok(h) => {
+                    println!(
+                        "v{}.0.0 ({} format {}, written by petrel {})",
+                        h.version, h.format, h.version, h.petrel_version
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("--describe-snapshot {path}: {}", crate::error_chain(&e));
+                    1
+                }
+            }
         }
         Ok(FcCommand::Run(opts)) => {
             if opts.firecracker.as_ref().is_some_and(|l| l.show_log_origin) {

@@ -18,7 +18,11 @@ use crate::event_loop::EventLoop;
 use crate::lifecycle::{Next, VmState, Vmm};
 
 pub mod cli;
+pub mod cpu_config;
 pub mod metrics;
+pub mod mmds;
+mod patch;
+pub mod snapshot;
 pub mod types;
 
 use types::*;
@@ -33,18 +37,6 @@ const NOT_BEFORE_START: &str =
 
 /// Firecracker's routes petrel does not serve yet, with why.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "mmds",
-        "MMDS (the metadata service) is not supported by petrel yet",
-    ),
-    (
-        "snapshot",
-        "snapshots are not supported by petrel's Firecracker API yet",
-    ),
-    (
-        "cpu-config",
-        "custom CPU templates are not supported by petrel yet",
-    ),
     ("hotplug", "memory hotplug is not supported by petrel yet"),
     ("pmem", "virtio-pmem is not supported by petrel yet"),
     (
@@ -61,6 +53,8 @@ pub struct FcApi {
     /// Per-route request counts for the metrics (`put_api_requests.drive_count`, ...).
     api_counts: BTreeMap<String, BTreeMap<String, u64>>,
     startup_us: u64,
+    /// The MMDS data store, shared with the net devices that answer for it.
+    mmds: devices::mmds::SharedMmds,
 }
 
 type FcResult<T> = Result<T, String>;
@@ -101,16 +95,15 @@ impl FcApi {
             metrics: None,
             api_counts: metrics::request_counters(),
             startup_us: crate::logger::start_time().elapsed().as_micros() as u64,
+            mmds: mmds::new_store(),
         }
     }
 
     /// Applies a `--config-file`, section by section with the API's checks.
     pub fn apply_config(&mut self, cfg: FcConfig) -> FcResult<()> {
-        if cfg.mmds_config.is_some() {
-            return Err(format!("mmds-config: {}", UNSUPPORTED[0].1));
-        }
-        if cfg.cpu_config.is_some() {
-            return Err(format!("cpu-config: {}", UNSUPPORTED[2].1));
+        if let Some(c) = cfg.cpu_config {
+            cpu_config::parse(&c)?;
+            self.config.cpu_config = Some(c);
         }
         if let Some(logger) = cfg.logger {
             self.put_logger(logger)?;
@@ -139,6 +132,10 @@ impl FcApi {
         }
         if let Some(b) = cfg.balloon {
             self.put_balloon(b)?;
+        }
+        // After the interfaces it names.
+        if let Some(m) = cfg.mmds_config {
+            self.put_mmds_config(m)?;
         }
         Ok(())
     }
@@ -188,7 +185,7 @@ impl FcApi {
             api::parse_mac(mac)
                 .map_err(|e| format!("Network interface config error: guest_mac: {e}"))?;
         }
-        n.rate_limiter()?;
+        n.rate_limiters()?;
         if let Some(other) = self
             .config
             .network_interfaces
@@ -306,6 +303,7 @@ impl FcApi {
         if vmm.state() != VmState::NotCreated {
             vmm.handle(VmmRequest::Delete, event_loop).map_err(chain)?;
         }
+        self.attach_mmds(vmm);
         vmm.handle(VmmRequest::Create(Box::new(cfg)), event_loop)
             .map_err(chain)?;
         vmm.handle(VmmRequest::Boot, event_loop).map_err(chain)?;
@@ -361,7 +359,8 @@ impl FcApi {
         log::info!("api: {} /{path}", method.as_str());
         let result = self.route(vmm, event_loop, &req, &path);
         let route = path.split('/').next().unwrap_or("");
-        self.count(method, route, result.is_ok());
+        let ok = matches!(&result, Ok(r) if r.status < 400);
+        self.count(method, route, ok);
         match result {
             Ok(response) => (response, Next::Continue),
             Err(message) => {
@@ -467,10 +466,8 @@ impl FcApi {
                     return Err("The id from the path does not match the id from the body!".into());
                 }
                 post_boot(vmm)?;
-                Err(format!(
-                    "Network interface update error: {id}: petrel cannot change a rate limiter \
-                     after start yet"
-                ))
+                self.patch_net(vmm, p)?;
+                ok()
             }
             (Put, ["vsock"]) => {
                 let v = body(req)?;
@@ -568,6 +565,44 @@ impl FcApi {
                 }
                 ok()
             }
+            (Put, ["snapshot", "create"]) => {
+                let b = body(req)?;
+                post_boot(vmm)?;
+                self.snapshot_create(vmm, b)?;
+                ok()
+            }
+            (Put, ["snapshot", "load"]) => {
+                let b = body(req)?;
+                pre_boot(vmm)?;
+                self.snapshot_load(vmm, event_loop, b)?;
+                ok()
+            }
+            (Put, ["cpu-config"]) => {
+                let v: serde_json::Value = body(req)?;
+                pre_boot(vmm)?;
+                cpu_config::parse(&v)?;
+                self.config.cpu_config = Some(v);
+                ok()
+            }
+            (Put, ["mmds", "config"]) => {
+                let m = body(req)?;
+                pre_boot(vmm)?;
+                self.put_mmds_config(m)?;
+                ok()
+            }
+            (Put, ["mmds"]) => {
+                let v = body(req)?;
+                Ok(self
+                    .put_mmds(v)
+                    .map_or_else(|r| r, |()| Response::no_content()))
+            }
+            (Patch, ["mmds"]) => {
+                let v = body(req)?;
+                Ok(self
+                    .patch_mmds(v)
+                    .map_or_else(|r| r, |()| Response::no_content()))
+            }
+            (Get, ["mmds"]) => Ok(Response::json(200, &self.get_mmds())),
             (Patch, ["vm"]) => {
                 let p: VmStatePatch = body(req)?;
                 post_boot(vmm)?;
@@ -596,62 +631,6 @@ impl FcApi {
                 req.method.as_str()
             )),
         }
-    }
-
-    /// `PATCH /drives/{id}` after start: a new `path_on_host` replaces the disk's backing file
-    /// (the guest gets a configuration-change interrupt with the new capacity), as Kata's
-    /// driver does to swap its placeholder drives; a rate limiter change is refused.
-    fn patch_drive(&mut self, vmm: &Vmm, p: DrivePatch) -> FcResult<()> {
-        let Some(drive) = self
-            .config
-            .drives
-            .iter_mut()
-            .find(|d| d.drive_id == p.drive_id)
-        else {
-            return Err(format!(
-                "Drive config error: No drive with id {} was found",
-                p.drive_id
-            ));
-        };
-        if p.rate_limiter.is_some() && p.rate_limiter != drive.rate_limiter {
-            return Err(format!(
-                "Drive update error: {}: petrel cannot change a drive's rate limiter after start \
-                 yet",
-                p.drive_id
-            ));
-        }
-        let Some(path) = p
-            .path_on_host
-            .filter(|new| Some(new) != drive.path_on_host.as_ref())
-        else {
-            return Ok(());
-        };
-        let Some((_, block)) = vmm
-            .machine()
-            .and_then(|m| m.virtio.disks.iter().find(|(name, _)| *name == p.drive_id))
-        else {
-            return Err(format!(
-                "Drive update error: {}: the drive has no device",
-                p.drive_id
-            ));
-        };
-        let sectors = block
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace_disk(std::path::Path::new(&path))
-            .map_err(|e| {
-                format!(
-                    "Drive update error: {}: {}",
-                    p.drive_id,
-                    crate::error_chain(&e)
-                )
-            })?;
-        log::info!(
-            "drive {}: backing file now {path} ({sectors} sectors)",
-            p.drive_id
-        );
-        drive.path_on_host = Some(path);
-        Ok(())
     }
 
     fn balloon_statistics(&self, vmm: &Vmm) -> FcResult<Response> {

@@ -155,7 +155,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn to_petrel(&self) -> Option<RateLimiterConfig> {
+    pub(super) fn to_petrel(&self) -> Option<RateLimiterConfig> {
         let bucket = |b: &TokenBucket| TokenBucketConfig {
             size: b.size,
             one_time_burst: b.one_time_burst.unwrap_or(0),
@@ -302,10 +302,19 @@ pub struct NetIfacePatch {
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 
+/// A net interface's limiters in petrel's config: `rate_limiter_config` (TX, and RX too
+/// unless `rx` says otherwise) and `rx_rate_limiter_config` (RX when it differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetLimiters {
+    /// What the guest sends (and receives, when `rx` is None).
+    pub tx: Option<RateLimiterConfig>,
+    /// What the guest receives, when it differs from `tx`.
+    pub rx: Option<RateLimiterConfig>,
+}
+
 impl NetIface {
-    /// petrel's net config has one limiter, applied to both directions: the two must be
-    /// equal (or both absent), never silently widened to the other direction.
-    pub fn rate_limiter(&self) -> Result<Option<RateLimiterConfig>, String> {
+    /// The interface's limiters as petrel's config holds them.
+    pub fn rate_limiters(&self) -> Result<NetLimiters, String> {
         if self.mtu.is_some() {
             return Err(format!(
                 "Network interface config error: {}: mtu: petrel does not set the guest's MTU \
@@ -321,14 +330,18 @@ impl NetIface {
             .tx_rate_limiter
             .as_ref()
             .and_then(RateLimiter::to_petrel);
-        if rx != tx {
-            return Err(format!(
-                "Network interface config error: {}: petrel's net rate limiter covers both \
-                 directions; give rx_rate_limiter and tx_rate_limiter equal, or neither",
-                self.iface_id
-            ));
+        if rx == tx {
+            return Ok(NetLimiters { tx, rx: None });
         }
-        Ok(tx)
+        // RX differs: unlimited is a config with neither bucket.
+        let unlimited = RateLimiterConfig {
+            bandwidth: None,
+            ops: None,
+        };
+        Ok(NetLimiters {
+            tx,
+            rx: Some(rx.unwrap_or(unlimited)),
+        })
     }
 }
 
@@ -484,7 +497,7 @@ pub struct FcConfig {
     /// `boot-source`.
     #[serde(default, rename = "boot-source")]
     pub boot_source: Option<BootSource>,
-    /// `cpu-config` (petrel: refused when given).
+    /// `cpu-config`: a custom CPU template (checked when given).
     #[serde(default, rename = "cpu-config")]
     pub cpu_config: Option<serde_json::Value>,
     /// `logger`.
@@ -496,9 +509,9 @@ pub struct FcConfig {
     /// `metrics`.
     #[serde(default)]
     pub metrics: Option<Metrics>,
-    /// `mmds-config` (petrel: refused when given).
+    /// `mmds-config`.
     #[serde(default, rename = "mmds-config")]
-    pub mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<super::mmds::MmdsConfigBody>,
     /// `network-interfaces`.
     #[serde(default, rename = "network-interfaces")]
     pub network_interfaces: Vec<NetIface>,
@@ -581,12 +594,14 @@ impl FcConfig {
         cfg.disks = (!disks.is_empty()).then_some(disks);
         let mut nets = Vec::new();
         for n in &self.network_interfaces {
+            let limiters = n.rate_limiters()?;
             nets.push(NetConfig {
                 tap: Some(n.host_dev_name.clone()),
                 fds: None,
                 mac: n.guest_mac.clone(),
                 id: Some(n.iface_id.clone()),
-                rate_limiter_config: n.rate_limiter()?,
+                rate_limiter_config: limiters.tx,
+                rx_rate_limiter_config: limiters.rx,
             });
         }
         cfg.net = (!nets.is_empty()).then_some(nets);
@@ -596,6 +611,9 @@ impl FcConfig {
             id: v.vsock_id.clone(),
         });
         cfg.rng = self.entropy.as_ref().map(|_| RngConfig::default());
+        if let Some(t) = &self.cpu_config {
+            cfg.cpus.template = super::cpu_config::parse(t)?;
+        }
         cfg.balloon = self.balloon.as_ref().map(|b| BalloonConfig {
             size: u64::from(b.amount_mib) << 20,
             deflate_on_oom: b.deflate_on_oom,

@@ -1,7 +1,7 @@
 //! `vm.snapshot` and `vm.restore` on the [`Vmm`]: what is saved from a paused VM and how a
 //! process with no VM takes one over from a snapshot (see [`crate::snapshot`] for the files).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::event_loop::EventLoop;
@@ -13,6 +13,31 @@ use super::{Instance, OpError, VmState, Vmm};
 
 fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where a snapshot is written or read.
+#[derive(Debug, Clone)]
+pub enum SnapshotFiles {
+    /// petrel's snapshot directory (`vm.snapshot`, `vm.restore`).
+    Dir(PathBuf),
+    /// A state file and a memory file (Firecracker's `snapshot_path` and `mem_file_path`).
+    Two {
+        /// The state file.
+        state: PathBuf,
+        /// The memory file.
+        memory: PathBuf,
+    },
+}
+
+impl std::fmt::Display for SnapshotFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotFiles::Dir(dir) => write!(f, "{}", dir.display()),
+            SnapshotFiles::Two { state, memory } => {
+                write!(f, "{} + {}", state.display(), memory.display())
+            }
+        }
+    }
 }
 
 impl Vmm {
@@ -70,11 +95,22 @@ impl Vmm {
             platform,
             legacy,
             virtio,
+            front_end: None,
         })
     }
 
     /// `vm.snapshot`: writes the paused VM into `destination_url` (`file:///dir`).
     pub fn snapshot(&mut self, destination_url: &str) -> Result<(), OpError> {
+        let dir = snapshot::dir_from_url("destination_url", destination_url)?;
+        self.snapshot_to(&SnapshotFiles::Dir(dir), None)
+    }
+
+    /// Writes the paused VM into `files`, with `front_end`'s own record of it.
+    pub fn snapshot_to(
+        &mut self,
+        files: &SnapshotFiles,
+        front_end: Option<serde_json::Value>,
+    ) -> Result<(), OpError> {
         if self.state != VmState::Paused {
             return Err(OpError::invalid(format!(
                 "vm.snapshot: the VM must be paused first (it is {})",
@@ -82,17 +118,21 @@ impl Vmm {
             )));
         }
         self.refuse_pci("vm.snapshot")?;
-        let dir = snapshot::dir_from_url("destination_url", destination_url)?;
         let started = Instant::now();
-        let state = self.collect_state("vm.snapshot")?;
+        let mut state = self.collect_state("vm.snapshot")?;
+        state.front_end = front_end;
         let Some(machine) = self.machine() else {
             return Err(OpError::state("vm.snapshot", self.state));
         };
-        let header = snapshot::write(&dir, &state, &machine.memory)?;
+        let header = match files {
+            SnapshotFiles::Dir(dir) => snapshot::write(dir, &state, &machine.memory)?,
+            SnapshotFiles::Two { state: s, memory } => {
+                snapshot::two_files::write(s, memory, &state, &machine.memory)?
+            }
+        };
         let data: u64 = header.memory.iter().map(|m| m.data_pages).sum();
         log::info!(
-            "snapshot written to {} in {} ms ({} MiB of RAM, {} MiB written)",
-            dir.display(),
+            "snapshot written to {files} in {} ms ({} MiB of RAM, {} MiB written)",
             started.elapsed().as_millis(),
             state.config.memory.size >> 20,
             (data * snapshot::memory::PAGE as u64) >> 20
@@ -108,6 +148,21 @@ impl Vmm {
         prefault: bool,
         event_loop: &mut EventLoop,
     ) -> Result<(), OpError> {
+        let dir = snapshot::dir_from_url("source_url", source_url)?;
+        self.restore_from(&SnapshotFiles::Dir(dir), prefault, |_| Ok(()), event_loop)
+            .map(drop)
+    }
+
+    /// Builds the VM saved in `files` in this process, which must have no VM; `adjust` may
+    /// change the saved config first (a tap's name: Firecracker's `network_overrides`). The
+    /// restored VM is Paused. Returns the front end's record saved with it.
+    pub fn restore_from(
+        &mut self,
+        files: &SnapshotFiles,
+        prefault: bool,
+        adjust: impl FnOnce(&mut api::VmConfig) -> Result<(), OpError>,
+        event_loop: &mut EventLoop,
+    ) -> Result<Option<serde_json::Value>, OpError> {
         if self.state != VmState::NotCreated {
             return Err(OpError::invalid(format!(
                 "vm.restore: this petrel already has a VM (it is {}); restore into a petrel \
@@ -115,24 +170,35 @@ impl Vmm {
                 self.state
             )));
         }
-        let dir = snapshot::dir_from_url("source_url", source_url)?;
         let started = Instant::now();
-        let loaded = snapshot::read(&dir)?;
-        if loaded.state.config.platform.transport == api::Transport::Pci {
+        let (header, mut state) = match files {
+            SnapshotFiles::Dir(dir) => {
+                let loaded = snapshot::read(dir)?;
+                (loaded.header, loaded.state)
+            }
+            SnapshotFiles::Two { state, memory } => snapshot::two_files::read(state, memory)?,
+        };
+        if state.config.platform.transport == api::Transport::Pci {
             return Err(OpError::invalid(
                 "vm.restore: the snapshot's devices are on virtio-pci, whose state petrel does \
                  not carry yet",
             ));
         }
-        self.check_config(&loaded.state.config)?;
-        let memory = snapshot::memory::map(&dir, &loaded.header.memory, prefault)?;
-        self.install(memory, loaded.state, event_loop)?;
+        adjust(&mut state.config)?;
+        self.check_config(&state.config)?;
+        let memory = match files {
+            SnapshotFiles::Dir(dir) => snapshot::memory::map(dir, &header.memory, prefault)?,
+            SnapshotFiles::Two { memory, .. } => {
+                snapshot::two_files::map(memory, &header, prefault)?
+            }
+        };
+        let front_end = state.front_end.take();
+        self.install(memory, state, event_loop)?;
         log::info!(
-            "snapshot {} restored in {} ms (paused; prefault {prefault})",
-            Path::new(&dir).display(),
+            "snapshot {files} restored in {} ms (paused; prefault {prefault})",
             started.elapsed().as_millis()
         );
-        Ok(())
+        Ok(front_end)
     }
 
     /// Builds a saved VM over `memory` (already holding its RAM) in this process, which has
@@ -148,6 +214,7 @@ impl Vmm {
         let machine = Machine::with_memory(&cfg, memory, crate::logger::start_time(), &self.events)
             .map_err(|e| OpError::Boot(Box::new(e)))?;
         restore_devices(&machine, &state)?;
+        super::attach_responders(&machine, self.net_responders.as_ref());
         let subscribers = event_loop.add_subscribers(machine.virtio.subscribers());
         self.events.clear();
         self.shared.reset_for_boot();

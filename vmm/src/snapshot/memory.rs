@@ -28,12 +28,20 @@ pub struct MemoryFile {
     pub file: String,
     /// Guest physical address of the region.
     pub gpa: u64,
-    /// Region (and file) size in bytes.
+    /// Region size in bytes.
     pub size: u64,
+    /// Where the region starts in its file: 0 in a snapshot directory (one file per region);
+    /// in the two-file layout every region lies in the one memory file, one after another.
+    #[serde(default, skip_serializing_if = "is_zero_offset")]
+    pub offset: u64,
     /// Pages that were not all zero, i.e. written.
     pub data_pages: u64,
     /// CRC-32 over every written page: its index (u64, little endian) then its bytes.
     pub crc32: u32,
+}
+
+fn is_zero_offset(offset: &u64) -> bool {
+    *offset == 0
 }
 
 /// Adds one written page to a checksum.
@@ -46,13 +54,18 @@ fn is_zero(page: &[u8]) -> bool {
     page.iter().all(|&b| b == 0)
 }
 
-/// Writes `region` to `path` sparse. Returns its entry for the header.
+/// Writes `region` sparse into `out` (the file at `path`) from `base` on. Returns its entry
+/// for the header.
 fn write_region(
     region: &GuestRegionMmap,
+    out: &File,
     path: &Path,
-    file: &str,
+    base: u64,
 ) -> Result<MemoryFile, SnapshotError> {
-    let out = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let size = region.len();
     let len =
         usize::try_from(size).map_err(|_| SnapshotError::Mismatch("region too big".into()))?;
@@ -83,7 +96,7 @@ fn write_region(
                 (true, None) => run_start = Some(p),
                 (false, Some(start)) => {
                     let bytes = &chunk_buf[start * PAGE..(p * PAGE).min(chunk)];
-                    out.write_all_at(bytes, (offset + start * PAGE) as u64)
+                    out.write_all_at(bytes, base + (offset + start * PAGE) as u64)
                         .map_err(io_err(format!("writing {}", path.display())))?;
                     run_start = None;
                 }
@@ -92,29 +105,57 @@ fn write_region(
         }
         offset += chunk;
     }
-    out.set_len(size)
-        .map_err(io_err(format!("sizing {}", path.display())))?;
-    out.sync_all()
-        .map_err(io_err(format!("syncing {}", path.display())))?;
     Ok(MemoryFile {
-        file: file.to_string(),
+        file,
         gpa: region.start_addr().0,
         size,
+        offset: base,
         data_pages,
         crc32: crc.finalize(),
     })
 }
 
-/// Writes every RAM region of `memory` into `dir`.
+/// Sizes (the tail of a sparse file is a hole) and syncs a memory file just written.
+fn finish(out: &File, path: &Path, len: u64) -> Result<(), SnapshotError> {
+    out.set_len(len)
+        .map_err(io_err(format!("sizing {}", path.display())))?;
+    out.sync_all()
+        .map_err(io_err(format!("syncing {}", path.display())))
+}
+
+/// Writes every RAM region of `memory` into `dir`, one `memory-N.bin` each.
 pub fn save(memory: &GuestMemoryMmap, dir: &Path) -> Result<Vec<MemoryFile>, SnapshotError> {
     memory
         .iter()
         .enumerate()
         .map(|(i, region)| {
-            let name = format!("memory-{i}.bin");
-            write_region(region, &dir.join(&name), &name)
+            let path = dir.join(format!("memory-{i}.bin"));
+            let out =
+                File::create(&path).map_err(io_err(format!("creating {}", path.display())))?;
+            let entry = write_region(region, &out, &path, 0)?;
+            finish(&out, &path, entry.size)?;
+            Ok(entry)
         })
         .collect()
+}
+
+/// Writes every RAM region of `memory` into the one file `path`, back to back in address
+/// order (the two-file layout's memory file, as Firecracker's is: guest RAM, region after
+/// region).
+pub fn save_one_file(
+    memory: &GuestMemoryMmap,
+    path: &Path,
+) -> Result<Vec<MemoryFile>, SnapshotError> {
+    let out = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
+    let mut entries = Vec::new();
+    let mut base = 0u64;
+    for region in memory.iter() {
+        let entry = write_region(region, &out, path, base)?;
+        base += entry.size;
+        entries.push(entry);
+    }
+    finish(&out, path, base)?;
+    Ok(entries)
 }
 
 /// The next data extent at or after `from` (`SEEK_DATA`/`SEEK_HOLE`), or None past the last.
@@ -139,70 +180,85 @@ fn next_extent(f: &File, from: u64, size: u64) -> std::io::Result<Option<(u64, u
     Ok((start < end).then_some((start, end)))
 }
 
-/// Every data extent of a file (holes left out), page aligned.
-fn data_extents(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+/// Every data extent of the file range `from..to` (holes left out), page aligned, as offsets
+/// from `from`.
+fn data_extents(f: &File, from: u64, to: u64) -> std::io::Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
-    let mut pos = 0;
-    while let Some((start, end)) = next_extent(f, pos, size)? {
+    let mut pos = from;
+    while let Some((start, end)) = next_extent(f, pos, to)? {
+        let (start, end) = (start - from, end - from);
         let start = start - start % PAGE as u64;
         out.push((start, end.div_ceil(PAGE as u64) * PAGE as u64));
-        pos = end;
-        if pos >= size {
+        pos = from + end;
+        if pos >= to {
             break;
         }
     }
     Ok(out)
 }
 
-/// Checks a memory file against its header entry: present, its size, and its checksum (read
-/// over the file's data extents only, so the cost follows what the guest wrote).
+/// Checks a memory file of a snapshot directory against its header entry.
 pub fn verify(dir: &Path, entry: &MemoryFile) -> Result<(), SnapshotError> {
-    let path = dir.join(&entry.file);
-    let f = File::open(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => SnapshotError::Missing(entry.file.clone()),
+    verify_at(&dir.join(&entry.file), &entry.file, entry, entry.size)
+}
+
+/// Checks one region of the memory file `path` (called `name` in errors) against its entry:
+/// the file present and `file_len` bytes long, the region's checksum (read over the file's
+/// data extents only, so the cost follows what the guest wrote).
+pub fn verify_at(
+    path: &Path,
+    name: &str,
+    entry: &MemoryFile,
+    file_len: u64,
+) -> Result<(), SnapshotError> {
+    let f = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => SnapshotError::Missing(name.to_string()),
         _ => io_err(format!("opening {}", path.display()))(e),
     })?;
     let actual = f
         .metadata()
         .map_err(io_err(format!("reading {}", path.display())))?
         .len();
-    if actual != entry.size {
+    let end = entry.offset.checked_add(entry.size);
+    if actual != file_len || end.is_none_or(|end| end > file_len) {
         return Err(SnapshotError::Size {
-            file: entry.file.clone(),
-            expected: entry.size,
+            file: name.to_string(),
+            expected: file_len,
             actual,
         });
     }
+    let end = entry.offset + entry.size;
     let mut crc = crc32fast::Hasher::new();
     let mut pages = 0u64;
     let mut buf = vec![0u8; PAGE * RUN_PAGES];
-    let mut pos = 0u64;
-    while let Some((start, end)) =
-        next_extent(&f, pos, entry.size).map_err(io_err(format!("reading {}", path.display())))?
+    let mut pos = entry.offset;
+    while let Some((start, stop)) =
+        next_extent(&f, pos, end).map_err(io_err(format!("reading {}", path.display())))?
     {
-        let mut at = start - start % PAGE as u64;
-        while at < end {
-            let n = ((end - at) as usize).min(buf.len());
+        let mut at = start - (start - entry.offset) % PAGE as u64;
+        while at < stop {
+            let n = ((stop - at) as usize).min(buf.len());
             let chunk = &mut buf[..n];
             f.read_exact_at(chunk, at)
                 .map_err(io_err(format!("reading {}", path.display())))?;
             for (i, page) in chunk.chunks(PAGE).enumerate() {
                 if !is_zero(page) {
-                    checksum_page(&mut crc, at / PAGE as u64 + i as u64, page);
+                    let index = (at - entry.offset) / PAGE as u64 + i as u64;
+                    checksum_page(&mut crc, index, page);
                     pages += 1;
                 }
             }
             at += n as u64;
         }
-        pos = end;
-        if pos >= entry.size {
+        pos = stop;
+        if pos >= end {
             break;
         }
     }
     let found = crc.finalize();
     if found != entry.crc32 || pages != entry.data_pages {
         return Err(SnapshotError::Checksum {
-            file: entry.file.clone(),
+            file: name.to_string(),
         });
     }
     Ok(())
@@ -220,19 +276,28 @@ pub fn map(
     files: &[MemoryFile],
     prefault: bool,
 ) -> Result<GuestMemoryMmap, SnapshotError> {
+    let located: Vec<_> = files.iter().map(|e| (dir.join(&e.file), e)).collect();
+    map_at(&located, prefault)
+}
+
+/// As [`map`], each region from the file named beside it, at its entry's offset.
+pub fn map_at(
+    files: &[(std::path::PathBuf, &MemoryFile)],
+    prefault: bool,
+) -> Result<GuestMemoryMmap, SnapshotError> {
     let mut regions = Vec::with_capacity(files.len());
-    for entry in files {
-        let path = dir.join(&entry.file);
-        let f = File::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
+    for (path, entry) in files {
+        let f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
         let len = usize::try_from(entry.size)
             .map_err(|_| SnapshotError::Mismatch(format!("{}: size", entry.file)))?;
         let extents = if prefault {
-            data_extents(&f, entry.size).map_err(io_err(format!("reading {}", path.display())))?
+            data_extents(&f, entry.offset, entry.offset + entry.size)
+                .map_err(io_err(format!("reading {}", path.display())))?
         } else {
             Vec::new()
         };
         let mapping = MmapRegion::build(
-            Some(FileOffset::new(f, 0)),
+            Some(FileOffset::new(f, entry.offset)),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_NORESERVE,
@@ -339,6 +404,53 @@ mod tests {
         assert!(matches!(
             verify(dir.as_path(), &files[0]),
             Err(SnapshotError::Size { .. })
+        ));
+    }
+
+    #[test]
+    fn one_file_holds_every_region_at_its_offset() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let ram = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 2 << 20),
+            (GuestAddress(1 << 32), 1 << 20),
+        ])
+        .unwrap();
+        ram.write_obj(0x1111_u32, GuestAddress(0x1000)).unwrap();
+        ram.write_obj(0x2222_u32, GuestAddress((1 << 32) + 0x3000))
+            .unwrap();
+        let path = dir.as_path().join("vm.mem");
+        let entries = save_one_file(&ram, &path).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!((entries[0].offset, entries[1].offset), (0, 2 << 20));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 << 20);
+        // The second region's page sits right after the first region in the file.
+        let mut word = [0u8; 4];
+        File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut word, (2 << 20) + 0x3000)
+            .unwrap();
+        assert_eq!(u32::from_le_bytes(word), 0x2222);
+        for e in &entries {
+            assert_eq!(e.data_pages, 1);
+            verify_at(&path, "vm.mem", e, 3 << 20).unwrap();
+        }
+        for prefault in [false, true] {
+            let located: Vec<_> = entries.iter().map(|e| (path.clone(), e)).collect();
+            let mem = map_at(&located, prefault).unwrap();
+            assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0x1111);
+            assert_eq!(
+                mem.read_obj::<u32>(GuestAddress((1 << 32) + 0x3000))
+                    .unwrap(),
+                0x2222
+            );
+        }
+        // A changed byte in the second region fails only that region's check.
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[9], (2 << 20) + 0x3001).unwrap();
+        verify_at(&path, "vm.mem", &entries[0], 3 << 20).unwrap();
+        assert!(matches!(
+            verify_at(&path, "vm.mem", &entries[1], 3 << 20),
+            Err(SnapshotError::Checksum { .. })
         ));
     }
 }

@@ -9,6 +9,7 @@
 //! is an error naming the file, never a half-restored VM.
 
 pub mod memory;
+pub mod two_files;
 
 use std::path::{Path, PathBuf};
 
@@ -198,6 +199,11 @@ pub struct VmSnapshot {
     pub legacy: LegacyState,
     /// Virtio devices in slot order.
     pub virtio: Vec<VirtioState>,
+    /// What the API front end that took the snapshot keeps of the VM beyond its config
+    /// (Firecracker's dialect: its configuration pieces, for `GET /vm/config` and
+    /// `PATCH /drives` after a load); opaque to the core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front_end: Option<serde_json::Value>,
 }
 
 /// Writes a snapshot of `state` and `memory` into `dir` (created if missing).
@@ -250,13 +256,17 @@ fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>, SnapshotError> {
 
 /// Reads and checks the header: format, version, then the full structure.
 pub fn read_header(dir: &Path) -> Result<Header, SnapshotError> {
-    let bytes = read_file(dir, HEADER_FILE)?;
+    parse_header(&read_file(dir, HEADER_FILE)?, HEADER_FILE)
+}
+
+/// Parses a header (the bytes of the file `file`): format, version, then the full structure.
+pub(crate) fn parse_header(bytes: &[u8], file: &str) -> Result<Header, SnapshotError> {
     let garbled = |reason: String| SnapshotError::Garbled {
-        file: HEADER_FILE.into(),
+        file: file.into(),
         reason,
     };
     let raw: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| garbled(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| garbled(e.to_string()))?;
     if raw.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
         return Err(garbled(format!("its format is not \"{FORMAT}\"")));
     }
@@ -291,20 +301,44 @@ pub fn read(dir: &Path) -> Result<Loaded, SnapshotError> {
         });
     }
     let bytes = read_file(dir, &header.state.file)?;
+    let state = check_state(&header, &header.state.file, &bytes)?;
+    for m in &header.memory {
+        if m.file.contains('/') {
+            return Err(SnapshotError::Garbled {
+                file: HEADER_FILE.into(),
+                reason: format!("memory file name '{}' is not a plain name", m.file),
+            });
+        }
+        memory::verify(dir, m)?;
+    }
+    Ok(Loaded {
+        dir: dir.to_path_buf(),
+        header,
+        state,
+    })
+}
+
+/// Checks the state's bytes (`file` in errors) against the header, parses them, and checks
+/// they fit the memory files the header lists.
+pub(crate) fn check_state(
+    header: &Header,
+    file: &str,
+    bytes: &[u8],
+) -> Result<VmSnapshot, SnapshotError> {
     if bytes.len() as u64 != header.state.size {
         return Err(SnapshotError::Size {
-            file: header.state.file.clone(),
+            file: file.to_string(),
             expected: header.state.size,
             actual: bytes.len() as u64,
         });
     }
-    if crc32fast::hash(&bytes) != header.state.crc32 {
+    if crc32fast::hash(bytes) != header.state.crc32 {
         return Err(SnapshotError::Checksum {
-            file: header.state.file.clone(),
+            file: file.to_string(),
         });
     }
-    let state: VmSnapshot = serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Garbled {
-        file: header.state.file.clone(),
+    let state: VmSnapshot = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Garbled {
+        file: file.to_string(),
         reason: e.to_string(),
     })?;
     let ranges = arch::ram_ranges(state.config.memory.size);
@@ -322,18 +356,5 @@ pub fn read(dir: &Path) -> Result<Loaded, SnapshotError> {
             state.config.cpus.boot_vcpus
         )));
     }
-    for m in &header.memory {
-        if m.file.contains('/') {
-            return Err(SnapshotError::Garbled {
-                file: HEADER_FILE.into(),
-                reason: format!("memory file name '{}' is not a plain name", m.file),
-            });
-        }
-        memory::verify(dir, m)?;
-    }
-    Ok(Loaded {
-        dir: dir.to_path_buf(),
-        header,
-        state,
-    })
+    Ok(state)
 }

@@ -27,7 +27,9 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::Bytes;
 
-use crate::rate_limiter::{admit, is_blocked, RateLimiter, RateLimiterConfig};
+use crate::rate_limiter::{
+    admit, is_blocked, update_slot, BucketUpdate, RateLimiter, RateLimiterConfig,
+};
 use crate::virtio::serve::{count_error, Chain, ChainHandler, Disposition, QueueError};
 use crate::virtio::{
     device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
@@ -156,6 +158,9 @@ pub struct Block {
     config_space: [u8; CONFIG_SPACE_SIZE],
     queues: DeviceQueues,
     rate_limiter: Option<RateLimiter>,
+    /// A limiter made while the device was on the event loop: its timerfd is registered at
+    /// the device's next event.
+    limiter_unregistered: bool,
     counters: BlockCounters,
 }
 
@@ -199,6 +204,7 @@ impl Block {
             queues: DeviceQueues::new(device_type::BLOCK, QUEUE_SIZES, features)
                 .map_err(BlockError::Events)?,
             rate_limiter,
+            limiter_unregistered: false,
             counters: BlockCounters::default(),
         })
     }
@@ -239,6 +245,23 @@ impl Block {
     /// with the event loop after this, so that the limiter's timerfd is watched.
     pub fn set_rate_limiter(&mut self, limiter: Option<RateLimiter>) {
         self.rate_limiter = limiter;
+    }
+
+    /// Changes the rate limiter of the running device (Firecracker's `PATCH /drives`): the
+    /// buckets change in place; a device that had no limiter gets one, watched from its next
+    /// event on.
+    pub fn update_rate_limiter(
+        &mut self,
+        bandwidth: BucketUpdate,
+        ops: BucketUpdate,
+    ) -> std::io::Result<()> {
+        if update_slot(&mut self.rate_limiter, bandwidth, ops)? {
+            self.limiter_unregistered = true;
+        }
+        // Requests held back by the old limit are looked at again (and the new limiter's
+        // timer registered) on the event loop's next turn.
+        self.queues.kick_all();
+        Ok(())
     }
 
     fn limits(&self) -> DiskLimits {
@@ -512,7 +535,14 @@ impl MutEventSubscriber for Block {
         }
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if std::mem::take(&mut self.limiter_unregistered) {
+            if let Some(rl) = &self.rate_limiter {
+                if let Err(e) = ops.add(Events::new(rl, EventSet::IN)) {
+                    error!("{DEVICE}: cannot register the rate limiter timer: {e}");
+                }
+            }
+        }
         let fd = events.fd();
         if self.queues.take_event(fd).is_some() {
             // While the limiter is blocked the timer, not the guest, restarts the queue.

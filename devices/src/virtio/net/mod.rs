@@ -23,6 +23,7 @@
 //! direction may have a rate limiter: while it is blocked the direction stops and its timerfd
 //! resumes it. Nothing is dropped without being counted (see [`NetCounters`]).
 
+mod local;
 mod rx;
 pub mod tap;
 #[cfg(test)]
@@ -41,12 +42,13 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
+use crate::rate_limiter::{update_slot, BucketUpdate, RateLimiter, RateLimiterConfig};
 use crate::virtio::serve::count_error;
 use crate::virtio::{
     device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
     VirtioDevice, VIRTIO_F_VERSION_1,
 };
+pub use local::LocalResponder;
 pub use tap::{Tap, TapError};
 
 /// Size of each queue.
@@ -234,6 +236,11 @@ pub struct Net {
     tx_buf: Vec<u8>,
     counters: NetCounters,
     ignored_config_writes: u64,
+    /// Answers the guest's frames for it (the MMDS), if set.
+    local: Option<Box<dyn LocalResponder>>,
+    /// Limiters made while the device was on the event loop: their timerfds are registered
+    /// at the device's next event.
+    limiters_unregistered: bool,
 }
 
 impl std::fmt::Debug for Net {
@@ -303,6 +310,8 @@ impl Net {
             tx_buf: Vec::with_capacity(MAX_PACKET_LEN),
             counters: NetCounters::default(),
             ignored_config_writes: 0,
+            local: None,
+            limiters_unregistered: false,
         })
     }
 
@@ -331,6 +340,27 @@ impl Net {
     pub fn set_rate_limiters(&mut self, rx: Option<RateLimiter>, tx: Option<RateLimiter>) {
         self.rx_limiter = rx;
         self.tx_limiter = tx;
+    }
+
+    /// Changes the rate limiters of the running device (Firecracker's
+    /// `PATCH /network-interfaces`): each direction's buckets as [`update_slot`] does; new
+    /// limiters are watched from the device's next event on.
+    pub fn update_rate_limiters(
+        &mut self,
+        rx: (BucketUpdate, BucketUpdate),
+        tx: (BucketUpdate, BucketUpdate),
+    ) -> io::Result<()> {
+        let made_rx = update_slot(&mut self.rx_limiter, rx.0, rx.1)?;
+        let made_tx = update_slot(&mut self.tx_limiter, tx.0, tx.1)?;
+        self.limiters_unregistered |= made_rx || made_tx;
+        // Frames held back by the old limits move again on the event loop's next turn.
+        self.queues.kick_all();
+        Ok(())
+    }
+
+    /// Sets (or removes) the responder that answers some of the guest's frames itself.
+    pub fn set_local_responder(&mut self, local: Option<Box<dyn LocalResponder>>) {
+        self.local = local;
     }
 
     fn features_offered() -> u64 {
@@ -401,6 +431,21 @@ impl VirtioDevice for Net {
     }
 }
 
+impl Net {
+    /// Watches the limiters' timerfds (one already watched is left as it is).
+    fn register_limiters(&self, ops: &mut EventOps) {
+        for rl in [&self.rx_limiter, &self.tx_limiter].into_iter().flatten() {
+            match ops.add(Events::new(rl, EventSet::IN)) {
+                Ok(()) | Err(event_manager::Error::FdAlreadyRegistered) => {}
+                Err(e) => error!(
+                    "virtio-net {}: cannot register a rate limiter timer: {e}",
+                    self.id
+                ),
+            }
+        }
+    }
+}
+
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
         self.queues.register(ops);
@@ -408,17 +453,13 @@ impl MutEventSubscriber for Net {
         if let Err(e) = ops.add(tap) {
             error!("virtio-net {}: cannot register the tap: {e}", self.id);
         }
-        for rl in [&self.rx_limiter, &self.tx_limiter].into_iter().flatten() {
-            if let Err(e) = ops.add(Events::new(rl, EventSet::IN)) {
-                error!(
-                    "virtio-net {}: cannot register a rate limiter timer: {e}",
-                    self.id
-                );
-            }
-        }
+        self.register_limiters(ops);
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if std::mem::take(&mut self.limiters_unregistered) {
+            self.register_limiters(ops);
+        }
         let fd = events.fd();
         let is = |rl: &Option<RateLimiter>| rl.as_ref().is_some_and(|rl| rl.as_raw_fd() == fd);
         if let Some(index) = self.queues.take_event(fd) {

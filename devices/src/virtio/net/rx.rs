@@ -207,7 +207,9 @@ impl Net {
         let mut more = false;
         loop {
             if spent >= MAX_CHAINS_PER_TURN {
-                more = self.rx_len != 0 || self.tap_readable;
+                more = self.rx_len != 0
+                    || self.tap_readable
+                    || self.local.as_ref().is_some_and(|l| l.has_frames());
                 break;
             }
             spent += 1;
@@ -215,9 +217,17 @@ impl Net {
                 break;
             }
             if self.rx_len == 0 {
-                if !self.tap_readable {
+                // The local responder's frames (the MMDS's answers) go first.
+                if let Some(frame) = self.local.as_mut().and_then(|l| l.next_frame()) {
+                    let len = (VNET_HDR_LEN + frame.len()).min(self.rx_buf.len());
+                    self.rx_buf[..VNET_HDR_LEN].fill(0);
+                    self.rx_buf[VNET_HDR_LEN..len].copy_from_slice(&frame[..len - VNET_HDR_LEN]);
+                    self.rx_len = len;
+                } else if !self.tap_readable {
                     break;
                 }
+            }
+            if self.rx_len == 0 {
                 match self.tap.read(&mut self.rx_buf) {
                     Ok(0) => {
                         // End of file: the tap is gone; wait for the next event, do not spin.

@@ -9,8 +9,8 @@
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::{
-    count, ChainError, Net, NetCounters, Tap, ETH_HLEN, MAX_DESCRIPTORS, MAX_PACKET_LEN, TX_QUEUE,
-    VNET_HDR_LEN,
+    count, ChainError, LocalResponder, Net, NetCounters, Tap, ETH_HLEN, MAX_DESCRIPTORS,
+    MAX_PACKET_LEN, TX_QUEUE, VNET_HDR_LEN,
 };
 use crate::rate_limiter::{admit, is_blocked, RateLimiter};
 use crate::virtio::serve::{Chain, ChainHandler, Disposition, QueueError};
@@ -80,9 +80,14 @@ impl Net {
             buf: &mut self.tx_buf,
             limiter: self.tx_limiter.as_mut(),
             counters: &mut self.counters,
+            local: self.local.as_deref_mut(),
         };
         let index = usize::from(TX_QUEUE);
         self.queues.serve_with(index, &mut frames, before_enable);
+        // The local responder's answers go to the guest now.
+        if self.local.as_ref().is_some_and(|l| l.has_frames()) {
+            self.process_rx();
+        }
     }
 }
 
@@ -93,6 +98,7 @@ struct Frames<'a> {
     buf: &'a mut Vec<u8>,
     limiter: Option<&'a mut RateLimiter>,
     counters: &'a mut NetCounters,
+    local: Option<&'a mut (dyn LocalResponder + 'static)>,
 }
 
 impl ChainHandler for Frames<'_> {
@@ -106,6 +112,12 @@ impl ChainHandler for Frames<'_> {
         if let Err(e) = gather(mem, chain, self.buf) {
             count(&mut c.tx_errors, id, format_args!("TX chain {head}: {e}"));
             return Disposition::Used(0);
+        }
+        // Frames for the local responder (the MMDS) never reach the tap nor its limiter.
+        if let Some(local) = self.local.as_deref_mut() {
+            if local.take(&self.buf[VNET_HDR_LEN..]) {
+                return Disposition::Used(0);
+            }
         }
         let frame_bytes = (self.buf.len() - VNET_HDR_LEN) as u64;
         if !admit(self.limiter.as_deref_mut(), frame_bytes) {

@@ -2,6 +2,7 @@
 //! (`device`, `traffic`), and against a real tap interface (`real_tap`).
 
 mod device;
+mod mmds;
 mod real_tap;
 mod traffic;
 

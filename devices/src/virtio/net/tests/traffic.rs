@@ -7,7 +7,7 @@ use event_manager::{EventManager, SubscriberOps};
 
 use super::*;
 use crate::rate_limiter::tests::ManualClock;
-use crate::rate_limiter::TokenBucketConfig;
+use crate::rate_limiter::{BucketUpdate, TokenBucketConfig};
 use crate::virtio::test_utils::{aliased_rings_queue, taken};
 use crate::virtio::MAX_CHAINS_PER_TURN;
 
@@ -414,4 +414,59 @@ fn rx_used_ring_over_avail_ring_ends_the_turn_and_rekicks_the_queue() {
     let evts = rig.net.queue_events();
     assert_eq!(evts[usize::from(RX_QUEUE)].read().unwrap(), 1);
     assert!(evts[usize::from(TX_QUEUE)].read().is_err());
+}
+
+#[test]
+fn a_limiter_set_on_the_running_device_takes_effect_and_can_be_lifted() {
+    let mut rig = Rig::new();
+    rig.activate(FEATURES_NO_MERGE);
+    let send = |rig: &mut Rig, n: u64| {
+        for i in 0..n {
+            let p = packet(60, i as u8);
+            let at = BUF + 0x1000 * (i % 16);
+            rig.put(at, &p);
+            rig.add_chain(TX_QUEUE, &[(at, p.len() as u32, R)]);
+        }
+        rig.net.process_tx();
+        let mut got = 0;
+        while rig.recv().is_some() {
+            got += 1;
+        }
+        got
+    };
+    assert_eq!(send(&mut rig, 3), 3, "no limiter: everything goes");
+    // Two operations per 100 s on TX: two frames pass, the third waits.
+    let two = TokenBucketConfig {
+        size: 2,
+        one_time_burst: 0,
+        refill_time_ms: 100_000,
+    };
+    rig.net
+        .update_rate_limiters(
+            (BucketUpdate::Keep, BucketUpdate::Keep),
+            (BucketUpdate::Keep, BucketUpdate::Set(two)),
+        )
+        .unwrap();
+    assert!(
+        rig.net.limiters_unregistered,
+        "a new limiter must be registered"
+    );
+    assert_eq!(send(&mut rig, 3), 2);
+    assert_eq!(rig.net.counters().tx_throttled, 1);
+    // A bucket of size 0 lifts the limit: the waiting frame goes at the next turn (the
+    // update kicked the queues), without waiting for the old limit's timer.
+    rig.net
+        .update_rate_limiters(
+            (BucketUpdate::Keep, BucketUpdate::Keep),
+            (
+                BucketUpdate::Keep,
+                BucketUpdate::Set(TokenBucketConfig::default()),
+            ),
+        )
+        .unwrap();
+    assert!(
+        rig.net.queue_events()[usize::from(TX_QUEUE)].read().is_ok(),
+        "no kick"
+    );
+    assert_eq!(send(&mut rig, 2), 3);
 }
