@@ -16,7 +16,7 @@ host_only=no
 need=()
 for tool in gcc:gcc ld:binutils cpio:cpio xz:xz-utils zstd:zstd flock:util-linux \
     iasl:acpica-tools acpiexec:acpica-tools jq:jq debugfs:e2fsprogs ip:iproute2 \
-    qemu-system-x86_64:qemu-system-x86 depmod:kmod promtool:prometheus; do
+    qemu-system-x86_64:qemu-system-x86 depmod:kmod promtool:prometheus qemu-img:qemu-utils; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

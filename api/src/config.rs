@@ -313,6 +313,9 @@ impl VmConfig {
                 "is required with mode File",
             ));
         }
+        for (i, disk) in self.disks.iter().flatten().enumerate() {
+            disk.validate(&format!("disks[{i}]"))?;
+        }
         Ok(())
     }
 }

@@ -139,10 +139,7 @@ fn get(addr: SocketAddr, path: &str, auth: bool) -> std::io::Result<Response> {
     } else {
         String::new()
     };
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     parse_response(&buf, false, true, 8 << 20)

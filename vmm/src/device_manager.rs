@@ -124,6 +124,8 @@ impl VirtioDevices {
         for (i, disk) in cfg.disks.iter().flatten().enumerate() {
             let block = Block::new(BlockConfig {
                 path: disk.path.clone(),
+                format: image_format(disk.image_type),
+                backing_files: disk.backing_files,
                 readonly: disk.readonly,
                 direct: disk.direct,
                 id: disk.guest_id().to_string(),
@@ -403,5 +405,16 @@ mod tests {
             matches!(&e, Error::TooManyDevices { device, max: m } if device == "one-more" && *m == max),
             "{e:?}"
         );
+    }
+}
+
+/// The device's image format for the config's `image_type` (FixedVhd and Vhdx were refused by
+/// validation; here they fall back to detection, which refuses them again by their header).
+fn image_format(t: Option<api::ImageType>) -> devices::virtio::block::ImageFormat {
+    use devices::virtio::block::ImageFormat;
+    match t {
+        Some(api::ImageType::Raw) => ImageFormat::Raw,
+        Some(api::ImageType::Qcow2) => ImageFormat::Qcow2,
+        _ => ImageFormat::Detect,
     }
 }

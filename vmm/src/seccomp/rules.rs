@@ -287,6 +287,8 @@ fn vmm(kick_signal: libc::c_int, backend: Backend) -> Vec<Allow> {
         libc::SYS_fsync,
         libc::SYS_fdatasync,
         libc::SYS_fallocate,
+        // qcow2 (imago): the file system's block size, for discard and zeroing alignment.
+        libc::SYS_fstatfs,
         libc::SYS_unlink,
         libc::SYS_unlinkat,
         // vm.snapshot: its directory, sparse memory files, the header renamed into place.
