@@ -38,7 +38,7 @@ fn qemu_img(args: &[&str]) -> Option<Output> {
     match Command::new("qemu-img").args(args).output() {
         Ok(out) => Some(out),
         Err(e) => {
-            petrel_tests::skip(&format!("qemu-img not available ({e}); install qemu-utils"));
+            petrel_tests::skip(format!("qemu-img not available ({e}); install qemu-utils"));
             None
         }
     }

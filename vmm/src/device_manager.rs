@@ -325,6 +325,17 @@ fn rate_limiter(cfg: api::RateLimiterConfig) -> devices::rate_limiter::RateLimit
     }
 }
 
+/// The device's image format for the config's `image_type` (FixedVhd and Vhdx were refused by
+/// validation; here they fall back to detection, which refuses them again by their header).
+fn image_format(t: Option<api::ImageType>) -> devices::virtio::block::ImageFormat {
+    use devices::virtio::block::ImageFormat;
+    match t {
+        Some(api::ImageType::Raw) => ImageFormat::Raw,
+        Some(api::ImageType::Qcow2) => ImageFormat::Qcow2,
+        _ => ImageFormat::Detect,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,16 +416,5 @@ mod tests {
             matches!(&e, Error::TooManyDevices { device, max: m } if device == "one-more" && *m == max),
             "{e:?}"
         );
-    }
-}
-
-/// The device's image format for the config's `image_type` (FixedVhd and Vhdx were refused by
-/// validation; here they fall back to detection, which refuses them again by their header).
-fn image_format(t: Option<api::ImageType>) -> devices::virtio::block::ImageFormat {
-    use devices::virtio::block::ImageFormat;
-    match t {
-        Some(api::ImageType::Raw) => ImageFormat::Raw,
-        Some(api::ImageType::Qcow2) => ImageFormat::Qcow2,
-        _ => ImageFormat::Detect,
     }
 }
