@@ -1,5 +1,8 @@
-//! petreld's state in SQLite: VMs and templates, with a `schema_migrations` table. Every
-//! change is one transaction, written before petreld acts on it.
+//! petreld's state in SQLite: VMs and templates (here), storage pools and volumes
+//! ([`storage`]), with a `schema_migrations` table. Every change is one transaction, written
+//! before petreld acts on it.
+
+mod storage;
 
 use std::path::Path;
 use std::time::Duration;
@@ -72,6 +75,22 @@ CREATE TABLE templates (
 "#,
     r#"
 ALTER TABLE vms ADD COLUMN net TEXT NOT NULL DEFAULT '[]';
+"#,
+    r#"
+CREATE TABLE pools (
+    name TEXT PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE volumes (
+    pool TEXT NOT NULL REFERENCES pools (name),
+    name TEXT NOT NULL,
+    format TEXT NOT NULL,
+    capacity INTEGER NOT NULL,
+    backing TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (pool, name)
+);
 "#,
 ];
 
@@ -594,7 +613,7 @@ mod tests {
     #[test]
     fn crud_and_pagination() {
         let mut s = Store::in_memory().unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         for (i, n) in ["c", "a", "b", "d", "e"].iter().enumerate() {
             s.insert_vm(&vm(&i.to_string(), n)).unwrap();
         }
