@@ -176,6 +176,18 @@ fn fs_space(dir: &Path) -> std::io::Result<(u64, u64)> {
     Ok((st.f_bavail * unit, st.f_blocks * unit))
 }
 
+/// `path` with its longest existing ancestor's symlinks resolved (the rest does not exist,
+/// so holds none).
+fn resolve(path: &Path) -> PathBuf {
+    for a in path.ancestors() {
+        if let Ok(real) = a.canonicalize() {
+            let rest = path.strip_prefix(a).unwrap_or(Path::new(""));
+            return real.join(rest);
+        }
+    }
+    path.to_path_buf()
+}
+
 /// Bytes a file uses on disk (its allocated blocks).
 fn allocation(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -273,13 +285,15 @@ impl Daemon {
                 ),
             )
         };
-        // Lexically first (nothing is made outside the roots), then for real (symlinks).
-        if !self
+        // Through the symlinks of what exists before anything is made, then again after.
+        let target = resolve(path);
+        let roots: Vec<PathBuf> = self
             .config
             .storage_roots
             .iter()
-            .any(|r| path.starts_with(r))
-        {
+            .map(|r| resolve(r))
+            .collect();
+        if !roots.iter().any(|r| target.starts_with(r)) {
             return Err(outside());
         }
         std::fs::create_dir_all(path).map_err(|e| {
@@ -288,12 +302,7 @@ impl Daemon {
         let real = path
             .canonicalize()
             .map_err(|e| ApiError::new(422, format!("path: {}: {e}", path.display())))?;
-        let inside = self
-            .config
-            .storage_roots
-            .iter()
-            .filter_map(|r| r.canonicalize().ok())
-            .any(|r| real.starts_with(r));
+        let inside = roots.iter().any(|r| real.starts_with(r));
         if !inside {
             return Err(outside());
         }
@@ -398,7 +407,9 @@ impl Daemon {
             self.pool(p)?;
         }
         let mut items = Vec::new();
-        for v in self.store().list_volumes(pool)? {
+        // Not in the loop's head: the store's lock would be held while each is shown.
+        let volumes = self.store().list_volumes(pool)?;
+        for v in volumes {
             if let Some(p) = pools.iter().find(|p| p.name == v.pool) {
                 items.push(self.volume_json(p, &v)?);
             }
