@@ -289,3 +289,64 @@ fn a_vm_on_a_cloned_volume_writes_its_clone_and_holds_it() {
     d.ok(Method::Delete, "/v1/volumes/p/root", None, 204);
     d.ok(Method::Delete, "/v1/volumes/p/base", None, 204);
 }
+
+/// `petrelctl --socket S args…`: (exit code, stdout, stderr).
+fn petrelctl(d: &Petreld, args: &[&str]) -> (i32, String, String) {
+    let bin = petrel_tests::petrel_bin().with_file_name("petrelctl");
+    let out = Command::new(bin)
+        .arg("--socket")
+        .arg(d.dir.join("petreld.sock"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn petrelctl_pool_and_volume_commands() {
+    if !have_qemu_utils() {
+        return;
+    }
+    let root = scratch("storage-ctl").join("roots");
+    let d = Petreld::with_config("storage-ctl", json!({"storage_roots": [root]}));
+    let pool_path = root.join("p");
+    let ok = |args: &[&str]| {
+        let (code, out, err) = petrelctl(&d, args);
+        assert_eq!(code, 0, "petrelctl {args:?}: {out}{err}");
+        out
+    };
+    ok(&["pool", "create", "p", pool_path.to_str().unwrap()]);
+    ok(&[
+        "volume", "create", "p/base", "--size", "8M", "--format", "qcow2",
+    ]);
+    ok(&["volume", "clone", "p/base", "p/vm1"]);
+    ok(&["volume", "resize", "p/vm1", "16M"]);
+    let table = ok(&["volume", "list", "--pool", "p"]);
+    assert!(
+        table.contains("p/vm1") && table.contains("p/base"),
+        "{table}"
+    );
+    assert!(table.contains("16 MiB"), "{table}");
+    let v: Value = serde_json::from_str(&ok(&["-o", "json", "volume", "get", "p/vm1"])).unwrap();
+    assert_eq!(v["clone_of"], "p/base");
+    assert_eq!(v["capacity"], 16 << 20);
+    let pools = ok(&["pool", "list"]);
+    assert!(pools.contains(pool_path.to_str().unwrap()), "{pools}");
+
+    let (code, _, err) = petrelctl(&d, &["volume", "delete", "p/base"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("p/vm1"), "{err}");
+    let (code, _, err) = petrelctl(&d, &["volume", "create", "bad", "--size", "1M"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("POOL/NAME"), "{err}");
+
+    ok(&["volume", "convert", "p/vm1", "raw"]);
+    ok(&["volume", "delete", "p/base"]);
+    ok(&["volume", "delete", "p/vm1"]);
+    ok(&["pool", "delete", "p"]);
+    assert_eq!(ok(&["pool", "list"]), "no pools\n");
+}

@@ -3,6 +3,7 @@
 
 pub mod render;
 pub mod run;
+pub mod storage;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -135,6 +136,8 @@ pub enum Command {
     Host,
     /// `gates`.
     Gates,
+    /// `pool …` and `volume …`.
+    Storage(storage::StorageCommand),
 }
 
 impl Command {
@@ -193,8 +196,9 @@ const HELP: &[(&str, &str)] = &[
 
 /// The command list of `--help`.
 pub fn command_help() -> String {
-    let width = HELP.iter().map(|(u, _)| u.len()).max().unwrap_or(0);
-    HELP.iter()
+    let all = || HELP.iter().chain(storage::HELP);
+    let width = all().map(|(u, _)| u.len()).max().unwrap_or(0);
+    all()
         .map(|(usage, help)| format!("  {usage:width$}  {help}\n"))
         .collect()
 }
@@ -364,6 +368,7 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
                 Command::Gates
             });
         }
+        "pool" | "volume" => return storage::parse(&group, rest).map(Command::Storage),
         "vm" | "template" => {}
         _ if super::vmm::parse(words).is_ok() => {
             return Err(CtlError::usage(format!(
