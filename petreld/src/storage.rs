@@ -14,6 +14,8 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod import;
+
 use super::model::{now, validate_name};
 use super::{ApiError, ApiResult, Daemon};
 
@@ -104,6 +106,12 @@ pub struct CreateVolume {
     /// Make a thin clone of this volume (`pool/name`).
     #[serde(default)]
     pub clone_of: Option<String>,
+    /// Import this file (a kernel, an initramfs, a raw or qcow2 root disk) as the volume.
+    #[serde(default)]
+    pub import: Option<PathBuf>,
+    /// The imported file's SHA-256 (hex), required with `import`.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 /// `POST /v1/volumes/{pool}/{name}/resize`.
@@ -344,7 +352,12 @@ impl Daemon {
         let vms = self.store().all_vms()?;
         Ok(vms
             .into_iter()
-            .filter(|vm| vm.config.disks.iter().flatten().any(|d| d.path == path))
+            .filter(|vm| {
+                let p = &vm.config.payload;
+                vm.config.disks.iter().flatten().any(|d| d.path == path)
+                    || p.kernel == path
+                    || p.initramfs.as_deref() == Some(path)
+            })
             .map(|vm| vm.name)
             .collect())
     }
@@ -449,6 +462,12 @@ impl Daemon {
         check_name("name", &req.name)?;
         let pool = self.pool(&req.pool)?;
         let path = pool.path.join(&req.name);
+        if req.import.is_some() {
+            return self.import_volume(&pool, req);
+        }
+        if req.sha256.is_some() {
+            return Err(bad("sha256 goes with import"));
+        }
         let base = match &req.clone_of {
             Some(r) => {
                 let (bp, bn) = volume_ref("clone_of", r)?;
@@ -622,6 +641,7 @@ impl Daemon {
     /// Replaces every `{"volume": "pool/name"}` in `config.disks` by the volume's file and
     /// format (backing files allowed: a clone's base is petreld's own volume).
     pub fn resolve_volumes(&self, config: &mut Value) -> ApiResult<()> {
+        self.resolve_payload(config)?;
         let Some(disks) = config.get_mut("disks").and_then(Value::as_array_mut) else {
             return Ok(());
         };

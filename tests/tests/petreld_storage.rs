@@ -350,3 +350,56 @@ fn petrelctl_pool_and_volume_commands() {
     ok(&["pool", "delete", "p"]);
     assert_eq!(ok(&["pool", "list"]), "no pools\n");
 }
+
+#[test]
+fn imported_kernel_checked_by_sha256_boots_a_vm_by_name() {
+    require_kvm!();
+    if !have_qemu_utils() {
+        return;
+    }
+    let root = scratch("storage-img").join("roots");
+    let d = Petreld::with_config("storage-img", json!({"storage_roots": [root]}));
+    let pool_path = root.join("img");
+    d.ok(
+        Method::Post,
+        "/v1/pools",
+        Some(&json!({"name": "img", "path": pool_path})),
+        201,
+    );
+    let kernel = petrel_tests::guest_image(petrel_tests::GuestKind::Pvh);
+    let sum = tool("sha256sum", &[&kernel]);
+    let sum = sum.split_whitespace().next().unwrap().to_string();
+
+    // A wrong checksum: refused, nothing left in the pool.
+    let wrong = format!("{}0", &sum[..63]);
+    let body = json!({"pool": "img", "name": "guest", "import": kernel, "sha256": wrong});
+    let m = err(&d, Method::Post, "/v1/volumes", Some(&body), 422);
+    assert!(m.contains("sha256") && m.contains(&sum), "{m}");
+    assert_eq!(std::fs::read_dir(&pool_path).unwrap().count(), 0);
+    let missing = json!({"pool": "img", "name": "x", "import": "/nonexistent/k", "sha256": sum});
+    let m = err(&d, Method::Post, "/v1/volumes", Some(&missing), 422);
+    assert!(m.contains("/nonexistent/k"), "{m}");
+
+    let body = json!({"pool": "img", "name": "guest", "import": kernel, "sha256": sum});
+    let v = d.ok(Method::Post, "/v1/volumes", Some(&body), 201);
+    assert_eq!(v["format"], "raw");
+    let copy = std::fs::read(pool_path.join("guest")).unwrap();
+    assert_eq!(copy, std::fs::read(&kernel).unwrap());
+
+    let mut config = guest_config("action=poweroff");
+    config["payload"]["kernel"] = json!({"volume": "img/guest"});
+    let vm = d.ok(
+        Method::Post,
+        "/v1/vms",
+        Some(&json!({"name": "byname", "config": config})),
+        201,
+    );
+    let kpath = pool_path.join("guest");
+    assert_eq!(vm["config"]["payload"]["kernel"].as_str(), kpath.to_str());
+    let m = err(&d, Method::Delete, "/v1/volumes/img/guest", None, 409);
+    assert!(m.contains("byname"), "{m}");
+    let vm = d.wait_vm("byname", "stopped", |vm| vm["state"] == "stopped");
+    assert_ne!(vm["exit_reason"], "crashed", "{vm:#}");
+    d.ok(Method::Delete, "/v1/vms/byname", None, 204);
+    d.ok(Method::Delete, "/v1/volumes/img/guest", None, 204);
+}
