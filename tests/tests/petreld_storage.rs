@@ -344,6 +344,19 @@ fn petrelctl_pool_and_volume_commands() {
     assert_ne!(code, 0);
     assert!(err.contains("POOL/NAME"), "{err}");
 
+    let src = d.dir.join("import-me");
+    std::fs::write(&src, b"an initramfs, say").unwrap();
+    let sum = tool("sha256sum", &[src.to_str().unwrap()]);
+    let sum = sum.split_whitespace().next().unwrap();
+    let src_s = src.to_str().unwrap();
+    ok(&[
+        "volume", "create", "p/initrd", "--import", src_s, "--sha256", sum,
+    ]);
+    assert_eq!(
+        std::fs::read(pool_path.join("initrd")).unwrap(),
+        b"an initramfs, say"
+    );
+    ok(&["volume", "delete", "p/initrd"]);
     ok(&["volume", "convert", "p/vm1", "raw"]);
     ok(&["volume", "delete", "p/base"]);
     ok(&["volume", "delete", "p/vm1"]);

@@ -29,6 +29,10 @@ pub const HELP: &[(&str, &str)] = &[
         "a sparse volume (qemu-img)",
     ),
     (
+        "volume create P/NAME --import FILE --sha256 HEX",
+        "import a kernel, initramfs or disk image (checked)",
+    ),
+    (
         "volume clone BASE_P/BASE P/NAME [--size S]",
         "a thin clone (qcow2 over BASE)",
     ),
@@ -160,14 +164,23 @@ pub fn parse(group: &str, rest: &[OsString]) -> Result<StorageCommand> {
             c
         }
         ("volume", "create") => {
-            let w = split(&["--size", "--format"])?;
+            let w = split(&["--size", "--format", "--import", "--sha256"])?;
             let r = w.one("POOL/NAME")?;
             volume_path(&cmd, &r)?;
             let (pool, name) = r.split_once('/').unwrap_or_default();
-            let size = w
-                .get("--size")
-                .ok_or_else(|| CtlError::usage(format!("{cmd}: --size is required")))?;
-            let mut body = json!({"pool": pool, "name": name, "capacity": size_value(&size)});
+            let mut body = json!({"pool": pool, "name": name});
+            match (w.get("--size"), w.get("--import"), w.get("--sha256")) {
+                (Some(size), None, None) => body["capacity"] = size_value(&size),
+                (None, Some(file), Some(sum)) => {
+                    body["import"] = Value::String(file);
+                    body["sha256"] = Value::String(sum);
+                }
+                _ => {
+                    return Err(CtlError::usage(format!(
+                        "{cmd}: give --size S, or --import FILE --sha256 HEX"
+                    )))
+                }
+            }
             if let Some(f) = w.get("--format") {
                 body["format"] = Value::String(f);
             }
