@@ -137,7 +137,7 @@ const FIONBIO: u64 = libc::FIONBIO;
 const FIOCLEX: u64 = libc::FIOCLEX;
 const TCGETS: u64 = libc::TCGETS;
 /// A block device's logical sector size (imago probes it for `O_DIRECT` alignment).
-const BLKSSZGET: u64 = libc::BLKSSZGET as u64;
+const BLKSSZGET: u64 = libc::BLKSSZGET;
 /// A block device's size in bytes (imago, for a qcow2 image on a block device):
 /// `_IOR(0x12, 114, u64)`.
 const BLKGETSIZE64: u64 = 0x8008_1272;
