@@ -68,8 +68,12 @@ impl Qcow2Disk {
         self.size
     }
 
-    /// See `DiskFile::set_lock`.
+    /// See `DiskFile::set_lock`. Before letting another process open the image, imago's
+    /// cached metadata is written back, so that the other process sees every write.
     pub(crate) fn set_lock(&self, held: bool, readonly: bool) -> io::Result<()> {
+        if !held && !readonly {
+            self.flush()?;
+        }
         super::disk::flock(&self.lock, held, readonly)
     }
 
