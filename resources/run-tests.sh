@@ -17,7 +17,7 @@ need=()
 for tool in gcc:gcc ld:binutils cpio:cpio xz:xz-utils zstd:zstd flock:util-linux \
     iasl:acpica-tools acpiexec:acpica-tools jq:jq debugfs:e2fsprogs ip:iproute2 \
     qemu-system-x86_64:qemu-system-x86 depmod:kmod promtool:prometheus \
-    dnsmasq:dnsmasq-base nft:nftables busybox:busybox; do
+    dnsmasq:dnsmasq-base nft:nftables busybox:busybox qemu-img:qemu-utils; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -259,15 +259,12 @@ pub static DISK: Schema = Schema {
         ("pci_segment", SEGMENT),
         ("pci_device_id", NULL),
         ("queue_affinity", NO_LIST),
-        ("backing_files", FALSE),
+        // qcow2 backing files, off unless asked (as in Cloud Hypervisor).
+        ("backing_files", Rule::Petrel),
         ("sparse", TRUE),
-        // petrel reads raw images only. "Raw" says just that; "Unknown" (Cloud Hypervisor's
-        // default, sent by `ch-remote add-disk path=…`) asks to detect it, and petrel opens
-        // every image as raw.
-        (
-            "image_type",
-            Rule::Default(&[Dv::Str("Raw"), Dv::Str("Unknown")]),
-        ),
+        // Raw and Qcow2 are served; Unknown (Cloud Hypervisor's default, sent by `ch-remote
+        // add-disk path=…`) detects the format; FixedVhd and Vhdx are refused by validation.
+        ("image_type", Rule::Petrel),
         ("lock_granularity", Rule::Default(&[Dv::Str("ByteRange")])),
     ],
 };

@@ -350,6 +350,9 @@ impl VmConfig {
                 "is required with mode File",
             ));
         }
+        for (i, disk) in self.disks.iter().flatten().enumerate() {
+            disk.validate(&format!("disks[{i}]"))?;
+        }
         Ok(())
     }
 }

@@ -33,7 +33,42 @@ pub struct RateLimiterConfig {
     pub ops: Option<TokenBucketConfig>,
 }
 
-/// A virtio-blk disk backed by a raw image file.
+/// The format of a disk image: Cloud Hypervisor's `ImageType`. petrel serves `Raw` and
+/// `Qcow2`; `Unknown` (and an absent field) detects the format from the image's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ImageType {
+    /// Raw: the file's bytes are the disk's.
+    Raw,
+    /// qcow2, with its backing chain when `backing_files` allows it.
+    Qcow2,
+    /// A fixed VHD (refused).
+    FixedVhd,
+    /// VHDX (refused).
+    Vhdx,
+    /// Detect from the header.
+    #[default]
+    Unknown,
+}
+
+impl ImageType {
+    /// Parses the `--disk image_type=` value (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "raw" => Some(Self::Raw),
+            "qcow2" => Some(Self::Qcow2),
+            "fixedvhd" | "vhd" => Some(Self::FixedVhd),
+            "vhdx" => Some(Self::Vhdx),
+            "unknown" | "auto" => Some(Self::Unknown),
+            _ => None,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A virtio-blk disk backed by a raw or qcow2 image file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
@@ -54,6 +89,13 @@ pub struct DiskConfig {
     /// Rate limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter_config: Option<RateLimiterConfig>,
+    /// The image's format; absent or `Unknown`: detected from its header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_type: Option<ImageType>,
+    /// A qcow2 image may open the backing files its header names (off by default, as in
+    /// Cloud Hypervisor: a header the guest could write must not name host files).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub backing_files: bool,
 }
 
 /// The virtio-rng entropy device (bytes come from getrandom(2)).
@@ -353,6 +395,7 @@ impl RateLimiterKeys {
 
 impl DiskConfig {
     /// Parses `--disk path=P[,readonly=on][,direct=on][,id=ID][,serial=S]`
+    /// `[,image_type=raw|qcow2|unknown][,backing_files=on]`
     /// `[,bw_size=N,bw_refill_time=MS[,bw_one_time_burst=N]][,ops_size=…,ops_refill_time=…]`.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         let mut disk = DiskConfig {
@@ -362,6 +405,8 @@ impl DiskConfig {
             id: None,
             serial: None,
             rate_limiter_config: None,
+            image_type: None,
+            backing_files: false,
         };
         let mut limits = RateLimiterKeys::default();
         for (k, v) in pairs("--disk", s)? {
@@ -372,6 +417,12 @@ impl DiskConfig {
                 "direct" => disk.direct = parse_bool(&field, v)?,
                 "id" => disk.id = Some(v.to_string()),
                 "serial" => disk.serial = Some(v.to_string()),
+                "image_type" => {
+                    disk.image_type = Some(ImageType::parse(v).ok_or_else(|| {
+                        ConfigError::new(&field, format!("unknown image type '{v}'"))
+                    })?)
+                }
+                "backing_files" => disk.backing_files = parse_bool(&field, v)?,
                 _ if limits.take(k, v, &field)? => {}
                 _ => return Err(ConfigError::new("--disk", format!("unknown key '{k}'"))),
             }
@@ -389,6 +440,14 @@ impl DiskConfig {
     pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
         if self.path.as_os_str().is_empty() {
             return Err(ConfigError::new(&format!("{field}.path"), "is required"));
+        }
+        if let Some(t @ (ImageType::FixedVhd | ImageType::Vhdx)) = self.image_type {
+            return Err(ConfigError::new(
+                &format!("{field}.image_type"),
+                format!(
+                    "{t:?} is not supported; petrel serves Raw and Qcow2 images (Unknown: detect)"
+                ),
+            ));
         }
         if let Some(serial) = &self.serial {
             if serial.len() > DISK_ID_MAX {

@@ -18,7 +18,7 @@ pub use config::{
     SerialConfig, SerialMode, Transport, VmConfig,
 };
 pub use devices::{
-    parse_mac, BalloonConfig, DiskConfig, NetConfig, RateLimiterConfig, RngConfig,
+    parse_mac, BalloonConfig, DiskConfig, ImageType, NetConfig, RateLimiterConfig, RngConfig,
     TokenBucketConfig, VsockConfig,
 };
 pub use size::parse_size;

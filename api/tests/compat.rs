@@ -13,9 +13,9 @@ use api::compat::{
     vm_config_from_ch, vsock_config_from_ch, Dv, Rule, Schema, SCHEMAS, VM_CONFIG,
 };
 use api::{
-    BalloonConfig, ConfigError, CpusConfig, DiskConfig, MemoryConfig, NetConfig, PayloadConfig,
-    PlatformConfig, RateLimiterConfig, RngConfig, SerialConfig, SerialMode, TokenBucketConfig,
-    VmConfig, VsockConfig,
+    BalloonConfig, ConfigError, CpusConfig, DiskConfig, ImageType, MemoryConfig, NetConfig,
+    PayloadConfig, PlatformConfig, RateLimiterConfig, RngConfig, SerialConfig, SerialMode,
+    TokenBucketConfig, VmConfig, VsockConfig,
 };
 use serde_json::{json, Value};
 use yaml_subset::yaml;
@@ -135,6 +135,8 @@ fn full_ch_config_maps_to_petrel() {
                 }),
                 ops: None,
             }),
+            image_type: Some(ImageType::Raw),
+            backing_files: false,
         }]),
         rng: Some(RngConfig::default()),
         net: Some(vec![NetConfig {
@@ -188,7 +190,6 @@ fn unsupported_values_name_the_field() {
         ("memory.hugepages", json!(true)),
         ("memory.hotplug_method", json!("VirtioMem")),
         ("memory.zones", json!([{"id": "z0", "size": 1048576}])),
-        ("disks[0].image_type", json!("Qcow2")),
         ("cpus.kvm_hyperv", json!(true)),
         ("cpus.max_phys_bits", json!(40)),
         ("cpus.affinity", json!([{"vcpu": 0, "host_cpus": [1]}])),
@@ -616,4 +617,19 @@ fn documented_bounds_are_the_servers() {
             .and_then(|v| v.validate())
     };
     assert!(vsock("/v").is_ok() && vsock("").is_err());
+}
+
+#[test]
+fn image_types_map_and_unsupported_ones_are_refused() {
+    let cfg = parse(&with("disks[0].image_type", json!("Qcow2"))).unwrap();
+    let disk = &cfg.disks.as_ref().unwrap()[0];
+    assert_eq!(disk.image_type, Some(ImageType::Qcow2));
+    let cfg = parse(&with("disks[0].backing_files", json!(true))).unwrap();
+    assert!(cfg.disks.as_ref().unwrap()[0].backing_files);
+    for t in ["Vhdx", "FixedVhd"] {
+        let cfg = parse(&with("disks[0].image_type", json!(t))).unwrap();
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.field, "disks[0].image_type", "{e}");
+        assert!(e.message.contains("not supported"), "{e}");
+    }
 }

@@ -29,7 +29,8 @@ usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH]
   --workloads LIST         comma-separated workloads to run (default: all but linux-boot
                            with --quick): guest-life, memory, exit-cost, api-ready,
                            fc-start, create-rate, create-rate-petreld (petrel only, needs petreld),
-                           blk, rng, net (needs CAP_NET_ADMIN), vsock (petrel only),
+                           blk, blk-qcow2 (needs qemu-img), rng, net (needs CAP_NET_ADMIN),
+                           vsock (petrel only),
                            linux-boot (needs native guest ring 0 and the guest kit)
 ";
 
@@ -42,6 +43,7 @@ pub const WORKLOADS: &[&str] = &[
     "fc-start",
     "create-rate",
     "blk",
+    "blk-qcow2",
     "rng",
     "vsock",
     "create-rate-petreld",

@@ -139,6 +139,7 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
         Box::new(workload::fc_start::FcStart::new(guest.clone())),
         Box::new(CreateRate::new(guest.clone(), CREATE_RATE_VMS)),
         Box::new(DeviceBench::new(guest.clone(), Device::Blk, o.quick)),
+        Box::new(DeviceBench::new(guest.clone(), Device::BlkQcow2, o.quick)),
         Box::new(DeviceBench::new(guest.clone(), Device::Rng, o.quick)),
         Box::new(workload::vsock::VsockBench::new(guest.clone(), o.quick)),
     ];

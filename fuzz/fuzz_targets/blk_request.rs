@@ -354,6 +354,7 @@ fn new_block(input: &Input, path: &str) -> Option<Block> {
         direct: false,
         id: "fuzz-disk".into(),
         rate_limiter,
+        ..Default::default()
     })
     .ok()
 }

@@ -56,6 +56,10 @@ pub struct FileConfig {
     pub cgroups: Option<bool>,
     /// An API listener on TCP, every request authenticated with a bearer token (off when absent).
     pub tcp: Option<TcpConfig>,
+    /// Directories under which storage pools may be made (default `<state_dir>/pools`).
+    pub storage_roots: Option<Vec<PathBuf>>,
+    /// The `qemu-img` binary volumes are made with (default `qemu-img` from `PATH`).
+    pub qemu_img: Option<PathBuf>,
 }
 
 /// The TCP listener: `{"listen": "127.0.0.1:8080", "token_file": "/etc/petrel/token"}`.
@@ -179,6 +183,10 @@ pub struct DaemonConfig {
     pub cgroups: bool,
     /// The TCP listener, if configured.
     pub tcp: Option<TcpConfig>,
+    /// Where pools may be made (absolute paths).
+    pub storage_roots: Vec<PathBuf>,
+    /// `qemu-img`.
+    pub qemu_img: PathBuf,
 }
 
 impl DaemonConfig {
@@ -339,14 +347,21 @@ fn resolve(file: FileConfig, flags: &BTreeMap<&str, String>) -> Result<DaemonCon
         Some(r) if r.is_finite() && r > 0.0 && r <= 1000.0 => Ok(r),
         Some(r) => Err(format!("{name}: {r} must be above 0 and at most 1000")),
     };
+    let state_dir = flag("--state-dir")
+        .or(file.state_dir)
+        .unwrap_or_else(default_state_dir);
+    let storage_roots = file
+        .storage_roots
+        .unwrap_or_else(|| vec![state_dir.join("pools")]);
+    if let Some(r) = storage_roots.iter().find(|r| !r.is_absolute()) {
+        return Err(format!("storage_roots: {} is not absolute", r.display()));
+    }
     let config = DaemonConfig {
         socket: flag("--socket")
             .or(file.socket)
             .unwrap_or_else(default_socket),
         socket_group: file.socket_group,
-        state_dir: flag("--state-dir")
-            .or(file.state_dir)
-            .unwrap_or_else(default_state_dir),
+        state_dir,
         petrel: flag("--petrel")
             .or(file.petrel)
             .unwrap_or_else(default_petrel),
@@ -366,6 +381,8 @@ fn resolve(file: FileConfig, flags: &BTreeMap<&str, String>) -> Result<DaemonCon
             .or_else(|| is_root().then(|| "true".to_string())),
         cgroups: file.cgroups.unwrap_or(true) && is_root(),
         tcp: file.tcp,
+        storage_roots,
+        qemu_img: file.qemu_img.unwrap_or_else(|| PathBuf::from("qemu-img")),
     };
     if let Some(m) = &config.seccomp {
         if !matches!(m.as_str(), "true" | "false" | "log") {

@@ -12,6 +12,7 @@
 //! - [`cgroup`]: petrel's cgroup with the VM's limits (root).
 //! - [`net`]: the taps petreld makes for a VM's interfaces. [`network`]: `/v1/networks`
 //!   (bridges, nftables, dnsmasq). [`events`]: `/v1/events`.
+//! - [`storage`]: directory pools and raw/qcow2 volumes (`qemu-img`), volumes in VM configs.
 //! - [`routes`] and [`metrics`]: the HTTP API and Prometheus text. [`server`]: `main`.
 
 pub mod cgroup;
@@ -29,6 +30,7 @@ pub mod reconcile;
 pub mod reserve;
 pub mod routes;
 pub mod server;
+pub mod storage;
 pub mod store;
 pub mod supervisor;
 

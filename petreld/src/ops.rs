@@ -83,6 +83,7 @@ impl Daemon {
             }
         };
         let mut value = value;
+        self.resolve_volumes(&mut value)?;
         let mut nets = req.net.clone();
         nets.extend(take_managed_nets(&mut value).map_err(bad)?);
         let config: VmConfig =

@@ -18,6 +18,7 @@ use super::model::{
 };
 use super::network::CreateNetwork;
 use super::ops::check_config;
+use super::storage::{check_volume_path, Convert, CreatePool, CreateVolume, Resize};
 use super::store::{decode_cursor, sort_name};
 use super::{metrics, ApiError, ApiResult, Daemon};
 
@@ -38,6 +39,12 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ("/v1/templates/{name}", &[Method::Get, Method::Delete]),
     ("/v1/networks", &[Method::Get, Method::Post]),
     ("/v1/networks/{name}", &[Method::Get, Method::Delete]),
+    ("/v1/pools", &[Method::Get, Method::Post]),
+    ("/v1/pools/{name}", &[Method::Get, Method::Delete]),
+    ("/v1/volumes", &[Method::Get, Method::Post]),
+    ("/v1/volumes/{pool}/{name}", &[Method::Get, Method::Delete]),
+    ("/v1/volumes/{pool}/{name}/resize", &[Method::Post]),
+    ("/v1/volumes/{pool}/{name}/convert", &[Method::Post]),
     ("/v1/host", &[Method::Get]),
     ("/v1/feature-gates", &[Method::Get]),
     ("/v1/feature-gates/{name}", &[Method::Get]),
@@ -159,6 +166,40 @@ pub fn handle(daemon: &Arc<Daemon>, req: Request) -> Response {
             daemon.get_network(p(0)).map(|v| Response::json(200, &v))
         }
         ("/v1/networks/{name}", _) => daemon.delete_network(p(0)).map(|()| Response::no_content()),
+        ("/v1/pools", Method::Get) => daemon.list_pools().map(|v| Response::json(200, &v)),
+        ("/v1/pools", _) => body::<CreatePool>(&req)
+            .and_then(|c| daemon.create_pool(c))
+            .map(|v| Response::json(201, &v)),
+        ("/v1/pools/{name}", Method::Get) => daemon.get_pool(p(0)).map(|v| Response::json(200, &v)),
+        ("/v1/pools/{name}", _) => daemon.delete_pool(p(0)).map(|()| Response::no_content()),
+        ("/v1/volumes", Method::Get) => query(&req, &["pool"])
+            .and_then(|q| {
+                let pool = q.iter().find(|(k, _)| k == "pool").map(|(_, v)| v.as_str());
+                daemon.list_volumes(pool)
+            })
+            .map(|v| Response::json(200, &v)),
+        ("/v1/volumes", _) => body::<CreateVolume>(&req)
+            .and_then(|c| daemon.create_volume(c))
+            .map(|v| Response::json(201, &v)),
+        ("/v1/volumes/{pool}/{name}", m) => check_volume_path(p(0), p(1)).and_then(|()| {
+            if m == Method::Get {
+                daemon
+                    .get_volume(p(0), p(1))
+                    .map(|v| Response::json(200, &v))
+            } else {
+                daemon
+                    .delete_volume(p(0), p(1))
+                    .map(|()| Response::no_content())
+            }
+        }),
+        ("/v1/volumes/{pool}/{name}/resize", _) => check_volume_path(p(0), p(1))
+            .and_then(|()| body::<Resize>(&req))
+            .and_then(|r| daemon.resize_volume(p(0), p(1), r))
+            .map(|v| Response::json(200, &v)),
+        ("/v1/volumes/{pool}/{name}/convert", _) => check_volume_path(p(0), p(1))
+            .and_then(|()| body::<Convert>(&req))
+            .and_then(|c| daemon.convert_volume(p(0), p(1), c))
+            .map(|v| Response::json(200, &v)),
         ("/v1/host", _) => host(daemon),
         ("/v1/feature-gates", _) => Ok(Response::json(200, &json!({ "items": gates(daemon) }))),
         ("/v1/feature-gates/{name}", _) => gates(daemon)

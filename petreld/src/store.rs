@@ -1,5 +1,8 @@
-//! petreld's state in SQLite: VMs and templates, with a `schema_migrations` table. Every
-//! change is one transaction, written before petreld acts on it.
+//! petreld's state in SQLite: VMs and templates (here), storage pools and volumes
+//! ([`storage`]), with a `schema_migrations` table. Every change is one transaction, written
+//! before petreld acts on it.
+
+mod storage;
 
 use std::path::Path;
 use std::time::Duration;
@@ -78,6 +81,22 @@ CREATE TABLE networks (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
     created_at TEXT NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE pools (
+    name TEXT PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE volumes (
+    pool TEXT NOT NULL REFERENCES pools (name),
+    name TEXT NOT NULL,
+    format TEXT NOT NULL,
+    capacity INTEGER NOT NULL,
+    backing TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (pool, name)
 );
 "#,
 ];

@@ -44,6 +44,7 @@ enum action {
 	ACT_POWER_BUTTON,
 	ACT_COUNT,
 	ACT_COUNT_BLK,
+	ACT_BLK_LOG,
 	ACT_DIRTY,
 	ACT_CTRL_ALT_DEL,
 	ACT_CPUID,
@@ -369,6 +370,8 @@ static void parse_cmdline(const char *c, struct options *o)
 				o->action = ACT_COUNT;
 			else if (token_is(v, vl, "count-blk"))
 				o->action = ACT_COUNT_BLK;
+			else if (token_is(v, vl, "blk-log"))
+				o->action = ACT_BLK_LOG;
 			else if (token_is(v, vl, "dirty"))
 				o->action = ACT_DIRTY;
 			else if (token_is(v, vl, "ctrl-alt-del"))
@@ -558,6 +561,11 @@ static void do_action(const struct options *o, const struct acpi_info *a)
 		break;
 	case ACT_COUNT_BLK:
 		virtio_action(VIRTIO_ACT_COUNT_BLK, get_cmdline());
+		break;
+	case ACT_BLK_LOG:
+		virtio_action(VIRTIO_ACT_BLK_LOG, get_cmdline());
+		printk("PETREL-GUEST: poweroff\n");
+		power_off(a);
 		break;
 	case ACT_QUICK:
 	case ACT_QUICK_RESET:

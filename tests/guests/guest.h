@@ -79,6 +79,8 @@ int memmap_get(u32 i, u64 *addr, u64 *size, u32 *type);
 #define VIRTIO_ACT_COUNT_BLK 0x102
 /* virtio_action()'s `which` for `action=mmds` (virtio_mmds.c). */
 #define VIRTIO_ACT_MMDS 0x103
+/* `action=blk-log`: entries written to the first writable disk, flushed in fours. */
+#define VIRTIO_ACT_BLK_LOG 0x104
 /* Runs `action=virtio-blk|virtio-rng|virtio-net|virtio-vsock` (which = VIRTIO_DEV_*) on the
  * devices named by `virtio_mmio.device=` tokens of `cmdline`; always returns. */
 void virtio_action(int which, const char *cmdline);

@@ -616,6 +616,64 @@ static void count_blk(void)
 	}
 }
 
+/* action=blk-log: on the first writable disk, prints the first 16 bytes of sector 0 in hex
+ * (`VIRTIO: blk sector0=<hex>`), then writes entry n = 0, 1, ... to sector n * 128 (64 KiB
+ * apart, each in a cluster of its own in a qcow2 image) as "PLOG" + n (u64 little endian)
+ * + pattern_byte, flushes after every fourth and prints `FLUSHED <n>` (entries 0..=n are
+ * durable); at the end of the disk `VIRTIO: blk log done entries=<n>`. */
+static void blk_log(void)
+{
+	static const char hex[] = "0123456789abcdef";
+	struct vdev *d = 0;
+	u64 cap = 0;
+	for (u32 i = 0; i < nvdevs && !d; i++) {
+		int ro;
+		if (vdevs[i].id == DEV_BLK && blk_probe(&vdevs[i], &cap, &ro) == 0 && !ro)
+			d = &vdevs[i];
+	}
+	if (!d || dev_start(d, BLK_F_FLUSH, "blk") || !(d->features_lo & BLK_F_FLUSH)) {
+		printk("VIRTIO: error no writable virtio-blk device with flush\n");
+		return;
+	}
+	int st = blk_request(BLK_T_IN, 0, SECTOR, "blk read sector 0");
+	if (st != 0) {
+		printk("VIRTIO: error blk read sector 0 status=%d\n", st);
+		return;
+	}
+	char text[33];
+	for (u32 i = 0; i < 16; i++) {
+		text[2 * i] = hex[vq.data[i] >> 4];
+		text[2 * i + 1] = hex[vq.data[i] & 15];
+	}
+	text[32] = 0;
+	printk("VIRTIO: blk sector0=%s\n", text);
+	u64 n = 0;
+	for (; (n + 1) * 128 <= cap; n++) {
+		for (u32 i = 0; i < SECTOR; i++)
+			vq.data[i] = (u8)(0x5a ^ i);
+		vq.data[0] = 'P';
+		vq.data[1] = 'L';
+		vq.data[2] = 'O';
+		vq.data[3] = 'G';
+		for (u32 b = 0; b < 8; b++)
+			vq.data[4 + b] = (u8)(n >> (8 * b));
+		st = blk_request(BLK_T_OUT, n * 128, SECTOR, "blk log write");
+		if (st != 0) {
+			printk("VIRTIO: error blk log write %lu status=%d\n", n, st);
+			return;
+		}
+		if (n % 4 == 3) {
+			st = blk_request(BLK_T_FLUSH, 0, 0, "blk log flush");
+			if (st != 0) {
+				printk("VIRTIO: error blk log flush status=%d\n", st);
+				return;
+			}
+			printk("FLUSHED %lu\n", n);
+		}
+	}
+	printk("VIRTIO: blk log done entries=%lu\n", n);
+}
+
 void virtio_action(int which, const char *cmdline)
 {
 	virtio_probe(cmdline);
@@ -633,6 +691,8 @@ void virtio_action(int which, const char *cmdline)
 		virtio_blk_swap();
 	else if (which == VIRTIO_ACT_MMDS)
 		virtio_mmds();
+	else if (which == VIRTIO_ACT_BLK_LOG)
+		blk_log();
 	else
 		virtio_rng();
 	pci_msix_report(vdevs, nvdevs);

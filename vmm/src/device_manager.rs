@@ -133,6 +133,8 @@ impl VirtioDevices {
         for (i, disk) in cfg.disks.iter().flatten().enumerate() {
             let block = Block::new(BlockConfig {
                 path: disk.path.clone(),
+                format: image_format(disk.image_type),
+                backing_files: disk.backing_files,
                 readonly: disk.readonly,
                 direct: disk.direct,
                 id: disk.guest_id().to_string(),
@@ -382,6 +384,17 @@ fn rate_limiter(cfg: api::RateLimiterConfig) -> devices::rate_limiter::RateLimit
     devices::rate_limiter::RateLimiterConfig {
         bandwidth: cfg.bandwidth.map(bucket),
         ops: cfg.ops.map(bucket),
+    }
+}
+
+/// The device's image format for the config's `image_type` (FixedVhd and Vhdx were refused by
+/// validation; here they fall back to detection, which refuses them again by their header).
+fn image_format(t: Option<api::ImageType>) -> devices::virtio::block::ImageFormat {
+    use devices::virtio::block::ImageFormat;
+    match t {
+        Some(api::ImageType::Raw) => ImageFormat::Raw,
+        Some(api::ImageType::Qcow2) => ImageFormat::Qcow2,
+        _ => ImageFormat::Detect,
     }
 }
 

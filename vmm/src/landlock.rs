@@ -5,7 +5,7 @@
 //! before the seccomp filters and before the vCPU threads, which inherit it.
 //!
 //! What remains open: the payload (read again at every reboot), the disks (read, and write
-//! unless read-only), `/dev/net/tun` with a tap, the serial output file, the directory of the
+//! unless read-only; a qcow2 image's backing files read-only), `/dev/net/tun` with a tap, the serial output file, the directory of the
 //! vsock socket (to create and remove it), and `/proc/meminfo` (the memory check). Everything
 //! else fails with `EACCES`. Descriptors opened before (the log file, /dev/kvm) are not
 //! affected.
@@ -100,9 +100,16 @@ pub fn rules(cfg: &VmConfig, log_file: Option<&Path>) -> Vec<Rule> {
         let access = if d.readonly {
             READ_FILE
         } else {
-            READ_FILE | WRITE_FILE
+            // A qcow2 image grows (imago sets its length with ftruncate).
+            READ_FILE | WRITE_FILE | TRUNCATE
         };
         v.push(file(&d.path, access));
+        if d.backing_files {
+            // A qcow2 image's backing chain, read-only. An image that cannot be read here
+            // fails again, with its error, when the disk is opened.
+            let chain = devices::virtio::block::backing_chain(&d.path);
+            v.extend(chain.iter().map(|p| file(p, READ_FILE)));
+        }
     }
     if cfg.net.iter().flatten().any(|n| n.tap.is_some()) {
         v.push(file(

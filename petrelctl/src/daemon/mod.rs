@@ -4,6 +4,7 @@
 pub mod network;
 pub mod render;
 pub mod run;
+pub mod storage;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -141,6 +142,8 @@ pub enum Command {
     Gates,
     /// `network …`.
     Network(network::NetworkCommand),
+    /// `pool …` and `volume …`.
+    Storage(storage::StorageCommand),
 }
 
 impl Command {
@@ -215,8 +218,9 @@ const HELP: &[(&str, &str)] = &[
 
 /// The command list of `--help`.
 pub fn command_help() -> String {
-    let width = HELP.iter().map(|(u, _)| u.len()).max().unwrap_or(0);
-    HELP.iter()
+    let all = || HELP.iter().chain(storage::HELP);
+    let width = all().map(|(u, _)| u.len()).max().unwrap_or(0);
+    all()
         .map(|(usage, help)| format!("  {usage:width$}  {help}\n"))
         .collect()
 }
@@ -386,6 +390,7 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
                 Command::Gates
             });
         }
+        "pool" | "volume" => return storage::parse(&group, rest).map(Command::Storage),
         "vm" | "template" | "network" => {}
         _ if super::vmm::parse(words).is_ok() => {
             return Err(CtlError::usage(format!(

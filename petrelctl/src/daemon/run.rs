@@ -142,6 +142,7 @@ pub fn execute(api: &Api, command: &Command) -> Result<Outcome> {
             let text = render::host(&v);
             (v, text)
         }
+        Command::Storage(c) => return super::storage::execute(api, c),
         Command::Gates => {
             let route = "gates";
             let v = need(

@@ -300,7 +300,7 @@ pub(super) const FLAGS: &[Flag] = &[
         takes: Takes::Value,
         stage: Stage::Vm,
         once: false,
-        usage: "[--disk path=FILE[,readonly=on][,direct=on][,id=ID][,serial=S]]...",
+        usage: "[--disk path=FILE[,readonly=on][,direct=on][,id=ID][,serial=S][,image_type=raw|qcow2|unknown][,backing_files=on]]...",
         action: Action::Set(|s, v| {
             let disk = DiskConfig::parse(v).map_err(usage_error)?;
             s.vm("--disk")?

@@ -589,6 +589,9 @@ impl FcConfig {
                 id: Some(d.drive_id.clone()),
                 serial: Some(d.drive_id.clone()),
                 rate_limiter_config: d.rate_limiter.as_ref().and_then(RateLimiter::to_petrel),
+                // Firecracker serves every drive as raw.
+                image_type: Some(api::ImageType::Raw),
+                backing_files: false,
             })
             .collect();
         cfg.disks = (!disks.is_empty()).then_some(disks);

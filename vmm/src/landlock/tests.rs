@@ -22,7 +22,7 @@ fn a_config_yields_its_files_and_directories() {
     let find = |p: &str| r.iter().find(|r| r.path == Path::new(p)).map(|r| r.access);
     assert_eq!(find("/k/vmlinux"), Some(READ_FILE));
     assert_eq!(find("/k/initrd"), Some(READ_FILE));
-    assert_eq!(find("/d/rw.img"), Some(READ_FILE | WRITE_FILE));
+    assert_eq!(find("/d/rw.img"), Some(READ_FILE | WRITE_FILE | TRUNCATE));
     assert_eq!(find("/d/ro.img"), Some(READ_FILE));
     assert_eq!(find("/run/vm"), Some(MAKE_SOCK | REMOVE_FILE));
     assert_eq!(find("/proc/meminfo"), Some(READ_FILE));

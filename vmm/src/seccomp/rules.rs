@@ -136,6 +136,11 @@ pub(super) mod kvm {
 const FIONBIO: u64 = libc::FIONBIO;
 const FIOCLEX: u64 = libc::FIOCLEX;
 const TCGETS: u64 = libc::TCGETS;
+/// A block device's logical sector size (imago probes it for `O_DIRECT` alignment).
+const BLKSSZGET: u64 = libc::BLKSSZGET;
+/// A block device's size in bytes (imago, for a qcow2 image on a block device):
+/// `_IOR(0x12, 114, u64)`.
+const BLKGETSIZE64: u64 = 0x8008_1272;
 const SIOCGIFFLAGS: u64 = libc::SIOCGIFFLAGS;
 const SIOCSIFFLAGS: u64 = libc::SIOCSIFFLAGS;
 
@@ -291,6 +296,8 @@ fn vmm(kick_signal: libc::c_int, backend: Backend) -> Vec<Allow> {
         libc::SYS_fsync,
         libc::SYS_fdatasync,
         libc::SYS_fallocate,
+        // qcow2 (imago): the file system's block size, for discard and zeroing alignment.
+        libc::SYS_fstatfs,
         libc::SYS_unlink,
         libc::SYS_unlinkat,
         // vm.snapshot: its directory, sparse memory files, the header renamed into place.
@@ -382,6 +389,9 @@ fn vmm(kick_signal: libc::c_int, backend: Backend) -> Vec<Allow> {
         FIONBIO,
         FIOCLEX,
         TCGETS,
+        // qcow2 images (imago): sector size for O_DIRECT, size of a block device.
+        BLKSSZGET,
+        BLKGETSIZE64,
     ]));
     v
 }

@@ -1,11 +1,11 @@
-//! The host side of a virtio-blk disk: a raw image file (or block device) and the I/O on it.
+//! A raw image file (or host block device) and the I/O on it.
 //!
 //! Data moves between the file and guest memory with `pread`/`pwrite` straight into the guest's
 //! pages (no bounce buffer). With `O_DIRECT`, a transfer the kernel refuses for alignment
 //! (`EINVAL`) is retried through a second, buffered descriptor of the same file; Linux keeps the
 //! two coherent.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, FileType, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -41,17 +41,22 @@ impl DiskFile {
     /// Releases (`held == false`) or takes again the image's advisory lock: a VM handed to
     /// another process on this host lets it open the image before this one exits.
     pub(crate) fn set_lock(&self, held: bool, readonly: bool) -> io::Result<()> {
-        let how = match (held, readonly) {
-            (false, _) => libc::LOCK_UN,
-            (true, true) => libc::LOCK_SH | libc::LOCK_NB,
-            (true, false) => libc::LOCK_EX | libc::LOCK_NB,
-        };
-        // SAFETY: flock takes no pointers; the descriptor is open for the call.
-        if unsafe { libc::flock(self.file.as_raw_fd(), how) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        flock(&self.file, held, readonly)
+    }
+}
+
+/// Releases (`held == false`) or takes (without waiting) the advisory lock of `file`.
+pub(crate) fn flock(file: &File, held: bool, readonly: bool) -> io::Result<()> {
+    let how = match (held, readonly) {
+        (false, _) => libc::LOCK_UN,
+        (true, true) => libc::LOCK_SH | libc::LOCK_NB,
+        (true, false) => libc::LOCK_EX | libc::LOCK_NB,
+    };
+    // SAFETY: flock takes no pointers; the descriptor is open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -80,33 +85,60 @@ fn lock(file: &File, path: &Path, readonly: bool) -> Result<(), BlockError> {
     })
 }
 
+/// Opens `path` (read-only or read-write, `O_DIRECT` if asked), takes its advisory lock and
+/// checks it is a regular file or a block device.
+pub(crate) fn open_locked(
+    path: &Path,
+    readonly: bool,
+    direct: bool,
+) -> Result<(File, FileType), BlockError> {
+    let file = open_file(path, readonly, direct)?;
+    lock(&file, path, readonly)?;
+    let file_type = file
+        .metadata()
+        .map_err(|source| BlockError::Metadata {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .file_type();
+    if !file_type.is_file() && !file_type.is_block_device() {
+        return Err(BlockError::NotADisk {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok((file, file_type))
+}
+
+fn open_file(path: &Path, readonly: bool, direct: bool) -> Result<File, BlockError> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(!readonly);
+    if direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    opts.open(path).map_err(|source| BlockError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 impl DiskFile {
-    /// Opens and locks `path`; checks it is a regular file or a block device.
-    pub(crate) fn open(path: &Path, readonly: bool, direct: bool) -> Result<Self, BlockError> {
-        let open = |direct: bool| {
-            let mut opts = OpenOptions::new();
-            opts.read(true).write(!readonly);
-            if direct {
-                opts.custom_flags(libc::O_DIRECT);
-            }
-            opts.open(path).map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        let file = open(direct)?;
-        lock(&file, path, readonly)?;
+    /// Serves `file` (from [`open_locked`] with the same flags) as a raw image.
+    pub(crate) fn from_file(
+        file: File,
+        file_type: FileType,
+        path: &Path,
+        readonly: bool,
+        direct: bool,
+    ) -> Result<Self, BlockError> {
         let meta_err = |source| BlockError::Metadata {
             path: path.to_path_buf(),
             source,
         };
-        let file_type = file.metadata().map_err(meta_err)?.file_type();
-        if !file_type.is_file() && !file_type.is_block_device() {
-            return Err(BlockError::NotADisk {
-                path: path.to_path_buf(),
-            });
-        }
-        let buffered = if direct { Some(open(false)?) } else { None };
+        let buffered = if direct {
+            Some(open_file(path, readonly, false)?)
+        } else {
+            None
+        };
         let mut probe = &file;
         let len = probe.seek(SeekFrom::End(0)).map_err(meta_err)?;
         if !len.is_multiple_of(SECTOR_SIZE) {

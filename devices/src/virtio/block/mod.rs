@@ -1,4 +1,4 @@
-//! virtio-blk (device type 2) over a raw image file or a host block device.
+//! virtio-blk (device type 2) over a raw or qcow2 image file or a host block device.
 //!
 //! One request queue. Requests: read, write, flush (`fdatasync`), get-id, and discard and
 //! write-zeroes where the host file system can punch holes or zero ranges (probed once at
@@ -9,6 +9,8 @@
 //! timerfd, registered on the event loop beside the queue eventfd, fires.
 
 mod disk;
+mod image;
+mod qcow2;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -35,8 +37,10 @@ use crate::virtio::{
     device_counters, device_type, read_config_space, ActivateContext, ActivateError, DeviceQueues,
     GuestMemoryMmap, InterruptKind, VirtioDevice, VIRTIO_F_VERSION_1,
 };
-use disk::DiskFile;
 pub use disk::{SECTOR_SHIFT, SECTOR_SIZE};
+use image::Image;
+pub use image::{detect, Detected, ImageFormat};
+pub use qcow2::{backing_chain, MAX_CHAIN};
 use request::{DiskLimits, Refusal, Request, RequestKind};
 
 /// Size of the request queue.
@@ -57,8 +61,12 @@ const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
 /// How to build a [`Block`] device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlockConfig {
-    /// Raw image file or host block device.
+    /// Image file (raw or qcow2) or host block device.
     pub path: PathBuf,
+    /// The image's format, or detect it.
+    pub format: ImageFormat,
+    /// A qcow2 image may open the backing files its header names.
+    pub backing_files: bool,
     /// Refuse writes (and offer `VIRTIO_BLK_F_RO`).
     pub readonly: bool,
     /// Open with `O_DIRECT` (bypass the host page cache).
@@ -102,6 +110,24 @@ pub enum BlockError {
     NotADisk {
         /// The image.
         path: PathBuf,
+    },
+    /// The image is in a format petrel does not serve, or not in the one the config says.
+    #[error("disk image {}: {reason}", path.display())]
+    Format {
+        /// The image.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The image's format layer (qcow2 header, tables, backing chain) could not be opened;
+    /// the cause names a backing file when it is the one at fault.
+    #[error("cannot open disk image {}: {source}", path.display())]
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
     /// The id is longer than [`ID_BYTES`].
     #[error("disk id {id:?} is longer than {ID_BYTES} bytes")]
@@ -151,9 +177,11 @@ const DEVICE: &str = "virtio-blk";
 /// A virtio-blk device.
 #[derive(Debug)]
 pub struct Block {
-    disk: DiskFile,
+    disk: Image,
     readonly: bool,
     direct: bool,
+    format: ImageFormat,
+    backing_files: bool,
     id: [u8; ID_BYTES],
     config_space: [u8; CONFIG_SPACE_SIZE],
     queues: DeviceQueues,
@@ -172,7 +200,13 @@ impl Block {
         }
         let mut id = [0u8; ID_BYTES];
         id[..cfg.id.len()].copy_from_slice(cfg.id.as_bytes());
-        let disk = DiskFile::open(&cfg.path, cfg.readonly, cfg.direct)?;
+        let disk = Image::open(
+            &cfg.path,
+            cfg.format,
+            cfg.readonly,
+            cfg.direct,
+            cfg.backing_files,
+        )?;
         let rate_limiter = match &cfg.rate_limiter {
             Some(rl) => Some(RateLimiter::new(rl).map_err(BlockError::Events)?),
             None => None,
@@ -199,6 +233,8 @@ impl Block {
             disk,
             readonly: cfg.readonly,
             direct: cfg.direct,
+            format: cfg.format,
+            backing_files: cfg.backing_files,
             id,
             config_space,
             queues: DeviceQueues::new(device_type::BLOCK, QUEUE_SIZES, features)
@@ -225,7 +261,13 @@ impl Block {
     /// configuration-change interrupt. The features offered stay as they were. Returns the
     /// new capacity in sectors.
     pub fn replace_disk(&mut self, path: &std::path::Path) -> Result<u64, BlockError> {
-        let disk = DiskFile::open(path, self.readonly, self.direct)?;
+        let disk = Image::open(
+            path,
+            self.format,
+            self.readonly,
+            self.direct,
+            self.backing_files,
+        )?;
         let offered = self.queues.features();
         self.config_space = build_config_space(
             disk.size(),
@@ -303,7 +345,7 @@ impl Block {
 
 /// Serves the request queue: parses, admits (rate limiter) and runs each request.
 struct Requests<'a> {
-    disk: &'a DiskFile,
+    disk: &'a Image,
     id: &'a [u8; ID_BYTES],
     limits: DiskLimits,
     write_through: bool,
@@ -377,7 +419,7 @@ fn refuse(mem: &GuestMemoryMmap, head: u16, r: &Refusal, counters: &mut BlockCou
 
 /// Runs a valid request and writes its status; returns the used length.
 fn serve(
-    disk: &DiskFile,
+    disk: &Image,
     mem: &GuestMemoryMmap,
     id: &[u8; ID_BYTES],
     req: &Request,
@@ -437,7 +479,7 @@ fn kind_name(kind: &RequestKind) -> &'static str {
 
 /// Does the I/O; returns the bytes written into guest buffers.
 fn execute(
-    disk: &DiskFile,
+    disk: &Image,
     mem: &GuestMemoryMmap,
     id: &[u8; ID_BYTES],
     kind: &RequestKind,
