@@ -365,6 +365,11 @@ fn after_petreld_crash_networks_are_adopted_and_leftovers_removed() {
         .unwrap();
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(n2.0 as i32, libc::SIGKILL) };
+    // The killed process stays listed until it is reaped (by init: dnsmasq daemonized).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while dnsmasqs(&d).len() != 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert_eq!(dnsmasqs(&d).len(), 2, "{:?}", dnsmasqs(&d));
 
     d.start();
