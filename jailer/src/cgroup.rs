@@ -90,7 +90,10 @@ pub fn remove(root: &Path, version: u8, dirs: &[PathBuf]) {
             root.to_path_buf()
         } else {
             // <root>/<controller>/petrel-jailer/<id> → <root>/<controller>
-            dir.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+            dir.parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
         };
         let _ = fs::write(top.join("cgroup.procs"), &pid);
         let _ = fs::remove_dir(dir);

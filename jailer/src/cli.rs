@@ -112,7 +112,10 @@ fn check_dest(dest: &Path) -> Result<(), String> {
         return Err(format!("{}: a jail path must be absolute", dest.display()));
     }
     if dest.components().any(|c| c == Component::ParentDir) {
-        return Err(format!("{}: a jail path may not contain '..'", dest.display()));
+        return Err(format!(
+            "{}: a jail path may not contain '..'",
+            dest.display()
+        ));
     }
     if dest.components().all(|c| c == Component::RootDir) {
         return Err("cannot bind over the jail's '/'".into());

@@ -41,7 +41,10 @@ pub struct JailError {
     source: io::Error,
 }
 
-fn ctx<T, E: Into<io::Error>>(r: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, JailError> {
+fn ctx<T, E: Into<io::Error>>(
+    r: Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> Result<T, JailError> {
     r.map_err(|e| JailError {
         what: what(),
         source: e.into(),
@@ -88,7 +91,10 @@ pub fn make_point(root: &OwnedFd, rel: &Path, file: bool) -> io::Result<OwnedFd>
             if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("{}: exists in the jail and is not a regular file", rel.display()),
+                    format!(
+                        "{}: exists in the jail and is not a regular file",
+                        rel.display()
+                    ),
                 ));
             }
             return Ok(fd);
@@ -162,15 +168,28 @@ fn device(
     let what = || format!("device {host}");
     let st = ctx(rfs::stat(host), what)?;
     let rel = Path::new(host);
-    let parent = ctx(make_point(root, rel.parent().unwrap_or(Path::new("/")), false), what)?;
+    let parent = ctx(
+        make_point(root, rel.parent().unwrap_or(Path::new("/")), false),
+        what,
+    )?;
     let name = rel.file_name().unwrap_or_default();
     let kind = FileType::from_raw_mode(st.st_mode);
     match rfs::mknodat(&parent, name, kind, Mode::from(mode), st.st_rdev) {
         Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => return Err(JailError { what: what(), source: e.into() }),
+        Err(e) => {
+            return Err(JailError {
+                what: what(),
+                source: e.into(),
+            })
+        }
     }
     let fd = ctx(
-        rfs::openat(&parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()),
+        rfs::openat(
+            &parent,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ),
         what,
     )?;
     // O_PATH descriptors refuse fchmod/fchown: go through the magic link.
@@ -209,7 +228,10 @@ fn build_and_exec(
     })?;
     // Nothing mounted from here on reaches the host's namespace.
     ctx(
-        mount::mount_change("/", MountPropagationFlags::REC | MountPropagationFlags::PRIVATE),
+        mount::mount_change(
+            "/",
+            MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+        ),
         || "make / private".into(),
     )?;
     // pivot_root needs the new root to be a mount point.
@@ -241,8 +263,27 @@ fn build_and_exec(
         bind(&root, &b.src, &b.dest, b.readonly)?;
     }
 
+    // /run: the VM's own directory for its API socket and the like.
+    let run = ctx(make_point(&root, Path::new("/run"), false), || {
+        "make /run".into()
+    })?;
+    ctx(
+        rfs::chown(
+            fd_path(&run),
+            Some(rfs::Uid::from_raw(args.uid)),
+            Some(rfs::Gid::from_raw(args.gid)),
+        ),
+        || "chown /run".into(),
+    )?;
+    ctx(rfs::chmod(fd_path(&run), Mode::from(0o700)), || {
+        "chmod /run".into()
+    })?;
+    drop(run);
+
     // /dev: a tmpfs of this namespace only (gone with it), holding just the needed nodes.
-    let dev = ctx(make_point(&root, Path::new("/dev"), false), || "make /dev".into())?;
+    let dev = ctx(make_point(&root, Path::new("/dev"), false), || {
+        "make /dev".into()
+    })?;
     ctx(
         mount::mount(
             "tmpfs",
@@ -266,7 +307,9 @@ fn build_and_exec(
     }
 
     // /proc of the new PID namespace (petrel reads /proc/self and /proc/meminfo).
-    let proc_dir = ctx(make_point(&root, Path::new("/proc"), false), || "make /proc".into())?;
+    let proc_dir = ctx(make_point(&root, Path::new("/proc"), false), || {
+        "make /proc".into()
+    })?;
     ctx(
         mount::mount(
             "proc",
@@ -281,8 +324,12 @@ fn build_and_exec(
     drop(root);
 
     // Into the jail: the old root is stacked under the new one, then detached.
-    ctx(rustix::process::chdir(&root_path), || "chdir to the jail".into())?;
-    ctx(rustix::process::pivot_root(".", "."), || "pivot_root".into())?;
+    ctx(rustix::process::chdir(&root_path), || {
+        "chdir to the jail".into()
+    })?;
+    ctx(rustix::process::pivot_root(".", "."), || {
+        "pivot_root".into()
+    })?;
     ctx(mount::unmount(".", UnmountFlags::DETACH), || {
         "detach the host's root".into()
     })?;
@@ -295,37 +342,42 @@ fn build_and_exec(
         current: Some(n),
         maximum: Some(n),
     };
-    ctx(rustix::process::setrlimit(Resource::Nofile, limit(args.nofile)), || {
-        format!("RLIMIT_NOFILE {}", args.nofile)
-    })?;
-    ctx(rustix::process::setrlimit(Resource::Core, limit(args.core)), || {
-        "RLIMIT_CORE".into()
-    })?;
+    ctx(
+        rustix::process::setrlimit(Resource::Nofile, limit(args.nofile)),
+        || format!("RLIMIT_NOFILE {}", args.nofile),
+    )?;
+    ctx(
+        rustix::process::setrlimit(Resource::Core, limit(args.core)),
+        || "RLIMIT_CORE".into(),
+    )?;
     if let Some(n) = args.fsize {
-        ctx(rustix::process::setrlimit(Resource::Fsize, limit(n)), || {
-            format!("RLIMIT_FSIZE {n}")
-        })?;
+        ctx(
+            rustix::process::setrlimit(Resource::Fsize, limit(n)),
+            || format!("RLIMIT_FSIZE {n}"),
+        )?;
     }
 
     // The VM's uid and gid: no supplementary groups, and no capabilities left (a uid change
     // from 0 clears them all, permitted ones included).
     let gid = rfs::Gid::from_raw(args.gid);
     let uid = rfs::Uid::from_raw(args.uid);
-    ctx(rustix::thread::set_thread_groups(&[]), || "setgroups".into())?;
+    ctx(rustix::thread::set_thread_groups(&[]), || {
+        "setgroups".into()
+    })?;
     ctx(rustix::thread::set_thread_res_gid(gid, gid, gid), || {
         format!("setresgid {}", args.gid)
     })?;
     ctx(rustix::thread::set_thread_res_uid(uid, uid, uid), || {
         format!("setresuid {}", args.uid)
     })?;
-    ctx(rustix::thread::set_no_new_privs(true), || "no_new_privs".into())?;
+    ctx(rustix::thread::set_no_new_privs(true), || {
+        "no_new_privs".into()
+    })?;
     if !args.daemonize {
         // petrel dies with the jailer that waits for it (set after the uid change, which
         // clears it).
         ctx(
-            rustix::process::set_parent_process_death_signal(Some(
-                rustix::process::Signal::KILL,
-            )),
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)),
             || "PR_SET_PDEATHSIG".into(),
         )?;
     }

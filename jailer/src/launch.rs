@@ -73,12 +73,7 @@ fn prepare_dirs(args: &Args) -> Result<(), String> {
     let root = args.root();
     match fs::symlink_metadata(&root) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a directory",
-                root.display()
-            ))
-        }
+        Ok(_) => return Err(format!("{} exists and is not a directory", root.display())),
         Err(_) => fs::DirBuilder::new()
             .mode(0o700)
             .create(&root)
@@ -122,7 +117,9 @@ pub fn run(args: &Args) -> Result<i32, String> {
     }
 
     let cg_root = Path::new(cgroup::ROOT);
-    let cg_version = args.cgroup_version.unwrap_or_else(|| cgroup::detect(cg_root));
+    let cg_version = args
+        .cgroup_version
+        .unwrap_or_else(|| cgroup::detect(cg_root));
     let groups = cgroup::join(cg_root, cg_version, &args.id, &args.cgroups)?;
     let result = spawn(args, &libs, flags);
     if !(args.daemonize && matches!(result, Ok(0))) {
@@ -136,8 +133,7 @@ fn spawn(args: &Args, libs: &[std::path::PathBuf], flags: UnshareFlags) -> Resul
     // SAFETY: no FILES flag, so no descriptor table is split; the jailer is single-threaded.
     unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWPID) }
         .map_err(|e| format!("unshare: {e}"))?;
-    let (rd, wr) =
-        rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (rd, wr) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
     // SAFETY: the jailer is single-threaded, so the child may run any code after fork.
     let pid = unsafe { libc::fork() };
@@ -148,7 +144,11 @@ fn spawn(args: &Args, libs: &[std::path::PathBuf], flags: UnshareFlags) -> Resul
         drop(rd);
         if args.daemonize {
             let _ = rustix::process::setsid();
-            if let Ok(null) = fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+            if let Ok(null) = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
                 let _ = rustix::stdio::dup2_stdin(&null);
                 let _ = rustix::stdio::dup2_stdout(&null);
                 let _ = rustix::stdio::dup2_stderr(&null);
