@@ -102,6 +102,9 @@ impl Vmm {
         let loaded = snapshot::read(&dir)?;
         self.check_config(&loaded.state.config)?;
         let memory = snapshot::memory::map(&dir, &loaded.header.memory, prefault)?;
+        // The snapshot's files are read or mapped; the VM's own files are opened below, and
+        // its vCPU threads start there too (inheriting the restriction).
+        self.landlock_before_boot(&loaded.state.config)?;
         self.install(memory, loaded.state, event_loop)?;
         log::info!(
             "snapshot {} restored in {} ms (paused; prefault {prefault})",
