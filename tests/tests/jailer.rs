@@ -364,3 +364,77 @@ fn jailer_refuses_bad_command_lines() {
         &["in use", &std::process::id().to_string()],
     );
 }
+
+#[test]
+fn daemonized_jail_in_a_new_network_namespace() {
+    require_root!();
+    require_kvm!();
+    let scratch = ScratchDir::new("jail-d");
+    let base = scratch.0.join("base");
+    let petrel = petrel_bin();
+    let out = Command::new(jailer_bin())
+        .args(["--id", "vm-d", "--exec-file"])
+        .arg(&petrel)
+        .args(["--uid", "65534", "--gid", "65534", "--chroot-base-dir"])
+        .arg(&base)
+        .args([
+            "--new-netns",
+            "--daemonize",
+            "--",
+            "--api-socket",
+            "/run/api.sock",
+        ])
+        .output()
+        .expect("run the jailer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = stdout
+        .trim()
+        .parse()
+        .expect("the jailer prints petrel's pid");
+    let jail_dir = base.join("petrel").join("vm-d");
+    let pid_file = fs::read_to_string(jail_dir.join("petrel.pid")).unwrap();
+    assert_eq!(pid_file.trim(), pid.to_string());
+    let socket = jail_dir.join("root/run/api.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemonized petrel's socket never answered"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ping = Client::new(&socket)
+        .get("/api/v1/vmm.ping")
+        .expect("vmm.ping");
+    assert_eq!(ping.status, 200);
+    let p = pid.to_string();
+    assert_ne!(
+        ns("self", "net"),
+        ns(&p, "net"),
+        "the network namespace is the host's"
+    );
+    // Its own session, and no terminal or pipe of ours as stdio.
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+    assert_eq!(
+        fields[3], p,
+        "session id (field 6) is petrel's own pid: {stat}"
+    );
+    for fd in 0..3 {
+        let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(target, Path::new("/dev/null"), "fd {fd}");
+    }
+    // SAFETY: kill(2) with the pid the jailer printed and a constant signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}/root")).read_link().is_ok() {
+        assert!(Instant::now() < deadline, "petrel did not end on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(mounts_under(&base).is_empty(), "{:?}", mounts_under(&base));
+}
