@@ -29,8 +29,14 @@ const ALWAYS_DEVICES: &[&str] = &["/dev/null", "/dev/urandom"];
 const HYPERVISOR_DEVICES: &[&str] = &["/dev/kvm", "/dev/mshv"];
 /// The tap device (with `--tun`).
 pub const TUN: &str = "/dev/net/tun";
-/// Environment variables petrel is given (everything else is dropped).
-const KEPT_ENV: &[&str] = &["PETREL_LOG", "RUST_BACKTRACE", "RUST_LOG"];
+/// Environment variables petrel is given (everything else is dropped). The seccomp selftest
+/// switch only acts in debug builds of petrel (the tests' forbidden-open probe).
+const KEPT_ENV: &[&str] = &[
+    "PETREL_LOG",
+    "PETREL_SECCOMP_SELFTEST",
+    "RUST_BACKTRACE",
+    "RUST_LOG",
+];
 
 /// A step that failed, with what it was doing.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,8 @@
 //! the host, and from the host's side the process is seen running as the unprivileged uid,
 //! with no capabilities, in its own mount/PID/IPC/UTS namespaces, with a root holding only
 //! its files; a host path named through the API cannot be opened; its cgroup is made and
-//! removed; `kill -9` leaves nothing mounted. Bad command lines get clear errors.
+//! removed; `kill -9` leaves nothing mounted; the device thread's open of a host file fails.
+//! Bad command lines get clear errors.
 //!
 //! Needs root (the jailer mounts and changes uid) and /dev/kvm: skipped visibly otherwise.
 
