@@ -12,13 +12,15 @@ pub const DEFAULT_NOFILE: u64 = 2048;
 pub const MAX_ID_LEN: usize = 64;
 
 pub const USAGE: &str = "usage: petrel-jailer --id ID --exec-file PATH --uid UID --gid GID
-         [--chroot-base-dir DIR] [--bind SRC[=DEST]]... [--bind-ro SRC[=DEST]]...
+         [--chroot-base-dir DIR | --chroot-dir DIR] [--bind SRC[=DEST]]...
+         [--bind-ro SRC[=DEST]]...
          [--netns PATH | --new-netns] [--tun] [--daemonize]
          [--cgroup FILE=VALUE]... [--cgroup-version 1|2]
          [--resource-limit no-file=N|fsize=N|core=N]... [--allow-root]
          [-- PETREL ARGS...]
-The jail is <chroot-base-dir>/<exec file name>/<id>/root (the process's `/`); paths in the
-petrel arguments are paths inside it.";
+The jail is <chroot-base-dir>/<exec file name>/<id>/root (the process's `/`), or DIR itself
+with --chroot-dir (then no pid file is written: the caller knows the pid); paths in the petrel
+arguments are paths inside it.";
 
 /// A file or directory of the host made visible in the jail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub struct Args {
     pub uid: u32,
     pub gid: u32,
     pub base: PathBuf,
+    /// `--chroot-dir`: the jail's root itself (no per-id layout, no pid file).
+    pub chroot_dir: Option<PathBuf>,
     pub binds: Vec<Bind>,
     pub netns: NetNs,
     pub tun: bool,
@@ -77,7 +81,17 @@ impl Args {
 
     /// The jail's root on the host.
     pub fn root(&self) -> PathBuf {
-        self.jail_dir().join("root")
+        match &self.chroot_dir {
+            Some(d) => d.clone(),
+            None => self.jail_dir().join("root"),
+        }
+    }
+
+    /// Where petrel's host pid is written (`None` with `--chroot-dir`).
+    pub fn pid_file(&self) -> Option<PathBuf> {
+        self.chroot_dir
+            .is_none()
+            .then(|| self.jail_dir().join("petrel.pid"))
     }
 
     /// The path the executable has inside the jail.
@@ -156,6 +170,7 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
     let mut uid = None;
     let mut gid = None;
     let mut base = PathBuf::from(DEFAULT_BASE);
+    let mut chroot_dir = None;
     let mut binds = Vec::new();
     let mut netns = NetNs::Host;
     let mut tun = false;
@@ -191,6 +206,7 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
             _ if flag("--uid") => uid = Some(parse_id_number("--uid", &value()?)?),
             _ if flag("--gid") => gid = Some(parse_id_number("--gid", &value()?)?),
             _ if flag("--chroot-base-dir") => base = PathBuf::from(value()?),
+            _ if flag("--chroot-dir") => chroot_dir = Some(PathBuf::from(value()?)),
             _ if flag("--bind") => binds.push(parse_bind(&value()?, false)?),
             _ if flag("--bind-ro") => binds.push(parse_bind(&value()?, true)?),
             _ if flag("--netns") => {
@@ -279,6 +295,17 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
             base.display()
         ));
     }
+    if let Some(d) = &chroot_dir {
+        if !d.is_absolute()
+            || d.components().any(|c| c == Component::ParentDir)
+            || d == Path::new("/")
+        {
+            return Err(format!(
+                "--chroot-dir {}: must be absolute, without '..', and not '/'",
+                d.display()
+            ));
+        }
+    }
     if nofile < 16 {
         return Err(format!(
             "--resource-limit no-file={nofile}: petrel needs at least 16"
@@ -290,6 +317,7 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
         uid,
         gid,
         base,
+        chroot_dir,
         binds,
         netns,
         tun,

@@ -49,27 +49,28 @@ fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Creates `<jail dir>` (root's, 0755) and `<jail dir>/root` (the VM uid's, 0700); refuses a
-/// jail whose pid file names a live process.
+/// Creates `<jail dir>` (root's, 0755) and `<jail dir>/root` (the VM uid's, 0700), or the
+/// `--chroot-dir`; refuses a jail whose pid file names a live process.
 fn prepare_dirs(args: &Args) -> Result<(), String> {
-    let dir = args.jail_dir();
-    let pid_file = dir.join("petrel.pid");
-    if let Ok(text) = fs::read_to_string(&pid_file) {
-        if let Ok(pid) = text.trim().parse::<i32>() {
-            if pid > 0 && alive(pid) {
-                return Err(format!(
-                    "jail {} is in use by pid {pid} ({})",
-                    args.id,
-                    pid_file.display()
-                ));
+    if let Some(pid_file) = args.pid_file() {
+        if let Ok(text) = fs::read_to_string(&pid_file) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                if pid > 0 && alive(pid) {
+                    return Err(format!(
+                        "jail {} is in use by pid {pid} ({})",
+                        args.id,
+                        pid_file.display()
+                    ));
+                }
             }
         }
+        let dir = args.jail_dir();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&dir)
-        .map_err(|e| format!("create {}: {e}", dir.display()))?;
     let root = args.root();
     match fs::symlink_metadata(&root) {
         Ok(m) if m.is_dir() => {}
@@ -172,9 +173,10 @@ fn spawn(args: &Args, libs: &[std::path::PathBuf], flags: UnshareFlags) -> Resul
         let _ = rustix::process::waitpid(Some(child), WaitOptions::empty());
         return Err(format!("jail {}: {msg}", args.id));
     }
-    let pid_file = args.jail_dir().join("petrel.pid");
-    fs::write(&pid_file, format!("{pid}\n"))
-        .map_err(|e| format!("write {}: {e}", pid_file.display()))?;
+    let pid_file = args.pid_file();
+    if let Some(f) = &pid_file {
+        fs::write(f, format!("{pid}\n")).map_err(|e| format!("write {}: {e}", f.display()))?;
+    }
     if args.daemonize {
         println!("{pid}");
         return Ok(0);
@@ -191,7 +193,9 @@ fn spawn(args: &Args, libs: &[std::path::PathBuf], flags: UnshareFlags) -> Resul
             Err(e) => return Err(format!("waitpid {pid}: {e}")),
         }
     };
-    let _ = fs::remove_file(&pid_file);
+    if let Some(f) = &pid_file {
+        let _ = fs::remove_file(f);
+    }
     Ok(match (status.exit_status(), status.terminating_signal()) {
         (Some(code), _) => code,
         (None, Some(sig)) => 128 + sig,
