@@ -373,6 +373,11 @@ fn daemonized_jail_in_a_new_network_namespace() {
     let scratch = ScratchDir::new("jail-d");
     let base = scratch.0.join("base");
     let petrel = petrel_bin();
+    // A descriptor the jailer inherits (no close-on-exec): it must not reach petrel.
+    let leak = fs::File::open("/etc/hostname").unwrap();
+    // SAFETY: dup(2) of a descriptor this test owns; the copy is closed below.
+    let leaked = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&leak)) };
+    assert!(leaked > 2);
     let out = Command::new(jailer_bin())
         .args(["--id", "vm-d", "--exec-file"])
         .arg(&petrel)
@@ -430,6 +435,17 @@ fn daemonized_jail_in_a_new_network_namespace() {
         let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
         assert_eq!(target, Path::new("/dev/null"), "fd {fd}");
     }
+    let fds: Vec<PathBuf> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .collect();
+    assert!(
+        !fds.iter().any(|t| t == Path::new("/etc/hostname")),
+        "an inherited descriptor reached the jailed petrel: {fds:?}"
+    );
+    // SAFETY: closes the copy made above, which nothing else uses.
+    unsafe { libc::close(leaked) };
     // SAFETY: kill(2) with the pid the jailer printed and a constant signal.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
