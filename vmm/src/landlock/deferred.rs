@@ -1,5 +1,6 @@
 //! Landlock for a petrel serving an API: the paths arrive with `vm.create` (and `vm.add-*`),
-//! so the main thread is restricted at the first boot (or restore) of a VM, before its vCPU
+//! so the main thread is restricted at the first boot (or restore, or received migration) of
+//! a VM, before its vCPU
 //! threads start (they inherit it), to that VM's files (see [`rules`]) plus the API socket's
 //! directory and the log's.
 //!
