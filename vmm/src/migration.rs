@@ -372,9 +372,9 @@ mod tests {
         drop(memory);
         let mut small = state.config.clone();
         small.memory.size = 32 << 20;
-        let e = receive_bytes(&stream(&small, &state))
-            .err()
-            .expect("refused");
+        let Err(e) = receive_bytes(&stream(&small, &state)) else {
+            panic!("a state with another config was accepted");
+        };
         assert!(e.to_string().contains("differs"), "{e}");
     }
 
