@@ -213,6 +213,20 @@ fn device(
     Ok(())
 }
 
+/// Removes every capability this kernel knows from the bounding set.
+fn drop_bounding_set() -> io::Result<()> {
+    for bit in 0..64 {
+        let cap = rustix::thread::CapabilitySet::from_bits_retain(1u64 << bit);
+        match rustix::thread::remove_capability_from_bounding_set(cap) {
+            Ok(()) => {}
+            // Past the last capability of this kernel.
+            Err(Errno::INVAL) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Builds the tree and execs petrel. Only returns on failure.
 pub fn enter(args: &Args, libs: &[PathBuf], flags: UnshareFlags) -> JailError {
     match build_and_exec(args, libs, flags) {
@@ -363,8 +377,13 @@ fn build_and_exec(
         )?;
     }
 
-    // The VM's uid and gid: no supplementary groups, and no capabilities left (a uid change
-    // from 0 clears them all, permitted ones included).
+    // No capability can come back: the bounding set is emptied (while CAP_SETPCAP is still
+    // held), then the uid change clears the others, and for a jail kept at uid 0
+    // (`--allow-root`) they are cleared explicitly below.
+    ctx(drop_bounding_set(), || {
+        "empty the capability bounding set".into()
+    })?;
+    // The VM's uid and gid: no supplementary groups.
     let gid = rfs::Gid::from_raw(args.gid);
     let uid = rfs::Uid::from_raw(args.uid);
     ctx(rustix::thread::set_thread_groups(&[]), || {
@@ -375,6 +394,21 @@ fn build_and_exec(
     })?;
     ctx(rustix::thread::set_thread_res_uid(uid, uid, uid), || {
         format!("setresuid {}", args.uid)
+    })?;
+    let none = rustix::thread::CapabilitySet::empty();
+    ctx(
+        rustix::thread::set_capabilities(
+            None,
+            rustix::thread::CapabilitySets {
+                effective: none,
+                permitted: none,
+                inheritable: none,
+            },
+        ),
+        || "drop the capabilities".into(),
+    )?;
+    ctx(rustix::thread::clear_ambient_capability_set(), || {
+        "clear the ambient capabilities".into()
     })?;
     ctx(rustix::thread::set_no_new_privs(true), || {
         "no_new_privs".into()

@@ -159,6 +159,7 @@ fn jailed_petrel_boots_serves_its_api_and_sees_only_its_files() {
     assert_eq!(status_field(pid, "Groups"), "");
     assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
     assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert_eq!(status_field(pid, "NSpid"), format!("{pid} 1"));
     for kind in ["mnt", "pid", "ipc", "uts"] {
@@ -454,4 +455,50 @@ fn daemonized_jail_in_a_new_network_namespace() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(mounts_under(&base).is_empty(), "{:?}", mounts_under(&base));
+}
+
+#[test]
+fn a_jail_kept_at_uid_0_still_has_no_capabilities() {
+    require_root!();
+    require_kvm!();
+    let scratch = ScratchDir::new("jail-r");
+    let base = scratch.0.join("base");
+    let petrel = petrel_bin();
+    let jail = Petrel::spawn_program(
+        &jailer_bin(),
+        &[
+            "--id",
+            "vm-r",
+            "--exec-file",
+            petrel.to_str().unwrap(),
+            "--uid",
+            "0",
+            "--gid",
+            "0",
+            "--allow-root",
+            "--chroot-base-dir",
+            base.to_str().unwrap(),
+            "--",
+            "--api-socket",
+            "/run/api.sock",
+        ],
+    );
+    let jail_dir = base.join("petrel").join("vm-r");
+    wait_for(
+        &jail_dir.join("root/run/api.sock"),
+        Duration::from_secs(20),
+        &jail,
+    );
+    let pid: u32 = wait_for(&jail_dir.join("petrel.pid"), Duration::from_secs(5), &jail)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(status_field(pid, "Uid"), "0 0 0 0");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, set), "0000000000000000", "{set}");
+    }
+    // SAFETY: kill(2) with the pid from the jail's pid file and a constant signal.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let run = jail.wait(Duration::from_secs(10));
+    assert_eq!(run.code(), Some(0), "{}", run.dump());
 }
