@@ -9,14 +9,17 @@
 #   FUZZ_SECONDS     seconds of fuzzing per target (default 60)
 #   FUZZ_SANITIZER   address (default) or none (faster, finds only panics and aborts)
 #   FUZZ_TARGET_DIR  cargo target dir (default fuzz/target)
-#   FUZZ_MAX_LEN     largest input in bytes (default 4096)
+#   FUZZ_MAX_LEN     largest input in bytes (default 4096; 65536 for snapshot_stream, whose
+#                    seeds are whole snapshot states)
 #   FUZZ_ARGS        extra libFuzzer arguments
 #   FUZZ_KEEP_GOING  1: keep fuzzing after a crash or hang (libFuzzer fork mode); every crash
 #                    input is kept and the target still counts as failed
 #
 # Before fuzzing, every input under fuzz/regressions/<target>/ is replayed: those are the
 # crashes found so far, and each must pass once its bug is fixed. Corpora are kept in
-# fuzz/corpus/<target>/ (not committed) and grow from run to run; a crash input is written to
+# fuzz/corpus/<target>/ (not committed) and grow from run to run, starting from the committed
+# seeds in fuzz/seeds/<target>/ (real requests and snapshots: fuzz/seeds/make-seeds.py); a
+# crash input is written to
 # fuzz/artifacts/<target>/. Exits non-zero if any target crashed, hung or failed to build,
 # after printing where the input is and how to reproduce it.
 #
@@ -83,6 +86,14 @@ for t in "${targets[@]}"; do
         done
     fi
 
+    seeds=()
+    if [ -d "$fuzz_dir/seeds/$t" ]; then
+        seeds=("$fuzz_dir/seeds/$t")
+    fi
+    len=$max_len
+    if [ -z "${FUZZ_MAX_LEN:-}" ] && [ "$t" = snapshot_stream ]; then
+        len=65536
+    fi
     log "$t: fuzzing for ${seconds}s"
     before=$(ls "$artifacts" | grep -v '\.log$' | sort || true)
     mode=()
@@ -91,7 +102,7 @@ for t in "${targets[@]}"; do
     fi
     set +e
     # shellcheck disable=SC2086
-    "$bin" "$corpus" -max_total_time="$seconds" -max_len="$max_len" -timeout=10 \
+    "$bin" "$corpus" "${seeds[@]}" -max_total_time="$seconds" -max_len="$len" -timeout=10 \
         -artifact_prefix="$artifacts/" -print_final_stats=1 "${mode[@]}" ${FUZZ_ARGS:-} \
         >"$artifacts/fuzz.log" 2>&1
     rc=$?

@@ -52,6 +52,9 @@ pub struct FileConfig {
     /// petrel's `--seccomp` mode (`true`, `false`, `log`); default `true` when root, when
     /// petrel has the flag.
     pub seccomp: Option<String>,
+    /// When root: start each petrel through this `petrel-jailer` (its own namespaces, the VM
+    /// directory as its root, `run_as` as its uid); off when absent.
+    pub jailer: Option<PathBuf>,
     /// When root: put each petrel in its own cgroup (default true).
     pub cgroups: Option<bool>,
     /// An API listener on TCP, every request authenticated with a bearer token (off when absent).
@@ -179,6 +182,8 @@ pub struct DaemonConfig {
     pub run_as: Option<RunAs>,
     /// petrel's `--seccomp` mode, if it is to be passed.
     pub seccomp: Option<String>,
+    /// `petrel-jailer`, when each petrel is to be jailed (only when petreld is root).
+    pub jailer: Option<PathBuf>,
     /// Whether each petrel gets its own cgroup (only when petreld is root).
     pub cgroups: bool,
     /// The TCP listener, if configured.
@@ -209,7 +214,7 @@ pub enum Command {
 
 /// Usage text.
 pub const USAGE: &str = "usage: petreld [--socket PATH] [--state-dir DIR] [--config FILE] \
-[--petrel PATH]
+[--petrel PATH] [--jailer PATH]
        petreld --version | --help";
 
 /// Whether petreld runs as root.
@@ -284,7 +289,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         match name {
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
-            "--socket" | "--state-dir" | "--config" | "--petrel" => {
+            "--socket" | "--state-dir" | "--config" | "--petrel" | "--jailer" => {
                 let value = match inline {
                     Some(v) => v,
                     None => it
@@ -379,11 +384,20 @@ fn resolve(file: FileConfig, flags: &BTreeMap<&str, String>) -> Result<DaemonCon
         seccomp: file
             .seccomp
             .or_else(|| is_root().then(|| "true".to_string())),
+        jailer: flag("--jailer").or(file.jailer),
         cgroups: file.cgroups.unwrap_or(true) && is_root(),
         tcp: file.tcp,
         storage_roots,
         qemu_img: file.qemu_img.unwrap_or_else(|| PathBuf::from("qemu-img")),
     };
+    if let Some(j) = &config.jailer {
+        if !is_root() {
+            return Err("jailer: petreld must run as root to jail petrel".into());
+        }
+        if !j.is_file() {
+            return Err(format!("jailer: {} is not a file", j.display()));
+        }
+    }
     if let Some(m) = &config.seccomp {
         if !matches!(m.as_str(), "true" | "false" | "log") {
             return Err(format!("seccomp: {m:?} is not one of true, false, log"));

@@ -111,6 +111,8 @@ pub struct SpawnOptions {
     pub run_as: Option<RunAs>,
     /// `--seccomp MODE`, passed when petrel has the flag.
     pub seccomp: Option<String>,
+    /// Started through `petrel-jailer` (see [`super::jail`]).
+    pub jail: Option<super::jail::Jail>,
 }
 
 /// Whether `petrel --help` mentions `--seccomp` (asked once).
@@ -188,13 +190,22 @@ pub fn spawn(
     let err = out
         .try_clone()
         .map_err(|e| format!("open {}: {e}", dir.output().display()))?;
-    let mut cmd = Command::new(petrel);
+    let (mut cmd, socket, log) = match &opts.jail {
+        Some(jail) => {
+            let mut cmd = Command::new(&jail.jailer);
+            let who = opts.run_as.map(|w| (w.uid, w.gid));
+            cmd.args(super::jail::jailer_args(jail, petrel, dir, id, who));
+            let (socket, log) = super::jail::petrel_paths(dir);
+            (cmd, socket, log)
+        }
+        None => (Command::new(petrel), dir.socket(), dir.petrel_log()),
+    };
     cmd.arg("--api-socket")
-        .arg(dir.socket())
+        .arg(socket)
         .arg("--id")
         .arg(id)
         .arg("--log-file")
-        .arg(dir.petrel_log())
+        .arg(log)
         .arg("--hypervisor")
         .arg(hypervisor);
     if hypervisor == "mshv" {
@@ -214,7 +225,8 @@ pub fn spawn(
         .as_ref()
         .map(VmCgroup::procs_files)
         .unwrap_or_default();
-    let run_as = opts.run_as;
+    // The jailer changes the uid itself, after building the jail.
+    let run_as = opts.run_as.filter(|_| opts.jail.is_none());
     let mut groups = device_groups();
     if let Some(who) = run_as {
         groups.push(who.gid);
@@ -246,9 +258,10 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("start {}: {e}", petrel.display()))?;
+    let child = cmd.spawn().map_err(|e| {
+        let bin = opts.jail.as_ref().map_or(petrel, |j| j.jailer.as_path());
+        format!("start {}: {e}", bin.display())
+    })?;
     // The child is reaped by the supervisor when its pidfd reports the exit.
     let pid = child.id();
     drop(child);
@@ -359,8 +372,12 @@ pub fn boot(
     config: &VmConfig,
     nets: &[ManagedNet],
     dir: &VmDir,
+    jailed: bool,
 ) -> Result<String, String> {
-    let effective = effective_config(config, dir);
+    let mut effective = effective_config(config, dir);
+    if jailed {
+        effective = super::jail::plan(&effective, dir)?.0;
+    }
     let body = serde_json::to_vec(&effective).map_err(|e| format!("config: {e}"))?;
     let _ = std::fs::write(dir.config(), &body);
     let state = vm_state(client)?;

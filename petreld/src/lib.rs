@@ -19,6 +19,7 @@ pub mod cgroup;
 pub mod config;
 pub mod events;
 pub mod host;
+pub mod jail;
 pub mod launcher;
 pub mod metrics;
 pub mod model;

@@ -202,8 +202,10 @@ impl Daemon {
             }
         }
         let client = launcher::client(&socket);
-        let result = launcher::wait_ping(&client, proc, &dir)
-            .and_then(|()| launcher::boot(&client, &vm.config, &vm.net, &dir));
+        let result = launcher::wait_ping(&client, proc, &dir).and_then(|()| {
+            let jailed = self.config.jailer.is_some();
+            launcher::boot(&client, &vm.config, &vm.net, &dir, jailed)
+        });
         match result {
             Ok(state) => Ok(self.store().modify_vm(&vm.id, |v| {
                 v.state = if state == "Paused" {
@@ -239,10 +241,23 @@ impl Daemon {
         } else {
             None
         };
+        let jail = match &self.config.jailer {
+            Some(jailer) => {
+                let dir = VmDir::new(&self.config.state_dir, &vm.id);
+                let effective = launcher::effective_config(&vm.config, &dir);
+                let (_, binds) = crate::jail::plan(&effective, &dir)?;
+                Some(crate::jail::Jail {
+                    jailer: jailer.clone(),
+                    binds,
+                })
+            }
+            None => None,
+        };
         Ok(SpawnOptions {
             cgroup,
             run_as: self.config.run_as,
             seccomp: self.config.seccomp.clone(),
+            jail,
         })
     }
 

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// A process's identity: its pid and its start time in clock ticks since boot.
@@ -100,7 +101,8 @@ pub fn wait_exit(pidfd: &OwnedFd, timeout_ms: i32) -> bool {
 }
 
 /// A live process whose command line contains `--api-socket SOCKET` (a petrel started for
-/// `socket` whose pid was never recorded).
+/// `socket` whose pid was never recorded), or `--chroot-dir <its directory>` (the jailer of
+/// a jailed one).
 pub fn find_by_api_socket(socket: &Path) -> Option<ProcessId> {
     let want = socket.as_os_str().as_encoded_bytes();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -115,9 +117,12 @@ pub fn find_by_api_socket(socket: &Path) -> Option<ProcessId> {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let found = args
-            .windows(2)
-            .any(|w| w[0] == b"--api-socket" && w[1] == want);
+        // A jailed petrel is known by its jailer's `--chroot-dir` (the socket's directory).
+        let found = args.windows(2).any(|w| {
+            (w[0] == b"--api-socket" && w[1] == want)
+                || (w[0] == b"--chroot-dir"
+                    && Some(Path::new(std::ffi::OsStr::from_bytes(w[1]))) == socket.parent())
+        });
         if found {
             if let Some(id) = ProcessId::of(pid).filter(ProcessId::alive) {
                 return Some(id);

@@ -28,6 +28,8 @@ pub use linux_kit::{
     NATIVE_RING0_LIMIT,
 };
 pub use petrel_log::{debug_port_lines, error_lines, is_log_line, DebugPortWrite};
-pub use process::{kvm_available, petrel_bin, run_petrel, run_petrel_until, Petrel, Run};
+pub use process::{
+    jailer_bin, kvm_available, petrel_bin, run_petrel, run_petrel_until, Petrel, Run,
+};
 pub use scratch::ScratchDir;
 pub use test_skip::skip;

@@ -83,6 +83,26 @@ pub fn petrel_bin() -> PathBuf {
     );
 }
 
+/// The jailer binary: `<target dir>/debug/petrel-jailer`, else
+/// `<workspace>/target/debug/petrel-jailer`.
+///
+/// Panics with a clear message when none exists.
+pub fn jailer_bin() -> PathBuf {
+    let candidates = [
+        target_dir().join("debug/petrel-jailer"),
+        workspace_dir().join("target/debug/petrel-jailer"),
+    ];
+    for c in &candidates {
+        if c.is_file() {
+            return c.clone();
+        }
+    }
+    panic!(
+        "petrel-jailer binary not found at {} (build it first: cargo build --workspace)",
+        candidates[0].display()
+    );
+}
+
 /// True when `/dev/kvm` can be opened read-write.
 pub fn kvm_available() -> bool {
     std::fs::OpenOptions::new()
@@ -160,7 +180,7 @@ fn sigterm(child: &mut Child) {
 }
 
 fn run(args: &[&str], timeout: Duration, done: Option<&dyn Fn(&str) -> bool>) -> Run {
-    let mut p = Petrel::start(args, false);
+    let mut p = Petrel::start(&petrel_bin(), args, false);
     let (status, timed_out) = supervise(&mut p.child, p.start, timeout, &p.rx, &p.out, done);
     p.collect(status, timed_out)
 }
@@ -181,18 +201,22 @@ pub struct Petrel {
 impl Petrel {
     /// Starts petrel with `args` and standard input from /dev/null.
     pub fn spawn(args: &[&str]) -> Petrel {
-        Petrel::start(args, false)
+        Petrel::start(&petrel_bin(), args, false)
+    }
+
+    /// Starts another program (e.g. the jailer, which runs petrel) the same way.
+    pub fn spawn_program(bin: &std::path::Path, args: &[&str]) -> Petrel {
+        Petrel::start(bin, args, false)
     }
 
     /// Starts petrel with `args` and standard input a pipe written by [`Petrel::write_stdin`].
     pub fn spawn_with_stdin(args: &[&str]) -> Petrel {
-        Petrel::start(args, true)
+        Petrel::start(&petrel_bin(), args, true)
     }
 
-    fn start(args: &[&str], piped_stdin: bool) -> Petrel {
-        let bin = petrel_bin();
+    fn start(bin: &std::path::Path, args: &[&str], piped_stdin: bool) -> Petrel {
         let start = Instant::now();
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(bin)
             .args(args)
             .stdin(if piped_stdin {
                 Stdio::piped()

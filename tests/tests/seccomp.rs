@@ -503,7 +503,8 @@ fn the_main_thread_opens_only_what_its_vm_needs() {
         status.is_some_and(|s| s.success()),
         "status {status:?}\n{stderr}"
     );
-    // With an API socket a later request may name any file: no Landlock there.
+    // With an API socket Landlock waits for the first boot (landlock/deferred.rs), which
+    // comes after this probe.
     let sock = Scratch::new("sc-open.sock");
     let mut args = args_with(&kernel, &["--cmdline", "action=poweroff"]);
     args.extend(["--api-socket", sock.path()]);

@@ -88,8 +88,8 @@ fn vm_config(req: &Request) -> Result<VmConfig, OpError> {
     Ok(cfg)
 }
 
-/// The typed request for `endpoint`, with its body parsed.
-fn request(endpoint: Endpoint, mut req: Request) -> Result<VmmRequest, OpError> {
+/// The typed request for `endpoint`, with its body parsed (what the VMM is handed).
+pub fn request(endpoint: Endpoint, mut req: Request) -> Result<VmmRequest, OpError> {
     Ok(match endpoint {
         Endpoint::VmmPing => VmmRequest::Ping,
         Endpoint::VmmShutdown => VmmRequest::ShutdownVmm,
@@ -203,22 +203,31 @@ fn response(reply: Reply) -> Response {
     }
 }
 
-/// Answers one API request. Returns the response and whether the process should end.
-pub fn handle(vmm: &mut Vmm, event_loop: &mut EventLoop, req: Request) -> (Response, Next) {
-    let path = req.path().to_string();
-    let Some(endpoint) = Endpoint::from_path(&path) else {
+/// The endpoint a request names, or the 404/405 answer.
+pub fn route(req: &Request) -> Result<Endpoint, Response> {
+    let path = req.path();
+    let Some(endpoint) = Endpoint::from_path(path) else {
         let op = path.trim_start_matches("/api/v1/");
         let message = match UNSUPPORTED.iter().find(|(name, _)| *name == op) {
             Some((name, why)) => format!("{name}: not supported: {why}"),
             None => format!("no such endpoint: {path}"),
         };
-        return (Response::error_list(404, &[message]), Next::Continue);
+        return Err(Response::error_list(404, &[message]));
     };
     let method = endpoint.verb().as_str();
     if req.method.as_str() != method {
         let message = format!("{path} takes {method}, not {}", req.method.as_str());
-        return (Response::error_list(405, &[message]), Next::Continue);
+        return Err(Response::error_list(405, &[message]));
     }
+    Ok(endpoint)
+}
+
+/// Answers one API request. Returns the response and whether the process should end.
+pub fn handle(vmm: &mut Vmm, event_loop: &mut EventLoop, req: Request) -> (Response, Next) {
+    let endpoint = match route(&req) {
+        Ok(e) => e,
+        Err(response) => return (response, Next::Continue),
+    };
     let op = endpoint.name();
     // Reads (a supervisor polls `vm.info` every few hundred ms) are not worth a line each
     // in an idle VM's log; changes are.

@@ -270,5 +270,8 @@ fn add_rule(ruleset: &OwnedFd, rule: &Rule, handled: u64) -> Result<(), Landlock
     Ok(())
 }
 
+mod deferred;
+pub use deferred::Deferred;
+
 #[cfg(test)]
 mod tests;

@@ -51,6 +51,8 @@ pub struct Vmm {
     end_reason: Option<EndReason>,
     /// Descriptors received with API calls (tap fds) that the config refers to by number.
     kept_fds: Vec<std::os::fd::OwnedFd>,
+    /// Landlock to apply at the first boot (a VM that came through the API).
+    landlock: Option<crate::landlock::Deferred>,
     /// What answers some of the guest's frames on which net device (the MMDS).
     net_responders: Option<NetResponders>,
 }
@@ -96,6 +98,7 @@ impl Vmm {
             boots: 0,
             end_reason: None,
             kept_fds: Vec::new(),
+            landlock: None,
             net_responders: None,
         }
     }
@@ -114,6 +117,23 @@ impl Vmm {
         self.net_responders = responders;
         if let Some(instance) = &self.instance {
             attach_responders(&instance.machine, self.net_responders.as_ref());
+        }
+    }
+
+    /// Restricts the main thread's files at the first boot or restore (see
+    /// [`crate::landlock::Deferred`]).
+    pub fn set_landlock(&mut self, deferred: crate::landlock::Deferred) {
+        self.landlock = Some(deferred);
+    }
+
+    /// Applies (or checks against) the deferred Landlock restriction for `cfg`.
+    pub(crate) fn landlock_before_boot(
+        &mut self,
+        cfg: &VmConfig,
+    ) -> std::result::Result<(), OpError> {
+        match self.landlock.as_mut() {
+            Some(d) => d.before_boot(cfg).map_err(OpError::invalid),
+            None => Ok(()),
         }
     }
 
@@ -144,6 +164,9 @@ impl Vmm {
 
     /// Checks a config against this host and hypervisor.
     pub fn check_config(&self, cfg: &VmConfig) -> std::result::Result<(), OpError> {
+        if let Some(d) = &self.landlock {
+            d.check(cfg).map_err(OpError::invalid)?;
+        }
         crate::preflight::check(cfg).map_err(|e| OpError::invalid(crate::error_chain(&e)))?;
         let max = self.hv.max_vcpus();
         if cfg.cpus.boot_vcpus > max {
@@ -195,6 +218,9 @@ impl Vmm {
     pub fn boot(&mut self, event_loop: &mut EventLoop) -> std::result::Result<(), OpError> {
         if !matches!(self.state, VmState::Created | VmState::Shutdown) {
             return Err(OpError::state("vm.boot", self.state));
+        }
+        if let Some(cfg) = self.config.clone() {
+            self.landlock_before_boot(&cfg)?;
         }
         self.start(event_loop)
             .map_err(|e| OpError::Boot(Box::new(e)))

@@ -262,6 +262,9 @@ pub fn receive(
         return Err(MigrationError::Version { found });
     }
     let mut memory: Option<GuestMemoryMmap> = None;
+    // The config `check` accepted and the memory was made for: the VM is built from the
+    // state's copy, which must be the same.
+    let mut checked: Option<VmConfig> = None;
     let mut state: Option<VmSnapshot> = None;
     let mut buf = vec![0u8; PAGE * RUN_PAGES];
     loop {
@@ -275,6 +278,7 @@ pub fn receive(
                 let mem = crate::memory::create_memory(&cfg.memory)
                     .map_err(|e| MigrationError::Refused(crate::error_chain(&e)))?;
                 memory = Some(mem);
+                checked = Some(cfg);
             }
             TAG_MEMORY => {
                 let mut gpa = [0u8; 8];
@@ -300,6 +304,9 @@ pub fn receive(
         }
     }
     match (memory, state) {
+        (Some(_), Some(s)) if checked.as_ref() != Some(&s.config) => Err(MigrationError::Protocol(
+            "the state's config differs from the config sent (and checked) first".into(),
+        )),
         (Some(m), Some(s)) => Ok((m, s)),
         _ => Err(MigrationError::Protocol(
             "the stream ended without config, memory and state".into(),
@@ -322,6 +329,54 @@ pub fn answer(stream: &mut UnixStream, result: Result<(), String>) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream of `cfg`, then a state whose config is `state_cfg`, then the end.
+    fn stream(cfg: &VmConfig, state: &VmSnapshot) -> Vec<u8> {
+        let mut s = MAGIC.to_vec();
+        s.extend(VERSION.to_le_bytes());
+        for (tag, json) in [
+            (TAG_CONFIG, serde_json::to_vec(cfg).unwrap()),
+            (TAG_STATE, serde_json::to_vec(state).unwrap()),
+        ] {
+            s.push(tag);
+            s.extend((json.len() as u32).to_le_bytes());
+            s.extend(json);
+        }
+        s.push(TAG_END);
+        s
+    }
+
+    fn receive_bytes(bytes: &[u8]) -> Result<(GuestMemoryMmap, VmSnapshot), MigrationError> {
+        use std::io::Write;
+        let (mut rx, mut tx) = UnixStream::pair().unwrap();
+        let bytes = bytes.to_vec();
+        let writer = std::thread::spawn(move || tx.write_all(&bytes));
+        let r = receive(&mut rx, &|_| Ok(()));
+        writer.join().unwrap().unwrap();
+        r
+    }
+
+    /// Found by the `snapshot_stream` fuzz target: the receiver checked the first config and
+    /// made memory for it, then built the VM from the state's config, never checked and of
+    /// another memory size (fuzz/regressions/snapshot_stream/migration-state-config-differs).
+    #[test]
+    fn the_state_must_carry_the_config_that_was_checked() {
+        // A real state (the PVH test guest, 64 MiB), as the fuzz seeds hold it.
+        let state: VmSnapshot = serde_json::from_slice(include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/seeds/sources/state.json"
+        )))
+        .unwrap();
+        let (memory, got) = receive_bytes(&stream(&state.config, &state)).expect("same config");
+        assert_eq!(got.config, state.config);
+        drop(memory);
+        let mut small = state.config.clone();
+        small.memory.size = 32 << 20;
+        let Err(e) = receive_bytes(&stream(&small, &state)) else {
+            panic!("a state with another config was accepted");
+        };
+        assert!(e.to_string().contains("differs"), "{e}");
+    }
 
     #[test]
     fn urls_and_dirty_bitmaps() {

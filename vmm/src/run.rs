@@ -135,6 +135,15 @@ pub fn run(opts: &Options) -> Result<i32> {
         // Firecracker's process ends with its guest, API or not.
         opts.api_socket.is_none() || opts.firecracker.is_some(),
     );
+    if seccomp_mode == SeccompMode::Enforce {
+        if let Some(spec) = &opts.api_socket {
+            let socket = match spec {
+                SocketSpec::Path(p) => Some(p.as_path()),
+                SocketSpec::Fd(_) => None,
+            };
+            vmm.set_landlock(landlock::Deferred::new(socket, opts.log_file.as_deref()));
+        }
+    }
     if let Some(cfg) = &opts.config {
         vmm.create(cfg.clone())?;
         vmm.boot(&mut event_loop)?;

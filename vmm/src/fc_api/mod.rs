@@ -99,6 +99,11 @@ impl FcApi {
         }
     }
 
+    /// The microVM's configuration so far.
+    pub fn config(&self) -> &FcConfig {
+        &self.config
+    }
+
     /// Applies a `--config-file`, section by section with the API's checks.
     pub fn apply_config(&mut self, cfg: FcConfig) -> FcResult<()> {
         if let Some(c) = cfg.cpu_config {

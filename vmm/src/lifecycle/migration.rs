@@ -234,7 +234,10 @@ impl Vmm {
         let check = |cfg: &api::VmConfig| self.check_config(cfg).map_err(|e| e.to_string());
         let received = migration::receive(&mut stream, &check);
         let installed = match received {
-            Ok((memory, state)) => self.install(memory, state, event_loop),
+            // Before the VM's files are opened and its vCPU threads start.
+            Ok((memory, state)) => self
+                .landlock_before_boot(&state.config)
+                .and_then(|()| self.install(memory, state, event_loop)),
             Err(e) => Err(e.into()),
         };
         let answer = installed

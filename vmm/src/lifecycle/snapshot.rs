@@ -192,6 +192,9 @@ impl Vmm {
                 snapshot::two_files::map(memory, &header, prefault)?
             }
         };
+        // The snapshot's files are read or mapped; the VM's own files are opened below, and
+        // its vCPU threads start there too (inheriting the restriction).
+        self.landlock_before_boot(&state.config)?;
         let front_end = state.front_end.take();
         self.install(memory, state, event_loop)?;
         log::info!(

@@ -349,6 +349,11 @@ fn vmm(kick_signal: libc::c_int, backend: Backend) -> Vec<Allow> {
         libc::SYS_set_robust_list,
         libc::SYS_rseq,
         libc::SYS_sched_getaffinity,
+        // Landlock at the first boot of a VM created through the API (see
+        // `landlock::Deferred`): a restriction can only narrow what the thread may open.
+        libc::SYS_landlock_create_ruleset,
+        libc::SYS_landlock_add_rule,
+        libc::SYS_landlock_restrict_self,
     ]);
     // clone(2) only for threads (glibc falls back to it because clone3 is refused).
     v.push(Allow {

@@ -1,0 +1,1 @@
+ð/api/v1/vm.boot
