@@ -171,6 +171,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         id: s.id,
         seccomp: s.seccomp,
         firecracker: None,
+        landlock: s.landlock,
     })))
 }
 

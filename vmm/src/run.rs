@@ -51,6 +51,12 @@ pub struct Options {
     pub restore: Option<api::compat::VmRestore>,
     /// Launched in Firecracker's dialect (its command line and API).
     pub firecracker: Option<crate::fc_api::cli::FcLaunch>,
+    /// `--landlock` (Cloud Hypervisor's flag): with an API socket, limit the files of the
+    /// main thread to the VM's own at its first boot (see [`landlock::Deferred`]). Off by
+    /// default under an API, as in Cloud Hypervisor, since snapshot destinations and
+    /// migration files named later would be refused; a VM given whole on the command line is
+    /// always limited.
+    pub landlock: bool,
 }
 
 /// Runs the VMM: boots the VM given on the command line, serves the API if asked, and
@@ -135,7 +141,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         // Firecracker's process ends with its guest, API or not.
         opts.api_socket.is_none() || opts.firecracker.is_some(),
     );
-    if seccomp_mode == SeccompMode::Enforce {
+    if seccomp_mode == SeccompMode::Enforce && opts.landlock {
         if let Some(spec) = &opts.api_socket {
             let socket = match spec {
                 SocketSpec::Path(p) => Some(p.as_path()),

@@ -144,6 +144,7 @@ pub(super) struct Settings {
     pub(super) config: Option<VmConfig>,
     pub(super) hypervisor: Option<Request>,
     pub(super) no_reboot: bool,
+    pub(super) landlock: bool,
     pub(super) log_level: Option<log::LevelFilter>,
     /// How many `-v` were given.
     pub(super) verbosity: u8,
@@ -281,6 +282,17 @@ pub(super) const FLAGS: &[Flag] = &[
         usage: "[--no-reboot]",
         action: Action::Set(|s, _| {
             s.no_reboot = true;
+            Ok(())
+        }),
+    },
+    Flag {
+        name: "--landlock",
+        takes: Takes::Nothing,
+        stage: Stage::Process,
+        once: false,
+        usage: "[--landlock]",
+        action: Action::Set(|s, _| {
+            s.landlock = true;
             Ok(())
         }),
     },

@@ -220,6 +220,8 @@ pub fn parse(args: &[String]) -> Result<FcCommand, String> {
         seccomp,
         firecracker: Some(launch),
         restore: None,
+        // Firecracker has no Landlock; its users confine it with the jailer.
+        landlock: false,
     })))
 }
 
