@@ -98,7 +98,7 @@ fn without_landlock_an_api_petrel_writes_snapshots_where_it_is_told() {
     require_kvm!();
     // Cloud Hypervisor's default: no Landlock unless asked, so `ch-remote snapshot` to any
     // directory works.
-    let mut vm = ApiVm::start("ll-off", &[]);
+    let vm = ApiVm::start("ll-off", &[]);
     let cfg = guest_config("action=count");
     vm.put_ok("vm.create", Some(&cfg), 204);
     vm.put_ok("vm.boot", None, 204);
