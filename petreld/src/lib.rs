@@ -11,6 +11,8 @@
 //!   `vm.info`), restarting per policy. [`reconcile`]: re-attaches after a petreld restart.
 //! - [`cgroup`]: petrel's cgroup with the VM's limits (root).
 //! - [`net`]: the taps petreld makes for a VM's interfaces. [`events`]: `/v1/events`.
+//! - [`snapshots`]: a VM's snapshots and reverting to one. [`migrate`]: moving a VM to
+//!   another petreld.
 //! - [`routes`] and [`metrics`]: the HTTP API and Prometheus text. [`server`]: `main`.
 
 pub mod cgroup;
@@ -19,6 +21,7 @@ pub mod events;
 pub mod host;
 pub mod launcher;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod net;
 pub mod ops;
@@ -27,6 +30,7 @@ pub mod reconcile;
 pub mod reserve;
 pub mod routes;
 pub mod server;
+pub mod snapshots;
 pub mod store;
 pub mod supervisor;
 

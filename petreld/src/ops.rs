@@ -215,7 +215,7 @@ impl Daemon {
     }
 
     /// The cgroup (made now, with the VM's limits), user and seccomp mode of `vm`'s petrel.
-    fn spawn_options(&self, vm: &VmRecord) -> Result<SpawnOptions, String> {
+    pub(crate) fn spawn_options(&self, vm: &VmRecord) -> Result<SpawnOptions, String> {
         let cgroup = if self.config.cgroups {
             match cgroup::detect() {
                 Some(h) => Some(
@@ -240,7 +240,7 @@ impl Daemon {
         })
     }
 
-    fn record_failure(&self, id: &str, reason: String) -> ApiResult<VmRecord> {
+    pub(crate) fn record_failure(&self, id: &str, reason: String) -> ApiResult<VmRecord> {
         log::warn!("VM {id}: {reason}");
         Ok(self.store().modify_vm(id, |v| {
             v.state = ObservedState::Failed;
@@ -292,7 +292,7 @@ impl Daemon {
 
     /// Refuses `op` (which would use space on the state disk) while that disk is full: 507,
     /// saying what still works.
-    fn check_space(&self, op: &str) -> ApiResult<()> {
+    pub(crate) fn check_space(&self, op: &str) -> ApiResult<()> {
         if self.store().space_low() {
             return Err(ApiError::new(
                 507,

@@ -10,6 +10,10 @@ use super::events::VmEvent;
 use super::model::{Cursor, ListQuery, SortKey, Template, VmPage, VmRecord};
 use super::reserve::{is_disk_full, Reserve};
 
+mod snapshots;
+
+pub use snapshots::{Operation, SnapshotRecord};
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -72,6 +76,22 @@ CREATE TABLE templates (
 "#,
     r#"
 ALTER TABLE vms ADD COLUMN net TEXT NOT NULL DEFAULT '[]';
+"#,
+    r#"
+CREATE TABLE snapshots (
+    vm_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (vm_id, name)
+);
+CREATE TABLE operations (
+    vm_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    arg TEXT NOT NULL,
+    started_at TEXT NOT NULL
+);
 "#,
 ];
 
@@ -330,7 +350,11 @@ impl Store {
 
     fn delete_vm_now(&mut self, id: &str) -> Result<()> {
         let old = self.get_vm(id)?;
-        let n = self.conn.execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM snapshots WHERE vm_id = ?1", [id])?;
+        tx.execute("DELETE FROM operations WHERE vm_id = ?1", [id])?;
+        let n = tx.execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        tx.commit()?;
         if let (Some(vm), true) = (old, n > 0) {
             self.notify(event(&vm, "deleted"));
         }
@@ -594,7 +618,7 @@ mod tests {
     #[test]
     fn crud_and_pagination() {
         let mut s = Store::in_memory().unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         for (i, n) in ["c", "a", "b", "d", "e"].iter().enumerate() {
             s.insert_vm(&vm(&i.to_string(), n)).unwrap();
         }

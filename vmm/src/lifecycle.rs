@@ -363,7 +363,7 @@ impl Vmm {
             VmmRequest::RemoveDevice(r) => self.remove_device(&r.id).map(done),
             VmmRequest::Snapshot(s) => self.snapshot(&s.destination_url).map(done),
             VmmRequest::Restore(r) => {
-                self.restore(&r.source_url, r.prefault, event_loop)?;
+                self.restore(&r, event_loop)?;
                 if r.resume {
                     self.resume()?;
                 }
@@ -375,7 +375,7 @@ impl Vmm {
                 Ok(Reply::Exit(0))
             }
             VmmRequest::ReceiveMigration(m) => self
-                .receive_migration(&m.receiver_url, event_loop)
+                .receive_migration(&m, event_loop)
                 .map(done),
         }
     }

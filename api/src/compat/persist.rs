@@ -19,6 +19,7 @@ pub static RESTORE: Schema = Schema {
         ("source_url", Rule::Petrel),
         ("prefault", Rule::Petrel),
         ("resume", Rule::Petrel),
+        ("serial_file", Rule::Petrel),
         (
             "memory_restore_mode",
             Rule::Default(&[Dv::Str("Copy"), Dv::Str("OnDemand")]),
@@ -36,6 +37,7 @@ pub static RECEIVE_MIGRATION: Schema = Schema {
     name: "ReceiveMigrationData",
     fields: &[
         ("receiver_url", Rule::Petrel),
+        ("serial_file", Rule::Petrel),
         ("tls_dir", NULL),
         ("memory_mode", Rule::Default(&[Dv::Str("Precopy")])),
         ("zone_updates", NO_LIST),
@@ -82,6 +84,10 @@ pub struct VmRestore {
     /// Resume the VM at once (otherwise it stays Paused until `vm.resume`).
     #[serde(default)]
     pub resume: bool,
+    /// petrel's extension: a serial port saved in `File` mode writes to this file instead of
+    /// the saved one (petreld restores a VM under another directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_file: Option<std::path::PathBuf>,
 }
 
 /// `vm.receive-migration`: where to wait for the VM.
@@ -90,6 +96,10 @@ pub struct VmRestore {
 pub struct VmReceiveMigration {
     /// `unix:/path`.
     pub receiver_url: String,
+    /// petrel's extension: a serial port received in `File` mode writes to this file instead
+    /// of the source's (petreld's destination keeps it in its own VM directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_file: Option<std::path::PathBuf>,
 }
 
 /// `vm.send-migration`: where to send the VM.

@@ -210,9 +210,10 @@ impl Vmm {
     /// `vm.receive-migration`: waits at `receiver_url` (`unix:/path`) for a VM and runs it.
     pub fn receive_migration(
         &mut self,
-        receiver_url: &str,
+        request: &api::compat::VmReceiveMigration,
         event_loop: &mut EventLoop,
     ) -> Result<(), OpError> {
+        let receiver_url = request.receiver_url.as_str();
         if self.state != VmState::NotCreated {
             return Err(OpError::invalid(format!(
                 "vm.receive-migration: this petrel already has a VM (it is {})",
@@ -233,7 +234,10 @@ impl Vmm {
         let check = |cfg: &api::VmConfig| self.check_config(cfg).map_err(|e| e.to_string());
         let received = migration::receive(&mut stream, &check);
         let installed = match received {
-            Ok((memory, state)) => self.install(memory, state, event_loop),
+            Ok((memory, mut state)) => {
+                super::snapshot::redirect_serial(&mut state, request.serial_file.as_deref());
+                self.install(memory, state, event_loop)
+            }
             Err(e) => Err(e.into()),
         };
         let answer = installed

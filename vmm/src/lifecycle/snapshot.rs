@@ -86,10 +86,10 @@ impl Vmm {
     /// which must have no VM. The restored VM is Paused until `vm.resume`.
     pub fn restore(
         &mut self,
-        source_url: &str,
-        prefault: bool,
+        request: &api::compat::VmRestore,
         event_loop: &mut EventLoop,
     ) -> Result<(), OpError> {
+        let (source_url, prefault) = (request.source_url.as_str(), request.prefault);
         if self.state != VmState::NotCreated {
             return Err(OpError::invalid(format!(
                 "vm.restore: this petrel already has a VM (it is {}); restore into a petrel \
@@ -99,7 +99,8 @@ impl Vmm {
         }
         let dir = snapshot::dir_from_url("source_url", source_url)?;
         let started = Instant::now();
-        let loaded = snapshot::read(&dir)?;
+        let mut loaded = snapshot::read(&dir)?;
+        redirect_serial(&mut loaded.state, request.serial_file.as_deref());
         self.check_config(&loaded.state.config)?;
         let memory = snapshot::memory::map(&dir, &loaded.header.memory, prefault)?;
         self.install(memory, loaded.state, event_loop)?;
@@ -152,6 +153,16 @@ impl Vmm {
         self.boots += 1;
         self.state = VmState::Paused;
         Ok(())
+    }
+}
+
+/// A serial port saved in `File` mode writes to `file` instead, when one is given (the
+/// `serial_file` extension of `vm.restore` and `vm.receive-migration`).
+pub(crate) fn redirect_serial(state: &mut VmSnapshot, file: Option<&Path>) {
+    if let Some(file) = file {
+        if state.config.serial.mode == api::SerialMode::File {
+            state.config.serial.file = Some(file.to_path_buf());
+        }
     }
 }
 
