@@ -36,6 +36,8 @@ use super::{lock, ApiError, ApiResult, Daemon};
 
 /// How long the whole transfer may take.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the destination's petrel waits for the source to connect.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the source waits for the destination to report the VM running after the send.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -316,7 +318,7 @@ impl Daemon {
         let socket = dir.socket();
         let spawned = std::thread::Builder::new()
             .name("incoming".into())
-            .spawn(move || daemon.await_incoming(&id, proc, &socket, pending));
+            .spawn(move || daemon.await_incoming(&id, proc, &socket, &receiver, pending));
         if let Err(e) = spawned {
             self.forget_incoming(&vm.id, Some(proc));
             return Err(ApiError::new(500, format!("incoming: a thread: {e}")));
@@ -389,8 +391,19 @@ impl Daemon {
         id: &str,
         proc: ProcessId,
         socket: &Path,
+        receiver: &Path,
         pending: std::thread::JoinHandle<Result<(), String>>,
     ) {
+        // petrel removes its listening socket once the source connects: a source that never
+        // does (its petreld died first) leaves it, and the waiting petrel is ended.
+        let listening = Instant::now();
+        while !pending.is_finished() {
+            if receiver.exists() && listening.elapsed() > ACCEPT_TIMEOUT {
+                log::warn!("VM {id}: no source connected within {ACCEPT_TIMEOUT:?}");
+                launcher::kill(proc);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let result = pending
             .join()
             .unwrap_or_else(|_| Err("the receiving thread panicked".into()));
