@@ -26,8 +26,7 @@ use petrel_http::{Client, Method};
 
 use super::launcher::{self, VmDir};
 use super::model::{
-    now, validate_vm_name, DesiredState, HypervisorRequest, ObservedState, RestartPolicy,
-    VmRecord,
+    now, validate_vm_name, DesiredState, HypervisorRequest, ObservedState, RestartPolicy, VmRecord,
 };
 use super::ops::check_config;
 use super::process::ProcessId;
@@ -119,7 +118,10 @@ impl Daemon {
             ));
         }
         if !req.to.is_absolute() {
-            return Err(ApiError::new(400, "to: an absolute path of a petreld socket"));
+            return Err(ApiError::new(
+                400,
+                "to: an absolute path of a petreld socket",
+            ));
         }
         let before = vm.state;
         self.store().begin_operation(&Operation {
@@ -177,7 +179,9 @@ impl Daemon {
         if let Err(m) = sent {
             // The source petrel stays as it was (it says so when a send fails); whatever it
             // is now is what is recorded.
-            let state = launcher::vm_state(&launcher::client(&rt.socket)).ok().flatten();
+            let state = launcher::vm_state(&launcher::client(&rt.socket))
+                .ok()
+                .flatten();
             if state.is_none() && !rt.process.alive() {
                 return self.finish_migration(&vm, &req.to, Some(rt.process));
             }
@@ -218,7 +222,9 @@ impl Daemon {
         let deadline = Instant::now() + CONFIRM_TIMEOUT;
         let outcome = loop {
             match remote_vm(to, &vm.id) {
-                Ok(Some(r)) if matches!(r.state, ObservedState::Running | ObservedState::Paused) => {
+                Ok(Some(r))
+                    if matches!(r.state, ObservedState::Running | ObservedState::Paused) =>
+                {
                     break Ok(r.state)
                 }
                 Ok(Some(r)) if r.state == ObservedState::Incoming => {}
@@ -251,9 +257,15 @@ impl Daemon {
         })?;
         self.store().end_operation(&vm.id)?;
         if outcome.is_ok() && self.config.cgroups {
-            if let Some(h) = super::cgroup::detect() {
-                super::cgroup::remove(&h, &vm.id);
-            }
+            // The exited petrel may linger in its cgroup a moment: removed off the API path.
+            let id = vm.id.clone();
+            let _ = std::thread::Builder::new()
+                .name("cgroup-cleanup".into())
+                .spawn(move || {
+                    if let Some(h) = super::cgroup::detect() {
+                        super::cgroup::remove(&h, &id);
+                    }
+                });
         }
         Ok(vm)
     }
@@ -359,8 +371,12 @@ impl Daemon {
         let call = std::thread::Builder::new()
             .name("receive".into())
             .spawn(move || {
-                launcher::call(&c, Endpoint::VmReceiveMigration, Some(body.to_string().as_bytes()))
-                    .map(drop)
+                launcher::call(
+                    &c,
+                    Endpoint::VmReceiveMigration,
+                    Some(body.to_string().as_bytes()),
+                )
+                .map(drop)
             });
         let call = match call {
             Ok(c) => c,

@@ -34,7 +34,10 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ("/v1/vms/{id}/reboot", &[Method::Post]),
     ("/v1/vms/{id}/console", &[Method::Get]),
     ("/v1/vms/{id}/snapshots", &[Method::Get, Method::Post]),
-    ("/v1/vms/{id}/snapshots/{name}", &[Method::Get, Method::Delete]),
+    (
+        "/v1/vms/{id}/snapshots/{name}",
+        &[Method::Get, Method::Delete],
+    ),
     ("/v1/vms/{id}/revert", &[Method::Post]),
     ("/v1/vms/{id}/migrate", &[Method::Post]),
     ("/v1/migrations/incoming", &[Method::Post]),

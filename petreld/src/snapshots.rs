@@ -104,8 +104,7 @@ impl Daemon {
         }
         record.size_bytes = disk_usage(&dir);
         record.state = "ready".into();
-        self.store()
-            .snapshot_ready(&id, &name, record.size_bytes)?;
+        self.store().snapshot_ready(&id, &name, record.size_bytes)?;
         log::info!(
             "VM {} ({id}): snapshot {name} written ({} KiB)",
             vm.name,
@@ -120,14 +119,15 @@ impl Daemon {
             .recursive(true)
             .create(dir)
             .and_then(|()| match self.config.run_as {
-                Some(who) => std::os::unix::fs::chown(dir, Some(who.uid), Some(who.gid))
-                    .and_then(|()| {
+                Some(who) => {
+                    std::os::unix::fs::chown(dir, Some(who.uid), Some(who.gid)).and_then(|()| {
                         std::os::unix::fs::chown(
                             dir.parent().unwrap_or(dir),
                             Some(who.uid),
                             Some(who.gid),
                         )
-                    }),
+                    })
+                }
                 None => Ok(()),
             });
         made.map_err(|e| ApiError::new(500, format!("create {}: {e}", dir.display())))?;
@@ -262,7 +262,12 @@ impl Daemon {
         }
     }
 
-    fn restore_into_new_petrel(&self, vm: &VmRecord, dir: &VmDir, name: &str) -> Result<(), String> {
+    fn restore_into_new_petrel(
+        &self,
+        vm: &VmRecord,
+        dir: &VmDir,
+        name: &str,
+    ) -> Result<(), String> {
         let snap = snapshot_dir(dir, name);
         if !snap.join("snapshot.json").is_file() {
             return Err(format!("{} holds no complete snapshot", snap.display()));

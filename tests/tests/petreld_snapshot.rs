@@ -43,7 +43,11 @@ fn wait_count(d: &Petreld, name: &str, above: u64) -> Vec<u64> {
 }
 
 fn snapshot_dir(d: &Petreld, id: &str, name: &str) -> std::path::PathBuf {
-    d.dir.join("state/vms").join(id).join("snapshots").join(name)
+    d.dir
+        .join("state/vms")
+        .join(id)
+        .join("snapshots")
+        .join(name)
 }
 
 fn id_of(vm: &Value) -> String {
@@ -75,7 +79,10 @@ fn snapshots_are_taken_listed_reverted_and_deleted() {
 
     // Another snapshot without a name gets one; a taken name is refused.
     let other = d.ok(Method::Post, "/v1/vms/counter/snapshots", None, 201);
-    assert!(other["name"].as_str().unwrap().starts_with("snap-"), "{other:#}");
+    assert!(
+        other["name"].as_str().unwrap().starts_with("snap-"),
+        "{other:#}"
+    );
     let r = d.call(
         Method::Post,
         "/v1/vms/counter/snapshots",
@@ -170,7 +177,11 @@ fn a_stopped_vm_is_reverted_to_its_snapshot() {
     );
     assert_eq!(vm["state"], "running", "{vm:#}");
     let after = wait_count(&d, "c2", 0);
-    assert!(after[0] <= at + 1, "went on at {} (snapshot at {at})", after[0]);
+    assert!(
+        after[0] <= at + 1,
+        "went on at {} (snapshot at {at})",
+        after[0]
+    );
     d.ok(Method::Post, "/v1/vms/c2/kill", None, 200);
 }
 
@@ -238,7 +249,11 @@ fn a_vm_moves_to_another_petreld() {
         Some(&json!({"to": a.dir.join("nobody.sock")})),
     );
     assert_eq!(r.status, 502, "{}", r.error_message());
-    assert!(r.error_message().contains("no petreld answers"), "{}", r.error_message());
+    assert!(
+        r.error_message().contains("no petreld answers"),
+        "{}",
+        r.error_message()
+    );
     assert_eq!(a.vm("mover")["state"], "running");
     // A destination that already has a VM of that name refuses it.
     b.create("mover", "action=halt", json!({"start": false}));
@@ -273,10 +288,7 @@ fn a_vm_moves_to_another_petreld() {
         counted[0]
     );
     let counted = wait_count(&b, "mover", counted[0] + 3);
-    assert!(
-        counted.windows(2).all(|w| w[1] == w[0] + 1),
-        "{counted:?}"
-    );
+    assert!(counted.windows(2).all(|w| w[1] == w[0] + 1), "{counted:?}");
     // Its petrel writes under the destination's directory.
     assert!(b
         .dir
@@ -289,7 +301,11 @@ fn a_vm_moves_to_another_petreld() {
     a.kill9();
     a.start();
     assert_eq!(a.vm("mover")["state"], "migrated");
-    let r = a.call(Method::Post, "/v1/vms/mover/migrate", Some(&json!({"to": "/x"})));
+    let r = a.call(
+        Method::Post,
+        "/v1/vms/mover/migrate",
+        Some(&json!({"to": "/x"})),
+    );
     assert_eq!(r.status, 409, "{}", r.error_message());
     b.ok(Method::Post, "/v1/vms/mover/kill", None, 200);
 }
@@ -332,11 +348,67 @@ fn a_source_petreld_killed_mid_migration_ends_consistent() {
         // refused, or when no source connected within its wait).
         let deadline = Instant::now() + Duration::from_secs(60);
         while b.call(Method::Get, "/v1/vms/m2", None).status != 404 {
-            assert!(Instant::now() < deadline, "the destination kept m2\n{}", b.log());
+            assert!(
+                Instant::now() < deadline,
+                "the destination kept m2\n{}",
+                b.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = there;
         let c = counts(&a, "m2");
         wait_count(&a, "m2", *c.last().unwrap_or(&0) + 3);
     }
+}
+
+/// `petrelctl` (the real binary) drives the same: `vm snapshot`, `snapshot list|get|delete`,
+/// `vm restore`, `vm migrate`.
+#[test]
+fn petrelctl_snapshots_restores_and_migrates() {
+    require_kvm!();
+    let ctl = petreld_support::petreld_bin().with_file_name("petrelctl");
+    assert!(ctl.is_file(), "{} not built", ctl.display());
+    let a = Petreld::new("ctl-a");
+    let b = Petreld::new("ctl-b");
+    let run = |d: &Petreld, args: &[&str]| -> String {
+        let out = std::process::Command::new(&ctl)
+            .arg("--socket")
+            .arg(d.dir.join("petreld.sock"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "petrelctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    a.create("ctl", "action=count", json!({}));
+    wait_count(&a, "ctl", 3);
+    let out = run(&a, &["vm", "snapshot", "ctl", "--name", "one"]);
+    assert!(
+        out.contains("snapshot one") && out.contains("ready"),
+        "{out}"
+    );
+    let out = run(&a, &["snapshot", "list", "ctl"]);
+    assert!(out.contains("NAME") && out.contains("one"), "{out}");
+    let out = run(&a, &["-o", "json", "snapshot", "get", "ctl", "one"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "ready");
+    let out = run(&a, &["vm", "restore", "ctl", "one"]);
+    assert!(
+        out.contains("restored from one") && out.contains("running"),
+        "{out}"
+    );
+    let to = b.dir.join("petreld.sock");
+    let out = run(&a, &["vm", "migrate", "ctl", "--to", to.to_str().unwrap()]);
+    assert!(out.contains("migrated"), "{out}");
+    assert_eq!(b.vm("ctl")["state"], "running");
+    wait_count(&b, "ctl", 0);
+    let out = run(&a, &["snapshot", "delete", "ctl", "one"]);
+    assert!(out.contains("deleted"), "{out}");
+    let out = run(&a, &["snapshot", "list", "ctl"]);
+    assert!(out.contains("no snapshots"), "{out}");
+    b.ok(Method::Post, "/v1/vms/ctl/kill", None, 200);
 }

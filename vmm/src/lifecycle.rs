@@ -374,9 +374,7 @@ impl Vmm {
                 log::info!("exiting: the VM was migrated");
                 Ok(Reply::Exit(0))
             }
-            VmmRequest::ReceiveMigration(m) => self
-                .receive_migration(&m, event_loop)
-                .map(done),
+            VmmRequest::ReceiveMigration(m) => self.receive_migration(&m, event_loop).map(done),
         }
     }
 
