@@ -45,6 +45,7 @@ impl Vmm {
             .map(|slot| VirtioState {
                 name: slot.name.clone(),
                 transport: lock(&slot.transport).save(),
+                limiters: save_limiters(&mut *lock(&slot.device)),
             })
             .collect();
         Ok(VmSnapshot {
@@ -156,6 +157,21 @@ impl Vmm {
     }
 }
 
+/// The budgets of `device`'s rate limiters (an unlimited slot saves as unlimited); empty
+/// when it has none.
+fn save_limiters(
+    device: &mut dyn devices::virtio::VirtioDevice,
+) -> Vec<devices::rate_limiter::RateLimiterState> {
+    let limiters = device.rate_limiters();
+    if limiters.iter().all(Option::is_none) {
+        return Vec::new();
+    }
+    limiters
+        .into_iter()
+        .map(|l| l.map(|l| l.save()).unwrap_or_default())
+        .collect()
+}
+
 /// A serial port saved in `File` mode writes to `file` instead, when one is given (the
 /// `serial_file` extension of `vm.restore` and `vm.receive-migration`).
 pub(crate) fn redirect_serial(state: &mut VmSnapshot, file: Option<&Path>) {
@@ -197,6 +213,12 @@ fn restore_devices(machine: &Machine, state: &VmSnapshot) -> Result<(), Snapshot
         lock(&slot.transport)
             .restore(&saved.transport)
             .map_err(|e| device(&slot.name)(e.to_string()))?;
+        let mut dev = lock(&slot.device);
+        for (limiter, state) in dev.rate_limiters().into_iter().zip(&saved.limiters) {
+            if let Some(limiter) = limiter {
+                limiter.restore(state);
+            }
+        }
     }
     Ok(())
 }
