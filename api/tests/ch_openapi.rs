@@ -61,7 +61,7 @@ const NOT_IN_CH_DOCUMENT: &[(&str, &str, &str)] = &[
     (
         "RestoreConfig",
         "net_fds",
-        "sent by ch-remote restore (null without descriptors)",
+        "sent by ch-remote restore: new tap descriptors (SCM_RIGHTS) for restored interfaces",
     ),
     (
         "RestoreConfig",

@@ -362,8 +362,8 @@ impl Vmm {
             }
             VmmRequest::RemoveDevice(r) => self.remove_device(&r.id).map(done),
             VmmRequest::Snapshot(s) => self.snapshot(&s.destination_url).map(done),
-            VmmRequest::Restore(r) => {
-                self.restore(&r, event_loop)?;
+            VmmRequest::Restore { restore: r, fds } => {
+                self.restore(&r, fds, event_loop)?;
                 if r.resume {
                     self.resume()?;
                 }

@@ -133,7 +133,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         vmm.boot(&mut event_loop)?;
     }
     if let Some(r) = &opts.restore {
-        vmm.restore(r, &mut event_loop)?;
+        vmm.restore(r, Vec::new(), &mut event_loop)?;
         if r.resume {
             vmm.resume()?;
         }

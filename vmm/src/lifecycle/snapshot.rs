@@ -88,6 +88,7 @@ impl Vmm {
     pub fn restore(
         &mut self,
         request: &api::compat::VmRestore,
+        fds: Vec<std::os::fd::OwnedFd>,
         event_loop: &mut EventLoop,
     ) -> Result<(), OpError> {
         let (source_url, prefault) = (request.source_url.as_str(), request.prefault);
@@ -102,9 +103,16 @@ impl Vmm {
         let started = Instant::now();
         let mut loaded = snapshot::read(&dir)?;
         redirect_serial(&mut loaded.state, request.serial_file.as_deref());
+        give_net_fds(
+            &mut loaded.state.config,
+            request.net_fds.as_deref(),
+            fds.len(),
+        )?;
         self.check_config(&loaded.state.config)?;
         let memory = snapshot::memory::map(&dir, &loaded.header.memory, prefault)?;
         self.install(memory, loaded.state, event_loop)?;
+        // The devices hold copies; the config names these numbers, so they stay open.
+        self.keep_fds(fds);
         log::info!(
             "snapshot {} restored in {} ms (paused; prefault {prefault})",
             Path::new(&dir).display(),
@@ -170,6 +178,59 @@ fn save_limiters(
         .into_iter()
         .map(|l| l.map(|l| l.save()).unwrap_or_default())
         .collect()
+}
+
+/// Puts the descriptors of `net_fds` (numbers of the `received` descriptors, set by the API
+/// server) into the interfaces saved as descriptors. Every such interface needs one: a saved
+/// number means nothing in this process.
+fn give_net_fds(
+    cfg: &mut api::VmConfig,
+    net_fds: Option<&[api::compat::RestoredNet]>,
+    received: usize,
+) -> Result<(), OpError> {
+    let list = net_fds.unwrap_or_default();
+    let named: usize = list.iter().map(|n| n.num_fds).sum();
+    if named != received {
+        return Err(OpError::invalid(format!(
+            "vm.restore: net_fds names {named} descriptors, {received} came with the request \
+             (SCM_RIGHTS)"
+        )));
+    }
+    let nets = cfg.net.get_or_insert_with(Vec::new);
+    for entry in list {
+        let net = nets
+            .iter_mut()
+            .enumerate()
+            .find(|(i, n)| n.id.clone().unwrap_or_else(|| format!("net{i}")) == entry.id)
+            .map(|(_, n)| n)
+            .ok_or_else(|| {
+                OpError::invalid(format!(
+                    "vm.restore: net_fds: the snapshot has no interface '{}'",
+                    entry.id
+                ))
+            })?;
+        if entry.num_fds != 1 {
+            return Err(OpError::invalid(format!(
+                "vm.restore: net_fds '{}': {} descriptors (petrel takes one tap per interface)",
+                entry.id, entry.num_fds
+            )));
+        }
+        net.fds = entry.fds.clone();
+        net.tap = None;
+    }
+    for (i, n) in nets.iter().enumerate() {
+        let given = list
+            .iter()
+            .any(|e| Some(&e.id) == n.id.as_ref() || e.id == format!("net{i}"));
+        if n.fds.is_some() && !given {
+            return Err(OpError::invalid(format!(
+                "vm.restore: net[{i}] ({}) was given as a tap descriptor, which did not outlive \
+                 its process: pass a new one in net_fds",
+                n.id.as_deref().unwrap_or("no id")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A serial port saved in `File` mode writes to `file` instead, when one is given (the
