@@ -26,7 +26,7 @@ usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH]
   --workloads LIST         comma-separated workloads to run (default: all but linux-boot
                            with --quick): guest-life, memory, exit-cost, api-ready,
                            fc-start, create-rate, create-rate-petreld (petrel only, needs petreld),
-                           blk, rng, net (needs CAP_NET_ADMIN), vsock (petrel only),
+                           blk, rng, net (needs CAP_NET_ADMIN), vsock (petrel only), snapshot,
                            linux-boot (needs native guest ring 0 and the guest kit)
 ";
 
@@ -41,6 +41,7 @@ pub const WORKLOADS: &[&str] = &[
     "blk",
     "rng",
     "vsock",
+    "snapshot",
     "create-rate-petreld",
     "linux-boot",
     "net",
