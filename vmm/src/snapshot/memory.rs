@@ -275,6 +275,19 @@ pub fn map(
 mod tests {
     use super::*;
 
+    #[test]
+    fn zero_pages() {
+        let mut page = vec![0u8; PAGE];
+        assert!(is_zero(&page) && is_zero(&page[..100]) && is_zero(&[]));
+        page[PAGE - 1] = 1;
+        assert!(!is_zero(&page));
+        assert!(is_zero(&page[..PAGE - 1]));
+        let mut big = vec![0u8; 2 * PAGE];
+        assert!(is_zero(&big));
+        big[2 * PAGE - 1] = 7;
+        assert!(!is_zero(&big));
+    }
+
     /// `Rss` (KiB) of the mapping that starts at `addr`.
     fn rss_kib(addr: usize) -> u64 {
         let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
