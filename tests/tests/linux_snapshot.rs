@@ -51,7 +51,7 @@ fn file_report(out: &str) -> Option<[u64; 4]> {
         .split_inclusive('\n')
         .filter(|l| l.ends_with('\n'))
         .filter_map(|l| l.trim_end().strip_prefix("PETREL-FILE "))
-        .last()?;
+        .next_back()?;
     let v: Vec<u64> = line
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
