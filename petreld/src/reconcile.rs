@@ -278,7 +278,7 @@ fn finish_operation(
             if let Some(p) = live {
                 launcher::kill(p);
             }
-            let vm = daemon.finish_revert(vm, &op.arg)?;
+            let vm = daemon.finish_revert(vm, std::path::Path::new(&op.arg))?;
             if vm.state == ObservedState::Failed {
                 return Ok(Some(false));
             }

@@ -29,6 +29,16 @@ pub struct CreateSnapshot {
     pub name: Option<String>,
 }
 
+/// `POST /v1/vms` with `snapshot`: a new VM made from another VM's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRef {
+    /// The VM (id or name) whose snapshot it is.
+    pub vm: String,
+    /// The snapshot's name.
+    pub name: String,
+}
+
 /// `POST /v1/vms/{id}/revert`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +155,40 @@ impl Daemon {
         taken.map(drop)
     }
 
+    /// The snapshot directory a new VM is made from (`POST /v1/vms` with `snapshot`): it must
+    /// be ready, and its VM must have no interfaces petreld made taps for.
+    pub fn snapshot_source(&self, from: &SnapshotRef) -> ApiResult<(VmRecord, PathBuf)> {
+        let vm = self
+            .store()
+            .get_vm(&from.vm)?
+            .ok_or_else(|| ApiError::new(422, format!("snapshot.vm: no VM {:?}", from.vm)))?;
+        let snap = self
+            .store()
+            .get_snapshot(&vm.id, &from.name)?
+            .filter(|s| s.state == "ready")
+            .ok_or_else(|| {
+                ApiError::new(
+                    422,
+                    format!(
+                        "snapshot.name: VM {} has no snapshot {:?}",
+                        vm.name, from.name
+                    ),
+                )
+            })?;
+        if !vm.net.is_empty() {
+            return Err(ApiError::new(
+                422,
+                format!(
+                    "snapshot: VM {} has interfaces petreld made taps for; petreld does not \
+                     pass restored petrels new taps yet",
+                    vm.name
+                ),
+            ));
+        }
+        let dir = snapshot_dir(&VmDir::new(&self.config.state_dir, &vm.id), &snap.name);
+        Ok((vm, dir))
+    }
+
     /// `GET /v1/vms/{id}/snapshots`.
     pub fn list_snapshots(&self, key: &str) -> ApiResult<Vec<SnapshotRecord>> {
         let id = self.get_vm(key)?.id;
@@ -202,6 +246,7 @@ impl Daemon {
                 ),
             ));
         }
+        let snap_dir = snapshot_dir(&VmDir::new(&self.config.state_dir, &id), &snap.name);
         if matches!(vm.state, ObservedState::Migrating | ObservedState::Migrated) {
             return Err(ApiError::new(
                 409,
@@ -220,7 +265,7 @@ impl Daemon {
             self.store().begin_operation(&Operation {
                 vm_id: id.clone(),
                 kind: "revert".into(),
-                arg: snap.name.clone(),
+                arg: snap_dir.to_string_lossy().into_owned(),
             })?;
             self.store().modify_vm(&id, |v| {
                 v.desired_state = DesiredState::Running;
@@ -231,7 +276,7 @@ impl Daemon {
         if let Some(rt) = self.detach(&id) {
             launcher::kill(rt.process);
         }
-        let vm = self.finish_revert(&vm, &snap.name)?;
+        let vm = self.finish_revert(&vm, &snap_dir)?;
         if vm.state == ObservedState::Failed {
             let why = vm.exit_reason.unwrap_or_default();
             return Err(ApiError::new(
@@ -242,11 +287,16 @@ impl Daemon {
         Ok(vm)
     }
 
-    /// Starts a petrel for claimed VM `vm` (which has none) that restores snapshot `name` and
-    /// runs it; ends the revert operation. Failures are recorded (state failed).
-    pub(crate) fn finish_revert(&self, vm: &VmRecord, name: &str) -> ApiResult<VmRecord> {
+    /// Starts a petrel for claimed VM `vm` (which has none) that restores the snapshot in
+    /// `snap` (its own or, for a VM made from a snapshot, another VM's) and runs it; ends the
+    /// revert operation. Failures are recorded (state failed).
+    pub(crate) fn finish_revert(&self, vm: &VmRecord, snap: &Path) -> ApiResult<VmRecord> {
         let dir = VmDir::new(&self.config.state_dir, &vm.id);
-        let result = self.restore_into_new_petrel(vm, &dir, name);
+        let name = snap
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let result = self.restore_into_new_petrel(vm, &dir, snap);
         self.store().end_operation(&vm.id)?;
         match result {
             Ok(()) => Ok(self.store().modify_vm(&vm.id, |v| {
@@ -266,9 +316,8 @@ impl Daemon {
         &self,
         vm: &VmRecord,
         dir: &VmDir,
-        name: &str,
+        snap: &Path,
     ) -> Result<(), String> {
-        let snap = snapshot_dir(dir, name);
         if !snap.join("snapshot.json").is_file() {
             return Err(format!("{} holds no complete snapshot", snap.display()));
         }

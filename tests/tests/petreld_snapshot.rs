@@ -412,3 +412,65 @@ fn petrelctl_snapshots_restores_and_migrates() {
     assert!(out.contains("no snapshots"), "{out}");
     b.ok(Method::Post, "/v1/vms/ctl/kill", None, 200);
 }
+
+/// A new VM made from another VM's snapshot (`POST /v1/vms` with `snapshot`) runs from where
+/// the snapshot was, next to the first one, with its own console; bad references are refused.
+#[test]
+fn a_new_vm_is_made_from_another_vms_snapshot() {
+    require_kvm!();
+    let d = Petreld::new("snap-clone");
+    d.create("origin", "action=count", json!({}));
+    wait_count(&d, "origin", 3);
+    d.ok(
+        Method::Post,
+        "/v1/vms/origin/snapshots",
+        Some(&json!({"name": "base"})),
+        201,
+    );
+    let at = *counts(&d, "origin").last().unwrap();
+    let origin_ahead = *wait_count(&d, "origin", at + 8).last().unwrap();
+    let clone = d.ok(
+        Method::Post,
+        "/v1/vms",
+        Some(&json!({"name": "clone", "snapshot": {"vm": "origin", "name": "base"}})),
+        201,
+    );
+    assert_eq!(clone["state"], "running", "{clone:#}");
+    assert_ne!(clone["id"], d.vm("origin")["id"]);
+    let c = wait_count(&d, "clone", 0);
+    assert!(
+        c[0] <= at + 1 && c[0] < origin_ahead,
+        "the clone went on at {} (snapshot at about {at}, origin at {origin_ahead})",
+        c[0]
+    );
+    // Both run on, each on its own console.
+    let o = counts(&d, "origin");
+    wait_count(&d, "origin", *o.last().unwrap() + 2);
+    let c = wait_count(&d, "clone", c[0] + 3);
+    assert!(c.windows(2).all(|w| w[1] == w[0] + 1), "{c:?}");
+
+    for (body, status, word) in [
+        (
+            json!({"name": "x1", "snapshot": {"vm": "origin", "name": "nope"}}),
+            422,
+            "nope",
+        ),
+        (
+            json!({"name": "x2", "snapshot": {"vm": "ghost", "name": "base"}}),
+            422,
+            "ghost",
+        ),
+        (
+            json!({"name": "x3", "snapshot": {"vm": "origin", "name": "base"},
+                   "config": petreld_support::guest_config("action=halt")}),
+            400,
+            "config",
+        ),
+    ] {
+        let r = d.call(Method::Post, "/v1/vms", Some(&body));
+        assert_eq!(r.status, status, "{body}: {}", r.error_message());
+        assert!(r.error_message().contains(word), "{}", r.error_message());
+    }
+    d.ok(Method::Post, "/v1/vms/clone/kill", None, 200);
+    d.ok(Method::Post, "/v1/vms/origin/kill", None, 200);
+}
