@@ -219,6 +219,11 @@ impl Daemon {
         if let Some(p) = proc {
             super::process::reap(p.pid);
         }
+        log::info!(
+            "VM {}: its petrel is gone; asking the petreld at {} whether it runs it",
+            vm.id,
+            to.display()
+        );
         let deadline = Instant::now() + CONFIRM_TIMEOUT;
         let outcome = loop {
             match remote_vm(to, &vm.id) {

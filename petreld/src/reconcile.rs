@@ -289,6 +289,12 @@ fn finish_operation(
             let dir = VmDir::new(&daemon.config.state_dir, &vm.id);
             // The petrel may still be sending (its API waits meanwhile): it either exits
             // (sent) or answers again (the send failed and it runs on).
+            log::info!(
+                "reconcile: VM {}: a migration to {} was under way (petrel {})",
+                vm.id,
+                op.arg,
+                if live.is_some() { "alive" } else { "gone" }
+            );
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
             let answered = live.filter(|p| loop {
                 if !p.alive() {
@@ -306,6 +312,15 @@ fn finish_operation(
                 }
                 std::thread::sleep(Duration::from_millis(100));
             });
+            log::info!(
+                "reconcile: VM {}: its petrel {}",
+                vm.id,
+                if answered.is_some() {
+                    "answers: the VM stays here"
+                } else {
+                    "is gone"
+                }
+            );
             match answered {
                 Some(p) => {
                     daemon.store().end_operation(&vm.id)?;

@@ -328,7 +328,17 @@ fn a_source_petreld_killed_mid_migration_ends_consistent() {
             .request(Method::Post, "/v1/vms/m2/migrate", Some(body.as_bytes()))
             .map(|r| r.status)
     });
-    std::thread::sleep(Duration::from_millis(40));
+    // Killed once the destination has been asked (it records the VM `incoming`): the
+    // source petrel may or may not have been told to send yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.call(Method::Get, "/v1/vms/m2", None).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the destination was never asked\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     a.kill9();
     let _ = mover.join();
     a.start();
