@@ -26,7 +26,7 @@
 mod persist;
 pub use persist::{
     receive_migration_from_ch, restore_from_ch, send_migration_from_ch, snapshot_from_ch,
-    VmReceiveMigration, VmRestore, VmSendMigration, VmSnapshot,
+    RestoredNet, VmReceiveMigration, VmRestore, VmSendMigration, VmSnapshot,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -40,6 +40,12 @@ pub enum ObservedState {
     Stopped,
     /// petrel died or could not start; `exit_reason` says why.
     Failed,
+    /// Being moved to another petreld (this one is the source).
+    Migrating,
+    /// Moved to another petreld, which runs it now (`exit_reason` names it); kept as a record.
+    Migrated,
+    /// Being received from another petreld (this one is the destination).
+    Incoming,
 }
 
 /// When petreld starts a VM again by itself.
@@ -105,12 +111,15 @@ text_enum!(ObservedState {
     Stopping = "stopping",
     Stopped = "stopped",
     Failed = "failed",
+    Migrating = "migrating",
+    Migrated = "migrated",
+    Incoming = "incoming",
 });
 text_enum!(RestartPolicy { Never = "never", OnFailure = "on-failure", Always = "always" });
 text_enum!(HypervisorRequest { Auto = "auto", Kvm = "kvm", Mshv = "mshv" });
 
 /// Every observed state, in a stable order (metrics, docs).
-pub const OBSERVED_STATES: [ObservedState; 7] = [
+pub const OBSERVED_STATES: [ObservedState; 10] = [
     ObservedState::Created,
     ObservedState::Starting,
     ObservedState::Running,
@@ -118,6 +127,9 @@ pub const OBSERVED_STATES: [ObservedState; 7] = [
     ObservedState::Stopping,
     ObservedState::Stopped,
     ObservedState::Failed,
+    ObservedState::Migrating,
+    ObservedState::Migrated,
+    ObservedState::Incoming,
 ];
 
 /// Applies a JSON merge patch (RFC 7386) to `target`.

@@ -216,8 +216,14 @@ pub enum VmmRequest {
     RemoveDevice(VmRemoveDevice),
     /// `vm.snapshot`.
     Snapshot(VmSnapshot),
-    /// `vm.restore`.
-    Restore(VmRestore),
+    /// `vm.restore`; `fds` are the tap descriptors `restore.net_fds` refers to, kept open if
+    /// the VM is restored.
+    Restore {
+        /// The request.
+        restore: VmRestore,
+        /// Descriptors received with the request.
+        fds: Vec<OwnedFd>,
+    },
     /// `vm.send-migration`.
     SendMigration(VmSendMigration),
     /// `vm.receive-migration`.
@@ -246,7 +252,7 @@ impl VmmRequest {
             VmmRequest::AddVsock(_) => Endpoint::VmAddVsock,
             VmmRequest::RemoveDevice(_) => Endpoint::VmRemoveDevice,
             VmmRequest::Snapshot(_) => Endpoint::VmSnapshot,
-            VmmRequest::Restore(_) => Endpoint::VmRestore,
+            VmmRequest::Restore { .. } => Endpoint::VmRestore,
             VmmRequest::SendMigration(_) => Endpoint::VmSendMigration,
             VmmRequest::ReceiveMigration(_) => Endpoint::VmReceiveMigration,
         }

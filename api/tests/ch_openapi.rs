@@ -34,6 +34,16 @@ fn doc(name: &str) -> Value {
 /// Fields in petrel's table that Cloud Hypervisor's document does not list, and why.
 const NOT_IN_CH_DOCUMENT: &[(&str, &str, &str)] = &[
     (
+        "RestoreConfig",
+        "serial_file",
+        "petrel's extension: where a File serial port writes after restore",
+    ),
+    (
+        "ReceiveMigrationData",
+        "serial_file",
+        "petrel's extension: where a File serial port writes after migration",
+    ),
+    (
         "ReceiveMigrationData",
         "vfio_fds",
         "sent by ch-remote receive-migration (null without descriptors)",
@@ -51,7 +61,7 @@ const NOT_IN_CH_DOCUMENT: &[(&str, &str, &str)] = &[
     (
         "RestoreConfig",
         "net_fds",
-        "sent by ch-remote restore (null without descriptors)",
+        "sent by ch-remote restore: new tap descriptors (SCM_RIGHTS) for restored interfaces",
     ),
     (
         "RestoreConfig",

@@ -30,7 +30,7 @@ usage: petrel-bench [--runs N | --quick] [--warmup N] [--petrel PATH]
                            with --quick): guest-life, memory, exit-cost, api-ready,
                            fc-start, create-rate, create-rate-petreld (petrel only, needs petreld),
                            blk, blk-qcow2 (needs qemu-img), rng, net (needs CAP_NET_ADMIN),
-                           vsock (petrel only),
+                           vsock (petrel only), snapshot,
                            linux-boot (needs native guest ring 0 and the guest kit)
 ";
 
@@ -46,6 +46,7 @@ pub const WORKLOADS: &[&str] = &[
     "blk-qcow2",
     "rng",
     "vsock",
+    "snapshot",
     "create-rate-petreld",
     "linux-boot",
     "net",

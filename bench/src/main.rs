@@ -142,6 +142,7 @@ fn run(o: &cli::Options) -> Result<ExitCode, Box<dyn Error>> {
         Box::new(DeviceBench::new(guest.clone(), Device::BlkQcow2, o.quick)),
         Box::new(DeviceBench::new(guest.clone(), Device::Rng, o.quick)),
         Box::new(workload::vsock::VsockBench::new(guest.clone(), o.quick)),
+        Box::new(workload::snapshot::SnapshotBench::new(guest.clone())),
     ];
     // create-rate through petreld: found next to petrel or at $PETRELD_BIN.
     if o.wants("create-rate-petreld") {

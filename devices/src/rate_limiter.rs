@@ -213,6 +213,25 @@ fn duration_from_ns(ns: u128) -> Duration {
     Duration::new(secs, (ns % 1_000_000_000) as u32)
 }
 
+/// What a snapshot keeps of one bucket: the tokens left (its refill clock restarts at restore).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BucketState {
+    /// Tokens in the bucket (refills up to the save counted).
+    pub budget: u64,
+    /// One-time burst tokens left.
+    pub one_time_burst: u64,
+}
+
+/// What a snapshot keeps of a rate limiter: its buckets' budgets (a bucket the config does not
+/// limit is `None`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RateLimiterState {
+    /// The bandwidth bucket.
+    pub bandwidth: Option<BucketState>,
+    /// The operations bucket.
+    pub ops: Option<BucketState>,
+}
+
 /// A device's rate limiter: two optional buckets, a blocked flag and the timerfd that ends
 /// the blocked state.
 pub struct RateLimiter {
@@ -297,6 +316,40 @@ impl RateLimiter {
                 true
             }
         }
+    }
+
+    /// The budgets now (refills up to now counted), for a snapshot.
+    pub fn save(&mut self) -> RateLimiterState {
+        let now = self.clock.now();
+        let save = |b: &mut Option<TokenBucket>| {
+            b.as_mut().map(|b| {
+                b.replenish(now);
+                BucketState {
+                    budget: b.budget,
+                    one_time_burst: b.one_time_burst,
+                }
+            })
+        };
+        RateLimiterState {
+            bandwidth: save(&mut self.bandwidth),
+            ops: save(&mut self.ops),
+        }
+    }
+
+    /// Takes back saved budgets (each at most its bucket's size; refills count from now). A
+    /// saved bucket the config no longer has is ignored, and one it has that was not saved
+    /// starts full.
+    pub fn restore(&mut self, state: &RateLimiterState) {
+        let now = self.clock.now();
+        let restore = |b: &mut Option<TokenBucket>, s: Option<BucketState>| {
+            if let (Some(b), Some(s)) = (b.as_mut(), s) {
+                b.budget = s.budget.min(b.size);
+                b.one_time_burst = s.one_time_burst;
+                b.last_update = now;
+            }
+        };
+        restore(&mut self.bandwidth, state.bandwidth);
+        restore(&mut self.ops, state.ops);
     }
 
     /// Gives back `tokens` of `kind` taken by a request that was not served.
@@ -554,6 +607,62 @@ pub(crate) mod tests {
             b.reduce(u64::MAX, ms(0)),
             BucketReduction::OverConsumption { .. }
         ));
+    }
+
+    #[test]
+    fn budgets_are_saved_and_restored() {
+        let clock = ManualClock::default();
+        let cfg = RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 1000,
+                one_time_burst: 300,
+                refill_time_ms: 1000,
+            }),
+            ops: None,
+        };
+        let mut rl = RateLimiter::with_clock(&cfg, Box::new(clock.clone())).unwrap();
+        assert!(rl.consume(1100, TokenKind::Bytes));
+        clock.advance(ms(100));
+        let saved = rl.save();
+        assert_eq!(
+            saved,
+            RateLimiterState {
+                bandwidth: Some(BucketState {
+                    budget: 300,
+                    one_time_burst: 0
+                }),
+                ops: None,
+            }
+        );
+        let json = serde_json::to_string(&saved).unwrap();
+        // A limiter made from the same config in another process starts full; the restore
+        // gives it what was left, and refills count from the restore.
+        let other = ManualClock::default();
+        other.advance(Duration::from_secs(50));
+        let mut back = RateLimiter::with_clock(&cfg, Box::new(other.clone())).unwrap();
+        back.restore(&serde_json::from_str(&json).unwrap());
+        assert_eq!(back.bucket(TokenKind::Bytes).unwrap().budget(), 300);
+        assert_eq!(back.bucket(TokenKind::Bytes).unwrap().one_time_burst(), 0);
+        assert!(
+            !back.consume(400, TokenKind::Bytes),
+            "the saved budget was not carried"
+        );
+        other.advance(ms(200));
+        back.event_handler().unwrap();
+        assert!(back.consume(400, TokenKind::Bytes));
+        // A saved budget above the bucket's size is capped.
+        back.restore(&RateLimiterState {
+            bandwidth: Some(BucketState {
+                budget: u64::MAX,
+                one_time_burst: 0,
+            }),
+            ops: Some(BucketState {
+                budget: 5,
+                one_time_burst: 0,
+            }),
+        });
+        assert_eq!(back.bucket(TokenKind::Bytes).unwrap().budget(), 1000);
+        assert!(back.bucket(TokenKind::Ops).is_none());
     }
 
     #[test]

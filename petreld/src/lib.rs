@@ -13,6 +13,8 @@
 //! - [`net`]: the taps petreld makes for a VM's interfaces. [`network`]: `/v1/networks`
 //!   (bridges, nftables, dnsmasq). [`events`]: `/v1/events`.
 //! - [`storage`]: directory pools and raw/qcow2 volumes (`qemu-img`), volumes in VM configs.
+//! - [`snapshots`]: a VM's snapshots and reverting to one. [`migrate`]: moving a VM to
+//!   another petreld.
 //! - [`routes`] and [`metrics`]: the HTTP API and Prometheus text. [`server`]: `main`.
 
 pub mod cgroup;
@@ -22,6 +24,7 @@ pub mod host;
 pub mod jail;
 pub mod launcher;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod net;
 pub mod network;
@@ -31,6 +34,7 @@ pub mod reconcile;
 pub mod reserve;
 pub mod routes;
 pub mod server;
+pub mod snapshots;
 pub mod storage;
 pub mod store;
 pub mod supervisor;

@@ -86,6 +86,10 @@ pub struct CreateVm {
     /// Network interfaces petreld creates taps for.
     #[serde(default)]
     pub net: Vec<NetRequest>,
+    /// Make the VM from another VM's snapshot (instead of `config` or `template`): its
+    /// configuration, and its memory and devices as they were; it starts at once.
+    #[serde(default)]
+    pub snapshot: Option<crate::snapshots::SnapshotRef>,
 }
 
 fn yes() -> bool {

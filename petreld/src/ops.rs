@@ -97,7 +97,29 @@ impl Daemon {
         validate_vm_name(&req.name).map_err(|m| ApiError::new(400, m))?;
         self.check_space("create")?;
         validate_labels(&req.labels).map_err(|m| ApiError::new(400, m))?;
-        let (config, nets) = self.resolve_config(&req)?;
+        let (config, nets, from) = match &req.snapshot {
+            Some(r) => {
+                if req.config.is_some() || req.template.is_some() || !req.net.is_empty() {
+                    return Err(ApiError::new(
+                        400,
+                        "snapshot: a VM made from a snapshot takes its config from it (no \
+                         config, template or net)",
+                    ));
+                }
+                if !req.start {
+                    return Err(ApiError::new(
+                        400,
+                        "snapshot: a VM made from a snapshot starts at once (start: false)",
+                    ));
+                }
+                let (source, dir) = self.snapshot_source(r)?;
+                (source.config, Vec::new(), Some(dir))
+            }
+            None => {
+                let (c, n) = self.resolve_config(&req)?;
+                (c, n, None)
+            }
+        };
         let id = new_id();
         let mut net = plan_nets(&id, &nets)?;
         // Held until the VM is recorded: its networks cannot go away meanwhile.
@@ -151,11 +173,21 @@ impl Daemon {
                     .map_err(|m| ApiError::new(422, m))?;
             }
             self.store().insert_vm(&vm)?;
+            if let Some(dir) = &from {
+                self.store().begin_operation(&super::store::Operation {
+                    vm_id: id.clone(),
+                    kind: "revert".into(),
+                    arg: dir.to_string_lossy().into_owned(),
+                })?;
+            }
         }
         self.refresh_dhcp(&vm.net);
         drop(network_guard);
         if req.start {
-            vm = self.launch(&vm)?;
+            vm = match &from {
+                Some(dir) => self.finish_revert(&vm, dir)?,
+                None => self.launch(&vm)?,
+            };
             if vm.state == ObservedState::Failed {
                 return Err(ApiError::new(
                     500,
@@ -223,7 +255,7 @@ impl Daemon {
     }
 
     /// The cgroup (made now, with the VM's limits), user and seccomp mode of `vm`'s petrel.
-    fn spawn_options(&self, vm: &VmRecord) -> Result<SpawnOptions, String> {
+    pub(crate) fn spawn_options(&self, vm: &VmRecord) -> Result<SpawnOptions, String> {
         let cgroup = if self.config.cgroups {
             match cgroup::detect() {
                 Some(h) => Some(
@@ -261,7 +293,7 @@ impl Daemon {
         })
     }
 
-    fn record_failure(&self, id: &str, reason: String) -> ApiResult<VmRecord> {
+    pub(crate) fn record_failure(&self, id: &str, reason: String) -> ApiResult<VmRecord> {
         log::warn!("VM {id}: {reason}");
         Ok(self.store().modify_vm(id, |v| {
             v.state = ObservedState::Failed;

@@ -29,6 +29,7 @@ pub struct Summary {
 /// Reconciles every VM. Runs before the API serves; restarts run on their own threads.
 pub fn reconcile(daemon: &Arc<Daemon>) -> ApiResult<Summary> {
     let mut summary = Summary::default();
+    drop_unfinished_snapshots(daemon)?;
     // Not `for vm in daemon.store()…`: the guard would live through the loop.
     let vms = daemon.store().all_vms()?;
     for vm in vms {
@@ -50,6 +51,10 @@ pub fn reconcile(daemon: &Arc<Daemon>) -> ApiResult<Summary> {
             .filter(ProcessId::alive);
         // A petrel started just before petreld died, before its pid was recorded.
         let live = recorded.or_else(|| process::find_by_api_socket(&dir.socket()));
+        if let Some(done) = finish_operation(daemon, &vm, live)? {
+            summary.attached += usize::from(done);
+            continue;
+        }
         // One VM's failure (e.g. a write on a full state disk) must not leave the others
         // unmanaged: it is logged and the next VM is reconciled.
         let outcome = match live {
@@ -134,6 +139,12 @@ fn reattach(daemon: &Arc<Daemon>, vm: &VmRecord, p: ProcessId, dir: &VmDir) -> A
         Some("Running") => {
             set_state(daemon, vm, ObservedState::Running)?;
         }
+        // Paused by a snapshot that petreld's restart cut short: resumed.
+        Some("Paused") if vm.desired_state == DesiredState::Running => {
+            launcher::call(&client, api::request::Endpoint::VmResume, None)
+                .map_err(|m| super::ApiError::new(502, m))?;
+            set_state(daemon, vm, ObservedState::Running)?;
+        }
         Some("Paused") => {
             set_state(daemon, vm, ObservedState::Paused)?;
         }
@@ -207,4 +218,128 @@ fn vanished(daemon: &Arc<Daemon>, vm: &VmRecord, why: Option<String>) -> ApiResu
         })?;
     }
     Ok((false, false))
+}
+
+/// Snapshots still `creating` were cut short by petreld's end: their files and records go.
+fn drop_unfinished_snapshots(daemon: &Daemon) -> ApiResult<()> {
+    let all = daemon.store().list_snapshots(None)?;
+    for s in all.into_iter().filter(|s| s.state != "ready") {
+        let dir = VmDir::new(&daemon.config.state_dir, &s.vm_id);
+        let _ = std::fs::remove_dir_all(super::snapshots::snapshot_dir(&dir, &s.name));
+        daemon.store().delete_snapshot(&s.vm_id, &s.name)?;
+        log::warn!(
+            "reconcile: VM {}: snapshot {} was cut short by petreld's restart; removed",
+            s.vm_id,
+            s.name
+        );
+    }
+    Ok(())
+}
+
+/// Finishes what petreld was doing to claimed `vm` when it ended (`live`: its petrel, if one
+/// runs): a VM being received, a migration out, a revert. `None` when there was nothing
+/// (the VM is reconciled as usual), else whether its petrel is watched again.
+fn finish_operation(
+    daemon: &Arc<Daemon>,
+    vm: &VmRecord,
+    live: Option<ProcessId>,
+) -> ApiResult<Option<bool>> {
+    if vm.state == ObservedState::Incoming {
+        // The source sees the receiving petrel go and keeps the VM.
+        let dir = VmDir::new(&daemon.config.state_dir, &vm.id);
+        let running = live.is_some_and(|_| {
+            let quick = Client::new(dir.socket()).with_timeout(Duration::from_secs(2));
+            matches!(
+                launcher::vm_state(&quick).ok().flatten().as_deref(),
+                Some("Running" | "Paused")
+            )
+        });
+        if let (true, Some(p)) = (running, live) {
+            if daemon.attach(&vm.id, p, dir.socket()).is_ok() {
+                set_state(daemon, vm, ObservedState::Running)?;
+                return Ok(Some(true));
+            }
+        }
+        log::warn!(
+            "reconcile: VM {}: its migration here was cut short; forgotten",
+            vm.id
+        );
+        daemon.forget_incoming(&vm.id, live);
+        return Ok(Some(false));
+    }
+    if vm.state == ObservedState::Migrated {
+        return Ok(Some(false));
+    }
+    let Some(op) = daemon.store().operation(&vm.id)? else {
+        return Ok(None);
+    };
+    match op.kind.as_str() {
+        "revert" => {
+            if let Some(p) = live {
+                launcher::kill(p);
+            }
+            let vm = daemon.finish_revert(vm, std::path::Path::new(&op.arg))?;
+            if vm.state == ObservedState::Failed {
+                return Ok(Some(false));
+            }
+            Ok(Some(true))
+        }
+        "migrate" => {
+            let to = std::path::PathBuf::from(&op.arg);
+            let dir = VmDir::new(&daemon.config.state_dir, &vm.id);
+            // The petrel may still be sending (its API waits meanwhile): it either exits
+            // (sent) or answers again (the send failed and it runs on).
+            log::info!(
+                "reconcile: VM {}: a migration to {} was under way (petrel {})",
+                vm.id,
+                op.arg,
+                if live.is_some() { "alive" } else { "gone" }
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            let answered = live.filter(|p| loop {
+                if !p.alive() {
+                    break false;
+                }
+                let quick = Client::new(dir.socket()).with_timeout(Duration::from_secs(2));
+                if quick
+                    .get(api::request::Endpoint::VmmPing.path())
+                    .is_ok_and(|r| r.status == 200)
+                {
+                    break true;
+                }
+                if std::time::Instant::now() > deadline {
+                    break true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            });
+            log::info!(
+                "reconcile: VM {}: its petrel {}",
+                vm.id,
+                if answered.is_some() {
+                    "answers: the VM stays here"
+                } else {
+                    "is gone"
+                }
+            );
+            match answered {
+                Some(p) => {
+                    daemon.store().end_operation(&vm.id)?;
+                    let before = daemon.store().modify_vm(&vm.id, |v| {
+                        v.state = ObservedState::Running;
+                    })?;
+                    reattach(daemon, &before, p, &dir)?;
+                    Ok(Some(true))
+                }
+                None => {
+                    daemon.finish_migration(vm, &to, live)?;
+                    Ok(Some(false))
+                }
+            }
+        }
+        other => {
+            log::warn!("reconcile: VM {}: unknown operation {other}", vm.id);
+            daemon.store().end_operation(&vm.id)?;
+            Ok(None)
+        }
+    }
 }

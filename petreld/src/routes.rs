@@ -35,6 +35,14 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ("/v1/vms/{id}/resume", &[Method::Post]),
     ("/v1/vms/{id}/reboot", &[Method::Post]),
     ("/v1/vms/{id}/console", &[Method::Get]),
+    ("/v1/vms/{id}/snapshots", &[Method::Get, Method::Post]),
+    (
+        "/v1/vms/{id}/snapshots/{name}",
+        &[Method::Get, Method::Delete],
+    ),
+    ("/v1/vms/{id}/revert", &[Method::Post]),
+    ("/v1/vms/{id}/migrate", &[Method::Post]),
+    ("/v1/migrations/incoming", &[Method::Post]),
     ("/v1/templates", &[Method::Get, Method::Post]),
     ("/v1/templates/{name}", &[Method::Get, Method::Delete]),
     ("/v1/networks", &[Method::Get, Method::Post]),
@@ -141,6 +149,27 @@ pub fn handle(daemon: &Arc<Daemon>, req: Request) -> Response {
         ("/v1/vms/{id}/resume", _) => action(daemon, p(0), "resume"),
         ("/v1/vms/{id}/reboot", _) => action(daemon, p(0), "reboot"),
         ("/v1/vms/{id}/console", _) => console(daemon, &req, p(0)),
+        ("/v1/vms/{id}/snapshots", Method::Get) => daemon
+            .list_snapshots(p(0))
+            .map(|s| Response::json(200, &json!({ "items": s }))),
+        ("/v1/vms/{id}/snapshots", _) => optional_body(&req)
+            .and_then(|c| daemon.create_snapshot(p(0), c))
+            .map(|s| Response::json(201, &s)),
+        ("/v1/vms/{id}/snapshots/{name}", Method::Get) => daemon
+            .get_snapshot(p(0), p(1))
+            .map(|s| Response::json(200, &s)),
+        ("/v1/vms/{id}/snapshots/{name}", _) => daemon
+            .delete_snapshot(p(0), p(1))
+            .map(|()| Response::no_content()),
+        ("/v1/vms/{id}/revert", _) => body(&req)
+            .and_then(|r| daemon.revert_vm(p(0), r))
+            .map(|vm| Response::json(200, &vm)),
+        ("/v1/vms/{id}/migrate", _) => body(&req)
+            .and_then(|r| daemon.migrate_vm(p(0), r))
+            .map(|vm| Response::json(200, &vm)),
+        ("/v1/migrations/incoming", _) => body(&req)
+            .and_then(|r| daemon.incoming_vm(r))
+            .map(|(url, vm)| Response::json(201, &json!({"receiver_url": url, "vm": vm}))),
         ("/v1/templates", Method::Get) => daemon
             .store()
             .list_templates()
@@ -257,6 +286,15 @@ fn body<T: serde::de::DeserializeOwned>(req: &Request) -> ApiResult<T> {
     }
     req.json()
         .map_err(|e| ApiError::new(400, format!("malformed JSON body: {e}")))
+}
+
+/// A JSON body that may be left out (its type's default then).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(req: &Request) -> ApiResult<T> {
+    if req.body.is_empty() {
+        Ok(T::default())
+    } else {
+        body(req)
+    }
 }
 
 fn action(daemon: &Arc<Daemon>, id: &str, what: &str) -> ApiResult<Response> {

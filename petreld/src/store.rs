@@ -13,6 +13,10 @@ use super::events::VmEvent;
 use super::model::{Cursor, ListQuery, SortKey, Template, VmPage, VmRecord};
 use super::reserve::{is_disk_full, Reserve};
 
+mod snapshots;
+
+pub use snapshots::{Operation, SnapshotRecord};
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -97,6 +101,22 @@ CREATE TABLE volumes (
     backing TEXT,
     created_at TEXT NOT NULL,
     PRIMARY KEY (pool, name)
+);
+"#,
+    r#"
+CREATE TABLE snapshots (
+    vm_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (vm_id, name)
+);
+CREATE TABLE operations (
+    vm_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    arg TEXT NOT NULL,
+    started_at TEXT NOT NULL
 );
 "#,
 ];
@@ -371,7 +391,11 @@ impl Store {
 
     fn delete_vm_now(&mut self, id: &str) -> Result<()> {
         let old = self.get_vm(id)?;
-        let n = self.conn.execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM snapshots WHERE vm_id = ?1", [id])?;
+        tx.execute("DELETE FROM operations WHERE vm_id = ?1", [id])?;
+        let n = tx.execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        tx.commit()?;
         if let (Some(vm), true) = (old, n > 0) {
             self.notify(event(&vm, "deleted"));
         }

@@ -315,6 +315,8 @@ static void parse_cmdline(const char *c, struct options *o)
 		if (starts_with(c, "exits=")) {
 			o->have_exits = 1;
 			o->exits = parse_dec(c + 6, len - 6);
+		} else if (starts_with(c, "countspins=")) {
+			count_spins = (u32)parse_dec(c + 11, len - 11);
 		} else if (starts_with(c, "exitport=")) {
 			o->exit_port = (u16)parse_dec(c + 9, len - 9);
 		} else if (starts_with(c, "action=")) {

@@ -354,3 +354,61 @@ fn a_guest_dirtying_memory_migrates_through_precopy_rounds() {
         counted[0]
     );
 }
+
+/// A request still queued when petrel exits is answered at once and does not hold the exit up
+/// (the API thread waited out its 60 s reply timeout first: a petreld restarted during a
+/// migration out timed out pinging the source petrel that was exiting).
+#[test]
+fn a_request_queued_at_exit_does_not_hold_it_up() {
+    require_kvm!();
+    let vm = ApiVm::start("exit-queue", &[]);
+    let sock = vm.dir.0.join("mig.sock");
+    let request = |method: Method, op: &'static str, body: Option<String>| {
+        let api = vm.socket.clone();
+        std::thread::spawn(move || {
+            Client::new(&api)
+                .with_timeout(Duration::from_secs(120))
+                .request(
+                    method,
+                    &format!("/api/v1/{op}"),
+                    body.as_deref().map(str::as_bytes),
+                )
+                .map(|r| r.status)
+        })
+    };
+    // The event loop waits in vm.receive-migration; a shutdown and a ping queue up behind it.
+    let body = json!({"receiver_url": format!("unix:{}", sock.display())}).to_string();
+    let receive = request(Method::Put, "vm.receive-migration", Some(body));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the destination never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let shutdown = request(Method::Put, "vmm.shutdown", None);
+    std::thread::sleep(Duration::from_millis(300));
+    let ping = request(Method::Get, "vmm.ping", None);
+    std::thread::sleep(Duration::from_millis(300));
+    // Not a migration stream: vm.receive-migration fails, then vmm.shutdown ends petrel.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"not a petrel stream").unwrap();
+    drop(s);
+    let t = Instant::now();
+    assert_eq!(receive.join().unwrap().ok(), Some(400));
+    assert_eq!(shutdown.join().unwrap().ok(), Some(200));
+    let run = vm.petrel.wait(Duration::from_secs(20));
+    assert!(
+        !run.timed_out && run.success(),
+        "petrel did not exit within 20 s of vmm.shutdown\n{}",
+        run.dump()
+    );
+    let pinged = ping.join().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "the queued ping was answered after {:?}: {pinged:?}",
+        t.elapsed()
+    );
+    assert!(
+        !matches!(pinged, Ok(200)),
+        "a ping queued behind vmm.shutdown was served"
+    );
+}

@@ -353,3 +353,74 @@ fn a_virtio_pci_vm_is_not_snapshotted_without_its_pci_state() {
     );
     let _ = vm.shutdown_vmm();
 }
+
+/// The ops budget of the disk's rate limiter in the snapshot at `dir` (`state.json`).
+fn disk_ops_budget(dir: &Path) -> u64 {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    let disk = state["virtio"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "disk0")
+        .unwrap_or_else(|| panic!("no disk0 in {state}"));
+    disk["limiters"][0]["ops"]["budget"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no ops budget saved: {disk}"))
+}
+
+/// A rate limiter's budget is carried across snapshot → restore (a restored disk does not
+/// get a full bucket): a disk limited to 1000 operations per hour that the guest has used is
+/// restored with what was left, as a second snapshot of the restored VM shows.
+#[test]
+fn rate_limiter_budgets_are_carried_across_restore() {
+    require_kvm!();
+    let mut vm = ApiVm::start("snap-rl", &[]);
+    let disk = vm.dir.0.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut cfg = guest_config("action=count-blk");
+    cfg["disks"] = json!([{"path": disk, "id": "disk0",
+        "rate_limiter_config": {"ops": {"size": 1000, "refill_time": 3_600_000}}}]);
+    cfg["platform"] = json!({"virtio_mmio_cmdline": true});
+    vm.put_ok("vm.create", Some(&cfg), 204);
+    vm.put_ok("vm.boot", None, 204);
+    assert!(
+        vm.petrel
+            .wait_for_stdout(GUEST_BOOT_TIMEOUT, |out| count_values(out).len() >= 10),
+        "no COUNT lines\n{}",
+        tail(&vm.petrel.stdout())
+    );
+    vm.put_ok("vm.pause", None, 204);
+    let first = vm.dir.0.join("first");
+    vm.put_ok(
+        "vm.snapshot",
+        Some(&json!({"destination_url": url(&first)})),
+        204,
+    );
+    let used = disk_ops_budget(&first);
+    assert!(
+        used < 995,
+        "ten counts used no disk operations: budget {used}"
+    );
+    // The source goes (its disk lock with it); its directory stays for the restore.
+    let source_dir = vm.dir.0.clone();
+    let _keep = std::mem::replace(&mut vm.dir.0, std::env::temp_dir().join("petrel-none"));
+    drop(vm);
+
+    let restored = ApiVm::start("snap-rl-restored", &[]);
+    restored.put_ok("vm.restore", Some(&json!({"source_url": url(&first)})), 204);
+    let second = source_dir.join("second");
+    restored.put_ok(
+        "vm.snapshot",
+        Some(&json!({"destination_url": url(&second)})),
+        204,
+    );
+    let carried = disk_ops_budget(&second);
+    // At most a token or two refilled meanwhile (1000 per hour).
+    assert!(
+        carried >= used && carried <= used + 2,
+        "saved with {used} operations left, restored with {carried}"
+    );
+    drop(restored);
+    let _ = std::fs::remove_dir_all(source_dir);
+}

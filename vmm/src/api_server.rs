@@ -138,7 +138,17 @@ pub fn request(endpoint: Endpoint, mut req: Request) -> Result<VmmRequest, OpErr
             VmmRequest::Snapshot(parse(&req, endpoint.name(), compat::snapshot_from_ch)?)
         }
         Endpoint::VmRestore => {
-            VmmRequest::Restore(parse(&req, endpoint.name(), compat::restore_from_ch)?)
+            let mut restore = parse(&req, endpoint.name(), compat::restore_from_ch)?;
+            // Tap fds passed with SCM_RIGHTS are numbered into net_fds, in order.
+            let fds = req.take_fds();
+            if let Some(list) = restore.net_fds.as_mut() {
+                use std::os::fd::AsRawFd;
+                let mut raw = fds.iter().map(|fd| fd.as_raw_fd());
+                for entry in list {
+                    entry.fds = Some(raw.by_ref().take(entry.num_fds).collect());
+                }
+            }
+            VmmRequest::Restore { restore, fds }
         }
         Endpoint::VmSendMigration => VmmRequest::SendMigration(parse(
             &req,

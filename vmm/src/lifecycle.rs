@@ -428,8 +428,8 @@ impl Vmm {
             }
             VmmRequest::RemoveDevice(r) => self.remove_device(&r.id).map(done),
             VmmRequest::Snapshot(s) => self.snapshot(&s.destination_url).map(done),
-            VmmRequest::Restore(r) => {
-                self.restore(&r.source_url, r.prefault, event_loop)?;
+            VmmRequest::Restore { restore: r, fds } => {
+                self.restore(&r, fds, event_loop)?;
                 if r.resume {
                     self.resume()?;
                 }
@@ -440,9 +440,7 @@ impl Vmm {
                 log::info!("exiting: the VM was migrated");
                 Ok(Reply::Exit(0))
             }
-            VmmRequest::ReceiveMigration(m) => self
-                .receive_migration(&m.receiver_url, event_loop)
-                .map(done),
+            VmmRequest::ReceiveMigration(m) => self.receive_migration(&m, event_loop).map(done),
         }
     }
 

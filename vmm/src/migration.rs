@@ -158,7 +158,7 @@ impl Sender {
             region
                 .read_slice(&mut buf, MemoryRegionAddress((p * PAGE) as u64))
                 .map_err(|e| MigrationError::Protocol(format!("reading guest memory: {e}")))?;
-            let zero = skip_zero && buf.iter().all(|&b| b == 0);
+            let zero = skip_zero && crate::snapshot::memory::is_zero(&buf);
             let contiguous = run_start.is_some() && p == next && run.len() < PAGE * RUN_PAGES;
             if (zero || !contiguous) && !run.is_empty() {
                 self.flush_run(region, run_start.unwrap_or(0), &run)?;

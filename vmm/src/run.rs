@@ -155,7 +155,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         vmm.boot(&mut event_loop)?;
     }
     if let Some(r) = &opts.restore {
-        vmm.restore(&r.source_url, r.prefault, &mut event_loop)?;
+        vmm.restore(r, Vec::new(), &mut event_loop)?;
         if r.resume {
             vmm.resume()?;
         }
@@ -165,7 +165,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         crate::fc_api::cli::start(fc, launch, &mut vmm, &mut event_loop)
             .map_err(|e| Error::Refused(crate::lifecycle::OpError::invalid(e)))?;
     }
-    loop {
+    let code = (|| loop {
         let turn = event_loop.run_turn()?;
         if let Some(outcome) = turn.outcome {
             if let Next::Exit(code) = vmm.on_outcome(outcome, &mut event_loop)? {
@@ -188,7 +188,12 @@ pub fn run(opts: &Options) -> Result<i32> {
                 }
             }
         }
-    }
+    })();
+    // Requests still queued (a client that asked while the last one ran) are dropped first,
+    // so their callers get 503 at once: the API server, stopped next, waits for its thread,
+    // which would otherwise wait out the reply timeout (60 s) before petrel could exit.
+    drop(api_rx);
+    code
 }
 
 /// Limits the files the main thread may open to `rules` (see [`landlock`]); every path is

@@ -19,13 +19,15 @@ pub static RESTORE: Schema = Schema {
         ("source_url", Rule::Petrel),
         ("prefault", Rule::Petrel),
         ("resume", Rule::Petrel),
+        ("serial_file", Rule::Petrel),
         (
             "memory_restore_mode",
             Rule::Default(&[Dv::Str("Copy"), Dv::Str("OnDemand")]),
         ),
         ("zone_updates", NO_LIST),
+        // New tap descriptors for interfaces saved as descriptors (SCM_RIGHTS, in order).
+        ("net_fds", Rule::Petrel),
         // Sent by ch-remote (descriptors for restored devices): only without descriptors.
-        ("net_fds", NULL),
         ("vfio_fds", NULL),
         ("iommufd_fd", NULL),
     ],
@@ -36,6 +38,7 @@ pub static RECEIVE_MIGRATION: Schema = Schema {
     name: "ReceiveMigrationData",
     fields: &[
         ("receiver_url", Rule::Petrel),
+        ("serial_file", Rule::Petrel),
         ("tls_dir", NULL),
         ("memory_mode", Rule::Default(&[Dv::Str("Precopy")])),
         ("zone_updates", NO_LIST),
@@ -82,6 +85,34 @@ pub struct VmRestore {
     /// Resume the VM at once (otherwise it stays Paused until `vm.resume`).
     #[serde(default)]
     pub resume: bool,
+    /// petrel's extension: a serial port saved in `File` mode writes to this file instead of
+    /// the saved one (petreld restores a VM under another directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_file: Option<std::path::PathBuf>,
+    /// New tap descriptors for the interfaces saved as descriptors (`net[].fds`), which did not
+    /// outlive their process: the descriptors come with the request (SCM_RIGHTS), `num_fds`
+    /// of them per entry, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_fds: Option<Vec<RestoredNet>>,
+}
+
+/// One entry of `vm.restore`'s `net_fds` (Cloud Hypervisor's `RestoredNetConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoredNet {
+    /// The interface's id (`net[].id`, or `netN` for the N-th interface without one).
+    pub id: String,
+    /// How many of the request's descriptors are this interface's (petrel: 1).
+    #[serde(default = "one")]
+    pub num_fds: usize,
+    /// Descriptor numbers: set from those received with the request (numbers in the body
+    /// are not used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fds: Option<Vec<i32>>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// `vm.receive-migration`: where to wait for the VM.
@@ -90,6 +121,10 @@ pub struct VmRestore {
 pub struct VmReceiveMigration {
     /// `unix:/path`.
     pub receiver_url: String,
+    /// petrel's extension: a serial port received in `File` mode writes to this file instead
+    /// of the source's (petreld's destination keeps it in its own VM directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_file: Option<std::path::PathBuf>,
 }
 
 /// `vm.send-migration`: where to send the VM.

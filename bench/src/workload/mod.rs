@@ -20,6 +20,7 @@ pub mod guest_life;
 pub mod linux_boot;
 mod markers;
 pub mod memory;
+pub mod snapshot;
 pub mod tap;
 pub mod vsock;
 

@@ -201,6 +201,11 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn set_host_locks(&mut self, _held: bool) -> Result<(), String> {
         Ok(())
     }
+    /// The device's rate limiters in a fixed order (a slot the config leaves unlimited is
+    /// `None`), so that a snapshot carries their budgets.
+    fn rate_limiters(&mut self) -> Vec<Option<&mut crate::rate_limiter::RateLimiter>> {
+        Vec::new()
+    }
 }
 
 /// Defines a device's counters: a struct of `u64` fields (each documented) and `values()`,

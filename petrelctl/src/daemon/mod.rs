@@ -136,6 +136,43 @@ pub enum Command {
     TemplateGet(String),
     /// `template delete NAME`.
     TemplateDelete(String),
+    /// `vm snapshot ID|NAME [--name N]`.
+    VmSnapshot {
+        /// ID or name.
+        vm: String,
+        /// The snapshot's name (petreld picks one otherwise).
+        name: Option<String>,
+    },
+    /// `vm restore ID|NAME SNAPSHOT` (also `vm revert`).
+    VmRestore {
+        /// ID or name.
+        vm: String,
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// `vm migrate ID|NAME --to SOCKET`.
+    VmMigrate {
+        /// ID or name.
+        vm: String,
+        /// The destination petreld's socket.
+        to: PathBuf,
+    },
+    /// `snapshot list ID|NAME`.
+    SnapshotList(String),
+    /// `snapshot get ID|NAME SNAPSHOT`.
+    SnapshotGet {
+        /// ID or name of the VM.
+        vm: String,
+        /// The snapshot.
+        name: String,
+    },
+    /// `snapshot delete ID|NAME SNAPSHOT`.
+    SnapshotDelete {
+        /// ID or name of the VM.
+        vm: String,
+        /// The snapshot.
+        name: String,
+    },
     /// `host`.
     Host,
     /// `gates`.
@@ -153,6 +190,10 @@ impl Command {
             Command::VmAction {
                 timeout: Some(s), ..
             } => default.max(Duration::from_secs(s.saturating_add(15))),
+            // Memory is written or moved: minutes for a large VM.
+            Command::VmSnapshot { .. } | Command::VmRestore { .. } | Command::VmMigrate { .. } => {
+                default.max(Duration::from_secs(600))
+            }
             _ => default,
         }
     }
@@ -191,6 +232,22 @@ const HELP: &[(&str, &str)] = &[
         "power button, forced after S seconds",
     ),
     ("vm delete ID|NAME", "stop the VM and forget it"),
+    (
+        "vm snapshot ID|NAME [--name N]",
+        "snapshot a running or paused VM (it runs on)",
+    ),
+    (
+        "vm restore ID|NAME SNAPSHOT",
+        "bring the VM back to a snapshot (also: vm revert)",
+    ),
+    (
+        "vm migrate ID|NAME --to SOCKET",
+        "move the VM live to the petreld at SOCKET",
+    ),
+    (
+        "snapshot list|get|delete ID|NAME [SNAPSHOT]",
+        "a VM's snapshots",
+    ),
     (
         "vm console ID|NAME [--tail BYTES]",
         "the serial log (last BYTES)",
@@ -338,6 +395,13 @@ impl Words {
     }
 
     /// At most one positional argument.
+    fn two(&self, what: &str) -> Result<(String, String)> {
+        match self.positional.as_slice() {
+            [a, b] => Ok((a.clone(), b.clone())),
+            _ => Err(CtlError::usage(format!("{}: expected {what}", self.cmd))),
+        }
+    }
+
     fn optional(&self, what: &str) -> Result<Option<String>> {
         match self.positional.as_slice() {
             [] => Ok(None),
@@ -391,7 +455,7 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
             });
         }
         "pool" | "volume" => return storage::parse(&group, rest).map(Command::Storage),
-        "vm" | "template" | "network" => {}
+        "vm" | "template" | "network" | "snapshot" => {}
         _ if super::vmm::parse(words).is_ok() => {
             return Err(CtlError::usage(format!(
                 "'{group}' is a per-VM API command: missing --api-socket PATH"
@@ -491,6 +555,38 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
         }
         ("vm", "get") => Command::VmGet(split(&[], &[])?.one("ID|NAME")?),
         ("vm", "delete") => Command::VmDelete(split(&[], &[])?.one("ID|NAME")?),
+        ("vm", "snapshot") => {
+            let w = split(&["--name"], &[])?;
+            Command::VmSnapshot {
+                vm: w.one("ID|NAME")?,
+                name: w.get("--name"),
+            }
+        }
+        ("vm", "restore" | "revert") => {
+            let (vm, snapshot) = split(&[], &[])?.two("ID|NAME SNAPSHOT")?;
+            Command::VmRestore { vm, snapshot }
+        }
+        ("vm", "migrate") => {
+            let w = split(&["--to"], &[])?;
+            let to = w.get("--to").ok_or_else(|| {
+                CtlError::usage(format!(
+                    "{cmd}: --to SOCKET (the other petreld's) is required"
+                ))
+            })?;
+            Command::VmMigrate {
+                vm: w.one("ID|NAME")?,
+                to: PathBuf::from(to),
+            }
+        }
+        ("snapshot", "list") => Command::SnapshotList(split(&[], &[])?.one("ID|NAME")?),
+        ("snapshot", "get") => {
+            let (vm, name) = split(&[], &[])?.two("ID|NAME SNAPSHOT")?;
+            Command::SnapshotGet { vm, name }
+        }
+        ("snapshot", "delete") => {
+            let (vm, name) = split(&[], &[])?.two("ID|NAME SNAPSHOT")?;
+            Command::SnapshotDelete { vm, name }
+        }
         ("vm", "console") => {
             let w = split(&["--tail"], &[])?;
             Command::VmConsole {
@@ -577,6 +673,27 @@ mod tests {
         assert!(l.all);
         assert_eq!(l.limit, Some(2));
         assert_eq!(
+            parse(&words(&["vm", "migrate", "web", "--to", "/b.sock"])).unwrap(),
+            Command::VmMigrate {
+                vm: "web".into(),
+                to: "/b.sock".into()
+            }
+        );
+        assert_eq!(
+            parse(&words(&["vm", "revert", "web", "s1"])).unwrap(),
+            Command::VmRestore {
+                vm: "web".into(),
+                snapshot: "s1".into()
+            }
+        );
+        assert_eq!(
+            parse(&words(&["snapshot", "delete", "web", "s1"])).unwrap(),
+            Command::SnapshotDelete {
+                vm: "web".into(),
+                name: "s1".into()
+            }
+        );
+        assert_eq!(
             parse(&words(&["vm", "get", "--", "-odd"])).unwrap(),
             Command::VmGet("-odd".into())
         );
@@ -596,6 +713,10 @@ mod tests {
             &["vm", "console", "x", "--tail", "lots"],
             &["host", "x"],
             &["template", "list", "--bogus"],
+            &["vm", "migrate", "x"],
+            &["vm", "restore", "x"],
+            &["snapshot", "delete", "x"],
+            &["snapshot", "frob", "x"],
         ] {
             let e = parse(&words(bad)).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");

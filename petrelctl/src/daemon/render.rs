@@ -191,6 +191,40 @@ pub fn template_table(v: &Value) -> String {
     table(&["NAME", "CPUS", "MEMORY", "KERNEL", "AGE"], &rows)
 }
 
+/// `snapshot list`: a VM's snapshots.
+pub fn snapshot_table(v: &Value) -> String {
+    let now = now();
+    let rows: Vec<Vec<String>> = items(v)
+        .iter()
+        .map(|s| {
+            vec![
+                field(s, "/name"),
+                field(s, "/state"),
+                size(s, "/size_bytes"),
+                age(
+                    s.get("created_at").and_then(Value::as_str).unwrap_or(""),
+                    now,
+                ),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no snapshots\n".to_string();
+    }
+    table(&["NAME", "STATE", "SIZE", "AGE"], &rows)
+}
+
+/// `vm snapshot` and `snapshot get`: one snapshot on a line.
+pub fn snapshot(s: &Value) -> String {
+    format!(
+        "snapshot {} of VM {}: {}, {}\n",
+        field(s, "/name"),
+        field(s, "/vm_id"),
+        field(s, "/state"),
+        size(s, "/size_bytes")
+    )
+}
+
 /// `template get`: one template.
 pub fn template(t: &Value) -> String {
     let mut f = Fields::new();

@@ -137,6 +137,58 @@ pub fn execute(api: &Api, command: &Command) -> Result<Outcome> {
                 text: format!("template {name} deleted\n"),
             });
         }
+        Command::VmSnapshot { vm, name } => {
+            let route = "vm snapshot";
+            let body = match name {
+                Some(n) => json!({ "name": n }),
+                None => json!({}),
+            };
+            let path = vm_path(vm, "snapshots");
+            let s = need(route, call(api, route, Method::Post, &path, Some(&body))?)?;
+            let text = render::snapshot(&s);
+            (s, text)
+        }
+        Command::VmRestore { vm, snapshot } => {
+            let route = "vm restore";
+            let body = json!({ "snapshot": snapshot });
+            let path = vm_path(vm, "revert");
+            let v = need(route, call(api, route, Method::Post, &path, Some(&body))?)?;
+            let text = format!(
+                "{}\n",
+                render::vm_summary(&v, &format!("restored from {snapshot}"))
+            );
+            (v, text)
+        }
+        Command::VmMigrate { vm, to } => {
+            let route = "vm migrate";
+            let body = json!({ "to": to });
+            let path = vm_path(vm, "migrate");
+            let v = need(route, call(api, route, Method::Post, &path, Some(&body))?)?;
+            let text = format!("{}\n", render::vm_summary(&v, "moved"));
+            (v, text)
+        }
+        Command::SnapshotList(vm) => {
+            let route = "snapshot list";
+            let path = vm_path(vm, "snapshots");
+            let v = need(route, call(api, route, Method::Get, &path, None)?)?;
+            let text = render::snapshot_table(&v);
+            (v, text)
+        }
+        Command::SnapshotGet { vm, name } => {
+            let route = "snapshot get";
+            let path = vm_path(vm, &format!("snapshots/{}", encode(name)));
+            let v = need(route, call(api, route, Method::Get, &path, None)?)?;
+            let text = render::snapshot(&v);
+            (v, text)
+        }
+        Command::SnapshotDelete { vm, name } => {
+            let path = vm_path(vm, &format!("snapshots/{}", encode(name)));
+            call(api, "snapshot delete", Method::Delete, &path, None)?;
+            return Ok(Outcome {
+                json: None,
+                text: format!("snapshot {name} of VM {vm} deleted\n"),
+            });
+        }
         Command::Host => {
             let v = need("host", call(api, "host", Method::Get, "/v1/host", None)?)?;
             let text = render::host(&v);

@@ -55,6 +55,8 @@ fn parse_restore(v: &str) -> Result<api::compat::VmRestore, String> {
         source_url: String::new(),
         prefault: false,
         resume: false,
+        serial_file: None,
+        net_fds: None,
     };
     let on_off = |key: &str, value: &str| match value {
         "on" | "true" => Ok(true),

@@ -211,9 +211,10 @@ impl Vmm {
     /// `vm.receive-migration`: waits at `receiver_url` (`unix:/path`) for a VM and runs it.
     pub fn receive_migration(
         &mut self,
-        receiver_url: &str,
+        request: &api::compat::VmReceiveMigration,
         event_loop: &mut EventLoop,
     ) -> Result<(), OpError> {
+        let receiver_url = request.receiver_url.as_str();
         if self.state != VmState::NotCreated {
             return Err(OpError::invalid(format!(
                 "vm.receive-migration: this petrel already has a VM (it is {})",
@@ -235,9 +236,11 @@ impl Vmm {
         let received = migration::receive(&mut stream, &check);
         let installed = match received {
             // Before the VM's files are opened and its vCPU threads start.
-            Ok((memory, state)) => self
-                .landlock_before_boot(&state.config)
-                .and_then(|()| self.install(memory, state, event_loop)),
+            Ok((memory, mut state)) => {
+                super::snapshot::redirect_serial(&mut state.config, request.serial_file.as_deref());
+                self.landlock_before_boot(&state.config)
+                    .and_then(|()| self.install(memory, state, event_loop))
+            }
             Err(e) => Err(e.into()),
         };
         let answer = installed

@@ -87,6 +87,7 @@ impl Vmm {
             .map(|slot| VirtioState {
                 name: slot.name.clone(),
                 transport: lock(&slot.transport).save(),
+                limiters: save_limiters(&mut *lock(&slot.device)),
             })
             .collect();
         Ok(VmSnapshot {
@@ -144,17 +145,29 @@ impl Vmm {
     /// which must have no VM. The restored VM is Paused until `vm.resume`.
     pub fn restore(
         &mut self,
-        source_url: &str,
-        prefault: bool,
+        request: &api::compat::VmRestore,
+        fds: Vec<std::os::fd::OwnedFd>,
         event_loop: &mut EventLoop,
     ) -> Result<(), OpError> {
-        let dir = snapshot::dir_from_url("source_url", source_url)?;
-        self.restore_from(&SnapshotFiles::Dir(dir), prefault, |_| Ok(()), event_loop)
-            .map(drop)
+        let dir = snapshot::dir_from_url("source_url", &request.source_url)?;
+        let received = fds.len();
+        self.restore_from(
+            &SnapshotFiles::Dir(dir),
+            request.prefault,
+            |cfg| {
+                redirect_serial(cfg, request.serial_file.as_deref());
+                give_net_fds(cfg, request.net_fds.as_deref(), received)
+            },
+            event_loop,
+        )?;
+        // The devices hold copies; the config names these numbers, so they stay open.
+        self.keep_fds(fds);
+        Ok(())
     }
 
     /// Builds the VM saved in `files` in this process, which must have no VM; `adjust` may
-    /// change the saved config first (a tap's name: Firecracker's `network_overrides`). The
+    /// change the saved config first (a tap's name: Firecracker's `network_overrides`; new
+    /// tap descriptors and serial file: `vm.restore`'s `net_fds` and `serial_file`). The
     /// restored VM is Paused. Returns the front end's record saved with it.
     pub fn restore_from(
         &mut self,
@@ -249,6 +262,84 @@ impl Vmm {
     }
 }
 
+/// The budgets of `device`'s rate limiters (an unlimited slot saves as unlimited); empty
+/// when it has none.
+fn save_limiters(
+    device: &mut dyn devices::virtio::VirtioDevice,
+) -> Vec<devices::rate_limiter::RateLimiterState> {
+    let limiters = device.rate_limiters();
+    if limiters.iter().all(Option::is_none) {
+        return Vec::new();
+    }
+    limiters
+        .into_iter()
+        .map(|l| l.map(|l| l.save()).unwrap_or_default())
+        .collect()
+}
+
+/// Puts the descriptors of `net_fds` (numbers of the `received` descriptors, set by the API
+/// server) into the interfaces saved as descriptors. Every such interface needs one: a saved
+/// number means nothing in this process.
+fn give_net_fds(
+    cfg: &mut api::VmConfig,
+    net_fds: Option<&[api::compat::RestoredNet]>,
+    received: usize,
+) -> Result<(), OpError> {
+    let list = net_fds.unwrap_or_default();
+    let named: usize = list.iter().map(|n| n.num_fds).sum();
+    if named != received {
+        return Err(OpError::invalid(format!(
+            "vm.restore: net_fds names {named} descriptors, {received} came with the request \
+             (SCM_RIGHTS)"
+        )));
+    }
+    let nets = cfg.net.get_or_insert_with(Vec::new);
+    for entry in list {
+        let net = nets
+            .iter_mut()
+            .enumerate()
+            .find(|(i, n)| n.id.clone().unwrap_or_else(|| format!("net{i}")) == entry.id)
+            .map(|(_, n)| n)
+            .ok_or_else(|| {
+                OpError::invalid(format!(
+                    "vm.restore: net_fds: the snapshot has no interface '{}'",
+                    entry.id
+                ))
+            })?;
+        if entry.num_fds != 1 {
+            return Err(OpError::invalid(format!(
+                "vm.restore: net_fds '{}': {} descriptors (petrel takes one tap per interface)",
+                entry.id, entry.num_fds
+            )));
+        }
+        net.fds = entry.fds.clone();
+        net.tap = None;
+    }
+    for (i, n) in nets.iter().enumerate() {
+        let given = list
+            .iter()
+            .any(|e| Some(&e.id) == n.id.as_ref() || e.id == format!("net{i}"));
+        if n.fds.is_some() && !given {
+            return Err(OpError::invalid(format!(
+                "vm.restore: net[{i}] ({}) was given as a tap descriptor, which did not outlive \
+                 its process: pass a new one in net_fds",
+                n.id.as_deref().unwrap_or("no id")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A serial port saved in `File` mode writes to `file` instead, when one is given (the
+/// `serial_file` extension of `vm.restore` and `vm.receive-migration`).
+pub(crate) fn redirect_serial(cfg: &mut api::VmConfig, file: Option<&std::path::Path>) {
+    if let Some(file) = file {
+        if cfg.serial.mode == api::SerialMode::File {
+            cfg.serial.file = Some(file.to_path_buf());
+        }
+    }
+}
+
 /// Sets every device's saved state on the freshly built machine.
 fn restore_devices(machine: &Machine, state: &VmSnapshot) -> Result<(), SnapshotError> {
     let device = |device: &str| {
@@ -280,6 +371,12 @@ fn restore_devices(machine: &Machine, state: &VmSnapshot) -> Result<(), Snapshot
         lock(&slot.transport)
             .restore(&saved.transport)
             .map_err(|e| device(&slot.name)(e.to_string()))?;
+        let mut dev = lock(&slot.device);
+        for (limiter, state) in dev.rate_limiters().into_iter().zip(&saved.limiters) {
+            if let Some(limiter) = limiter {
+                limiter.restore(state);
+            }
+        }
     }
     Ok(())
 }

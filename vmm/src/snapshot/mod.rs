@@ -183,6 +183,10 @@ pub struct VirtioState {
     pub name: String,
     /// Transport registers, features, queues and config space.
     pub transport: TransportState,
+    /// The budgets of the device's rate limiters, in the device's order (disk: one; net: rx,
+    /// tx); absent in snapshots of devices without limiters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limiters: Vec<devices::rate_limiter::RateLimiterState>,
 }
 
 /// `state.json`: everything but memory.

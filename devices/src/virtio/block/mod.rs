@@ -548,6 +548,10 @@ impl VirtioDevice for Block {
         );
     }
 
+    fn rate_limiters(&mut self) -> Vec<Option<&mut RateLimiter>> {
+        vec![self.rate_limiter.as_mut()]
+    }
+
     fn set_host_locks(&mut self, held: bool) -> Result<(), String> {
         self.disk
             .set_lock(held, self.readonly)

@@ -426,6 +426,10 @@ impl VirtioDevice for Net {
         }
     }
 
+    fn rate_limiters(&mut self) -> Vec<Option<&mut RateLimiter>> {
+        vec![self.rx_limiter.as_mut(), self.tx_limiter.as_mut()]
+    }
+
     fn counter_values(&self) -> Vec<(&'static str, u64)> {
         self.counters.values()
     }
