@@ -38,6 +38,7 @@ pub mod snapshots;
 pub mod storage;
 pub mod store;
 pub mod supervisor;
+pub mod templates;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;

@@ -66,6 +66,12 @@ pub struct IncomingVm {
     /// Its restart policy.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Its template, description and tags.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Its description, tags and template version.
+    #[serde(default)]
+    pub meta: crate::model::VmMeta,
 }
 
 fn peer(to: &Path) -> Client {
@@ -143,6 +149,8 @@ impl Daemon {
             config: vm.config.clone(),
             hypervisor: vm.hypervisor.clone(),
             restart: vm.restart,
+            template: vm.template.clone(),
+            meta: vm.meta.clone(),
         };
         let body = serde_json::to_vec(&incoming).map_err(|e| ApiError::new(500, e.to_string()))?;
         let answer = peer(&req.to).request(Method::Post, "/v1/migrations/incoming", Some(&body));
@@ -294,7 +302,7 @@ impl Daemon {
             desired_state: DesiredState::Running,
             state: ObservedState::Incoming,
             config: req.config.clone(),
-            template: None,
+            template: req.template.clone(),
             hypervisor_requested: HypervisorRequest::Auto,
             hypervisor: req.hypervisor.clone(),
             restart: req.restart,
@@ -306,6 +314,7 @@ impl Daemon {
             net: Vec::new(),
             created_at: t.clone(),
             updated_at: t,
+            meta: req.meta.clone(),
         };
         {
             let _admission = lock(&self.admission);

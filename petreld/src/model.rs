@@ -54,6 +54,54 @@ pub struct VmRecord {
     pub created_at: String,
     /// Last change, RFC 3339 UTC.
     pub updated_at: String,
+    /// Description, tags and the template version it came from.
+    #[serde(flatten, default)]
+    pub meta: VmMeta,
+}
+
+/// What a VM is beside its configuration: free text and tags for people and tools, and
+/// which version of its template it was made from (filterable in `GET /v1/vms`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmMeta {
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The version of `template` it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_version: Option<u32>,
+}
+
+/// Longest description of a VM or template.
+pub const MAX_DESCRIPTION: usize = 1024;
+/// Most tags on one VM.
+pub const MAX_TAGS: usize = 32;
+
+/// Checks a description and tags: at most [`MAX_DESCRIPTION`] bytes; at most [`MAX_TAGS`]
+/// tags of 1 to 63 letters, digits, `.`, `_`, `-`, none twice.
+pub fn validate_meta(description: Option<&str>, tags: &[String]) -> Result<(), String> {
+    if description.is_some_and(|d| d.len() > MAX_DESCRIPTION) {
+        return Err(format!("description: longer than {MAX_DESCRIPTION} bytes"));
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(format!("tags: {} tags (at most {MAX_TAGS})", tags.len()));
+    }
+    for (i, t) in tags.iter().enumerate() {
+        let ok = (1..=63).contains(&t.len())
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return Err(format!(
+                "tags: {t:?} is not 1 to 63 letters, digits, '.', '_' or '-'"
+            ));
+        }
+        if tags[..i].contains(t) {
+            return Err(format!("tags: {t:?} is given twice"));
+        }
+    }
+    Ok(())
 }
 
 /// `POST /v1/vms`.
@@ -90,6 +138,15 @@ pub struct CreateVm {
     /// configuration, and its memory and devices as they were; it starts at once.
     #[serde(default)]
     pub snapshot: Option<crate::snapshots::SnapshotRef>,
+    /// The template's version to use (default: its latest).
+    #[serde(default)]
+    pub template_version: Option<u32>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -110,6 +167,9 @@ pub struct Template {
     /// Creation time, RFC 3339 UTC (set by petreld).
     #[serde(default)]
     pub created_at: String,
+    /// Its version, from 1 (set by petreld; `GET /v1/templates/{name}` shows the latest).
+    #[serde(default)]
+    pub version: u32,
 }
 
 /// How `GET /v1/vms` sorts.
@@ -132,6 +192,12 @@ pub struct ListQuery {
     pub labels: Vec<(String, String)>,
     /// Chosen hypervisor.
     pub hypervisor: Option<String>,
+    /// Every tag must be on the VM.
+    pub tags: Vec<String>,
+    /// Made from this template.
+    pub template: Option<String>,
+    /// Its description contains this text.
+    pub description: Option<String>,
     /// Sort key.
     pub sort: SortKey,
     /// Descending.

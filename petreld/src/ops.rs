@@ -12,8 +12,8 @@ use super::cgroup;
 use super::host::{Allocation, Host, Limits};
 use super::launcher::{self, SpawnOptions, VmDir};
 use super::model::{
-    merge_patch, now, validate_labels, validate_vm_name, CreateVm, DesiredState, ObservedState,
-    RestartPolicy, VmRecord,
+    merge_patch, now, validate_labels, validate_meta, validate_vm_name, CreateVm, DesiredState,
+    ObservedState, RestartPolicy, VmMeta, VmRecord,
 };
 use super::net::{self, ManagedNet, NetRequest};
 use super::process::{self, ProcessId};
@@ -58,9 +58,17 @@ impl Daemon {
     /// The configuration a create request describes: `config`, or a template with
     /// `overrides` merged in; validated, kernel and initramfs checked to exist. `config.net`
     /// entries without `tap` and `fds` are taken out and returned as interfaces petreld
-    /// makes taps for (after those of the request's `net`).
-    fn resolve_config(&self, req: &CreateVm) -> ApiResult<(VmConfig, Vec<NetRequest>)> {
+    /// makes taps for (after those of the request's `net`). With a template, also the
+    /// version used.
+    fn resolve_config(
+        &self,
+        req: &CreateVm,
+    ) -> ApiResult<(VmConfig, Vec<NetRequest>, Option<u32>)> {
         let bad = |m: String| ApiError::new(400, m);
+        if req.template_version.is_some() && req.template.is_none() {
+            return Err(bad("template_version: give template too".into()));
+        }
+        let mut version = None;
         let value = match (&req.config, &req.template) {
             (Some(_), Some(_)) => return Err(bad("give config or template, not both".into())),
             (None, None) => return Err(bad("config or template is required".into())),
@@ -71,9 +79,18 @@ impl Daemon {
                 c.clone()
             }
             (None, Some(name)) => {
-                let t = self.store().get_template(name)?.ok_or_else(|| {
-                    ApiError::new(422, format!("template: no template named {name:?}"))
+                let t = match req.template_version {
+                    None => self.store().get_template(name)?,
+                    Some(v) => self.store().get_template_version(name, v)?,
+                };
+                let t = t.ok_or_else(|| match req.template_version {
+                    None => ApiError::new(422, format!("template: no template named {name:?}")),
+                    Some(v) => ApiError::new(
+                        422,
+                        format!("template_version: template {name:?} has no version {v}"),
+                    ),
                 })?;
+                version = Some(t.version);
                 let mut v = serde_json::to_value(&t.config)
                     .map_err(|e| ApiError::new(500, e.to_string()))?;
                 if let Some(o) = &req.overrides {
@@ -89,7 +106,7 @@ impl Daemon {
         let config: VmConfig =
             serde_json::from_value(value).map_err(|e| bad(format!("config: {e}")))?;
         check_config(&config)?;
-        Ok((config, nets))
+        Ok((config, nets, version))
     }
 
     /// `POST /v1/vms`.
@@ -97,7 +114,8 @@ impl Daemon {
         validate_vm_name(&req.name).map_err(|m| ApiError::new(400, m))?;
         self.check_space("create")?;
         validate_labels(&req.labels).map_err(|m| ApiError::new(400, m))?;
-        let (config, nets, from) = match &req.snapshot {
+        validate_meta(req.description.as_deref(), &req.tags).map_err(|m| ApiError::new(400, m))?;
+        let (config, nets, from, template_version) = match &req.snapshot {
             Some(r) => {
                 if req.config.is_some() || req.template.is_some() || !req.net.is_empty() {
                     return Err(ApiError::new(
@@ -113,11 +131,11 @@ impl Daemon {
                     ));
                 }
                 let (source, dir) = self.snapshot_source(r)?;
-                (source.config, Vec::new(), Some(dir))
+                (source.config, Vec::new(), Some(dir), None)
             }
             None => {
-                let (c, n) = self.resolve_config(&req)?;
-                (c, n, None)
+                let (c, n, v) = self.resolve_config(&req)?;
+                (c, n, None, v)
             }
         };
         let id = new_id();
@@ -164,6 +182,11 @@ impl Daemon {
             net,
             created_at: t.clone(),
             updated_at: t,
+            meta: VmMeta {
+                description: req.description.clone(),
+                tags: req.tags.clone(),
+                template_version,
+            },
         };
         {
             let _admission = lock(&self.admission);

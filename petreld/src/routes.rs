@@ -13,11 +13,8 @@ use petrel_http::{Method, Request, Response};
 
 use super::config::{BearerToken, FEATURE_GATES};
 use super::launcher::{self, VmDir};
-use super::model::{
-    now, validate_name, CreateVm, ListQuery, SortKey, Template, DEFAULT_LIMIT, MAX_LIMIT,
-};
+use super::model::{CreateVm, ListQuery, SortKey, DEFAULT_LIMIT, MAX_LIMIT};
 use super::network::CreateNetwork;
-use super::ops::check_config;
 use super::storage::{check_volume_path, Convert, CreatePool, CreateVolume, Resize};
 use super::store::{decode_cursor, sort_name};
 use super::{metrics, ApiError, ApiResult, Daemon};
@@ -45,6 +42,11 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ("/v1/migrations/incoming", &[Method::Post]),
     ("/v1/templates", &[Method::Get, Method::Post]),
     ("/v1/templates/{name}", &[Method::Get, Method::Delete]),
+    (
+        "/v1/templates/{name}/versions",
+        &[Method::Get, Method::Post],
+    ),
+    ("/v1/templates/{name}/versions/{version}", &[Method::Get]),
     ("/v1/networks", &[Method::Get, Method::Post]),
     ("/v1/networks/{name}", &[Method::Get, Method::Delete]),
     ("/v1/pools", &[Method::Get, Method::Post]),
@@ -175,7 +177,18 @@ pub fn handle(daemon: &Arc<Daemon>, req: Request) -> Response {
             .list_templates()
             .map(|t| Response::json(200, &json!({ "items": t })))
             .map_err(Into::into),
-        ("/v1/templates", _) => create_template(daemon, &req),
+        ("/v1/templates", _) => body(&req)
+            .and_then(|t| daemon.create_template(t))
+            .map(|t| Response::json(201, &t)),
+        ("/v1/templates/{name}/versions", Method::Get) => daemon
+            .template_versions(p(0))
+            .map(|v| Response::json(200, &json!({ "items": v }))),
+        ("/v1/templates/{name}/versions", _) => body(&req)
+            .and_then(|t| daemon.add_template_version(p(0), t))
+            .map(|t| Response::json(201, &t)),
+        ("/v1/templates/{name}/versions/{version}", _) => daemon
+            .template_version(p(0), p(1))
+            .map(|t| Response::json(200, &t)),
         ("/v1/templates/{name}", Method::Get) => daemon
             .store()
             .get_template(p(0))
@@ -339,6 +352,9 @@ fn list_vms(daemon: &Arc<Daemon>, req: &Request) -> ApiResult<Response> {
             "state",
             "name",
             "label",
+            "tag",
+            "template",
+            "description",
             "hypervisor",
             "sort",
             "limit",
@@ -350,6 +366,9 @@ fn list_vms(daemon: &Arc<Daemon>, req: &Request) -> ApiResult<Response> {
         name: None,
         labels: Vec::new(),
         hypervisor: None,
+        tags: Vec::new(),
+        template: None,
+        description: None,
         sort: SortKey::Created,
         descending: false,
         limit: DEFAULT_LIMIT,
@@ -361,6 +380,9 @@ fn list_vms(daemon: &Arc<Daemon>, req: &Request) -> ApiResult<Response> {
             "state" => q.state = Some(v.parse().map_err(|e| bad(format!("state: {e}")))?),
             "name" => q.name = Some(v),
             "hypervisor" => q.hypervisor = Some(v),
+            "tag" => q.tags.push(v),
+            "template" => q.template = Some(v),
+            "description" => q.description = Some(v),
             "label" => {
                 let (lk, lv) = v
                     .split_once('=')
@@ -448,15 +470,6 @@ fn console(daemon: &Arc<Daemon>, req: &Request, id: &str) -> ApiResult<Response>
         Err(e) => return Err(ApiError::new(500, format!("open {}: {e}", path.display()))),
     }
     Ok(Response::with_body(200, "text/plain; charset=utf-8", text))
-}
-
-fn create_template(daemon: &Arc<Daemon>, req: &Request) -> ApiResult<Response> {
-    let mut t: Template = body(req)?;
-    validate_name("name", &t.name).map_err(bad)?;
-    check_config(&t.config)?;
-    t.created_at = now();
-    daemon.store().insert_template(&t)?;
-    Ok(Response::json(201, &t))
 }
 
 fn gates(daemon: &Daemon) -> Vec<serde_json::Value> {

@@ -1,5 +1,5 @@
-//! petreld's state in SQLite: VMs and templates (here), storage pools and volumes
-//! ([`storage`]), with a `schema_migrations` table. Every change is one transaction, written
+//! petreld's state in SQLite: VMs (here), templates and their versions ([`templates`]),
+//! storage pools and volumes ([`storage`]), snapshots ([`snapshots`]), with a `schema_migrations` table. Every change is one transaction, written
 //! before petreld acts on it.
 
 mod storage;
@@ -10,10 +10,11 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
 
 use super::events::VmEvent;
-use super::model::{Cursor, ListQuery, SortKey, Template, VmPage, VmRecord};
+use super::model::{Cursor, ListQuery, SortKey, VmPage, VmRecord};
 use super::reserve::{is_disk_full, Reserve};
 
 mod snapshots;
+mod templates;
 
 pub use snapshots::{Operation, SnapshotRecord};
 
@@ -119,6 +120,19 @@ CREATE TABLE operations (
     started_at TEXT NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE vms ADD COLUMN meta TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE template_versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    description TEXT,
+    config TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+INSERT INTO template_versions (name, version, description, config, created_at)
+    SELECT name, 1, description, config, created_at FROM templates;
+"#,
 ];
 
 /// Told of every state the store writes (see [`Store::set_observer`]).
@@ -143,7 +157,7 @@ fn event(vm: &VmRecord, state: &str) -> VmEvent {
 
 const VM_COLUMNS: &str = "id, name, labels, desired_state, state, config, template, \
     hypervisor_requested, hypervisor, restart, restart_count, pid, pid_start, api_socket, \
-    exit_reason, created_at, updated_at, net";
+    exit_reason, created_at, updated_at, net, meta";
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
@@ -189,6 +203,7 @@ fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<VmRecord> {
         created_at: row.get(15)?,
         updated_at: row.get(16)?,
         net: json(row, 17)?,
+        meta: json(row, 18)?,
     })
 }
 
@@ -309,7 +324,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         let sql = format!(
             "INSERT INTO vms ({VM_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
         );
         let res = tx.execute(&sql, vm_params(vm)?.as_slice().as_params().as_slice());
         match res {
@@ -373,7 +388,7 @@ impl Store {
         let sql = "UPDATE vms SET name=?2, labels=?3, desired_state=?4, state=?5, config=?6, \
             template=?7, hypervisor_requested=?8, hypervisor=?9, restart=?10, restart_count=?11, \
             pid=?12, pid_start=?13, api_socket=?14, exit_reason=?15, created_at=?16, \
-            updated_at=?17, net=?18 WHERE id=?1";
+            updated_at=?17, net=?18, meta=?19 WHERE id=?1";
         tx.execute(sql, vm_params(&vm)?.as_slice().as_params().as_slice())?;
         tx.commit()?;
         if vm.state != before {
@@ -435,6 +450,22 @@ impl Store {
             let value = bind(&mut args, Box::new(v.clone()));
             conds.push(format!("json_extract(labels, {path}) = {value}"));
         }
+        for t in &q.tags {
+            let p = bind(&mut args, Box::new(t.clone()));
+            conds.push(format!(
+                "EXISTS (SELECT 1 FROM json_each(vms.meta, '$.tags') WHERE value = {p})"
+            ));
+        }
+        if let Some(t) = &q.template {
+            let p = bind(&mut args, Box::new(t.clone()));
+            conds.push(format!("template = {p}"));
+        }
+        if let Some(d) = &q.description {
+            let p = bind(&mut args, Box::new(d.clone()));
+            conds.push(format!(
+                "instr(coalesce(json_extract(meta, '$.description'), ''), {p}) > 0"
+            ));
+        }
         let column = match q.sort {
             SortKey::Name => "name",
             SortKey::Created => "created_at",
@@ -483,71 +514,6 @@ impl Store {
             next: next.map(|c| encode_cursor(&c)),
         })
     }
-
-    /// Inserts a template; a taken name is [`StoreError::Duplicate`].
-    pub fn insert_template(&mut self, t: &Template) -> Result<()> {
-        self.before_write();
-        let result = self.insert_template_now(t);
-        self.after_write(result)
-    }
-
-    fn insert_template_now(&mut self, t: &Template) -> Result<()> {
-        let res = self.conn.execute(
-            "INSERT INTO templates (name, description, config, created_at) VALUES (?1,?2,?3,?4)",
-            params![t.name, t.description, to_json(&t.config)?, t.created_at],
-        );
-        match res {
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
-                kind: "template",
-                name: t.name.clone(),
-            }),
-            other => other.map(|_| ()).map_err(Into::into),
-        }
-    }
-
-    /// The template `name`.
-    pub fn get_template(&self, name: &str) -> Result<Option<Template>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT name, description, config, created_at FROM templates WHERE name = ?1",
-                [name],
-                template_from_row,
-            )
-            .optional()?)
-    }
-
-    /// Every template, by name.
-    pub fn list_templates(&self) -> Result<Vec<Template>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, description, config, created_at FROM templates ORDER BY name")?;
-        let rows = stmt.query_map([], template_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Removes the template `name`; false when there was none.
-    pub fn delete_template(&mut self, name: &str) -> Result<bool> {
-        self.before_write();
-        let result = self.delete_template_now(name);
-        self.after_write(result)
-    }
-
-    fn delete_template_now(&mut self, name: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM templates WHERE name = ?1", [name])?
-            > 0)
-    }
-}
-
-fn template_from_row(row: &Row<'_>) -> rusqlite::Result<Template> {
-    Ok(Template {
-        name: row.get(0)?,
-        description: row.get(1)?,
-        config: json(row, 2)?,
-        created_at: row.get(3)?,
-    })
 }
 
 /// The bound values of a VM row, in `VM_COLUMNS` order.
@@ -571,6 +537,7 @@ fn vm_params(vm: &VmRecord) -> Result<Vec<Box<dyn ToSql>>> {
         Box::new(vm.created_at.clone()),
         Box::new(vm.updated_at.clone()),
         Box::new(to_json(&vm.net)?),
+        Box::new(to_json(&vm.meta)?),
     ])
 }
 
@@ -640,6 +607,7 @@ mod tests {
             net: Vec::new(),
             created_at: format!("2024-01-01T00:00:0{id}Z"),
             updated_at: now(),
+            meta: VmMeta::default(),
         }
     }
 
@@ -649,6 +617,9 @@ mod tests {
             name: None,
             labels: vec![],
             hypervisor: None,
+            tags: vec![],
+            template: None,
+            description: None,
             sort: SortKey::Name,
             descending: false,
             limit: 2,
@@ -692,5 +663,44 @@ mod tests {
         s.delete_vm("1").unwrap();
         assert!(s.get_vm("a").unwrap().is_none());
         assert_eq!(s.get_vm("c").unwrap().unwrap().id, "0");
+    }
+
+    #[test]
+    fn vms_filter_by_tag_template_and_description() {
+        let mut s = Store::in_memory().unwrap();
+        let mut a = vm("1", "a");
+        a.meta = VmMeta {
+            description: Some("front end of the shop".into()),
+            tags: vec!["prod".into(), "eu".into()],
+            template_version: Some(2),
+        };
+        a.template = Some("web".into());
+        let mut b = vm("2", "b");
+        b.meta.tags = vec!["prod".into()];
+        s.insert_vm(&a).unwrap();
+        s.insert_vm(&b).unwrap();
+        s.insert_vm(&vm("3", "c")).unwrap();
+        let names = |q: &ListQuery| -> Vec<String> {
+            s.list_vms(q)
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|v| v.name)
+                .collect()
+        };
+        let mut q = query();
+        q.limit = 10;
+        q.tags = vec!["prod".into()];
+        assert_eq!(names(&q), ["a", "b"]);
+        q.tags = vec!["prod".into(), "eu".into()];
+        assert_eq!(names(&q), ["a"]);
+        q.tags = vec![];
+        q.template = Some("web".into());
+        assert_eq!(names(&q), ["a"]);
+        q.template = None;
+        q.description = Some("shop".into());
+        assert_eq!(names(&q), ["a"]);
+        let back = s.get_vm("1").unwrap().unwrap();
+        assert_eq!(back.meta, a.meta);
     }
 }
