@@ -197,6 +197,50 @@ fn template_versions_and_vm_metadata() {
     let versions = d.ok(Method::Get, "/v1/templates/web/versions", None, 200);
     assert_eq!(versions["items"].as_array().unwrap().len(), 3);
     assert_eq!(listed(&d, "?tag=eu"), ["a"]);
+
+    // The same through the real petrelctl.
+    let (code, out, err) = petrelctl(&d, &["template", "add-version", "web", "--from-vm", "c"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("template web version 4 added"), "{out}");
+    let (code, out, err) = petrelctl(&d, &["template", "versions", "web"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 5, "a header and four versions:\n{out}");
+    let (code, out, _) = petrelctl(&d, &["template", "version", "web", "1"]);
+    assert!(code == 0 && out.contains("first"), "{out}");
+    let (code, out, err) = petrelctl(
+        &d,
+        &[
+            "vm",
+            "create",
+            "--name",
+            "e",
+            "--template",
+            "web",
+            "--template-version",
+            "2",
+            "--tag",
+            "blue",
+            "--description",
+            "made by petrelctl",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let e = d.vm("e");
+    assert_eq!(
+        (&e["template_version"], &e["tags"]),
+        (&json!(2), &json!(["blue"]))
+    );
+    let (code, out, _) = petrelctl(&d, &["vm", "list", "--tag", "blue", "--template", "web"]);
+    assert_eq!(code, 0, "{out}");
+    let rows: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert!(rows.contains(&"e") && !rows.contains(&"a"), "{out}");
+    let (code, _, err) = petrelctl(&d, &["template", "add-version", "web"]);
+    assert_eq!(code, 2, "a usage error: {err}");
+
     d.ok(Method::Delete, "/v1/templates/web", None, 204);
     error(
         &d,
@@ -206,4 +250,20 @@ fn template_versions_and_vm_metadata() {
         404,
         "web",
     );
+}
+
+/// `petrelctl --socket S args…`: (exit code, stdout, stderr).
+fn petrelctl(d: &Petreld, args: &[&str]) -> (i32, String, String) {
+    let bin = petrel_tests::petrel_bin().with_file_name("petrelctl");
+    let out = std::process::Command::new(bin)
+        .arg("--socket")
+        .arg(d.dir.join("petreld.sock"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

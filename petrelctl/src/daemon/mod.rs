@@ -5,6 +5,7 @@ pub mod network;
 pub mod render;
 pub mod run;
 pub mod storage;
+mod template_versions;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -75,6 +76,12 @@ pub struct CreateSpec {
     /// `--net network=N[,ip=A,mac=M,vlan=V,id=I]` or `bridge=B[,…]`: interfaces petreld
     /// makes taps for.
     pub nets: Vec<String>,
+    /// `--template-version N`.
+    pub template_version: Option<u32>,
+    /// `--description TEXT`.
+    pub description: Option<String>,
+    /// `--tag T` (repeatable).
+    pub tags: Vec<String>,
 }
 
 /// `vm list`: filters, order, page.
@@ -88,6 +95,12 @@ pub struct ListSpec {
     pub name: Option<String>,
     /// `--hypervisor`.
     pub hypervisor: Option<String>,
+    /// `--tag T` (every one must be on the VM).
+    pub tags: Vec<String>,
+    /// `--template T`.
+    pub template: Option<String>,
+    /// `--description TEXT` (contained in the VM's).
+    pub description: Option<String>,
     /// `--sort name|created|-name|-created`.
     pub sort: Option<String>,
     /// `--limit N`: page size.
@@ -179,6 +192,8 @@ pub enum Command {
     Gates,
     /// `network …`.
     Network(network::NetworkCommand),
+    /// `template versions|version|add-version …`.
+    TemplateVersions(template_versions::VersionCommand),
     /// `pool …` and `volume …`.
     Storage(storage::StorageCommand),
 }
@@ -218,8 +233,17 @@ const HELP: &[(&str, &str)] = &[
         "interfaces on petreld networks (or bridge=B)",
     ),
     (
+        "  [--template-version V] [--description D]",
+        "a template's version (default latest); free text",
+    ),
+    ("  [--tag T]…", "tags"),
+    (
         "vm list [--state S] [--label k=v]…",
         "list VMs; [--name N] [--hypervisor H] [--sort [-]name|created]",
+    ),
+    (
+        "  [--tag T]… [--template T] [--description D]",
+        "VMs with every tag, from template T, description containing D",
     ),
     (
         "  [--limit N] [--all]",
@@ -256,7 +280,18 @@ const HELP: &[(&str, &str)] = &[
         "template create FILE [--name N]",
         "a template (or a VmConfig named N)",
     ),
-    ("template list|get NAME|delete NAME", "templates"),
+    (
+        "template list|get NAME|delete NAME",
+        "templates (get: the latest version)",
+    ),
+    (
+        "template add-version NAME FILE|--from-vm VM",
+        "a new version from a VmConfig or a VM's; [--description D]",
+    ),
+    (
+        "template versions NAME | version NAME V",
+        "a template's versions",
+    ),
     (
         "network create NAME --type nat|isolated",
         "a network: --subnet CIDR [--gateway IP] [--dhcp-range A-B]",
@@ -485,6 +520,9 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
                     "--restart",
                     "--hypervisor",
                     "--net",
+                    "--template-version",
+                    "--description",
+                    "--tag",
                 ],
                 &["--no-start"],
             )?;
@@ -506,6 +544,9 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
                 hypervisor: w.parsed("--hypervisor", "auto, kvm or mshv")?,
                 no_start: w.has("--no-start"),
                 nets: w.all("--net"),
+                template_version: w.parsed("--template-version", "a version number")?,
+                description: w.get("--description"),
+                tags: w.all("--tag"),
             };
             for n in &spec.nets {
                 network::net_spec(n)?;
@@ -529,6 +570,9 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
                     "--hypervisor",
                     "--sort",
                     "--limit",
+                    "--tag",
+                    "--template",
+                    "--description",
                 ],
                 &["--all"],
             )?;
@@ -548,6 +592,9 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
                 labels,
                 name: w.get("--name"),
                 hypervisor: w.get("--hypervisor"),
+                tags: w.all("--tag"),
+                template: w.get("--template"),
+                description: w.get("--description"),
                 sort: w.get("--sort"),
                 limit,
                 all: w.has("--all"),
@@ -618,6 +665,9 @@ pub fn parse(words: &[OsString]) -> Result<Command> {
             Command::TemplateList
         }
         ("template", "get") => Command::TemplateGet(split(&[], &[])?.one("NAME")?),
+        ("template", verb @ ("versions" | "version" | "add-version")) => {
+            return template_versions::parse(verb, rest)
+        }
         ("template", "delete") => Command::TemplateDelete(split(&[], &[])?.one("NAME")?),
         _ => return Err(CtlError::usage(format!("unknown command '{cmd}'"))),
     };

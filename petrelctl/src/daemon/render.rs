@@ -229,6 +229,7 @@ pub fn snapshot(s: &Value) -> String {
 pub fn template(t: &Value) -> String {
     let mut f = Fields::new();
     f.push("name", field(t, "/name"));
+    f.push_opt("version", t.get("version").map(scalar));
     f.push_opt("description", t.get("description").map(scalar));
     f.push("vcpus", field(t, "/config/cpus/boot_vcpus"));
     f.push("memory", size(t, "/config/memory/size"));

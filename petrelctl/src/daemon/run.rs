@@ -48,6 +48,7 @@ fn need(route: &str, reply: Option<Value>) -> Result<Value> {
 pub fn execute(api: &Api, command: &Command) -> Result<Outcome> {
     let (json, text) = match command {
         Command::Network(c) => return super::network::execute(api, c),
+        Command::TemplateVersions(c) => return super::template_versions::execute(api, c),
         Command::VmCreate(spec) => {
             let body = create_request(spec)?;
             let vm = need(
@@ -236,6 +237,15 @@ pub fn list_query(spec: &ListSpec) -> Vec<(&'static str, String)> {
     for l in &spec.labels {
         q.push(("label", l.clone()));
     }
+    for t in &spec.tags {
+        q.push(("tag", t.clone()));
+    }
+    if let Some(t) = &spec.template {
+        q.push(("template", t.clone()));
+    }
+    if let Some(d) = &spec.description {
+        q.push(("description", d.clone()));
+    }
     q
 }
 
@@ -280,7 +290,7 @@ fn list(api: &Api, spec: &ListSpec) -> Result<Value> {
 }
 
 /// Reads `file` (`-`: standard input) as JSON.
-fn read_json(file: &Path) -> Result<Value> {
+pub fn read_json(file: &Path) -> Result<Value> {
     let name = file.display();
     let mut text = String::new();
     let read = if file == Path::new("-") {
@@ -337,6 +347,15 @@ pub fn create_request(spec: &CreateSpec) -> Result<Value> {
     }
     if let Some(t) = &spec.template {
         obj.insert("template".into(), json!(t));
+    }
+    if let Some(v) = spec.template_version {
+        obj.insert("template_version".into(), json!(v));
+    }
+    if let Some(d) = &spec.description {
+        obj.insert("description".into(), json!(d));
+    }
+    if !spec.tags.is_empty() {
+        obj.insert("tags".into(), json!(spec.tags));
     }
     if !spec.labels.is_empty() {
         let labels = obj.entry("labels").or_insert_with(|| json!({}));
