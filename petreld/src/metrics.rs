@@ -6,6 +6,7 @@
 //! `resources/monitoring/`.
 
 mod host;
+mod pools;
 mod usage;
 
 use std::fmt::Write;
@@ -171,6 +172,7 @@ pub fn render(daemon: &Daemon) -> String {
         },
     );
     crate::network::metrics::render(&mut out, daemon);
+    pools::render(&mut out, daemon);
     out
 }
 
