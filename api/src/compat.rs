@@ -423,6 +423,12 @@ pub static REMOVE_DEVICE: Schema = Schema {
     fields: &[("id", Rule::Petrel)],
 };
 
+/// `VmResizeDisk`: the body of `vm.resize-disk`.
+pub static RESIZE_DISK: Schema = Schema {
+    name: "VmResizeDisk",
+    fields: &[("id", Rule::Petrel), ("desired_size", Rule::Petrel)],
+};
+
 /// Every schema of the table, for documentation and tests.
 pub static SCHEMAS: &[&Schema] = &[
     &VM_CONFIG,
@@ -444,6 +450,7 @@ pub static SCHEMAS: &[&Schema] = &[
     &PLATFORM,
     &RESIZE,
     &REMOVE_DEVICE,
+    &RESIZE_DISK,
     &persist::SNAPSHOT,
     &persist::RESTORE,
     &persist::RECEIVE_MIGRATION,
@@ -541,6 +548,21 @@ pub fn vsock_config_from_ch(body: &[u8]) -> Result<VsockConfig, ConfigError> {
 /// Parses a `vm.resize` body.
 pub fn resize_from_ch(body: &[u8]) -> Result<VmResize, ConfigError> {
     parse_as(body, &RESIZE)
+}
+
+/// `vm.resize-disk`: a disk (by id) grows to `desired_size` bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmResizeDisk {
+    /// The disk's id (`disks[].id`).
+    pub id: String,
+    /// Its new size in bytes (a multiple of 512, not smaller than now).
+    pub desired_size: u64,
+}
+
+/// Parses a `vm.resize-disk` body.
+pub fn resize_disk_from_ch(body: &[u8]) -> Result<VmResizeDisk, ConfigError> {
+    parse_as(body, &RESIZE_DISK)
 }
 
 /// Parses a `vm.remove-device` body.

@@ -6,7 +6,8 @@
 use std::os::fd::OwnedFd;
 
 use crate::compat::{
-    VmReceiveMigration, VmRemoveDevice, VmResize, VmRestore, VmSendMigration, VmSnapshot,
+    VmReceiveMigration, VmRemoveDevice, VmResize, VmResizeDisk, VmRestore, VmSendMigration,
+    VmSnapshot,
 };
 use crate::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 
@@ -61,6 +62,8 @@ pub enum Endpoint {
     VmCounters,
     /// `vm.resize`: the balloon target (no CPU or memory hotplug).
     VmResize,
+    /// `vm.resize-disk`: a disk grows, the guest is told.
+    VmResizeDisk,
     /// `vm.add-disk` (before boot).
     VmAddDisk,
     /// `vm.add-net` (before boot; tap fds may come with SCM_RIGHTS).
@@ -117,6 +120,7 @@ pub const ROUTES: &[Route] = &[
     route(Endpoint::VmDelete, Verb::Put, "/api/v1/vm.delete"),
     route(Endpoint::VmCounters, Verb::Get, "/api/v1/vm.counters"),
     route(Endpoint::VmResize, Verb::Put, "/api/v1/vm.resize"),
+    route(Endpoint::VmResizeDisk, Verb::Put, "/api/v1/vm.resize-disk"),
     route(Endpoint::VmAddDisk, Verb::Put, "/api/v1/vm.add-disk"),
     route(Endpoint::VmAddNet, Verb::Put, "/api/v1/vm.add-net"),
     route(Endpoint::VmAddVsock, Verb::Put, "/api/v1/vm.add-vsock"),
@@ -200,6 +204,8 @@ pub enum VmmRequest {
     Counters,
     /// `vm.resize`.
     Resize(VmResize),
+    /// `vm.resize-disk`.
+    ResizeDisk(VmResizeDisk),
     /// `vm.add-disk`.
     AddDisk(DiskConfig),
     /// `vm.add-net`; `fds` are the tap descriptors `net.fds` refers to, kept open if the
@@ -247,6 +253,7 @@ impl VmmRequest {
             VmmRequest::Delete => Endpoint::VmDelete,
             VmmRequest::Counters => Endpoint::VmCounters,
             VmmRequest::Resize(_) => Endpoint::VmResize,
+            VmmRequest::ResizeDisk(_) => Endpoint::VmResizeDisk,
             VmmRequest::AddDisk(_) => Endpoint::VmAddDisk,
             VmmRequest::AddNet { .. } => Endpoint::VmAddNet,
             VmmRequest::AddVsock(_) => Endpoint::VmAddVsock,
@@ -263,7 +270,7 @@ impl VmmRequest {
 mod tests {
     use super::*;
 
-    const ALL: [Endpoint; 21] = [
+    const ALL: [Endpoint; 22] = [
         Endpoint::VmmPing,
         Endpoint::VmmShutdown,
         Endpoint::VmCreate,
@@ -277,6 +284,7 @@ mod tests {
         Endpoint::VmDelete,
         Endpoint::VmCounters,
         Endpoint::VmResize,
+        Endpoint::VmResizeDisk,
         Endpoint::VmAddDisk,
         Endpoint::VmAddNet,
         Endpoint::VmAddVsock,

@@ -491,7 +491,7 @@ fn openapi_document_routes_match_the_server() {
             documented.insert((method.clone(), path.clone()));
         }
     }
-    assert_eq!(documented.len(), 21, "{documented:?}");
+    assert_eq!(documented.len(), 22, "{documented:?}");
     assert_eq!(documented, server_routes());
 }
 

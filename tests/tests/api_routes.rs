@@ -93,7 +93,7 @@ fn start() -> (Petrel, Client) {
 fn server_routes_match_the_openapi_document() {
     require_kvm!();
     let ops = documented();
-    assert_eq!(ops.len(), 21, "{ops:?}");
+    assert_eq!(ops.len(), 22, "{ops:?}");
     let (petrel, client) = start();
     let paths: BTreeSet<&String> = ops.keys().map(|(_, p)| p).collect();
 

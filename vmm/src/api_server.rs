@@ -50,7 +50,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("vm.add-generic-vhost-user", "petrel has no vhost-user yet"),
     ("vm.add-pmem", "petrel has no virtio-pmem device yet"),
     ("vm.add-vdpa", "petrel has no vDPA support yet"),
-    ("vm.resize-disk", "petrel cannot resize a disk yet"),
     ("vm.resize-zone", "petrel has no memory zones yet"),
     ("vm.coredump", "petrel cannot write a guest core dump yet"),
     ("vm.nmi", "petrel cannot inject an NMI yet"),
@@ -105,6 +104,9 @@ pub fn request(endpoint: Endpoint, mut req: Request) -> Result<VmmRequest, OpErr
         Endpoint::VmCounters => VmmRequest::Counters,
         Endpoint::VmResize => {
             VmmRequest::Resize(parse(&req, endpoint.name(), compat::resize_from_ch)?)
+        }
+        Endpoint::VmResizeDisk => {
+            VmmRequest::ResizeDisk(parse(&req, endpoint.name(), compat::resize_disk_from_ch)?)
         }
         Endpoint::VmAddDisk => {
             VmmRequest::AddDisk(parse(&req, endpoint.name(), compat::disk_config_from_ch)?)

@@ -20,6 +20,7 @@ use crate::Result;
 
 mod migration;
 mod reply;
+mod resize_disk;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -394,6 +395,7 @@ impl Vmm {
             VmmRequest::Delete => self.delete(event_loop).map(done),
             VmmRequest::Counters => self.counters().map(Reply::Counters),
             VmmRequest::Resize(r) => self.resize(&r).map(done),
+            VmmRequest::ResizeDisk(r) => self.resize_disk(&r).map(done),
             VmmRequest::AddDisk(disk) => {
                 let id = disk.id.clone();
                 self.edit_config("vm.add-disk", |cfg| {

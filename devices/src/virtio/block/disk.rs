@@ -183,6 +183,29 @@ impl DiskFile {
         self.size
     }
 
+    /// Grows a regular file to `size` bytes (a whole number of sectors, not smaller than
+    /// now); the new space reads as zeros and takes no room until written.
+    pub(crate) fn grow(&mut self, size: u64) -> Result<(), String> {
+        if !size.is_multiple_of(SECTOR_SIZE) || size < self.size {
+            return Err(format!(
+                "{size} bytes: a disk grows by whole {SECTOR_SIZE}-byte sectors from its {} \
+                 bytes (petrel does not shrink a disk)",
+                self.size
+            ));
+        }
+        let meta = self.file.metadata().map_err(|e| e.to_string())?;
+        if !meta.file_type().is_file() {
+            return Err("only a disk image file can be resized (this is a block device)".into());
+        }
+        if size > meta.len() {
+            self.file
+                .set_len(size)
+                .map_err(|e| format!("growing the file: {e}"))?;
+        }
+        self.size = size;
+        Ok(())
+    }
+
     /// Whether the file system can deallocate ranges (`DISCARD`).
     pub(crate) fn can_discard(&self) -> bool {
         self.punch_hole

@@ -141,6 +141,18 @@ impl Image {
         }
     }
 
+    /// Grows the image to `size` bytes (raw image files only).
+    pub(crate) fn grow(&mut self, size: u64) -> Result<(), String> {
+        match self {
+            Image::Raw(d) => d.grow(size),
+            Image::Qcow2(_) => Err(
+                "a qcow2 image is resized with `qemu-img resize` while the VM is stopped; \
+                 petrel grows raw images only"
+                    .into(),
+            ),
+        }
+    }
+
     /// Whether `DISCARD` can be offered (raw on a file system that punches holes).
     pub(crate) fn can_discard(&self) -> bool {
         matches!(self, Image::Raw(d) if d.can_discard())

@@ -283,6 +283,27 @@ impl Block {
         Ok(self.capacity_sectors())
     }
 
+    /// Grows the disk to `size` bytes (Cloud Hypervisor's `vm.resize-disk`) and tells the
+    /// guest with a configuration-change interrupt. Returns the new capacity in sectors.
+    pub fn resize(&mut self, size: u64) -> Result<u64, String> {
+        if self.readonly {
+            return Err("the disk is read-only".into());
+        }
+        self.disk.grow(size)?;
+        let offered = self.queues.features();
+        self.config_space = build_config_space(
+            self.disk.size(),
+            offered & (1 << VIRTIO_BLK_F_DISCARD) != 0,
+            offered & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
+        );
+        if let Some(irq) = self.queues.interrupt() {
+            if let Err(e) = irq.trigger(InterruptKind::Config) {
+                warn!("{DEVICE}: cannot signal the configuration change: {e}");
+            }
+        }
+        Ok(self.capacity_sectors())
+    }
+
     /// Replaces the rate limiter (tests use one on a manual clock). Register the device
     /// with the event loop after this, so that the limiter's timerfd is watched.
     pub fn set_rate_limiter(&mut self, limiter: Option<RateLimiter>) {
