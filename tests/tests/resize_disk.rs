@@ -4,6 +4,7 @@
 //! change nothing.
 
 mod api_support;
+mod ch_support;
 
 use std::time::Duration;
 
@@ -74,6 +75,56 @@ fn a_running_guest_sees_its_disk_grow() {
     );
     let out = vm.petrel.stdout();
     assert!(!out.contains("VIRTIO: error"), "{out}");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 4 << 20);
+    let _ = vm.shutdown_vmm();
+}
+
+#[test]
+fn ch_remote_resize_disk_grows_the_guests_disk() {
+    require_kvm!();
+    let Some(ch_remote) = ch_support::ch_remote_bin() else {
+        petrel_tests::skip("ch-remote not found (PETREL_CH_REMOTE, PATH or ../shared/peers/bin)");
+        return;
+    };
+    let mut vm = ApiVm::start("resize-disk-ch", &[]);
+    let disk = vm.dir.0.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut cfg = guest_config("action=virtio-blk-swap");
+    cfg["disks"] = json!([{"path": disk, "id": "disk0"}]);
+    cfg["platform"] = json!({"virtio_mmio_cmdline": true});
+    vm.put_ok("vm.create", Some(&cfg), 204);
+    vm.put_ok("vm.boot", None, 204);
+    assert!(
+        vm.petrel.wait_for_stdout(Duration::from_secs(20), |out| {
+            out.contains("VIRTIO: blk swap-wait capacity=2048")
+        }),
+        "{}",
+        vm.petrel.stdout()
+    );
+    let socket = vm.dir.0.join("api.sock");
+    let bad = ch_support::ch_remote(
+        &ch_remote,
+        &socket,
+        &["resize-disk", "--disk", "nope", "--size", "4194304"],
+    );
+    assert_ne!(bad.code, Some(0), "{bad:?}");
+    assert!(
+        bad.stderr.contains("nope"),
+        "ch-remote shows petrel's message: {bad:?}"
+    );
+    let ok = ch_support::ch_remote(
+        &ch_remote,
+        &socket,
+        &["resize-disk", "--disk", "disk0", "--size", "4194304"],
+    );
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+    assert!(
+        vm.petrel.wait_for_stdout(Duration::from_secs(20), |out| {
+            out.contains("VIRTIO: blk swapped capacity=8192")
+        }),
+        "{}",
+        vm.petrel.stdout()
+    );
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 4 << 20);
     let _ = vm.shutdown_vmm();
 }

@@ -2,7 +2,7 @@
 //! the peer binaries (`ch-remote`, `cloud-hypervisor`), a VMM process (petrel or Cloud
 //! Hypervisor) listening on an API socket, running `ch-remote` against it, and the names of a
 //! process's threads.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
