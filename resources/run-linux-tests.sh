@@ -138,6 +138,27 @@ else
         { exec tail -n +1 -F "$out/console.log" 2>/dev/null; } > >(grep -a --line-buffered -E \
             '(^|J)(L1:|RESULT)' | sed -u 's/^.*\(L1:\|RESULT\)/linux-tests: \1/' >&2) &
         tpid=$!
+        # Watchdog. L1's kernel reporting a stall or a crash is an environment failure at
+        # once (a wedged L1 never ends the test it runs: its own timers stop), and so is no
+        # test starting or ending for longer than a test may take: QEMU is stopped, and the
+        # verdict below says why.
+        seen="" last_progress=$(date +%s)
+        while kill -0 "$qpid" 2>/dev/null; do
+            sleep 5
+            if grep -aqE "$L1_BROKEN" "$out/console.log" 2>/dev/null; then
+                say "L1 run $attempt: L1's kernel reports a stall or a crash; stopping it"
+                pkill -f "petrel.out=$out" || true
+                break
+            fi
+            now="$(cat "$out/results.started" "$out/results" 2>/dev/null | wc -l || true)"
+            if [ "$now" != "$seen" ]; then
+                seen="$now" last_progress=$(date +%s)
+            elif [ $(($(date +%s) - last_progress)) -gt $((per_test + 120)) ]; then
+                say "L1 run $attempt: no test started or ended for $((per_test + 120)) s; stopping L1"
+                pkill -f "petrel.out=$out" || true
+                break
+            fi
+        done
         wait "$qpid" || rc=$?
         kill "$tpid" 2>/dev/null || true
         wait "$tpid" 2>/dev/null || true

@@ -57,13 +57,16 @@ l1_run() {
         </dev/null >"$out/console.log" 2>&1
 }
 
+# What L1's kernel prints when L1 itself is broken: a stall, a lockup, a crash.
+L1_BROKEN='soft lockup|rcu_sched self-detected stall|rcu: INFO: rcu_.* detected stalls|Kernel panic|BUG: '
+
 l1_verdict() {
     local log="$1/console.log" why
     if ! grep -aq 'L1: up' "$log" 2>/dev/null; then
         echo "env: L1 never reached its init"
     elif why="$(grep -a -m1 'L1: error:' "$log")"; then
         echo "env: ${why#L1: error: }"
-    elif why="$(grep -a -m1 -E 'soft lockup|rcu_sched self-detected stall|rcu: INFO: rcu_.* detected stalls|Kernel panic|BUG: ' "$log")"; then
+    elif why="$(grep -a -m1 -E "$L1_BROKEN" "$log")"; then
         echo "env: L1 kernel: $why"
     elif ! grep -aq 'L1: done' "$log"; then
         echo "env: L1 stopped before its script ended (QEMU killed or died)"

@@ -51,7 +51,11 @@ fn boot(which: Which, name: &str, cpu_config: Option<Value>) -> (u32, u64) {
             String::from_utf8_lossy(&r.body)
         );
     }
-    vmm.wait_for(Duration::from_secs(60), |o| o.contains("MSR 0x277="));
+    // The whole line: the output is read while the guest writes it.
+    vmm.wait_for(Duration::from_secs(60), |o| {
+        o.split_inclusive('\n')
+            .any(|l| l.trim_start().starts_with("MSR 0x277=") && l.ends_with('\n'))
+    });
     let out = vmm.stdout();
     let ecx = out
         .lines()
