@@ -57,7 +57,8 @@ impl Datamatch {
 /// address (the LAPIC window, with the destination in it) and the data (vector, delivery).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsiMessage {
-    /// Message address (64 bits; x86 uses the low 32 in 0xfeeX_XXXX plus high bits for x2APIC).
+    /// Message address (64 bits; on x86 the low 32 bits lie in the 0xfee00000 window, the high
+    /// bits carry the extended destination for x2APIC).
     pub address: u64,
     /// Message data.
     pub data: u32,
