@@ -182,11 +182,10 @@ impl Workload for FcStart {
 
     fn run_once(&self, vmm: &Vmm, ctx: &RunContext) -> RunRecord {
         let round = ctx.round;
-        let logs = ctx.scratch.join("logs");
-        if let Err(e) = fs::create_dir_all(&logs).and_then(|()| fs::create_dir_all(&self.dir)) {
-            return RunRecord::failed(round, format!("creating directories: {e}"));
-        }
-        let log = logs.join(format!("{}-{}-{round}.log", self.name(), vmm.name()));
+        let log = match super::run_log(ctx, &self.dir, self.name(), vmm) {
+            Ok(log) => log,
+            Err(e) => return RunRecord::failed(round, e),
+        };
         let socket = self.dir.join(format!("{}.sock", vmm.name()));
         let _ = fs::remove_file(&socket);
         let result = self.measure(vmm, &socket, ctx, &log);

@@ -141,3 +141,13 @@ pub trait Workload {
     /// Runs once against `vmm`. Never leaves a process behind.
     fn run_once(&self, vmm: &Vmm, ctx: &RunContext) -> RunRecord;
 }
+
+/// Makes `ctx`'s log directory and the workload's own `dir`, and names this run's log
+/// (`<workload>-<vmm>-<round>.log`); the error says what could not be made.
+pub fn run_log(ctx: &RunContext, dir: &Path, workload: &str, vmm: &Vmm) -> Result<PathBuf, String> {
+    let logs = ctx.scratch.join("logs");
+    std::fs::create_dir_all(&logs)
+        .and_then(|()| std::fs::create_dir_all(dir))
+        .map_err(|e| format!("creating directories: {e}"))?;
+    Ok(logs.join(format!("{workload}-{}-{}.log", vmm.name(), ctx.round)))
+}

@@ -325,11 +325,10 @@ impl Workload for SnapshotBench {
 
     fn run_once(&self, vmm: &Vmm, ctx: &RunContext) -> RunRecord {
         let round = ctx.round;
-        let logs = ctx.scratch.join("logs");
-        if let Err(e) = fs::create_dir_all(&logs).and_then(|()| fs::create_dir_all(&self.dir)) {
-            return RunRecord::failed(round, format!("creating directories: {e}"));
-        }
-        let log = logs.join(format!("{}-{}-{round}.log", self.name(), vmm.name()));
+        let log = match super::run_log(ctx, &self.dir, self.name(), vmm) {
+            Ok(log) => log,
+            Err(e) => return RunRecord::failed(round, e),
+        };
         let result = self.measure(vmm, ctx, &log);
         RunRecord::killed_after_measuring(round, METRICS, result, log)
     }
